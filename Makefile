@@ -1,0 +1,23 @@
+# The two commands of the README: `make run` and `make test`. Each installs what it needs.
+SHELL := /bin/bash
+VENV := .venv
+CONFIG ?= conf/dev.toml
+PYTEST_ARGS ?=
+
+.PHONY: run test bootstrap check-config bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+run: bootstrap
+	@mkdir -p var
+	$(VENV)/bin/mailflow run -c $(CONFIG)
+
+test: bootstrap
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+check-config: bootstrap
+	$(VENV)/bin/mailflow check-config -c $(CONFIG)
+
+clean:
+	rm -rf var .pytest_cache .hypothesis

@@ -1,0 +1,3 @@
+"""mailflow: an outbound mail-flow policy milter for hosting providers."""
+
+__version__ = "0.1.0"

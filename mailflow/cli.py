@@ -1,0 +1,116 @@
+"""`mailflow` admin command. Bad arguments and bad configs get one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mailflow import __version__
+from mailflow.config import Config, ConfigError, config_path, load_config
+from mailflow.store import StoreError, open_store
+from mailflow.urls import redact_url
+
+EXIT_USAGE = 2
+
+config_option = click.option(
+    "-c",
+    "--config",
+    "config_file",
+    metavar="FILE",
+    help="Config file (default: $MAILFLOW_CONFIG, else /etc/mailflow/mailflow.toml).",
+)
+
+
+def _load(config_file: str | None) -> Config:
+    try:
+        return load_config(config_path(config_file))
+    except ConfigError as exc:
+        raise click.UsageError(f"bad config: {exc}") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mailflow")
+def cli() -> None:
+    """mailflow: outbound mail-flow policy milter."""
+
+
+@cli.command()
+@config_option
+def run(config_file: str | None) -> None:
+    """Start the milter (validates the config before binding the socket)."""
+    config = _load(config_file)
+    from mailflow.log import setup_logging
+    from mailflow.milter.server import serve
+
+    setup_logging(config.log)
+    serve(config)
+
+
+@cli.command("check-config")
+@config_option
+def check_config(config_file: str | None) -> None:
+    """Validate a config file; name the bad key and exit 2 on error."""
+    config = _load(config_file)
+    click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
+
+
+@cli.group()
+def ratelimit() -> None:
+    """Inspect or reset an account's buckets."""
+
+
+@ratelimit.command("status")
+@config_option
+@click.argument("account")
+def ratelimit_status(config_file: str | None, account: str) -> None:
+    """Show how much of each limit ACCOUNT has spent."""
+    from mailflow.ratelimit.bucket import seconds_until_fits
+
+    config = _load(config_file)
+    account = account.lower()
+    policy = config.ratelimit.policy_for(account)
+    store = open_store(config.store.url, config.store.timeout_ms)
+    try:
+        levels = store.levels(account, policy.limits)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"account {account}: unit={policy.unit}{' (exempt)' if policy.exempt else ''}")
+    for level, limit in zip(levels, policy.limits):
+        left = max(0.0, limit.capacity - level)
+        wait = seconds_until_fits(level, 1, limit)
+        note = f", next in {wait}s" if wait else ""
+        click.echo(f"  {str(limit):<24} spent {level:9.1f}  left {left:9.1f}{note}")
+
+
+@ratelimit.command("reset")
+@config_option
+@click.argument("account")
+def ratelimit_reset(config_file: str | None, account: str) -> None:
+    """Refill every bucket of ACCOUNT."""
+    config = _load(config_file)
+    store = open_store(config.store.url, config.store.timeout_ms)
+    try:
+        store.reset(account.lower())
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"account {account.lower()}: buckets refilled")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="mailflow", standalone_mode=False)
+    except click.UsageError as exc:
+        click.echo(f"mailflow: {exc.format_message()}", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        click.echo(f"mailflow: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,340 @@
+"""Load and validate mailflow.toml into typed, frozen settings.
+
+Every error names the offending key (`ratelimit.accounts."shop.example".limits[1]`), so
+`mailflow check-config` and a failing `mailflow run` say exactly what to fix. Unknown keys
+are errors too: a typo must not silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailflow.ratelimit.limits import Limit, LimitSyntaxError, parse_limit
+from mailflow.store import SCHEMES
+
+DEFAULT_CONFIG_PATH = "/etc/mailflow/mailflow.toml"
+CONFIG_ENV = "MAILFLOW_CONFIG"
+IDENTITY_SOURCES = ("sasl", "local", "trusted_ip")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    socket: str = "inet:8890@127.0.0.1"
+    mode: str = "enforce"  # enforce | monitor
+    on_error: str = "tempfail"  # tempfail | accept
+    timeout: int = 30  # seconds libmilter waits on the MTA
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = "sqlite:///var/lib/mailflow/state.db"
+    timeout_ms: int = 250
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    identify: tuple[str, ...] = IDENTITY_SOURCES
+    trusted_networks: tuple[IPNetwork, ...] = ()
+    identity_map: Mapping[str, str] = field(default_factory=dict)
+    ip_map: tuple[tuple[IPNetwork, str], ...] = ()  # longest prefix first
+
+
+@dataclass(frozen=True)
+class RatePolicy:
+    """The rate limit that applies to one account."""
+
+    limits: tuple[Limit, ...]
+    unit: str = "recipient"  # recipient | message
+    exempt: bool = False
+
+
+@dataclass(frozen=True)
+class RateLimitSettings:
+    default: RatePolicy = RatePolicy(limits=(parse_limit("600/hour"),))
+    accounts: Mapping[str, RatePolicy] = field(default_factory=dict)
+    local_over_limit: str = "defer"  # defer | hold
+
+    def policy_for(self, account: str) -> RatePolicy:
+        return self.accounts.get(account, self.default)
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    target: str = "stderr"  # stderr | syslog
+    facility: str = "mail"
+    format: str = "kv"  # kv | json
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    milter: MilterSettings = MilterSettings()
+    store: StoreSettings = StoreSettings()
+    accounts: AccountSettings = AccountSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    log: LogSettings = LogSettings()
+    path: str | None = None
+
+
+def config_path(explicit: str | None) -> str:
+    """`-c FILE`, else $MAILFLOW_CONFIG, else /etc/mailflow/mailflow.toml."""
+    return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return parse_config(raw, base_dir=os.path.dirname(os.path.abspath(path)), path=path)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None = None) -> Config:
+    top = _Table(raw, "")
+    config = Config(
+        milter=_milter(top.table("milter")),
+        store=_store(top.table("store")),
+        accounts=_accounts(top.table("accounts"), base_dir),
+        ratelimit=_ratelimit(top.table("ratelimit")),
+        log=_log(top.table("log")),
+        path=path,
+    )
+    top.finish()
+    return config
+
+
+# -- sections -------------------------------------------------------------------------------
+
+_SOCKET_RE = re.compile(r"^(unix|local):/.+|^inet6?:\d{1,5}(@.+)?$")
+
+
+def _milter(t: _Table) -> MilterSettings:
+    d = MilterSettings()
+    socket = t.str("socket", d.socket)
+    if not _SOCKET_RE.match(socket):
+        raise t.error("socket", f"{socket!r} is not a milter socket (inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH)")
+    settings = MilterSettings(
+        socket=socket,
+        mode=t.choice("mode", d.mode, ("enforce", "monitor")),
+        on_error=t.choice("on_error", d.on_error, ("tempfail", "accept")),
+        timeout=t.int("timeout", d.timeout, minimum=1),
+    )
+    t.finish()
+    return settings
+
+
+def _store(t: _Table) -> StoreSettings:
+    d = StoreSettings()
+    url = t.str("url", d.url)
+    if url.split("://", 1)[0] not in SCHEMES or "://" not in url:
+        raise t.error("url", f"{url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB, rediss://… or unix://PATH")
+    settings = StoreSettings(url=url, timeout_ms=t.int("timeout_ms", d.timeout_ms, minimum=1))
+    t.finish()
+    return settings
+
+
+def _accounts(t: _Table, base_dir: str) -> AccountSettings:
+    identify = t.str_list("identify", list(IDENTITY_SOURCES))
+    for i, source in enumerate(identify):
+        if source not in IDENTITY_SOURCES:
+            raise t.error(f"identify[{i}]", f"{source!r} is not one of {', '.join(IDENTITY_SOURCES)}")
+    networks = tuple(_network(t, f"trusted_networks[{i}]", n) for i, n in enumerate(t.str_list("trusted_networks", [])))
+
+    identity_map: dict[str, str] = {}
+    map_file = t.str("map_file", "")
+    if map_file:
+        map_path = map_file if os.path.isabs(map_file) else os.path.join(base_dir, map_file)
+        try:
+            identity_map.update(read_map_file(map_path))
+        except (OSError, ValueError) as exc:
+            raise t.error("map_file", str(exc)) from None
+    inline = t.table("map")
+    for key in inline.keys():
+        identity_map[key.lower()] = inline.str(key, "")
+    inline.finish()
+
+    ip_table = t.table("ip_map")
+    ip_map = [(_network(ip_table, key, key), ip_table.str(key, "")) for key in ip_table.keys()]
+    ip_table.finish()
+    ip_map.sort(key=lambda item: item[0].prefixlen, reverse=True)
+
+    settings = AccountSettings(tuple(identify), networks, identity_map, tuple(ip_map))
+    t.finish()
+    return settings
+
+
+def _rate_policy(t: _Table, inherit: RatePolicy, per_account: bool) -> RatePolicy:
+    """[ratelimit] itself and each [ratelimit.accounts."NAME"] share these keys; only an
+    account table has `exempt = true|false` (the top level lists exempt accounts instead)."""
+    return RatePolicy(
+        limits=_limits(t) if "limits" in t else inherit.limits,
+        unit=t.choice("unit", inherit.unit, ("recipient", "message")),
+        exempt=t.bool("exempt", inherit.exempt) if per_account else False,
+    )
+
+
+def _limits(t: _Table) -> tuple[Limit, ...]:
+    entries = t.raw("limits")
+    if not isinstance(entries, list) or not entries:
+        raise t.error("limits", 'expected a non-empty list such as ["600/hour", "5000/day"]')
+    limits: list[Limit] = []
+    for i, entry in enumerate(entries):
+        key = f"limits[{i}]"
+        try:
+            if isinstance(entry, dict):
+                sub = _Table(entry, t.child_path(key))
+                limit = parse_limit(sub.str("limit", ""), burst=sub.int("burst", None, minimum=1))
+                sub.finish()
+            else:
+                limit = parse_limit(entry)
+        except LimitSyntaxError as exc:
+            raise t.error(key, str(exc)) from None
+        if any(other.period == limit.period for other in limits):
+            raise t.error(key, f"a second limit per {limit.period}: give one limit per period")
+        limits.append(limit)
+    return tuple(limits)
+
+
+def _ratelimit(t: _Table) -> RateLimitSettings:
+    default = _rate_policy(t, RateLimitSettings().default, per_account=False)
+    accounts: dict[str, RatePolicy] = {}
+    for name in t.str_list("exempt", []):
+        accounts[name.lower()] = RatePolicy(default.limits, default.unit, exempt=True)
+    per_account = t.table("accounts")
+    for name in per_account.keys():
+        sub = per_account.table(name)
+        accounts[name.lower()] = _rate_policy(sub, accounts.get(name.lower(), default), per_account=True)
+        sub.finish()
+    per_account.finish()
+    settings = RateLimitSettings(
+        default=default,
+        accounts=accounts,
+        local_over_limit=t.choice("local_over_limit", "defer", ("defer", "hold")),
+    )
+    t.finish()
+    return settings
+
+
+def _log(t: _Table) -> LogSettings:
+    d = LogSettings()
+    settings = LogSettings(
+        target=t.choice("target", d.target, ("stderr", "syslog")),
+        facility=t.choice("facility", d.facility, ("mail", "daemon", "user", *(f"local{i}" for i in range(8)))),
+        format=t.choice("format", d.format, ("kv", "json")),
+        level=t.choice("level", d.level, ("debug", "info", "warning", "error")),
+    )
+    t.finish()
+    return settings
+
+
+def _network(t: _Table, key: str, text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise t.error(key, f"{text!r} is not an IP address or network") from None
+
+
+def read_map_file(path: str) -> dict[str, str]:
+    """Postfix-style map: `key value` per line, `#` comments. Keys are lower-cased."""
+    entries: dict[str, str] = {}
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path} line {number}: expected 'IDENTITY ACCOUNT', got {line!r}")
+            entries[parts[0].lower()] = parts[1].lower()
+    return entries
+
+
+# -- a strict reader that remembers where it is --------------------------------------------
+
+
+class _Table:
+    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a table")
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def child_path(self, key: str) -> str:
+        quoted = key if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key) else f'"{key}"'
+        return f"{self.path}.{quoted}" if self.path else quoted
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.child_path(key)}: {message}")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def keys(self) -> Iterator[str]:
+        return iter(list(self.data.keys()))
+
+    def raw(self, key: str) -> Any:
+        self.seen.add(key)
+        return self.data.get(key)
+
+    def _typed(self, key: str, default: Any, kind: type | tuple[type, ...], what: str) -> Any:
+        if key not in self.data:
+            return default
+        value = self.raw(key)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {what}, got {value!r}")
+        return value
+
+    def str(self, key: str, default: str) -> str:
+        return self._typed(key, default, str, "a string")  # type: ignore[no-any-return]
+
+    def bool(self, key: str, default: bool) -> bool:
+        return self._typed(key, default, bool, "true or false")  # type: ignore[no-any-return]
+
+    def int(self, key: str, default: int | None, minimum: int = 0) -> Any:
+        value = self._typed(key, default, int, "a whole number")
+        if value is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}")
+        return value
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    def str_list(self, key: str, default: list[str]) -> list[str]:
+        value = self._typed(key, default, list, "a list of strings")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{key}[{i}]", f"expected a string, got {item!r}")
+        return list(value)
+
+    def table(self, key: str) -> _Table:
+        value = self._typed(key, {}, dict, "a table")
+        return _Table(value, self.child_path(key))
+
+    def finish(self) -> None:
+        unknown = [key for key in self.data if key not in self.seen]
+        if unknown:
+            raise self.error(unknown[0], "unknown key")

@@ -1,0 +1,55 @@
+"""Logging set-up and the one-line-per-decision format mail admins grep."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import sys
+from collections.abc import Mapping
+
+from mailflow.config import LogSettings
+
+DECISIONS = logging.getLogger("mailflow.decision")
+log = logging.getLogger("mailflow")
+
+_SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._-+:/<>,=")
+
+
+def setup_logging(settings: LogSettings) -> None:
+    handler: logging.Handler
+    if settings.target == "syslog":
+        handler = logging.handlers.SysLogHandler(address="/dev/log", facility=settings.facility)
+        handler.setFormatter(logging.Formatter("mailflow[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s mailflow[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger("mailflow")
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level.upper())
+    root.propagate = False
+    _formatter.json = settings.format == "json"
+
+
+class _LineFormatter:
+    json = False
+
+    def render(self, fields: Mapping[str, object]) -> str:
+        present = {k: v for k, v in fields.items() if v is not None and v != ""}
+        if self.json:
+            return json.dumps(present, ensure_ascii=False, default=str)
+        return " ".join(f"{key}={_kv_value(value)}" for key, value in present.items())
+
+
+_formatter = _LineFormatter()
+
+
+def _kv_value(value: object) -> str:
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    if text and set(text) <= _SAFE:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def log_decision(level: int = logging.INFO, **fields: object) -> None:
+    DECISIONS.log(level, "%s", _formatter.render(fields))

@@ -1,0 +1,192 @@
+"""The MTA side of the milter protocol: drive a running milter as Postfix would.
+
+miltertest supplies the wire codec; this module adds what a test or replay needs on top:
+honouring the steps and replies the milter negotiated away, and turning answers into
+SMTP-like replies ("451 4.7.1 …", "accept") that can be compared with expectations.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from miltertest import constants as C
+from miltertest.client import MilterConnection
+
+# Which protocol flag skips a step, and which one tells the MTA not to wait for its reply.
+_SKIP = {C.SMFIC_CONNECT: C.SMFIP_NOCONNECT, C.SMFIC_HELO: C.SMFIP_NOHELO, C.SMFIC_MAIL: C.SMFIP_NOMAIL,
+         C.SMFIC_RCPT: C.SMFIP_NORCPT, C.SMFIC_HEADER: C.SMFIP_NOHDRS, C.SMFIC_EOH: C.SMFIP_NOEOH,
+         C.SMFIC_BODY: C.SMFIP_NOBODY, C.SMFIC_DATA: C.SMFIP_NODATA}
+_NOREPLY = {C.SMFIC_CONNECT: C.SMFIP_NR_CONN, C.SMFIC_HELO: C.SMFIP_NR_HELO, C.SMFIC_MAIL: C.SMFIP_NR_MAIL,
+            C.SMFIC_RCPT: C.SMFIP_NR_RCPT, C.SMFIC_HEADER: C.SMFIP_NR_HDR, C.SMFIC_EOH: C.SMFIP_NR_EOH,
+            C.SMFIC_BODY: C.SMFIP_NR_BODY, C.SMFIC_DATA: C.SMFIP_NR_DATA}
+_WORDS = {C.SMFIR_CONTINUE: "continue", C.SMFIR_ACCEPT: "accept", C.SMFIR_REJECT: "reject",
+          C.SMFIR_TEMPFAIL: "tempfail", C.SMFIR_DISCARD: "discard", C.SMFIR_SKIP: "continue"}
+_FAMILIES = {"4": C.SMFIA_INET, "6": C.SMFIA_INET6, "unix": C.SMFIA_UNIX, "unknown": C.SMFIA_UNKNOWN}
+
+
+class MilterClientError(Exception):
+    """The milter could not be reached or broke the protocol."""
+
+
+@dataclass
+class Response:
+    """A milter's answer to one step, in SMTP terms."""
+
+    action: str  # continue | accept | reject | tempfail | discard
+    reply: str = ""  # "451 4.7.1 text" when the milter set one
+    quarantine: str | None = None
+    headers_added: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def smtp(self) -> str:
+        """What the MTA would answer: the milter's reply, or the MTA default for the action."""
+        if self.reply:
+            return self.reply
+        return {"reject": "550 5.7.1 Command rejected", "tempfail": "451 4.7.1 Service unavailable"}.get(
+            self.action, self.action
+        )
+
+
+def parse_socket(spec: str) -> tuple[int, object]:
+    """libmilter socket syntax (`inet:8890@127.0.0.1`, `inet6:8890@::1`, `unix:/path`)."""
+    kind, _, rest = spec.partition(":")
+    if kind in ("unix", "local"):
+        return socket.AF_UNIX, rest
+    if kind in ("inet", "inet6"):
+        port, _, host = rest.partition("@")
+        host = host.strip("[]") or ("127.0.0.1" if kind == "inet" else "::1")
+        return (socket.AF_INET6 if kind == "inet6" else socket.AF_INET), (host, int(port))
+    raise MilterClientError(f"not a milter socket: {spec!r}")
+
+
+CONTINUE = Response("continue")
+
+
+class MilterClient:
+    """One SMTP connection's worth of milter conversation (as many messages as you like)."""
+
+    def __init__(self, spec: str, timeout: float = 10.0) -> None:
+        family, address = parse_socket(spec)
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(address)  # type: ignore[arg-type]
+            self.conn = MilterConnection(self.sock)
+            self.conn.optneg_mta()
+        except Exception as exc:  # OSError or a codec error
+            self.sock.close()
+            raise MilterClientError(f"cannot talk to milter at {spec}: {exc}") from exc
+        self.protocol: int = self.conn.protocol_flags or 0
+        self.message_done = False  # the milter gave a final answer for the current message
+
+    def close(self) -> None:
+        try:
+            self.conn._send(C.SMFIC_QUIT)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def __enter__(self) -> MilterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def connect(self, hostname: str, address: str, port: int = 0, family: str = "4",
+                macros: dict[str, str] | None = None) -> Response:
+        return self._step(C.SMFIC_CONNECT, macros, hostname=hostname, family=_FAMILIES[family],
+                          port=port, address=address)
+
+    def helo(self, name: str, macros: dict[str, str] | None = None) -> Response:
+        return self._step(C.SMFIC_HELO, macros, helo=name)
+
+    def mail(self, sender: str, macros: dict[str, str] | None = None, esmtp: list[str] | None = None) -> Response:
+        self.message_done = False
+        return self._step(C.SMFIC_MAIL, macros, args=[_bracket(sender), *(esmtp or [])])
+
+    def rcpt(self, recipient: str, macros: dict[str, str] | None = None, esmtp: list[str] | None = None) -> Response:
+        return self._step(C.SMFIC_RCPT, macros, args=[_bracket(recipient), *(esmtp or [])])
+
+    def data(self, macros: dict[str, str] | None = None) -> Response:
+        return self._step(C.SMFIC_DATA, macros)
+
+    def header(self, name: str, value: str) -> Response:
+        return self._step(C.SMFIC_HEADER, None, name=name, value=value)
+
+    def eoh(self) -> Response:
+        return self._step(C.SMFIC_EOH, None)
+
+    def body(self, chunk: bytes) -> Response:
+        return self._step(C.SMFIC_BODY, None, buf=chunk)
+
+    def eom(self, macros: dict[str, str] | None = None) -> Response:
+        if self.message_done:
+            return Response("accept")
+        if macros:
+            self.conn.send_macro(C.SMFIC_BODYEOB, **macros)
+        self.conn._send(C.SMFIC_BODYEOB)
+        response = Response("continue")
+        while True:
+            cmd, data = self._recv()
+            if cmd == C.SMFIR_ADDHEADER or cmd == C.SMFIR_INSHEADER:
+                response.headers_added.append((data["name"], data["value"]))
+            elif cmd == C.SMFIR_QUARANTINE:
+                response.quarantine = data["reason"]
+            elif cmd in _WORDS or cmd == C.SMFIR_REPLYCODE:
+                self._fill(response, cmd, data)
+                self.message_done = True
+                return response
+
+    def abort(self) -> None:
+        self.conn._send(C.SMFIC_ABORT)
+        self.message_done = True
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _step(self, cmd: str, macros: dict[str, str] | None, **fields: object) -> Response:
+        if self.message_done and cmd not in (C.SMFIC_CONNECT, C.SMFIC_HELO, C.SMFIC_MAIL):
+            return Response("accept")
+        if self.protocol & _SKIP.get(cmd, 0):
+            return CONTINUE
+        if macros:
+            self.conn.send_macro(cmd, **macros)
+        try:
+            self.conn._send(cmd, **fields)
+        except OSError as exc:
+            raise MilterClientError(f"milter connection lost: {exc}") from exc
+        if self.protocol & _NOREPLY.get(cmd, 0):
+            return CONTINUE
+        cmd_reply, data = self._recv()
+        response = Response("continue")
+        self._fill(response, cmd_reply, data)
+        if response.action in ("accept", "discard") or (cmd == C.SMFIC_MAIL and response.action != "continue"):
+            self.message_done = True
+        return response
+
+    def _recv(self) -> tuple[str, dict[str, object]]:
+        try:
+            reply = self.conn.recv()
+        except Exception as exc:  # OSError or a codec error
+            raise MilterClientError(f"no answer from milter: {exc}") from exc
+        if reply is None:
+            raise MilterClientError("milter closed the connection")
+        return reply  # type: ignore[return-value]
+
+    @staticmethod
+    def _fill(response: Response, cmd: str, data: dict[str, object]) -> None:
+        if cmd == C.SMFIR_REPLYCODE:
+            code = str(data["smtpcode"])
+            response.action = "tempfail" if code.startswith("4") else "reject"
+            response.reply = f"{code} {data['text']}"
+        elif cmd in _WORDS:
+            response.action = _WORDS[cmd]
+        else:
+            raise MilterClientError(f"unexpected milter reply {cmd!r}")
+
+
+def _bracket(address: str) -> str:
+    address = address.strip()
+    return address if address.startswith("<") else f"<{address}>"

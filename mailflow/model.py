@@ -1,0 +1,88 @@
+"""Plain data passed between the milter adapter and the pure policy code."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Verdict(StrEnum):
+    CONTINUE = "continue"  # no objection at this stage
+    ACCEPT = "accept"  # not ours to police (inbound): stop looking at this message
+    TEMPFAIL = "tempfail"
+    REJECT = "reject"
+    HOLD = "hold"  # accept into the MTA's hold queue for an admin to release
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: str  # "451"
+    status: str  # "4.7.1"
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.status} {self.text}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    reason: str  # short machine word for logs: ok, ratelimit, over_capacity, store_error, …
+    reply: Reply | None = None
+
+    @property
+    def refuses(self) -> bool:
+        return self.verdict in (Verdict.TEMPFAIL, Verdict.REJECT, Verdict.HOLD)
+
+
+PASS = Decision(Verdict.CONTINUE, "ok")
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who connected to the MTA, as the MTA told the milter."""
+
+    hostname: str = ""
+    address: str | None = None
+    port: int | None = None
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+        try:
+            return ipaddress.ip_address(self.address) if self.address else None
+        except ValueError:
+            return None
+
+    @property
+    def on_this_host(self) -> bool:
+        ip = self.ip
+        return ip is not None and ip.is_loopback
+
+    @property
+    def is_postfix_pickup(self) -> bool:
+        """Postfix hands locally submitted mail (sendmail/pickup) to non_smtpd_milters as a
+        connection from the loopback address with port 0."""
+        return self.on_this_host and self.port == 0
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whose mail a message is: the account that pays for it and how we know."""
+
+    source: str  # sasl | local | trusted_ip
+    identity: str  # the login, sender or client address that matched
+    account: str
+
+
+@dataclass
+class Message:
+    """What the milter has gathered about the message in flight."""
+
+    sender: str = ""
+    identity: Identity | None = None
+    recipients: list[str] = field(default_factory=list)  # accepted so far
+    refused: list[str] = field(default_factory=list)
+    levels: tuple[float, ...] | None = None  # bucket levels read at the first RCPT
+    php_script: str | None = None  # X-PHP-Originating-Script (uid:script)
+    msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"

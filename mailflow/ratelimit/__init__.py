@@ -1,0 +1,1 @@
+"""Token-bucket rate limits: parsing (limits) and pure arithmetic (bucket)."""

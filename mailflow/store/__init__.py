@@ -1,0 +1,33 @@
+"""Stores behind one contract, chosen by URL like `sqlite:///var/lib/mailflow/state.db` or
+`redis://127.0.0.1:6379/0`."""
+
+from __future__ import annotations
+
+from mailflow.store.base import RateStore, StoreError
+
+SCHEMES = ("sqlite", "redis", "rediss", "unix")
+
+
+def open_store(url: str, timeout_ms: int = 250) -> RateStore:
+    """Open the store a URL names. Connections are lazy: a down Redis fails per call, not here."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme == "sqlite":
+        from mailflow.store.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url), timeout_ms=timeout_ms)
+    if scheme in ("redis", "rediss", "unix"):
+        from mailflow.store.redis import RedisStore
+
+        return RedisStore(url, timeout_ms=timeout_ms)
+    raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss:// or unix://)")
+
+
+def sqlite_path(url: str) -> str:
+    """`sqlite:///abs/path.db` is absolute; `sqlite://rel/path.db` is relative to the working directory."""
+    path = url[len("sqlite://"):]
+    if not path:
+        raise ValueError(f"store URL {url!r} names no file")
+    return path
+
+
+__all__ = ["RateStore", "StoreError", "open_store", "SCHEMES"]

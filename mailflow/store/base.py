@@ -1,0 +1,39 @@
+"""The one contract every store keeps. Policy code talks to this, never to a backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from mailflow.ratelimit.bucket import DebitResult
+from mailflow.ratelimit.limits import Limit
+
+
+class StoreError(Exception):
+    """The store could not answer (down, timed out, corrupt). Callers apply `on_error`."""
+
+
+class RateStore(Protocol):
+    """Per-account token buckets, one bucket per (account, limit period).
+
+    Keying by period, not by the limit text, keeps the spent count when an admin changes
+    "600/hour" to "2000/hour". Configuration guarantees one limit per period per account.
+    """
+
+    def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
+        """Spent level of each limit's bucket now (0 = full bucket). Writes nothing."""
+        ...
+
+    def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
+        """Take `cost` from every bucket if all have room, else from none (atomic)."""
+        ...
+
+    def reset(self, account: str) -> None:
+        """Forget an account's buckets (admin action: refills them)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StoreError unless the store answers."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,132 @@
+"""Embedded SQLite store: zero set-up, survives restarts, safe across threads and processes.
+
+One connection per thread (sqlite3 connections must not be shared); WAL lets readers run
+beside a writer; `BEGIN IMMEDIATE` serialises debits across threads and processes on one host.
+Time comes from the host clock, which every process on one host shares.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, seconds_until_empty, try_debit
+from mailflow.ratelimit.limits import Limit
+from mailflow.store.base import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buckets (
+    account TEXT NOT NULL,
+    period  TEXT NOT NULL,
+    level   REAL NOT NULL,
+    updated REAL NOT NULL,
+    expires REAL NOT NULL,   -- when the bucket is full again and the row can go
+    PRIMARY KEY (account, period)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS buckets_expires ON buckets (expires);
+"""
+
+# Expired rows are swept every this many debits, keeping the table bounded by active accounts.
+_SWEEP_EVERY = 1000
+
+
+class SqliteStore:
+    def __init__(self, path: str, timeout_ms: int = 250, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.timeout = timeout_ms / 1000
+        self.clock = clock
+        self._local = threading.local()
+        self._debits = 0
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        parent = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(parent, exist_ok=True)
+            with _sqlite_errors():
+                self._conn().executescript(_SCHEMA)
+        except OSError as exc:
+            raise StoreError(f"cannot create {parent}: {exc}") from exc
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _read(self, conn: sqlite3.Connection, account: str, limits: Sequence[Limit]) -> list[BucketState | None]:
+        rows = dict(
+            (period, BucketState(level, updated))
+            for period, level, updated in conn.execute(
+                "SELECT period, level, updated FROM buckets WHERE account = ?", (account,)
+            )
+        )
+        return [rows.get(limit.period) for limit in limits]
+
+    def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
+        with _sqlite_errors():
+            states = self._read(self._conn(), account, limits)
+            now = self.clock()
+            return tuple(current_level(s, limit.rate, now) for s, limit in zip(states, limits))
+
+    def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
+        with _sqlite_errors():
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = self.clock()
+                result = try_debit(self._read(conn, account, limits), limits, cost, now)
+                if result.allowed:
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?)",
+                        [
+                            (account, limit.period, level, now, now + seconds_until_empty(level, limit))
+                            for level, limit in zip(result.levels, limits)
+                        ],
+                    )
+                    self._sweep_now_and_then(conn, now)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result
+
+    def _sweep_now_and_then(self, conn: sqlite3.Connection, now: float) -> None:
+        self._debits += 1  # a lost increment under threads only delays a sweep
+        if self._debits % _SWEEP_EVERY == 0:
+            conn.execute("DELETE FROM buckets WHERE expires < ?", (now,))
+
+    def reset(self, account: str) -> None:
+        with _sqlite_errors():
+            self._conn().execute("DELETE FROM buckets WHERE account = ?", (account,))
+
+    def ping(self) -> None:
+        with _sqlite_errors():
+            self._conn().execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._connections.clear()
+        self._local = threading.local()
+
+
+@contextmanager
+def _sqlite_errors() -> Iterator[None]:
+    """Turn sqlite3 errors (locked past the timeout, disk full, corrupt file) into StoreError."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"sqlite: {exc}") from exc

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what mailflow needs on Debian 12, idempotently: Debian packages, then a venv with
+# the pinned Python dependencies. Safe to run again; does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(gcc python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules)
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+missing=()
+for pkg in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "bootstrap: missing Debian packages (${missing[*]}); run as root or install them" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing ${missing[*]}"
+  # No system Postfix configuration: the system instance must never bind port 25 for us.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp=$VENV/.installed-$(sha256sum requirements.lock setup.cfg | sha256sum | cut -c1-16)
+if [[ ! -e $stamp ]]; then
+  [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -r requirements.lock
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+fi

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.helpers.servers import MilterProcess, redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    with redis_server(tmp_path_factory.mktemp("redis")) as instance:
+        yield instance
+
+
+@pytest.fixture
+def redis_url(redis_instance: tuple[str, int]) -> str:
+    """A real Redis, emptied before each test."""
+    url = redis_instance[0]
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test using this runs once per store backend."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/state.db"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def start_milter(tmp_path: Path) -> Iterator[Callable[..., MilterProcess]]:
+    started: list[MilterProcess] = []
+
+    def start(config: dict[str, Any], name: str = "milter") -> MilterProcess:
+        milter = MilterProcess(tmp_path, config, name=name).start()
+        started.append(milter)
+        return milter
+
+    yield start
+    for milter in started:
+        milter.stop()

@@ -1,0 +1,150 @@
+"""One contract, every store: the same tests run against SQLite and a real redis-server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from mailflow.ratelimit.limits import parse_limit
+from mailflow.store import RateStore, StoreError, open_store
+from mailflow.store.redis import bucket_key
+
+HOURLY = (parse_limit("5/hour"),)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[RateStore]:
+    s = open_store(store_url, timeout_ms=1000)
+    yield s
+    s.close()
+
+
+def test_a_new_account_has_full_buckets(store: RateStore) -> None:
+    assert store.levels("new.example", HOURLY) == (0.0,)
+
+
+def test_debit_exactly_capacity_then_refuse(store: RateStore) -> None:
+    results = [store.debit("a.example", HOURLY, 1).allowed for _ in range(7)]
+    assert results == [True] * 5 + [False] * 2
+    assert store.levels("a.example", HOURLY)[0] == pytest.approx(5, abs=0.01)
+
+
+def test_refusal_reports_levels_and_takes_nothing(store: RateStore) -> None:
+    store.debit("a.example", HOURLY, 4)
+    refused = store.debit("a.example", HOURLY, 2)
+    assert not refused.allowed and refused.levels[0] == pytest.approx(4, abs=0.01)
+    assert store.debit("a.example", HOURLY, 1).allowed
+
+
+def test_several_limits_debit_all_or_nothing(store: RateStore) -> None:
+    limits = (parse_limit("10/hour"), parse_limit("12/day"))
+    assert store.debit("b.example", limits, 8).allowed
+    assert not store.debit("b.example", limits, 3).allowed  # hour has 2 left
+    levels = store.levels("b.example", limits)
+    assert levels[0] == pytest.approx(8, abs=0.01) and levels[1] == pytest.approx(8, abs=0.01)
+    assert store.debit("b.example", limits, 2).allowed
+    assert not store.debit("b.example", (parse_limit("100/hour"), parse_limit("12/day")), 3).allowed  # day now binds
+
+
+def test_accounts_are_independent(store: RateStore) -> None:
+    assert store.debit("one.example", HOURLY, 5).allowed
+    assert store.debit("two.example", HOURLY, 5).allowed
+    assert not store.debit("one.example", HOURLY, 1).allowed
+
+
+def test_changing_a_limit_keeps_the_spent_count(store: RateStore) -> None:
+    assert store.debit("c.example", (parse_limit("600/hour"),), 500).allowed
+    assert not store.debit("c.example", (parse_limit("400/hour"),), 1).allowed
+    assert store.debit("c.example", (parse_limit("2000/hour"),), 1500).allowed
+    assert not store.debit("c.example", (parse_limit("2000/hour"),), 1).allowed
+
+
+def test_buckets_refill_with_time(store: RateStore) -> None:
+    fast = (parse_limit("20/second"),)
+    assert store.debit("d.example", fast, 20).allowed
+    assert not store.debit("d.example", fast, 1).allowed
+    time.sleep(0.3)  # refills about 6 tokens; the store's own clock, so a short real wait
+    assert store.debit("d.example", fast, 4).allowed
+
+
+def test_reset_refills(store: RateStore) -> None:
+    store.debit("e.example", HOURLY, 5)
+    store.reset("e.example")
+    assert store.levels("e.example", HOURLY) == (0.0,)
+
+
+def test_concurrent_debits_are_exact(store: RateStore) -> None:
+    limits = (parse_limit("100/hour"),)
+    accepted = []
+    lock = threading.Lock()
+
+    def sender() -> None:
+        for _ in range(40):
+            if store.debit("f.example", limits, 1).allowed:
+                with lock:
+                    accepted.append(1)
+
+    threads = [threading.Thread(target=sender) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(accepted) == 100
+
+
+def test_sqlite_is_shared_across_processes_on_one_host(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import multiprocessing
+
+    url = f"sqlite://{tmp_path}/shared.db"
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.starmap(_debit_many, [(url, 30)] * 4)
+    assert sum(results) == 50
+
+
+def _debit_many(url: str, n: int) -> int:
+    store = open_store(url, timeout_ms=5000)
+    return sum(store.debit("g.example", (parse_limit("50/hour"),), 1).allowed for _ in range(n))
+
+
+def test_redis_keys_are_readable_cluster_safe_and_expire(redis_url: str) -> None:
+    store = open_store(redis_url)
+    limits = (parse_limit("600/hour"), parse_limit("5000/day"))
+    store.debit("shop.example", limits, 60)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = sorted(client.keys("mailflow:*"))
+    assert keys == [bucket_key("shop.example", "day"), bucket_key("shop.example", "hour")]
+    assert keys[1] == "mailflow:rl:{shop.example}:hour"
+    assert float(client.hget(keys[1], "level")) == 60
+    # Full again after 60 tokens at 600/hour = 360 s (plus a second of slack).
+    assert 355_000 <= client.pttl(keys[1]) <= 361_000
+    store.close()
+
+
+def test_redis_time_not_client_time_is_used(redis_url: str) -> None:
+    """The script reads Redis TIME: the `ts` field matches the server clock."""
+    store = open_store(redis_url)
+    store.debit("t.example", HOURLY, 1)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    server_now = float(".".join(map(str, client.time())))
+    assert abs(float(client.hget(bucket_key("t.example", "hour"), "ts")) - server_now) < 5
+    store.close()
+
+
+def test_dead_redis_fails_fast_with_store_error() -> None:
+    store = open_store("redis://127.0.0.1:9/0", timeout_ms=250)
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        store.debit("x.example", HOURLY, 1)
+    assert time.monotonic() - started < 2
+    store.close()
+
+
+def test_unwritable_sqlite_path_is_a_store_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(StoreError):
+        open_store(f"sqlite://{tmp_path}/file/sub/state.db")

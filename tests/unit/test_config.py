@@ -1,0 +1,122 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mailflow.config import ConfigError, config_path, load_config, parse_config
+from mailflow.ratelimit.limits import parse_limit
+
+REPO = Path(__file__).resolve().parents[2]
+
+ISSUE_SAMPLE = """
+[milter]
+socket = "inet:8890@127.0.0.1"
+mode = "enforce"
+on_error = "tempfail"
+
+[store]
+url = "sqlite:///var/lib/mailflow/state.db"
+timeout_ms = 250
+
+[accounts]
+identify = ["sasl", "local", "trusted_ip"]
+trusted_networks = ["10.0.0.0/8"]
+
+[ratelimit]
+unit = "recipient"
+limits = ["600/hour"]
+
+[ratelimit.accounts."bigshop.example"]
+limits = ["2000/hour", "20000/day"]
+"""
+
+
+def test_the_documented_sample_is_accepted_as_it_stands() -> None:
+    config = parse_config(tomllib.loads(ISSUE_SAMPLE))
+    assert config.milter.socket == "inet:8890@127.0.0.1"
+    assert config.ratelimit.policy_for("anyone.example").limits == (parse_limit("600/hour"),)
+    big = config.ratelimit.policy_for("bigshop.example")
+    assert big.limits == (parse_limit("2000/hour"), parse_limit("20000/day"))
+    assert big.unit == "recipient"
+
+
+@pytest.mark.parametrize("name", ["mailflow.toml", "dev.toml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    load_config(str(REPO / "conf" / name))
+
+
+def test_defaults_without_a_file_body() -> None:
+    config = parse_config({})
+    assert config.ratelimit.default.limits == (parse_limit("600/hour"),)
+    assert config.ratelimit.default.unit == "recipient"
+    assert config.milter.on_error == "tempfail" and config.store.timeout_ms == 250
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('[milter]\nmode = "loud"', "milter.mode"),
+        ('[milter]\nsocket = "8890"', "milter.socket"),
+        ('[milter]\nsoket = "inet:1@h"', "milter.soket"),
+        ('[store]\nurl = "mysql://x"', "store.url"),
+        ("[store]\ntimeout_ms = 0", "store.timeout_ms"),
+        ("[store]\ntimeout_ms = true", "store.timeout_ms"),
+        ('[accounts]\nidentify = ["sasl", "pop"]', "accounts.identify[1]"),
+        ('[accounts]\ntrusted_networks = ["10.0.0.0/33"]', "accounts.trusted_networks[0]"),
+        ('[accounts.ip_map]\n"not-an-ip" = "x"', 'accounts.ip_map.not-an-ip'),
+        ('[ratelimit]\nlimits = ["600/fortnight"]', "ratelimit.limits[0]"),
+        ('[ratelimit]\nlimits = ["600/hour", "700/hour"]', "ratelimit.limits[1]"),
+        ("[ratelimit]\nlimits = []", "ratelimit.limits"),
+        ('[ratelimit]\nunit = "byte"', "ratelimit.unit"),
+        ('[ratelimit.accounts."big.example"]\nlimits = ["1/hour", "20000/fortnight"]', 'ratelimit.accounts."big.example".limits[1]'),
+        ('[ratelimit.accounts."big.example"]\nlimts = ["1/hour"]', 'ratelimit.accounts."big.example".limts'),
+        ('[ratelimit]\nlimits = [{ limit = "600/hour", burst = 0 }]', "ratelimit.limits[0].burst"),
+        ('[log]\ntarget = "file"', "log.target"),
+        ("[nonsense]\na = 1", "nonsense"),
+    ],
+)
+def test_errors_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text))
+    assert str(err.value).startswith(f"{key}:"), str(err.value)
+
+
+def test_burst_table_and_exemptions() -> None:
+    config = parse_config(tomllib.loads(
+        '[ratelimit]\nlimits = [{ limit = "600/hour", burst = 100 }, "5000/day"]\nexempt = ["Post.Example"]\n'
+        '[ratelimit.accounts."m.example"]\nunit = "message"\n'
+    ))
+    assert config.ratelimit.default.limits[0].capacity == 100
+    assert config.ratelimit.policy_for("post.example").exempt
+    m = config.ratelimit.policy_for("m.example")
+    assert m.unit == "message" and m.limits == config.ratelimit.default.limits
+
+
+def test_map_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "accounts.map").write_text("# comment\nAlice@Shop.example  shop.example\n@news.example shop.example\n")
+    (tmp_path / "m.toml").write_text('[accounts]\nmap_file = "accounts.map"\n')
+    config = load_config(str(tmp_path / "m.toml"))
+    assert config.accounts.identity_map == {"alice@shop.example": "shop.example", "@news.example": "shop.example"}
+
+
+def test_bad_map_file_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / "accounts.map").write_text("ok@x.example x.example\nthree words here\n")
+    (tmp_path / "m.toml").write_text('[accounts]\nmap_file = "accounts.map"\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        load_config(str(tmp_path / "m.toml"))
+
+
+def test_unreadable_or_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(str(tmp_path / "missing.toml"))
+    (tmp_path / "bad.toml").write_text("[milter\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(str(tmp_path / "bad.toml"))
+
+
+def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAILFLOW_CONFIG", raising=False)
+    assert config_path(None) == "/etc/mailflow/mailflow.toml"
+    monkeypatch.setenv("MAILFLOW_CONFIG", "/tmp/env.toml")
+    assert config_path(None) == "/tmp/env.toml"
+    assert config_path("/tmp/cli.toml") == "/tmp/cli.toml"
