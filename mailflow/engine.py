@@ -14,7 +14,7 @@ from mailflow import accounts
 from mailflow.config import Config
 from mailflow.log import log, log_decision
 from mailflow.model import PASS, Client, Decision, Message, Reply, Verdict
-from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, judge, shortfall_refusal
+from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.store.base import RateStore, StoreError
 
 T = TypeVar("T")
@@ -66,7 +66,11 @@ class Engine:
             if isinstance(levels, Decision):
                 return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
             message.levels = levels
-        decision = judge(policy, identity.account, message.levels, cost_of(policy, len(message.recipients) + 1))
+        # A recipient that does not fit is deferred, never rejected: the client retries it in a
+        # later transaction, so it is delivered once the bucket refills. Only a whole message that
+        # can never fit (judged at end of message) gets a 5xx.
+        cost = cost_of(policy, len(message.recipients) + 1)
+        decision = shortfall_refusal(policy, identity.account, message.levels, cost) or PASS
         if decision.refuses:
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, decision, conn_id=conn_id, rcpt=recipient)

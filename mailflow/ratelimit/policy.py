@@ -5,17 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mailflow.config import RatePolicy
-from mailflow.model import PASS, Decision, Reply, Verdict
+from mailflow.model import Decision, Reply, Verdict
 from mailflow.ratelimit.bucket import first_shortfall, over_capacity
 
 
 def cost_of(policy: RatePolicy, recipients: int) -> int:
     return recipients if policy.unit == "recipient" else 1
-
-
-def judge(policy: RatePolicy, account: str, levels: Sequence[float], cost: int) -> Decision:
-    """Can `cost` be taken now? Refusals name the limit and, for a full bucket, when to retry."""
-    return capacity_refusal(policy, account, cost) or shortfall_refusal(policy, account, levels, cost) or PASS
 
 
 def capacity_refusal(policy: RatePolicy, account: str, cost: int) -> Decision | None:

@@ -1,6 +1,7 @@
 """Embedded SQLite store: zero set-up, survives restarts, safe across threads and processes.
 
-One connection per thread (sqlite3 connections must not be shared); WAL lets readers run
+Connections are pooled, one per concurrent caller: libmilter may run one SMTP connection's
+callbacks on different threads, so thread-local connections are not safe. WAL lets readers run
 beside a writer; `BEGIN IMMEDIATE` serialises debits across threads and processes on one host.
 Time comes from the host clock, which every process on one host shares.
 """
@@ -8,6 +9,7 @@ Time comes from the host clock, which every process on one host shares.
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import threading
 import time
@@ -39,28 +41,35 @@ class SqliteStore:
         self.path = path
         self.timeout = timeout_ms / 1000
         self.clock = clock
-        self._local = threading.local()
+        self._idle: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
         self._debits = 0
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         parent = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(parent, exist_ok=True)
-            with _sqlite_errors():
-                self._conn().executescript(_SCHEMA)
+            with self._connection() as conn:
+                conn.executescript(_SCHEMA)
         except OSError as exc:
             raise StoreError(f"cannot create {parent}: {exc}") from exc
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow an idle connection (or open one); sqlite3 errors become StoreError."""
+        try:
+            conn = self._idle.get_nowait()
+        except queue.Empty:
+            with _sqlite_errors():
+                conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
             with self._lock:
                 self._connections.append(conn)
-        return conn
+        try:
+            with _sqlite_errors():
+                yield conn
+        finally:
+            self._idle.put(conn)
 
     def _read(self, conn: sqlite3.Connection, account: str, limits: Sequence[Limit]) -> list[BucketState | None]:
         rows = dict(
@@ -72,14 +81,13 @@ class SqliteStore:
         return [rows.get(limit.period) for limit in limits]
 
     def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
-        with _sqlite_errors():
-            states = self._read(self._conn(), account, limits)
+        with self._connection() as conn:
+            states = self._read(conn, account, limits)
             now = self.clock()
             return tuple(current_level(s, limit.rate, now) for s, limit in zip(states, limits))
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
-        with _sqlite_errors():
-            conn = self._conn()
+        with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 now = self.clock()
@@ -105,12 +113,12 @@ class SqliteStore:
             conn.execute("DELETE FROM buckets WHERE expires < ?", (now,))
 
     def reset(self, account: str) -> None:
-        with _sqlite_errors():
-            self._conn().execute("DELETE FROM buckets WHERE account = ?", (account,))
+        with self._connection() as conn:
+            conn.execute("DELETE FROM buckets WHERE account = ?", (account,))
 
     def ping(self) -> None:
-        with _sqlite_errors():
-            self._conn().execute("SELECT 1").fetchone()
+        with self._connection() as conn:
+            conn.execute("SELECT 1").fetchone()
 
     def close(self) -> None:
         with self._lock:
@@ -120,7 +128,7 @@ class SqliteStore:
                 except sqlite3.Error:
                     pass
             self._connections.clear()
-        self._local = threading.local()
+        self._idle = queue.SimpleQueue()
 
 
 @contextmanager

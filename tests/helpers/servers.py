@@ -96,14 +96,19 @@ class MilterProcess:
             raise RuntimeError(f"milter did not start:\n{self.log()}") from None
         return self
 
-    def stop(self) -> None:
+    def stop(self, graceful: bool = False) -> int | None:
+        """SIGTERM (libmilter needs up to ~5 s to notice) or, by default, SIGKILL: all state is
+        in the store, so tests need not wait for a graceful stop."""
         if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+            if graceful:
+                self.proc.terminate()
+                try:
+                    return self.proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pass
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        return self.proc.returncode if self.proc else None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -1,0 +1,229 @@
+"""The real milter daemon, driven over the milter protocol as an MTA would."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailflow.milter.client import MilterClient
+from tests.helpers.servers import MilterProcess
+
+AUTH = {"{auth_authen}": "bob@shop.example"}
+
+
+def config(store_url: str, **overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "store": {"url": store_url, "timeout_ms": 250},
+        "accounts": {"identify": ["sasl", "local", "trusted_ip"], "trusted_networks": ["192.0.2.0/24"]},
+        "ratelimit": {"limits": ["3/hour"]},
+    }
+    for section, values in overrides.items():
+        base[section] = {**base.get(section, {}), **values}
+    return base
+
+
+def send(milter: MilterProcess, sender: str, recipients: list[str], macros: dict[str, str] | None = None,
+         client: tuple[str, str, int] = ("mua.example", "198.51.100.20", 40000)) -> tuple[list[str], str]:
+    """One SMTP transaction; returns the reply to each RCPT and the end-of-message reply."""
+    with MilterClient(milter.socket) as c:
+        c.connect(*client)
+        c.helo("mua.example")
+        mail = c.mail(sender, macros=macros)
+        if mail.action != "continue":
+            return [], mail.smtp
+        replies = [c.rcpt(r).smtp for r in recipients]
+        if not any(r == "continue" for r in replies):
+            c.abort()
+            return replies, "no recipients"
+        c.header("From", sender)
+        c.header("Subject", "test")
+        c.eoh()
+        return replies, c.eom(macros={"i": "4ABCDEF"}).smtp
+
+
+@pytest.fixture
+def milter(start_milter: Callable[..., MilterProcess], store_url: str) -> MilterProcess:
+    return start_milter(config(store_url))
+
+
+def test_the_recipient_over_the_limit_gets_451(milter: MilterProcess) -> None:
+    rcpt, eom = send(milter, "bob@shop.example", ["a@x.example", "b@x.example", "c@x.example", "d@x.example"], AUTH)
+    assert rcpt[:3] == ["continue"] * 3
+    assert rcpt[3].startswith("451 4.7.1 Rate limit 3/hour for shop.example reached; try again in ")
+    assert eom == "continue"
+    rcpt, eom = send(milter, "bob@shop.example", ["e@x.example"], AUTH)
+    assert rcpt[0].startswith("451 4.7.1")
+    decision = milter.decisions()[-1]
+    assert decision["stage"] == "rcpt" and decision["account"] == "shop.example" and decision["action"] == "tempfail"
+
+
+def test_one_log_line_per_message_with_the_facts(milter: MilterProcess) -> None:
+    send(milter, "bob@shop.example", ["a@x.example", "b@x.example"], AUTH)
+    [line] = [d for d in milter.decisions() if d["stage"] == "eom"]
+    assert line["qid"] == "4ABCDEF" and line["account"] == "shop.example" and line["source"] == "sasl"
+    assert line["identity"] == "bob@shop.example" and line["recipients"] == "2" and line["cost"] == "2"
+    assert line["action"] == "continue" and line["reason"] == "ok"
+
+
+def test_inbound_mail_is_accepted_untouched(milter: MilterProcess) -> None:
+    for _ in range(5):
+        _, reply = send(milter, "stranger@remote.example", ["user@shop.example"])
+        assert reply == "accept"
+    assert milter.decisions() == []
+
+
+def test_message_unit_and_rejected_messages_cost_nothing(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, ratelimit={"unit": "message", "limits": ["2/hour"]}))
+    many = [f"r{i}@x.example" for i in range(10)]
+    assert send(milter, "bob@shop.example", many, AUTH) == (["continue"] * 10, "continue")
+    # An aborted transaction is not charged.
+    with MilterClient(milter.socket) as c:
+        c.connect("mua", "198.51.100.20", 1)
+        c.mail("bob@shop.example", macros=AUTH)
+        c.rcpt("z@x.example")
+        c.abort()
+    assert send(milter, "bob@shop.example", many, AUTH)[1] == "continue"
+    assert send(milter, "bob@shop.example", many, AUTH)[0][0].startswith("451 4.7.1")
+
+
+def test_recipients_beyond_the_capacity_are_deferred_not_rejected(milter: MilterProcess) -> None:
+    """The client retries deferred recipients in a later transaction, so they are delivered
+    once the bucket refills; a 5xx would bounce mail that could have gone out."""
+    rcpt, eom = send(milter, "bob@shop.example", [f"r{i}@x" for i in range(6)], AUTH)
+    assert rcpt[:3] == ["continue"] * 3 and eom == "continue"
+    assert all(r.startswith("451 4.7.1 Rate limit 3/hour for shop.example") for r in rcpt[3:])
+
+
+def test_trusted_ip_submission(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, accounts={"ip_map": {"192.0.2.0/28": "web.example"}}))
+    send(milter, "app@customer.example", ["a@x.example"], client=("web1", "192.0.2.5", 3333))
+    send(milter, "app@customer.example", ["a@x.example"], client=("web2", "192.0.2.99", 3333))
+    accounts = [(d["source"], d["account"]) for d in milter.decisions()]
+    assert accounts == [("trusted_ip", "web.example"), ("trusted_ip", "customer.example")]
+
+
+def test_postfix_pickup_is_judged_at_end_of_message(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url))
+    pickup = ("localhost", "127.0.0.1", 0)
+    rcpt, eom = send(milter, "wp@blog.example", ["a@x", "b@x", "c@x"], client=pickup)
+    assert rcpt == ["continue"] * 3 and eom == "continue"
+    rcpt, eom = send(milter, "wp@blog.example", ["d@x"], client=pickup)
+    assert rcpt == ["continue"] and eom.startswith("451 4.7.1 Rate limit 3/hour for blog.example")
+    rcpt, eom = send(milter, "wp@other-blog.example", ["a@x", "b@x", "c@x", "d@x"], client=pickup)
+    assert rcpt == ["continue"] * 4 and eom.startswith("550 5.7.1")
+
+
+def test_local_over_limit_hold_quarantines(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, ratelimit={"limits": ["1/hour"], "local_over_limit": "hold"}))
+    pickup = ("localhost", "127.0.0.1", 0)
+    send(milter, "wp@blog.example", ["a@x"], client=pickup)
+    with MilterClient(milter.socket) as c:
+        c.connect(*pickup)
+        c.mail("wp@blog.example")
+        c.rcpt("b@x")
+        c.header("X-PHP-Originating-Script", "1000:wp-mail.php")
+        result = c.eom()
+    assert result.action == "continue" and result.quarantine and "Rate limit 1/hour" in result.quarantine
+    assert milter.decisions()[-1]["php_script"] == "1000:wp-mail.php"
+
+
+def test_sendmail_msp_header_names_the_local_user(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, accounts={"map": {"www-data": "hosting.example"}}))
+    with MilterClient(milter.socket) as c:
+        c.connect("localhost", "127.0.0.1", 41000)
+        c.mail("www-data@host.example")
+        c.rcpt("a@x.example")
+        c.header("Received", "(from www-data@localhost)\n\tby host.example (8.17.1/8.17.1/Submit) id 3AB;")
+        assert c.eom().action == "continue"
+    line = milter.decisions()[-1]
+    assert (line["source"], line["identity"], line["account"]) == ("local", "www-data", "hosting.example")
+
+
+def test_monitor_mode_logs_but_never_refuses(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, milter={"mode": "monitor"}))
+    rcpt, eom = send(milter, "bob@shop.example", [f"r{i}@x" for i in range(5)], AUTH)
+    assert rcpt == ["continue"] * 5 and eom == "continue"
+    refusals = [d for d in milter.decisions() if d["action"] == "tempfail" or d["action"] == "reject"]
+    assert refusals and all(d["mode"] == "monitor" for d in refusals)
+
+
+def test_exempt_accounts_pass(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, ratelimit={"exempt": ["shop.example"]}))
+    assert send(milter, "bob@shop.example", [f"r{i}@x" for i in range(10)], AUTH) == (["continue"] * 10, "continue")
+
+
+@pytest.mark.parametrize("on_error, expected", [("tempfail", "451 4.3.0"), ("accept", "continue")])
+def test_a_hanging_redis_gets_on_error_within_the_timeout(
+    start_milter: Callable[..., MilterProcess], on_error: str, expected: str
+) -> None:
+    # A listener that accepts connections and never answers: the worst kind of dead store.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        port = silent.getsockname()[1]
+        milter = start_milter(config(f"redis://127.0.0.1:{port}/0", milter={"on_error": on_error}))
+        rcpt, eom = send(milter, "bob@shop.example", ["a@x.example"], AUTH)
+        assert rcpt[0].startswith(expected) if expected != "continue" else rcpt[0] == "continue"
+        assert "store unavailable" in milter.log()
+    finally:
+        silent.close()
+
+
+def test_the_milter_recovers_when_redis_comes_back(start_milter: Callable[..., MilterProcess], tmp_path: Path) -> None:
+    from tests.helpers.servers import redis_server
+
+    with redis_server(tmp_path) as (url, port):
+        milter = start_milter(config(url))
+        assert send(milter, "bob@shop.example", ["a@x"], AUTH) == (["continue"], "continue")
+    # Redis is gone now.
+    assert send(milter, "bob@shop.example", ["a@x"], AUTH)[0][0].startswith("451 4.3.0")
+    from tests.helpers.servers import free_port  # noqa: F401  (port reuse below)
+    import subprocess
+
+    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--daemonize", "yes",
+                    "--pidfile", str(tmp_path / "again.pid")], check=True)
+    try:
+        from tests.helpers.servers import wait_for_port
+
+        wait_for_port(port)
+        assert send(milter, "bob@shop.example", ["a@x"], AUTH) == (["continue"], "continue")
+    finally:
+        subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True, timeout=10)
+
+
+def test_malformed_input_gets_a_defined_answer(milter: MilterProcess) -> None:
+    weird = ["", "<>", "no-at-sign", "a@", "@b", "a" * 2000 + "@x.example", '"quoted local"@x.example']
+    for sender in weird:
+        rcpt, eom = send(milter, sender, ["a@x.example"], {"{auth_authen}": sender or "anon"})
+        assert all(r == "continue" or r[:3] in ("451", "550") for r in rcpt)
+    assert milter.proc is not None and milter.proc.poll() is None
+
+
+def test_many_connections_at_once(milter: MilterProcess) -> None:
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            send(milter, f"u{n}@tenant{n}.example", ["a@x.example"], {"{auth_authen}": f"u{n}@tenant{n}.example"})
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors
+    assert len([d for d in milter.decisions() if d["stage"] == "eom" and d["reason"] == "ok"]) == 30
+
+
+def test_sigterm_stops_the_milter_cleanly(milter: MilterProcess) -> None:
+    send(milter, "bob@shop.example", ["a@x.example"], AUTH)
+    assert milter.stop(graceful=True) == 0
+    assert "mailflow stopped" in milter.log()
