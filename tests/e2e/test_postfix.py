@@ -1,0 +1,124 @@
+"""End to end through a real, private Postfix: SMTP AUTH, trusted-IP and local sendmail
+submissions reach the milter, are tied to the right account and are limited as documented."""
+
+from __future__ import annotations
+
+import smtplib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import postfix
+from tests.helpers.postfix import PrivatePostfix
+from tests.helpers.servers import MilterProcess
+
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.skipif(not postfix.available(), reason="needs root and Debian's postfix (make test installs it)"),
+]
+
+N = 3  # the limit under test: 3 recipients per hour
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
+    workdir = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    if request.param == "sqlite":
+        store = f"sqlite://{workdir}/state.db"
+    else:
+        store = request.getfixturevalue("redis_instance")[0]
+    milter = MilterProcess(workdir, {
+        "store": {"url": store},
+        "accounts": {
+            "identify": ["sasl", "trusted_ip", "local"],
+            "trusted_networks": ["127.0.0.2/32"],
+            "ip_map": {"127.0.0.2": "web.example"},
+        },
+        "ratelimit": {"limits": [f"{N}/hour"]},
+    }).start()
+    mta = PrivatePostfix(milter.port, sasl_users={"bob@shop.example": "secret"}).start()
+    try:
+        yield mta, milter
+    finally:
+        mta.stop()
+        milter.stop()
+
+
+MESSAGE = "From: {sender}\nTo: undisclosed-recipients:;\nSubject: mailflow e2e\n\nhello\n"
+
+
+def eom_decisions(milter: MilterProcess, account: str) -> list[dict[str, str]]:
+    return [d for d in milter.decisions() if d["stage"] == "eom" and d.get("account") == account]
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError("condition not met")
+
+
+def test_smtp_auth_submission_and_the_n_plus_first_recipient(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
+    mta, milter = rig
+    recipients = [f"r{i}@dest.example" for i in range(N + 1)]
+    with mta.smtp() as smtp:
+        smtp.login("bob@shop.example", "secret")
+        refused = smtp.sendmail("bob@shop.example", recipients, MESSAGE.format(sender="bob@shop.example"))
+    code, text = refused[recipients[N]]
+    assert code == 451 and text.decode().startswith(f"4.7.1 Rate limit {N}/hour for shop.example reached; try again in")
+    assert set(refused) == {recipients[N]}
+    delivered = [m for m in mta.wait_delivered(1) if m["sender"] == "<bob@shop.example>"]
+    assert delivered and delivered[0]["recipients"] == [f"<{r}>" for r in recipients[:N]]
+    [line] = eom_decisions(milter, "shop.example")
+    assert (line["source"], line["identity"], line["cost"], line["action"]) == ("sasl", "bob@shop.example", str(N), "continue")
+    assert line["qid"]  # Postfix's queue id is logged
+
+    with mta.smtp() as smtp:  # the bucket is empty now: the next recipient waits too
+        smtp.login("bob@shop.example", "secret")
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as err:
+            smtp.sendmail("bob@shop.example", ["late@dest.example"], MESSAGE.format(sender="bob@shop.example"))
+    assert err.value.recipients["late@dest.example"][0] == 451
+
+
+def test_trusted_ip_submission(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
+    mta, milter = rig
+    recipients = [f"t{i}@dest.example" for i in range(N + 1)]
+    with mta.smtp(source_address="127.0.0.2") as smtp:
+        refused = smtp.sendmail("app@customer.example", recipients, MESSAGE.format(sender="app@customer.example"))
+    assert list(refused) == [recipients[N]] and refused[recipients[N]][0] == 451
+    wait_for(lambda: any(m["sender"] == "<app@customer.example>" for m in mta.delivered()))
+    [line] = eom_decisions(milter, "web.example")
+    assert (line["source"], line["identity"], line["client"]) == ("trusted_ip", "127.0.0.2", "127.0.0.2")
+
+
+def test_local_sendmail_submission_is_charged_then_deferred_in_maildrop(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
+    mta, milter = rig
+    assert mta.sendmail("wp@blog.example", [f"l{i}@dest.example" for i in range(N)],
+                        "X-PHP-Originating-Script: 33:wp-includes/pluggable.php\n" + MESSAGE.format(sender="wp@blog.example")).returncode == 0
+    wait_for(lambda: any(m["sender"] == "<wp@blog.example>" for m in mta.delivered()))
+    [line] = eom_decisions(milter, "blog.example")
+    assert (line["source"], line["identity"], line["cost"], line["action"]) == ("local", "wp@blog.example", str(N), "continue")
+    assert line["php_script"] == "33:wp-includes/pluggable.php"
+
+    # Over the limit: sendmail still exits 0 (it always does); the file waits in maildrop for pickup.
+    assert mta.sendmail("wp@blog.example", ["over@dest.example"], MESSAGE.format(sender="wp@blog.example")).returncode == 0
+    wait_for(lambda: len(eom_decisions(milter, "blog.example")) >= 2)
+    assert eom_decisions(milter, "blog.example")[1]["action"] == "tempfail"
+    wait_for(lambda: len(mta.maildrop()) == 1)
+    assert len([m for m in mta.delivered() if m["sender"] == "<wp@blog.example>"]) == 1
+
+
+def test_local_message_too_big_for_the_bucket_bounces_to_the_sender(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
+    mta, milter = rig
+    assert mta.sendmail("cron@big.example", [f"b{i}@dest.example" for i in range(N + 1)],
+                        MESSAGE.format(sender="cron@big.example")).returncode == 0
+    wait_for(lambda: bool(eom_decisions(milter, "big.example")))
+    assert eom_decisions(milter, "big.example")[0]["reason"] == "over_capacity"
+    bounces = lambda: [m for m in mta.delivered() if m["sender"] == "<>" and m["recipients"] == ["<cron@big.example>"]]  # noqa: E731
+    wait_for(lambda: bool(bounces()))
+    text = str(bounces()[0]["text"])
+    assert f"exceeds the {N}/hour limit of big.example" in " ".join(text.split()), text
