@@ -14,6 +14,7 @@ run: bootstrap
 	$(VENV)/bin/mailflow run -c $(CONFIG)
 
 test: bootstrap
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 check-config: bootstrap

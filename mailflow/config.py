@@ -130,14 +130,14 @@ _SOCKET_RE = re.compile(r"^(unix|local):/.+|^inet6?:\d{1,5}(@.+)?$")
 
 def _milter(t: _Table) -> MilterSettings:
     d = MilterSettings()
-    socket = t.str("socket", d.socket)
+    socket = t.text("socket", d.socket)
     if not _SOCKET_RE.match(socket):
         raise t.error("socket", f"{socket!r} is not a milter socket (inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH)")
     settings = MilterSettings(
         socket=socket,
         mode=t.choice("mode", d.mode, ("enforce", "monitor")),
         on_error=t.choice("on_error", d.on_error, ("tempfail", "accept")),
-        timeout=t.int("timeout", d.timeout, minimum=1),
+        timeout=t.integer("timeout", d.timeout, minimum=1),
     )
     t.finish()
     return settings
@@ -145,23 +145,23 @@ def _milter(t: _Table) -> MilterSettings:
 
 def _store(t: _Table) -> StoreSettings:
     d = StoreSettings()
-    url = t.str("url", d.url)
+    url = t.text("url", d.url)
     if url.split("://", 1)[0] not in SCHEMES or "://" not in url:
         raise t.error("url", f"{url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB, rediss://… or unix://PATH")
-    settings = StoreSettings(url=url, timeout_ms=t.int("timeout_ms", d.timeout_ms, minimum=1))
+    settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1))
     t.finish()
     return settings
 
 
 def _accounts(t: _Table, base_dir: str) -> AccountSettings:
-    identify = t.str_list("identify", list(IDENTITY_SOURCES))
+    identify = t.texts("identify", list(IDENTITY_SOURCES))
     for i, source in enumerate(identify):
         if source not in IDENTITY_SOURCES:
             raise t.error(f"identify[{i}]", f"{source!r} is not one of {', '.join(IDENTITY_SOURCES)}")
-    networks = tuple(_network(t, f"trusted_networks[{i}]", n) for i, n in enumerate(t.str_list("trusted_networks", [])))
+    networks = tuple(_network(t, f"trusted_networks[{i}]", n) for i, n in enumerate(t.texts("trusted_networks", [])))
 
     identity_map: dict[str, str] = {}
-    map_file = t.str("map_file", "")
+    map_file = t.text("map_file", "")
     if map_file:
         map_path = map_file if os.path.isabs(map_file) else os.path.join(base_dir, map_file)
         try:
@@ -170,11 +170,11 @@ def _accounts(t: _Table, base_dir: str) -> AccountSettings:
             raise t.error("map_file", str(exc)) from None
     inline = t.table("map")
     for key in inline.keys():
-        identity_map[key.lower()] = inline.str(key, "")
+        identity_map[key.lower()] = inline.text(key, "")
     inline.finish()
 
     ip_table = t.table("ip_map")
-    ip_map = [(_network(ip_table, key, key), ip_table.str(key, "")) for key in ip_table.keys()]
+    ip_map = [(_network(ip_table, key, key), ip_table.text(key, "")) for key in ip_table.keys()]
     ip_table.finish()
     ip_map.sort(key=lambda item: item[0].prefixlen, reverse=True)
 
@@ -189,7 +189,7 @@ def _rate_policy(t: _Table, inherit: RatePolicy, per_account: bool) -> RatePolic
     return RatePolicy(
         limits=_limits(t) if "limits" in t else inherit.limits,
         unit=t.choice("unit", inherit.unit, ("recipient", "message")),
-        exempt=t.bool("exempt", inherit.exempt) if per_account else False,
+        exempt=t.flag("exempt", inherit.exempt) if per_account else False,
     )
 
 
@@ -203,7 +203,7 @@ def _limits(t: _Table) -> tuple[Limit, ...]:
         try:
             if isinstance(entry, dict):
                 sub = _Table(entry, t.child_path(key))
-                limit = parse_limit(sub.str("limit", ""), burst=sub.int("burst", None, minimum=1))
+                limit = parse_limit(sub.text("limit", ""), burst=sub.integer("burst", None, minimum=1))
                 sub.finish()
             else:
                 limit = parse_limit(entry)
@@ -218,7 +218,7 @@ def _limits(t: _Table) -> tuple[Limit, ...]:
 def _ratelimit(t: _Table) -> RateLimitSettings:
     default = _rate_policy(t, RateLimitSettings().default, per_account=False)
     accounts: dict[str, RatePolicy] = {}
-    for name in t.str_list("exempt", []):
+    for name in t.texts("exempt", []):
         accounts[name.lower()] = RatePolicy(default.limits, default.unit, exempt=True)
     per_account = t.table("accounts")
     for name in per_account.keys():
@@ -305,25 +305,27 @@ class _Table:
             raise self.error(key, f"expected {what}, got {value!r}")
         return value
 
-    def str(self, key: str, default: str) -> str:
-        return self._typed(key, default, str, "a string")  # type: ignore[no-any-return]
+    def text(self, key: str, default: str) -> str:
+        value: str = self._typed(key, default, str, "a string")
+        return value
 
-    def bool(self, key: str, default: bool) -> bool:
-        return self._typed(key, default, bool, "true or false")  # type: ignore[no-any-return]
+    def flag(self, key: str, default: bool) -> bool:
+        value: bool = self._typed(key, default, bool, "true or false")
+        return value
 
-    def int(self, key: str, default: int | None, minimum: int = 0) -> Any:
+    def integer(self, key: str, default: int | None, minimum: int = 0) -> Any:
         value = self._typed(key, default, int, "a whole number")
         if value is not None and value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value}")
         return value
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        value = self.str(key, default)
+        value = self.text(key, default)
         if value not in choices:
             raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
         return value
 
-    def str_list(self, key: str, default: list[str]) -> list[str]:
+    def texts(self, key: str, default: list[str]) -> list[str]:
         value = self._typed(key, default, list, "a list of strings")
         for i, item in enumerate(value):
             if not isinstance(item, str):

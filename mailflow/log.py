@@ -17,11 +17,15 @@ _SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@._-+
 
 
 def setup_logging(settings: LogSettings) -> None:
-    handler: logging.Handler
+    handler: logging.Handler | None = None
     if settings.target == "syslog":
-        handler = logging.handlers.SysLogHandler(address="/dev/log", facility=settings.facility)
-        handler.setFormatter(logging.Formatter("mailflow[%(process)d]: %(message)s"))
-    else:
+        try:
+            handler = logging.handlers.SysLogHandler(address="/dev/log", facility=settings.facility)
+            handler.setFormatter(logging.Formatter("mailflow[%(process)d]: %(message)s"))
+        except OSError as exc:  # no syslog daemon (containers): say so, and keep logging
+            print(f"mailflow: syslog unavailable ({exc}); logging to stderr", file=sys.stderr)
+            handler = None
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s mailflow[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger("mailflow")

@@ -132,9 +132,9 @@ class MilterClient:
         while True:
             cmd, data = self._recv()
             if cmd == C.SMFIR_ADDHEADER or cmd == C.SMFIR_INSHEADER:
-                response.headers_added.append((data["name"], data["value"]))
+                response.headers_added.append((str(data["name"]), str(data["value"])))
             elif cmd == C.SMFIR_QUARANTINE:
-                response.quarantine = data["reason"]
+                response.quarantine = str(data["reason"])
             elif cmd in _WORDS or cmd == C.SMFIR_REPLYCODE:
                 self._fill(response, cmd, data)
                 self.message_done = True
@@ -173,7 +173,8 @@ class MilterClient:
             raise MilterClientError(f"no answer from milter: {exc}") from exc
         if reply is None:
             raise MilterClientError("milter closed the connection")
-        return reply  # type: ignore[return-value]
+        cmd, data = reply
+        return str(cmd), dict(data)
 
     @staticmethod
     def _fill(response: Response, cmd: str, data: dict[str, object]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import smtplib
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,8 @@ pytestmark = [
 N = 3  # the limit under test: 3 recipients per hour
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
-def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
-    workdir = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    if request.param == "sqlite":
-        store = f"sqlite://{workdir}/state.db"
-    else:
-        store = request.getfixturevalue("redis_instance")[0]
+@contextmanager
+def running_rig(workdir: Path, store: str, **ratelimit: object) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
     milter = MilterProcess(workdir, {
         "store": {"url": store},
         "accounts": {
@@ -36,14 +32,27 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             "trusted_networks": ["127.0.0.2/32"],
             "ip_map": {"127.0.0.2": "web.example"},
         },
-        "ratelimit": {"limits": [f"{N}/hour"]},
+        "ratelimit": {"limits": [f"{N}/hour"], **ratelimit},
     }).start()
-    mta = PrivatePostfix(milter.port, sasl_users={"bob@shop.example": "secret"}).start()
     try:
-        yield mta, milter
+        mta = PrivatePostfix(milter.port, sasl_users={"bob@shop.example": "secret"}).start()
+        try:
+            yield mta, milter
+        finally:
+            mta.stop()
     finally:
-        mta.stop()
         milter.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
+    workdir = tmp_path_factory.mktemp(f"e2e-{request.param}")
+    if request.param == "sqlite":
+        store = f"sqlite://{workdir}/state.db"
+    else:
+        store = request.getfixturevalue("redis_instance")[0]
+    with running_rig(workdir, store) as started:
+        yield started
 
 
 MESSAGE = "From: {sender}\nTo: undisclosed-recipients:;\nSubject: mailflow e2e\n\nhello\n"
@@ -122,3 +131,14 @@ def test_local_message_too_big_for_the_bucket_bounces_to_the_sender(rig: tuple[P
     wait_for(lambda: bool(bounces()))
     text = str(bounces()[0]["text"])
     assert f"exceeds the {N}/hour limit of big.example" in " ".join(text.split()), text
+
+
+def test_local_over_limit_hold_puts_the_message_in_the_hold_queue(tmp_path: Path) -> None:
+    with running_rig(tmp_path, f"sqlite://{tmp_path}/state.db", local_over_limit="hold") as (mta, milter):
+        assert mta.sendmail("wp@blog.example", [f"h{i}@dest.example" for i in range(N)],
+                            MESSAGE.format(sender="wp@blog.example")).returncode == 0
+        wait_for(lambda: len(mta.delivered()) == 1)
+        assert mta.sendmail("wp@blog.example", ["held@dest.example"], MESSAGE.format(sender="wp@blog.example")).returncode == 0
+        wait_for(lambda: len(mta.hold()) == 1)
+        assert eom_decisions(milter, "blog.example")[-1]["action"] == "hold"
+        assert mta.maildrop() == [] and len(mta.delivered()) == 1
