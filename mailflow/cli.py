@@ -101,6 +101,32 @@ def ratelimit_reset(config_file: str | None, account: str) -> None:
     click.echo(f"account {account.lower()}: buckets refilled")
 
 
+@cli.command()
+@click.argument("files", nargs=-1, metavar="FILE...")
+@click.option("--milter", "milter_socket", metavar="SOCKET", help="Drive a running milter (inet:PORT@HOST, unix:/PATH).")
+@click.option("--smtp", "smtp_target", metavar="HOST:PORT", help="Send the sessions as SMTP to an MTA that runs the milter.")
+@click.option("--from-log", "logs", multiple=True, metavar="MAILLOG",
+              help="Sessions from Postfix mail.log; with neither --milter nor --smtp, a what-if run of -c's policy.")
+@click.option("--year", type=int, default=None, help="Year of classic syslog stamps in --from-log (default: this year).")
+@config_option
+def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str | None, logs: tuple[str, ...],
+           year: int | None, config_file: str | None) -> None:
+    """Replay recorded SMTP sessions and compare the replies with the expected ones.
+
+    Exit 0 when every session got what it expected, 1 on any mismatch, 2 on a bad file.
+    """
+    from mailflow.replay.cli import run_replay
+
+    if milter_socket and smtp_target:
+        raise click.UsageError("give --milter or --smtp, not both")
+    if not files and not logs:
+        raise click.UsageError("nothing to replay: give session FILEs or --from-log MAILLOG")
+    if files and not (milter_socket or smtp_target):
+        raise click.UsageError("session files need --milter SOCKET or --smtp HOST:PORT")
+    sys.exit(run_replay(files, logs, milter_socket, smtp_target, year,
+                        _load(config_file) if logs and not (milter_socket or smtp_target) else None))
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="mailflow", standalone_mode=False)

@@ -68,3 +68,16 @@ def test_store_url_passwords_are_not_shown() -> None:
 
     assert redact_url("redis://:s3cret@cache.internal:6380/2") == "redis://:***@cache.internal:6380/2"
     assert redact_url("sqlite:///var/lib/mailflow/state.db") == "sqlite:///var/lib/mailflow/state.db"
+
+
+def test_replay_what_if_from_a_mail_log() -> None:
+    result = mailflow("replay", "--from-log", "tests/fixtures/mail.log", "-c", "tests/sessions/mailflow.toml", "--year", "2026")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[2:]}
+    assert rows["shop.example"][:2] == ["2", "2"] and rows["(inbound)"][5] == "1"
+
+
+@pytest.mark.parametrize("args", [["replay"], ["replay", "x.yaml"], ["replay", "x.yaml", "--milter", "a", "--smtp", "b:1"]])
+def test_replay_argument_errors(args: list[str]) -> None:
+    result = mailflow(*args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
