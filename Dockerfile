@@ -4,7 +4,7 @@
 FROM debian:12-slim
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libmilter-dev libmilter1.0.1 \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ pkg-config libicu-dev libicu72 libmilter-dev libmilter1.0.1 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/mailflow
@@ -13,7 +13,7 @@ COPY mailflow ./mailflow
 RUN python3 -m venv /opt/mailflow/venv \
  && /opt/mailflow/venv/bin/pip install --no-cache-dir -r requirements.lock \
  && /opt/mailflow/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
- && apt-get purge -y gcc python3-dev libmilter-dev && apt-get autoremove -y \
+ && apt-get purge -y gcc g++ pkg-config libicu-dev python3-dev libmilter-dev && apt-get autoremove -y \
  && useradd --system --home /var/lib/mailflow --create-home mailflow
 
 COPY conf/mailflow.toml /etc/mailflow/mailflow.toml

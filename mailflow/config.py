@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailflow.forgery.names import ACTIONS, DEFAULT_ACTIONS, RULES
 from mailflow.ratelimit.limits import Limit, LimitSyntaxError, parse_limit
 from mailflow.store import SCHEMES
 
@@ -71,6 +72,26 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True)
+class ForgeryAccount:
+    domains: tuple[str, ...] = ()
+    actions: Mapping[str, str] = field(default_factory=dict)  # overrides only
+
+
+@dataclass(frozen=True)
+class ForgerySettings:
+    sender_login_maps: str = ""  # resolved path, or "" for none
+    protected_brands: tuple[str, ...] = ()
+    actions: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_ACTIONS))
+    accounts: Mapping[str, ForgeryAccount] = field(default_factory=dict)
+    max_date_skew_hours: int = 24
+    domains_refresh_seconds: int = 30
+
+    def actions_for(self, account: str) -> Mapping[str, str]:
+        override = self.accounts.get(account)
+        return {**self.actions, **override.actions} if override and override.actions else self.actions
+
+
+@dataclass(frozen=True)
 class LogSettings:
     target: str = "stderr"  # stderr | syslog
     facility: str = "mail"
@@ -84,6 +105,7 @@ class Config:
     store: StoreSettings = StoreSettings()
     accounts: AccountSettings = AccountSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
+    forgery: ForgerySettings = ForgerySettings()
     log: LogSettings = LogSettings()
     path: str | None = None
 
@@ -116,6 +138,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         store=_store(top.table("store")),
         accounts=_accounts(top.table("accounts"), base_dir),
         ratelimit=_ratelimit(top.table("ratelimit")),
+        forgery=_forgery(top.table("forgery"), base_dir),
         log=_log(top.table("log")),
         path=path,
     )
@@ -230,6 +253,51 @@ def _ratelimit(t: _Table) -> RateLimitSettings:
         default=default,
         accounts=accounts,
         local_over_limit=t.choice("local_over_limit", "defer", ("defer", "hold")),
+    )
+    t.finish()
+    return settings
+
+
+def _rule_actions(t: _Table) -> dict[str, str]:
+    actions = {}
+    for rule in t.keys():
+        if rule not in RULES:
+            raise t.error(rule, f"not a rule ({', '.join(RULES)})")
+        actions[rule] = t.choice(rule, "", ACTIONS)
+    t.finish()
+    return actions
+
+
+def _forgery(t: _Table, base_dir: str) -> ForgerySettings:
+    d = ForgerySettings()
+    maps = t.text("sender_login_maps", "")
+    if maps:
+        maps = maps if os.path.isabs(maps) else os.path.join(base_dir, maps)
+        from mailflow.forgery.ownership import read_sender_login_map
+
+        try:
+            read_sender_login_map(maps)
+        except (OSError, ValueError) as exc:
+            raise t.error("sender_login_maps", str(exc)) from None
+    brands = t.texts("protected_brands", [])
+    actions = {**d.actions, **_rule_actions(t.table("rules"))}
+    accounts: dict[str, ForgeryAccount] = {}
+    per_account = t.table("accounts")
+    for name in per_account.keys():
+        sub = per_account.table(name)
+        accounts[name.lower()] = ForgeryAccount(
+            domains=tuple(x.lower() for x in sub.texts("domains", [])),
+            actions=_rule_actions(sub.table("rules")),
+        )
+        sub.finish()
+    per_account.finish()
+    settings = ForgerySettings(
+        sender_login_maps=maps,
+        protected_brands=tuple(b.lower() for b in brands),
+        actions=actions,
+        accounts=accounts,
+        max_date_skew_hours=t.integer("max_date_skew_hours", d.max_date_skew_hours, minimum=1),
+        domains_refresh_seconds=t.integer("domains_refresh_seconds", d.domains_refresh_seconds, minimum=1),
     )
     t.finish()
     return settings

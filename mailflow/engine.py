@@ -6,28 +6,35 @@ returns. Store failures become the configured `on_error` decision here, with a l
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import TypeVar
 
 from mailflow import accounts
 from mailflow.config import Config
+from mailflow.forgery.policy import ForgeryVerdict, Ownership, judge_findings
+from mailflow.forgery.rules import MessageFacts
 from mailflow.log import log, log_decision
 from mailflow.model import PASS, Client, Decision, Message, Reply, Verdict
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
-from mailflow.store.base import RateStore, StoreError
+from mailflow.store.base import Store, StoreError
 
 T = TypeVar("T")
 
 INBOUND = Decision(Verdict.ACCEPT, "inbound")
 STORE_DOWN_REPLY = Reply("451", "4.3.0", "Mail policy service temporarily unavailable; try again later")
+POLICY_HEADER = "X-Mailflow-Policy"
 
 
 class Engine:
-    def __init__(self, config: Config, store: RateStore) -> None:
+    def __init__(self, config: Config, store: Store, clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.store = store
         self.monitor = config.milter.mode == "monitor"
+        self.ownership = Ownership(config, store)
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
 
     # -- what the MTA does when things break ---------------------------------------------
 
@@ -46,10 +53,19 @@ class Engine:
 
     # -- stages ---------------------------------------------------------------------------
 
-    def mail(self, client: Client, sender: str, auth_login: str | None) -> tuple[Message, Decision]:
+    def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
         message = Message(sender=sender)
-        message.identity = accounts.identify(self.config.accounts, client, auth_login, sender)
-        return message, (PASS if message.identity else INBOUND)
+        identity = message.identity = accounts.identify(self.config.accounts, client, auth_login, sender)
+        if identity is None:
+            return message, INBOUND
+        if client.is_postfix_pickup:
+            return message, PASS  # judged at end of message, like everything local
+        finding = self.ownership.checker().envelope(identity.account, sender)
+        verdict = judge_findings([finding] if finding else [], self.config.forgery.actions_for(identity.account))
+        if verdict.decision is not None and verdict.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
+            return message, self._finish("mail", client, message, verdict.decision, conn_id=conn_id,
+                                         forgery=verdict.summary)
+        return message, PASS
 
     def rcpt(self, client: Client, message: Message, recipient: str, conn_id: str = "") -> Decision:
         identity = message.identity
@@ -78,7 +94,10 @@ class Engine:
         return PASS
 
     def header(self, message: Message, name: str, value: str) -> None:
-        if message.identity is None or message.identity.source != "local":
+        if message.identity is None:
+            return
+        message.headers.append((name, value))
+        if message.identity.source != "local":
             return
         lname = name.lower()
         if lname == "x-php-originating-script" and message.php_script is None:
@@ -94,10 +113,13 @@ class Engine:
             identity = message.identity = accounts.refine_local_identity(
                 self.config.accounts, identity, message.msp_user
             )
+        forgery = self._forgery(client, message)
         policy = self.config.ratelimit.policy_for(identity.account)
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
-        if policy.exempt:
+        if forgery.decision is not None and forgery.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
+            decision = forgery.decision  # refused mail is never charged
+        elif policy.exempt:
             decision = Decision(Verdict.CONTINUE, "exempt")
         else:
             refusal = capacity_refusal(policy, identity.account, cost)
@@ -113,15 +135,30 @@ class Engine:
                     decision = shortfall_refusal(policy, identity.account, debit.levels, cost) or PASS
         if client.is_postfix_pickup:
             decision = for_local_submission(decision, self.config.ratelimit.local_over_limit)
-        return self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost)
+        if decision.verdict is Verdict.CONTINUE and forgery.decision is not None:
+            decision = forgery.decision  # a hold, once the message has been charged
+        if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
+            decision = dataclasses.replace(decision, add_headers=((POLICY_HEADER, " ".join(forgery.tags)),))
+        return self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
+                            forgery=forgery.summary)
+
+    def _forgery(self, client: Client, message: Message) -> ForgeryVerdict:
+        identity = message.identity
+        assert identity is not None
+        checker = self.ownership.checker()
+        findings = checker.headers(MessageFacts(identity.account, identity.source, message.sender, message.headers,
+                                                self.clock()))
+        if client.is_postfix_pickup and (envelope := checker.envelope(identity.account, message.sender)):
+            findings.insert(0, envelope)
+        return judge_findings(findings, self.config.forgery.actions_for(identity.account))
 
     # -- one log line per decision --------------------------------------------------------
 
     def _finish(self, stage: str, client: Client, message: Message, decision: Decision, **extra: object) -> Decision:
         identity = message.identity
         enforced = decision
-        if self.monitor and decision.refuses:
-            enforced = Decision(Verdict.CONTINUE, decision.reason)
+        if self.monitor and (decision.refuses or decision.add_headers):
+            enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
         log_decision(
             logging.INFO,
             stage=stage,
@@ -140,6 +177,7 @@ class Engine:
             mode="monitor" if self.monitor and decision.refuses else None,
             reason=decision.reason,
             reply=str(decision.reply) if decision.reply else None,
+            forgery=extra.pop("forgery", None),
             php_script=message.php_script,
         )
         return enforced

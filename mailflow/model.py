@@ -28,8 +28,9 @@ class Reply:
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
-    reason: str  # short machine word for logs: ok, ratelimit, over_capacity, store_error, …
+    reason: str  # short machine word for logs: ok, ratelimit, over_capacity, from_domain, store_error, …
     reply: Reply | None = None
+    add_headers: tuple[tuple[str, str], ...] = ()  # e.g. X-Mailflow-Policy on tagged mail
 
     @property
     def refuses(self) -> bool:
@@ -84,5 +85,6 @@ class Message:
     recipients: list[str] = field(default_factory=list)  # accepted so far
     refused: list[str] = field(default_factory=list)
     levels: tuple[float, ...] | None = None  # bucket levels read at the first RCPT
+    headers: list[tuple[str, str]] = field(default_factory=list)  # as the client sent them
     php_script: str | None = None  # X-PHP-Originating-Script (uid:script)
     msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"

@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBS=(gcc python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules)
+# libicu-dev, pkg-config and g++ build PyICU (UTS #39 confusable skeletons for the lookalike rule).
+DEBS=(gcc g++ pkg-config libicu-dev python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 

@@ -56,6 +56,8 @@ class MailflowMilter(Milter.Base):
             self.setreply(reply.code, reply.status, reply.text.replace("%", "%%"))
         if decision.verdict is Verdict.HOLD:
             self.quarantine(decision.reply.text if decision.reply else decision.reason)
+        for name, value in decision.add_headers:
+            self.addheader(name, value)
         return _RETURN_CODES[decision.verdict]
 
     @Milter.noreply
@@ -68,7 +70,8 @@ class MailflowMilter(Milter.Base):
 
     @_guarded
     def envfrom(self, sender: str, *esmtp: str) -> int:
-        self.message, decision = self.engine.mail(self.client, sender, self.getsymval("{auth_authen}"))
+        self.message, decision = self.engine.mail(self.client, sender, self.getsymval("{auth_authen}"),
+                                                  conn_id=self.conn_id)
         return self.apply(decision)
 
     @_guarded

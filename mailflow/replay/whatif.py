@@ -3,6 +3,8 @@
 The engine runs in-process on a scratch SQLite store whose clock is the log's timestamps, so a
 day replays in seconds yet the buckets drain as they would have that day. Decisions are the
 enforce-mode ones, whatever `mode` the config says: this is what monitor mode would report.
+A mail log has no headers, so the header checks see only a From: equal to the envelope sender:
+a what-if judges accounts, envelope senders and rate limits, not header forgery.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def what_if(config: Config, sessions: Iterable[Session]) -> dict[str, Counter[st
                 if not message.recipients:
                     counts["deferred"] += 1
                     continue
+                for name, value in session.headers:
+                    engine.header(message, name, value)
                 final = engine.eom(client, message, queue_id=session.queue_id)
                 counts[_EOM_ACTION.get(final.verdict, "accepted")] += 1
         finally:

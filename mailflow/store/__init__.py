@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from mailflow.store.base import RateStore, StoreError
+from mailflow.store.base import DomainTaken, Store, StoreError
 
 SCHEMES = ("sqlite", "redis", "rediss", "unix")
 
 
-def open_store(url: str, timeout_ms: int = 250) -> RateStore:
+def open_store(url: str, timeout_ms: int = 250) -> Store:
     """Open the store a URL names. Connections are lazy: a down Redis fails per call, not here."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme == "sqlite":
@@ -30,4 +30,4 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-__all__ = ["RateStore", "StoreError", "open_store", "SCHEMES"]
+__all__ = ["DomainTaken", "Store", "StoreError", "open_store", "SCHEMES"]

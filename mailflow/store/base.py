@@ -13,11 +13,16 @@ class StoreError(Exception):
     """The store could not answer (down, timed out, corrupt). Callers apply `on_error`."""
 
 
-class RateStore(Protocol):
-    """Per-account token buckets, one bucket per (account, limit period).
+class DomainTaken(StoreError):
+    """The domain already belongs to another account."""
 
-    Keying by period, not by the limit text, keeps the spent count when an admin changes
-    "600/hour" to "2000/hour". Configuration guarantees one limit per period per account.
+
+class Store(Protocol):
+    """Everything mailflow keeps: token buckets and the domains accounts own.
+
+    Buckets: one per (account, limit period). Keying by period, not by the limit text, keeps the
+    spent count when an admin changes "600/hour" to "2000/hour". Configuration guarantees one
+    limit per period per account.
     """
 
     def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
@@ -30,6 +35,18 @@ class RateStore(Protocol):
 
     def reset(self, account: str) -> None:
         """Forget an account's buckets (admin action: refills them)."""
+        ...
+
+    def domains(self) -> dict[str, str]:
+        """Every domain added with `mailflow domains add`, mapped to its account."""
+        ...
+
+    def add_domain(self, account: str, domain: str) -> None:
+        """Give `domain` to `account`; DomainTaken if another account has it."""
+        ...
+
+    def remove_domain(self, account: str, domain: str) -> bool:
+        """Take `domain` from `account`; False if the account did not have it."""
         ...
 
     def ping(self) -> None:

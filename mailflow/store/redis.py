@@ -14,9 +14,11 @@ import redis
 
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
-from mailflow.store.base import StoreError
+from mailflow.store.base import DomainTaken, StoreError
 
 KEY_PREFIX = "mailflow:rl:"
+# One hash, domain -> account: the milter reads it whole (cached), admins change it rarely.
+DOMAINS_KEY = "mailflow:domains"
 
 
 def bucket_key(account: str, period: str) -> str:
@@ -31,11 +33,15 @@ class RedisStore:
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
+            decode_responses=True,
             # Fail fast; the milter's on_error policy decides, and the pool reconnects by itself.
             retry=None,
         )
         script = files("mailflow.store").joinpath("lua/debit.lua").read_text(encoding="utf-8")
         self._debit_script = self.client.register_script(script)
+        self._remove_domain_script = self.client.register_script(
+            files("mailflow.store").joinpath("lua/remove_domain.lua").read_text(encoding="utf-8")
+        )
 
     def _run(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> DebitResult:
         keys = [bucket_key(account, limit.period) for limit in limits]
@@ -57,6 +63,29 @@ class RedisStore:
     def reset(self, account: str) -> None:
         try:
             self.client.delete(*(bucket_key(account, period) for period in PERIOD_SECONDS))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def domains(self) -> dict[str, str]:
+        try:
+            raw = self.client.hgetall(DOMAINS_KEY)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return {str(domain): str(account) for domain, account in raw.items()}
+
+    def add_domain(self, account: str, domain: str) -> None:
+        try:
+            if not self.client.hsetnx(DOMAINS_KEY, domain, account):
+                owner = str(self.client.hget(DOMAINS_KEY, domain) or "")
+                if owner != account:
+                    raise DomainTaken(f"{domain} belongs to account {owner}")
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def remove_domain(self, account: str, domain: str) -> bool:
+        # Delete only if this account owns it: check and delete in one script.
+        try:
+            return bool(self._remove_domain_script(keys=[DOMAINS_KEY], args=[domain, account]))
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
 

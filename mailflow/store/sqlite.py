@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, seconds_until_empty, try_debit
 from mailflow.ratelimit.limits import Limit
-from mailflow.store.base import StoreError
+from mailflow.store.base import DomainTaken, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS buckets (
     PRIMARY KEY (account, period)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS buckets_expires ON buckets (expires);
+CREATE TABLE IF NOT EXISTS domains (
+    domain  TEXT PRIMARY KEY,
+    account TEXT NOT NULL
+) WITHOUT ROWID;
 """
 
 # Expired rows are swept every this many debits, keeping the table bounded by active accounts.
@@ -115,6 +119,28 @@ class SqliteStore:
     def reset(self, account: str) -> None:
         with self._connection() as conn:
             conn.execute("DELETE FROM buckets WHERE account = ?", (account,))
+
+    def domains(self) -> dict[str, str]:
+        with self._connection() as conn:
+            return dict(conn.execute("SELECT domain, account FROM domains"))
+
+    def add_domain(self, account: str, domain: str) -> None:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT account FROM domains WHERE domain = ?", (domain,)).fetchone()
+                if row and row[0] != account:
+                    raise DomainTaken(f"{domain} belongs to account {row[0]}")
+                conn.execute("INSERT OR REPLACE INTO domains VALUES (?, ?)", (domain, account))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def remove_domain(self, account: str, domain: str) -> bool:
+        with self._connection() as conn:
+            cursor = conn.execute("DELETE FROM domains WHERE domain = ? AND account = ?", (domain, account))
+            return cursor.rowcount > 0
 
     def ping(self) -> None:
         with self._connection() as conn:

@@ -10,37 +10,37 @@ import pytest
 import redis
 
 from mailflow.ratelimit.limits import parse_limit
-from mailflow.store import RateStore, StoreError, open_store
+from mailflow.store import DomainTaken, Store, StoreError, open_store
 from mailflow.store.redis import bucket_key
 
 HOURLY = (parse_limit("5/hour"),)
 
 
 @pytest.fixture
-def store(store_url: str) -> Iterator[RateStore]:
+def store(store_url: str) -> Iterator[Store]:
     s = open_store(store_url, timeout_ms=1000)
     yield s
     s.close()
 
 
-def test_a_new_account_has_full_buckets(store: RateStore) -> None:
+def test_a_new_account_has_full_buckets(store: Store) -> None:
     assert store.levels("new.example", HOURLY) == (0.0,)
 
 
-def test_debit_exactly_capacity_then_refuse(store: RateStore) -> None:
+def test_debit_exactly_capacity_then_refuse(store: Store) -> None:
     results = [store.debit("a.example", HOURLY, 1).allowed for _ in range(7)]
     assert results == [True] * 5 + [False] * 2
     assert store.levels("a.example", HOURLY)[0] == pytest.approx(5, abs=0.01)
 
 
-def test_refusal_reports_levels_and_takes_nothing(store: RateStore) -> None:
+def test_refusal_reports_levels_and_takes_nothing(store: Store) -> None:
     store.debit("a.example", HOURLY, 4)
     refused = store.debit("a.example", HOURLY, 2)
     assert not refused.allowed and refused.levels[0] == pytest.approx(4, abs=0.01)
     assert store.debit("a.example", HOURLY, 1).allowed
 
 
-def test_several_limits_debit_all_or_nothing(store: RateStore) -> None:
+def test_several_limits_debit_all_or_nothing(store: Store) -> None:
     limits = (parse_limit("10/hour"), parse_limit("12/day"))
     assert store.debit("b.example", limits, 8).allowed
     assert not store.debit("b.example", limits, 3).allowed  # hour has 2 left
@@ -50,20 +50,20 @@ def test_several_limits_debit_all_or_nothing(store: RateStore) -> None:
     assert not store.debit("b.example", (parse_limit("100/hour"), parse_limit("12/day")), 3).allowed  # day now binds
 
 
-def test_accounts_are_independent(store: RateStore) -> None:
+def test_accounts_are_independent(store: Store) -> None:
     assert store.debit("one.example", HOURLY, 5).allowed
     assert store.debit("two.example", HOURLY, 5).allowed
     assert not store.debit("one.example", HOURLY, 1).allowed
 
 
-def test_changing_a_limit_keeps_the_spent_count(store: RateStore) -> None:
+def test_changing_a_limit_keeps_the_spent_count(store: Store) -> None:
     assert store.debit("c.example", (parse_limit("600/hour"),), 500).allowed
     assert not store.debit("c.example", (parse_limit("400/hour"),), 1).allowed
     assert store.debit("c.example", (parse_limit("2000/hour"),), 1500).allowed
     assert not store.debit("c.example", (parse_limit("2000/hour"),), 1).allowed
 
 
-def test_buckets_refill_with_time(store: RateStore) -> None:
+def test_buckets_refill_with_time(store: Store) -> None:
     fast = (parse_limit("20/second"),)
     assert store.debit("d.example", fast, 20).allowed
     assert not store.debit("d.example", fast, 1).allowed
@@ -71,13 +71,13 @@ def test_buckets_refill_with_time(store: RateStore) -> None:
     assert store.debit("d.example", fast, 4).allowed
 
 
-def test_reset_refills(store: RateStore) -> None:
+def test_reset_refills(store: Store) -> None:
     store.debit("e.example", HOURLY, 5)
     store.reset("e.example")
     assert store.levels("e.example", HOURLY) == (0.0,)
 
 
-def test_concurrent_debits_are_exact(store: RateStore) -> None:
+def test_concurrent_debits_are_exact(store: Store) -> None:
     limits = (parse_limit("100/hour"),)
     accepted = []
     lock = threading.Lock()
@@ -148,3 +148,16 @@ def test_unwritable_sqlite_path_is_a_store_error(tmp_path) -> None:  # type: ign
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError):
         open_store(f"sqlite://{tmp_path}/file/sub/state.db")
+
+
+def test_domains_add_list_remove(store: Store) -> None:
+    assert store.domains() == {}
+    store.add_domain("shop.example", "shop-news.example")
+    store.add_domain("shop.example", "shop-news.example")  # idempotent
+    store.add_domain("other.example", "other-brand.example")
+    assert store.domains() == {"shop-news.example": "shop.example", "other-brand.example": "other.example"}
+    with pytest.raises(DomainTaken, match="belongs to account shop.example"):
+        store.add_domain("other.example", "shop-news.example")
+    assert not store.remove_domain("other.example", "shop-news.example")
+    assert store.remove_domain("shop.example", "shop-news.example")
+    assert store.domains() == {"other-brand.example": "other.example"}

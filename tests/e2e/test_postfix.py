@@ -33,6 +33,8 @@ def running_rig(workdir: Path, store: str, **ratelimit: object) -> Iterator[tupl
             "ip_map": {"127.0.0.2": "web.example"},
         },
         "ratelimit": {"limits": [f"{N}/hour"], **ratelimit},
+        # The web server relays for a customer's domain: web.example must own it.
+        "forgery": {"accounts": {"web.example": {"domains": ["customer.example"]}}},
     }).start()
     try:
         mta = PrivatePostfix(milter.port, sasl_users={"bob@shop.example": "secret"}).start()
@@ -85,6 +87,8 @@ def test_smtp_auth_submission_and_the_n_plus_first_recipient(rig: tuple[PrivateP
     [line] = eom_decisions(milter, "shop.example")
     assert (line["source"], line["identity"], line["cost"], line["action"]) == ("sasl", "bob@shop.example", str(N), "continue")
     assert line["qid"]  # Postfix's queue id is logged
+    # Postfix's own Received: header is not among the client's headers: no soft signal fires.
+    assert "forgery" not in line
 
     with mta.smtp() as smtp:  # the bucket is empty now: the next recipient waits too
         smtp.login("bob@shop.example", "secret")

@@ -36,6 +36,7 @@ def test_exactly_n_recipients_pass_across_two_milters(start_milter: Callable[...
                     if not ok:
                         c.abort()
                         continue
+                    c.header("From", "bob@shop.example")
                     if c.eom().action == "continue":  # the debit at end of message is the real test
                         with lock:
                             accepted.append(len(ok))

@@ -100,7 +100,8 @@ def test_recipients_beyond_the_capacity_are_deferred_not_rejected(milter: Milter
 
 
 def test_trusted_ip_submission(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
-    milter = start_milter(config(store_url, accounts={"ip_map": {"192.0.2.0/28": "web.example"}}))
+    milter = start_milter(config(store_url, accounts={"ip_map": {"192.0.2.0/28": "web.example"}},
+                                 forgery={"accounts": {"web.example": {"domains": ["customer.example"]}}}))
     send(milter, "app@customer.example", ["a@x.example"], client=("web1", "192.0.2.5", 3333))
     send(milter, "app@customer.example", ["a@x.example"], client=("web2", "192.0.2.99", 3333))
     accounts = [(d["source"], d["account"]) for d in milter.decisions()]
@@ -127,18 +128,21 @@ def test_local_over_limit_hold_quarantines(start_milter: Callable[..., MilterPro
         c.mail("wp@blog.example")
         c.rcpt("b@x")
         c.header("X-PHP-Originating-Script", "1000:wp-mail.php")
+        c.header("From", "wp@blog.example")
         result = c.eom()
     assert result.action == "continue" and result.quarantine and "Rate limit 1/hour" in result.quarantine
     assert milter.decisions()[-1]["php_script"] == "1000:wp-mail.php"
 
 
 def test_sendmail_msp_header_names_the_local_user(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
-    milter = start_milter(config(store_url, accounts={"map": {"www-data": "hosting.example"}}))
+    milter = start_milter(config(store_url, accounts={"map": {"www-data": "hosting.example"}},
+                                 forgery={"accounts": {"hosting.example": {"domains": ["host.example"]}}}))
     with MilterClient(milter.socket) as c:
         c.connect("localhost", "127.0.0.1", 41000)
         c.mail("www-data@host.example")
         c.rcpt("a@x.example")
         c.header("Received", "(from www-data@localhost)\n\tby host.example (8.17.1/8.17.1/Submit) id 3AB;")
+        c.header("From", "www-data@host.example")
         assert c.eom().action == "continue"
     line = milter.decisions()[-1]
     assert (line["source"], line["identity"], line["account"]) == ("local", "www-data", "hosting.example")

@@ -1,0 +1,115 @@
+"""From findings to one verdict, and the ownership data the checks need, kept fresh.
+
+The strongest action among the findings decides (reject > tempfail > hold > tag); every
+finding is logged. Ownership from the store is cached for `domains_refresh_seconds`, so the
+forgery checks add no store round trip per message; a failed refresh keeps the last good data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from mailflow.accounts import resolve_account
+from mailflow.config import Config
+from mailflow.forgery.lookalike import LookalikeIndex
+from mailflow.forgery.ownership import DomainDirectory, read_sender_login_map
+from mailflow.forgery.rules import Checker, Finding
+from mailflow.model import Decision, Reply, Verdict
+from mailflow.store.base import Store, StoreError
+
+log = logging.getLogger("mailflow")
+
+_SEVERITY = {"tag": 0, "hold": 1, "tempfail": 2, "reject": 3}
+_REFUSAL = {"reject": (Verdict.REJECT, "550", "5.7.1"), "tempfail": (Verdict.TEMPFAIL, "451", "4.7.1"),
+            "hold": (Verdict.HOLD, "250", "2.7.0")}
+
+
+@dataclass(frozen=True)
+class ForgeryVerdict:
+    decision: Decision | None  # a refusal or a hold; None when mail may go on
+    tags: tuple[str, ...]  # `signal=tag` entries for the X-Mailflow-Policy header
+    summary: str  # every finding with its action, for the log
+
+
+def judge_findings(findings: Sequence[Finding], actions: Mapping[str, str]) -> ForgeryVerdict:
+    acted = [(finding, actions.get(finding.rule, "off")) for finding in findings]
+    acted = [(finding, action) for finding, action in acted if action != "off"]
+    summary = ",".join(f"{finding.signal}:{action}" for finding, action in acted)
+    tags = tuple(f"{finding.signal}=tag" for finding, action in acted if action == "tag")
+    strongest = max(acted, key=lambda fa: _SEVERITY[fa[1]], default=None)
+    if strongest is None or strongest[1] == "tag":
+        return ForgeryVerdict(None, tags, summary)
+    finding, action = strongest
+    verdict, code, status = _REFUSAL[action]
+    return ForgeryVerdict(Decision(verdict, finding.rule, Reply(code, status, finding.text)), tags, summary)
+
+
+class Ownership:
+    """The Checker for the current ownership data: config and map file, plus the store's domains."""
+
+    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._static_domains, self._static_addresses = _static_ownership(config)
+        self._store_domains: dict[str, str] = {}
+        self._checker = self._build()
+        self._loaded_at = float("-inf")
+
+    def checker(self) -> Checker:
+        if self.clock() - self._loaded_at >= self.config.forgery.domains_refresh_seconds:
+            self.refresh()
+        return self._checker
+
+    def refresh(self) -> None:
+        # One thread refreshes; the others keep using the current checker meanwhile.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._loaded_at = self.clock()
+            try:
+                domains = self.store.domains()
+            except StoreError as exc:
+                log.warning("cannot refresh owned domains from the store, keeping the last ones: %s", exc)
+                return
+            if domains != self._store_domains:
+                self._store_domains = domains
+                self._checker = self._build()
+        finally:
+            self._lock.release()
+
+    def _build(self) -> Checker:
+        domains: dict[str, set[str]] = defaultdict(set)
+        for account, owned in self._static_domains.items():
+            domains[account] |= owned
+        for domain, account in self._store_domains.items():
+            domains[account].add(domain)
+        directory = DomainDirectory(domains, self._static_addresses)
+        protected: list[tuple[str, str | None]] = [(brand, None) for brand in self.config.forgery.protected_brands]
+        protected += list(directory.hosted_organisational_domains())
+        return Checker(directory, LookalikeIndex(protected), self.config.forgery.max_date_skew_hours)
+
+
+def _static_ownership(config: Config) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Domains and single addresses owned according to the config and the sender login map."""
+    domains: dict[str, set[str]] = defaultdict(set)
+    addresses: dict[str, set[str]] = defaultdict(set)
+    for account, settings in config.forgery.accounts.items():
+        domains[account] |= set(settings.domains)
+    for account in (*config.forgery.accounts, *config.ratelimit.accounts):
+        domains[account].add(account)  # an account named after a domain owns it
+    if config.forgery.sender_login_maps:
+        for key, logins in read_sender_login_map(config.forgery.sender_login_maps):
+            for login in logins:
+                account = resolve_account(config.accounts, login)
+                if key.startswith("@"):
+                    domains[account].add(key[1:])
+                else:
+                    addresses[account].add(key)
+    return dict(domains), dict(addresses)

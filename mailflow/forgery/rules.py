@@ -1,0 +1,173 @@
+"""The forgery and impersonation checks: pure functions from message facts to findings.
+
+Each finding names the config rule that governs it (its action comes from the config) and a
+sentence telling the sender what is wrong and what to do. Mailing-list, resent and SRS-forwarded
+mail relays other people's From: headers; for it the author checks (from_domain, display_name,
+lookalike on From) are skipped, but From: must still be one valid address.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+from mailflow.forgery.addresses import AddressError, Mailbox, domains_in_text, envelope_domain, parse_mailboxes, parse_single_mailbox
+from mailflow.forgery.lookalike import LookalikeIndex
+from mailflow.forgery.ownership import DomainDirectory
+
+UNIQUE_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID")
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str  # the config rule whose action applies
+    signal: str  # what was seen; equals the rule except for soft signals
+    text: str  # for the SMTP reply and the log
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    account: str
+    source: str  # sasl | local | trusted_ip
+    sender: str  # MAIL FROM
+    headers: Sequence[tuple[str, str]]
+    now: datetime
+
+
+class Checker:
+    """The checks, bound to who owns what and what is worth protecting."""
+
+    def __init__(self, directory: DomainDirectory, lookalikes: LookalikeIndex, max_date_skew_hours: int = 24) -> None:
+        self.directory = directory
+        self.lookalikes = lookalikes
+        self.max_skew = max_date_skew_hours * 3600
+
+    def _yours(self, account: str) -> str:
+        owned = self.directory.owned_domains(account)
+        shown = ", ".join(owned[:3]) + (", …" if len(owned) > 3 else "")
+        return f"({shown})" if owned else "(none registered)"
+
+    def envelope(self, account: str, sender: str) -> Finding | None:
+        """Rule 1. The null sender passes here; the header checks still apply to it."""
+        domain = envelope_domain(sender)
+        if domain is None:
+            return None
+        address = sender.strip().strip("<>")
+        if domain and self.directory.owns_address(account, address):
+            return None
+        return Finding("envelope_domain", "envelope_domain",
+                       f"Envelope sender domain {domain or '(none)'} is not one of your domains {self._yours(account)}; "
+                       "send from an address of your own domain")
+
+    def headers(self, facts: MessageFacts) -> list[Finding]:
+        by_name: dict[str, list[str]] = defaultdict(list)
+        for name, value in facts.headers:
+            by_name[name.lower()].append(value)
+        findings = [Finding("duplicate_headers", "duplicate_headers",
+                            f"Message has {len(by_name[n.lower()])} {n}: headers; a message may carry only one")
+                    for n in UNIQUE_HEADERS if n != "From" and len(by_name[n.lower()]) > 1]
+
+        author = self._author(by_name["from"], findings)
+        relayed = self._relays_others(facts, by_name)
+        account = facts.account
+        if author and not relayed:
+            if not self.directory.owns_address(account, author.address):
+                findings.append(Finding("from_domain", "from_domain",
+                                        f"From: header domain {author.domain} is not one of your domains {self._yours(account)}"))
+            for domain in domains_in_text(author.display_name):
+                if not self.directory.owns_domain(account, domain):
+                    findings.append(Finding("display_name", "display_name",
+                                            f"From: display name carries an address at {domain}, which is not one of your "
+                                            "domains; remove it from the display name"))
+                    break
+        findings += self._sender_header(account, by_name["sender"])
+        findings += self._lookalikes(account, author if not relayed else None, by_name["reply-to"])
+        findings += self._soft_signals(facts, by_name)
+        return findings
+
+    def _author(self, froms: list[str], findings: list[Finding]) -> Mailbox | None:
+        if len(froms) != 1:
+            what = "no From: header" if not froms else f"{len(froms)} From: headers"
+            findings.append(Finding("from_header", "from_header",
+                                    f"Message has {what}; it needs exactly one From: header with one valid address"))
+            return None
+        try:
+            return parse_single_mailbox("From", froms[0])
+        except AddressError as exc:
+            findings.append(Finding("from_header", "from_header", f"{exc}; it needs exactly one valid address"))
+            return None
+
+    def _relays_others(self, facts: MessageFacts, by_name: dict[str, list[str]]) -> bool:
+        """List, resent or SRS-forwarded mail carries someone else's From: legitimately."""
+        account = facts.account
+        envelope = facts.sender.strip().strip("<>")
+        envelope_owned = bool(envelope) and self.directory.owns_address(account, envelope)
+        if (by_name["list-id"] or by_name["list-post"]) and (envelope_owned or self._owned_header(account, by_name["sender"])):
+            return True
+        if envelope_owned and envelope.upper().startswith(("SRS0=", "SRS1=")):
+            return True
+        return self._owned_header(account, by_name["resent-from"][:1] or by_name["resent-sender"][:1])
+
+    def _owned_header(self, account: str, values: list[str]) -> bool:
+        if len(values) != 1:
+            return False
+        try:
+            return self.directory.owns_address(account, parse_single_mailbox("Sender", values[0]).address)
+        except AddressError:
+            return False
+
+    def _sender_header(self, account: str, values: list[str]) -> list[Finding]:
+        if not values:
+            return []
+        try:
+            sender = parse_single_mailbox("Sender", values[0])
+        except AddressError as exc:
+            return [Finding("sender_header", "sender_header", f"{exc}")]
+        if self.directory.owns_address(account, sender.address):
+            return []
+        return [Finding("sender_header", "sender_header",
+                        f"Sender: header domain {sender.domain} is not one of your domains {self._yours(account)}")]
+
+    def _lookalikes(self, account: str, author: Mailbox | None, reply_tos: list[str]) -> list[Finding]:
+        candidates: list[tuple[str, str]] = []
+        if author:
+            candidates.append(("From:", author.domain))
+            candidates += [("From: display name", d) for d in domains_in_text(author.display_name)]
+        for value in reply_tos[:1]:
+            try:
+                candidates += [("Reply-To:", m.domain) for m in parse_mailboxes("Reply-To", value)]
+            except AddressError:
+                pass
+        for where, domain in candidates:
+            imitated = self.lookalikes.imitated(domain, account)
+            if imitated:
+                return [Finding("lookalike", "lookalike",
+                                f"{where} domain {domain} looks like {imitated}, which is not one of your domains")]
+        return []
+
+    def _soft_signals(self, facts: MessageFacts, by_name: dict[str, list[str]]) -> list[Finding]:
+        found = []
+        if facts.source == "sasl" and by_name["received"]:
+            found.append(Finding("soft_signals", "client_received", "Received: headers supplied by the client"))
+        for value in by_name["reply-to"][:1]:
+            try:
+                foreign = [m.domain for m in parse_mailboxes("Reply-To", value)
+                           if not self.directory.owns_address(facts.account, m.address)]
+            except AddressError:
+                foreign = ["(unparseable)"]
+            if foreign:
+                found.append(Finding("soft_signals", "reply_to_domain", f"Reply-To: at {foreign[0]}, not your domain"))
+        for value in by_name["date"][:1]:
+            try:
+                date = parsedate_to_datetime(value)
+                if date.tzinfo is None:
+                    date = date.replace(tzinfo=timezone.utc)
+                skewed = abs((facts.now - date).total_seconds()) > self.max_skew
+            except (TypeError, ValueError, IndexError, OverflowError):
+                skewed = True
+            if skewed:
+                found.append(Finding("soft_signals", "date_skew", f"Date: {value.strip()[:60]} is more than a day off"))
+        return found
