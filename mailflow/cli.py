@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
 from mailflow import __version__
 from mailflow.config import Config, ConfigError, config_path, load_config
-from mailflow.store import StoreError, open_store
+from mailflow.store import Store, StoreError, open_store
 from mailflow.urls import redact_url
 
 EXIT_USAGE = 2
@@ -70,13 +72,8 @@ def ratelimit_status(config_file: str | None, account: str) -> None:
     config = _load(config_file)
     account = account.lower()
     policy = config.ratelimit.policy_for(account)
-    store = open_store(config.store.url, config.store.timeout_ms)
-    try:
+    with _store(config) as store:
         levels = store.levels(account, policy.limits)
-    except StoreError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        store.close()
     click.echo(f"account {account}: unit={policy.unit}{' (exempt)' if policy.exempt else ''}")
     for level, limit in zip(levels, policy.limits):
         left = max(0.0, limit.capacity - level)
@@ -91,14 +88,82 @@ def ratelimit_status(config_file: str | None, account: str) -> None:
 def ratelimit_reset(config_file: str | None, account: str) -> None:
     """Refill every bucket of ACCOUNT."""
     config = _load(config_file)
+    with _store(config) as store:
+        store.reset(account.lower())
+    click.echo(f"account {account.lower()}: buckets refilled")
+
+
+@cli.group()
+def domains() -> None:
+    """Manage the domains an account owns (From:/envelope ownership checks)."""
+
+
+def _domain_argument(domain: str) -> str:
+    from mailflow.accounts import canonical_domain
+    from mailflow.forgery.ownership import organisational_domain
+
+    canonical = canonical_domain(domain)
+    if organisational_domain(canonical) is None:
+        raise click.BadParameter(f"{domain!r} is a public suffix or not a domain; it cannot be owned", param_hint="DOMAIN")
+    return canonical
+
+
+@domains.command("add")
+@config_option
+@click.argument("account")
+@click.argument("domain")
+def domains_add(config_file: str | None, account: str, domain: str) -> None:
+    """Give DOMAIN (and its subdomains) to ACCOUNT."""
+    config, domain = _load(config_file), _domain_argument(domain)
+    with _store(config) as store:
+        store.add_domain(account.lower(), domain)
+    click.echo(f"{domain}: owned by {account.lower()} (milters see it within {config.forgery.domains_refresh_seconds}s)")
+
+
+@domains.command("remove")
+@config_option
+@click.argument("account")
+@click.argument("domain")
+def domains_remove(config_file: str | None, account: str, domain: str) -> None:
+    """Take DOMAIN away from ACCOUNT."""
+    config, domain = _load(config_file), _domain_argument(domain)
+    with _store(config) as store:
+        if not store.remove_domain(account.lower(), domain):
+            raise click.ClickException(f"{domain} is not in the store for account {account.lower()}")
+    click.echo(f"{domain}: removed from {account.lower()}")
+
+
+@domains.command("list")
+@config_option
+@click.argument("account")
+def domains_list(config_file: str | None, account: str) -> None:
+    """Every domain ACCOUNT owns, and where the ownership comes from."""
+    from mailflow.forgery.ownership import organisational_domain
+    from mailflow.forgery.policy import static_ownership
+
+    config, account = _load(config_file), account.lower()
+    static_domains, static_addresses = static_ownership(config)
+    with _store(config) as store:
+        stored = sorted(d for d, owner in store.domains().items() if owner == account)
+    rows = [(account, "account name")] if organisational_domain(account) else []
+    rows += [(d, "config / sender_login_maps") for d in sorted(static_domains.get(account, set()) - {account})]
+    rows += [(a, "sender_login_maps (address)") for a in sorted(static_addresses.get(account, set()))]
+    rows += [(d, "store") for d in stored]
+    for name, source in rows:
+        click.echo(f"{name:<40} {source}")
+    if not rows:
+        click.echo(f"account {account} owns no domains")
+
+
+@contextmanager
+def _store(config: Config) -> Iterator[Store]:
     store = open_store(config.store.url, config.store.timeout_ms)
     try:
-        store.reset(account.lower())
+        yield store
     except StoreError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         store.close()
-    click.echo(f"account {account.lower()}: buckets refilled")
 
 
 @cli.command()

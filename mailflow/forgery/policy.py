@@ -57,7 +57,7 @@ class Ownership:
         self.store = store
         self.clock = clock
         self._lock = threading.Lock()
-        self._static_domains, self._static_addresses = _static_ownership(config)
+        self._static_domains, self._static_addresses = static_ownership(config)
         self._store_domains: dict[str, str] = {}
         self._checker = self._build()
         self._loaded_at = float("-inf")
@@ -96,7 +96,7 @@ class Ownership:
         return Checker(directory, LookalikeIndex(protected), self.config.forgery.max_date_skew_hours)
 
 
-def _static_ownership(config: Config) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+def static_ownership(config: Config) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """Domains and single addresses owned according to the config and the sender login map."""
     domains: dict[str, set[str]] = defaultdict(set)
     addresses: dict[str, set[str]] = defaultdict(set)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.helpers import postfix
 from tests.helpers.postfix import PrivatePostfix
@@ -53,6 +54,7 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         store = f"sqlite://{workdir}/state.db"
     else:
         store = request.getfixturevalue("redis_instance")[0]
+        redis.Redis.from_url(store).flushall()  # buckets left by earlier test modules
     with running_rig(workdir, store) as started:
         yield started
 

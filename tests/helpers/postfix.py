@@ -134,6 +134,8 @@ milter_mail_macros = i {{auth_type}} {{auth_authen}} {{auth_author}} {{mail_addr
 maillog_file = {self.dir}/maillog
 maillog_file_prefixes = {self.dir}
 biff = no
+# Do not add missing From:/Date: for SMTP clients on this host: the milter must see what they sent.
+local_header_rewrite_clients =
 smtputf8_enable = yes
 delay_warning_time = 0
 queue_run_delay = 1s

@@ -231,3 +231,68 @@ def test_sigterm_stops_the_milter_cleanly(milter: MilterProcess) -> None:
     send(milter, "bob@shop.example", ["a@x.example"], AUTH)
     assert milter.stop(graceful=True) == 0
     assert "mailflow stopped" in milter.log()
+
+
+def _tagged_message(milter: MilterProcess) -> Any:
+    with MilterClient(milter.socket) as c:
+        c.connect("mua", "198.51.100.20", 1)
+        c.mail("bob@shop.example", macros=AUTH)
+        c.rcpt("a@x.example")
+        c.header("From", "bob@shop.example")
+        c.header("Reply-To", "bob.private@mailbox.example")
+        c.header("Date", "Thu, 01 Jan 2015 00:00:00 +0000")
+        return c.eom()
+
+
+def test_soft_signals_are_tagged_not_refused(milter: MilterProcess) -> None:
+    result = _tagged_message(milter)
+    assert result.action == "continue"
+    assert result.headers_added == [("X-Mailflow-Policy", "reply_to_domain=tag date_skew=tag")]
+    assert milter.decisions()[-1]["forgery"] == "reply_to_domain:tag,date_skew:tag"
+
+
+def test_monitor_mode_neither_refuses_nor_tags(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, milter={"mode": "monitor"}))
+    result = _tagged_message(milter)
+    assert result.action == "continue" and result.headers_added == []
+    with MilterClient(milter.socket) as c:
+        c.connect("mua", "198.51.100.20", 1)
+        c.mail("bob@shop.example", macros=AUTH)
+        c.rcpt("a@x.example")
+        c.header("From", "ceo@bank.example")
+        assert c.eom().action == "continue"
+    line = milter.decisions()[-1]
+    assert (line["action"], line["reason"], line["mode"]) == ("reject", "from_domain", "monitor")
+
+
+def test_rules_can_be_turned_off_per_account(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    milter = start_milter(config(store_url, forgery={"accounts": {"shop.example": {"rules": {"from_domain": "off"}}}}))
+    with MilterClient(milter.socket) as c:
+        c.connect("mua", "198.51.100.20", 1)
+        c.mail("bob@shop.example", macros=AUTH)
+        c.rcpt("a@x.example")
+        c.header("From", "newsletter@partner.example")
+        assert c.eom().action == "continue"
+
+
+def test_domains_added_to_the_store_reach_a_running_milter(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
+    import time
+
+    from mailflow.store import open_store
+
+    milter = start_milter(config(store_url, forgery={"domains_refresh_seconds": 1}))
+
+    def send_as_brand() -> str:
+        with MilterClient(milter.socket) as c:
+            c.connect("mua", "198.51.100.20", 1)
+            c.mail("bob@shop.example", macros=AUTH)
+            c.rcpt("a@x.example")
+            c.header("From", "hello@shop-brand.example")
+            return c.eom().smtp
+
+    assert send_as_brand().startswith("550 5.7.1 From: header domain shop-brand.example is not one of your domains")
+    store = open_store(store_url)
+    store.add_domain("shop.example", "shop-brand.example")
+    store.close()
+    time.sleep(1.2)  # the milter re-reads owned domains every domains_refresh_seconds
+    assert send_as_brand() == "continue"

@@ -81,3 +81,17 @@ def test_replay_what_if_from_a_mail_log() -> None:
 def test_replay_argument_errors(args: list[str]) -> None:
     result = mailflow(*args)
     assert result.returncode == 2 and result.stderr.count("\n") == 1
+
+
+def test_domains_add_list_remove(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n[forgery.accounts."shop.example"]\ndomains = ["shop-news.example"]\n')
+    assert mailflow("domains", "add", "-c", str(cfg), "shop.example", "Bücher.example").returncode == 0
+    listing = mailflow("domains", "list", "-c", str(cfg), "shop.example").stdout
+    assert "xn--bcher-kva.example" in listing and "store" in listing and "shop-news.example" in listing
+    taken = mailflow("domains", "add", "-c", str(cfg), "other.example", "xn--bcher-kva.example")
+    assert taken.returncode == 1 and "belongs to account shop.example" in taken.stderr
+    suffix = mailflow("domains", "add", "-c", str(cfg), "shop.example", "co.uk")
+    assert suffix.returncode == 2 and "public suffix" in suffix.stderr and suffix.stderr.count("\n") == 1
+    assert mailflow("domains", "remove", "-c", str(cfg), "shop.example", "bücher.example").returncode == 0
+    assert "store" not in mailflow("domains", "list", "-c", str(cfg), "shop.example").stdout

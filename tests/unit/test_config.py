@@ -120,3 +120,48 @@ def test_config_path_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILFLOW_CONFIG", "/tmp/env.toml")
     assert config_path(None) == "/tmp/env.toml"
     assert config_path("/tmp/cli.toml") == "/tmp/cli.toml"
+
+
+FORGERY_SAMPLE = """
+[forgery]
+sender_login_maps = "conf/sender_login_maps"
+protected_brands = ["paypal.com", "microsoft.com"]
+
+[forgery.rules]
+envelope_domain = "reject"
+from_header = "reject"
+from_domain = "reject"
+sender_header = "reject"
+display_name = "reject"
+lookalike = "hold"
+duplicate_headers = "reject"
+soft_signals = "tag"
+
+[forgery.accounts."shop.example"]
+domains = ["shop-news.example"]
+"""
+
+
+def test_the_forgery_sample_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "sender_login_maps").write_text("@shop-news.example  bob@shop.example\nceo@partner.example alice@shop.example\n")
+    (tmp_path / "mailflow.toml").write_text(FORGERY_SAMPLE)
+    config = load_config(str(tmp_path / "mailflow.toml"))
+    assert config.forgery.actions["lookalike"] == "hold"
+    from mailflow.forgery.policy import static_ownership
+
+    domains, addresses = static_ownership(config)
+    assert {"shop.example", "shop-news.example"} <= domains["shop.example"]
+    assert addresses["shop.example"] == {"ceo@partner.example"}
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[forgery.rules]\nfrom_domain = "bounce"', "forgery.rules.from_domain"),
+    ('[forgery.rules]\nfrom_dommain = "reject"', "forgery.rules.from_dommain"),
+    ('[forgery.accounts."x.example".rules]\nlookalike = "maybe"', 'forgery.accounts."x.example".rules.lookalike'),
+    ('[forgery]\nsender_login_maps = "/nonexistent/map"', "forgery.sender_login_maps"),
+])
+def test_forgery_errors_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text))
+    assert str(err.value).startswith(f"{key}:"), str(err.value)
