@@ -192,6 +192,15 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
                         _load(config_file) if logs and not (milter_socket or smtp_target) else None))
 
 
+def _register_admin_groups() -> None:
+    from mailflow.suppression import admin
+
+    admin.register(cli, _load, _store, config_option)
+
+
+_register_admin_groups()
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="mailflow", standalone_mode=False)

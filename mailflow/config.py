@@ -17,7 +17,7 @@ from typing import Any
 
 from mailflow.forgery.names import ACTIONS, DEFAULT_ACTIONS, RULES
 from mailflow.ratelimit.limits import Limit, LimitSyntaxError, parse_limit
-from mailflow.store import SCHEMES
+from mailflow.urls import STORE_SCHEMES as SCHEMES
 
 DEFAULT_CONFIG_PATH = "/etc/mailflow/mailflow.toml"
 CONFIG_ENV = "MAILFLOW_CONFIG"
@@ -92,6 +92,35 @@ class ForgerySettings:
 
 
 @dataclass(frozen=True)
+class SuppressionSettings:
+    enabled: bool = False  # on when the config has a [suppression] table
+    secret: bytes = field(default=b"", repr=False)
+    case_sensitive_local_part: bool = False
+    strip_subaddress: bool = True
+    trap_hits_before_hold: int = 3
+    action: str = "reject"  # reject | tempfail | off
+    accounts: Mapping[str, str] = field(default_factory=dict)  # per-account action
+
+    def action_for(self, account: str) -> str:
+        return self.accounts.get(account, self.action) if self.enabled else "off"
+
+
+@dataclass(frozen=True)
+class BulkPolicy:
+    min_recipients: int = 25
+    missing_unsubscribe: str = "reject"  # reject | tempfail | hold | tag | off
+
+
+@dataclass(frozen=True)
+class BulkSettings:
+    default: BulkPolicy = BulkPolicy()
+    accounts: Mapping[str, BulkPolicy] = field(default_factory=dict)
+
+    def policy_for(self, account: str) -> BulkPolicy:
+        return self.accounts.get(account, self.default)
+
+
+@dataclass(frozen=True)
 class LogSettings:
     target: str = "stderr"  # stderr | syslog
     facility: str = "mail"
@@ -106,6 +135,8 @@ class Config:
     accounts: AccountSettings = AccountSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
     forgery: ForgerySettings = ForgerySettings()
+    suppression: SuppressionSettings = SuppressionSettings()
+    bulk: BulkSettings = BulkSettings()
     log: LogSettings = LogSettings()
     path: str | None = None
 
@@ -139,6 +170,8 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         accounts=_accounts(top.table("accounts"), base_dir),
         ratelimit=_ratelimit(top.table("ratelimit")),
         forgery=_forgery(top.table("forgery"), base_dir),
+        suppression=_suppression(top, base_dir),
+        bulk=_bulk(top.table("bulk")),
         log=_log(top.table("log")),
         path=path,
     )
@@ -301,6 +334,72 @@ def _forgery(t: _Table, base_dir: str) -> ForgerySettings:
     )
     t.finish()
     return settings
+
+
+SUPPRESSION_ACTIONS = ("reject", "tempfail", "off")
+
+
+def _suppression(top: _Table, base_dir: str) -> SuppressionSettings:
+    if "suppression" not in top:
+        top.table("suppression")  # mark as seen
+        return SuppressionSettings()
+    t = top.table("suppression")
+    d = SuppressionSettings()
+    env_name = t.text("hash_key_env", "")
+    key_file = t.text("hash_key_file", "")
+    if bool(env_name) == bool(key_file):
+        raise t.error("hash_key_env", "give exactly one of hash_key_env or hash_key_file")
+    if env_name:
+        secret = os.environ.get(env_name, "").encode()
+        if not secret:
+            raise t.error("hash_key_env", f"environment variable {env_name} is not set")
+    else:
+        path = key_file if os.path.isabs(key_file) else os.path.join(base_dir, key_file)
+        try:
+            with open(path, "rb") as fh:
+                secret = fh.read().strip()
+        except OSError as exc:
+            raise t.error("hash_key_file", f"{path}: {exc.strerror}") from None
+    if len(secret) < 16:
+        raise t.error("hash_key_env" if env_name else "hash_key_file", "the key must be at least 16 bytes")
+    accounts: dict[str, str] = {}
+    per_account = t.table("accounts")
+    for name in per_account.keys():
+        sub = per_account.table(name)
+        accounts[name.lower()] = sub.choice("action", d.action, SUPPRESSION_ACTIONS)
+        sub.finish()
+    per_account.finish()
+    settings = SuppressionSettings(
+        enabled=True,
+        secret=secret,
+        case_sensitive_local_part=t.flag("case_sensitive_local_part", d.case_sensitive_local_part),
+        strip_subaddress=t.flag("strip_subaddress", d.strip_subaddress),
+        trap_hits_before_hold=t.integer("trap_hits_before_hold", d.trap_hits_before_hold, minimum=1),
+        action=t.choice("action", d.action, SUPPRESSION_ACTIONS),
+        accounts=accounts,
+    )
+    t.finish()
+    return settings
+
+
+def _bulk_policy(t: _Table, inherit: BulkPolicy) -> BulkPolicy:
+    return BulkPolicy(
+        min_recipients=t.integer("min_recipients", inherit.min_recipients, minimum=1),
+        missing_unsubscribe=t.choice("missing_unsubscribe", inherit.missing_unsubscribe, ACTIONS),
+    )
+
+
+def _bulk(t: _Table) -> BulkSettings:
+    default = _bulk_policy(t, BulkPolicy())
+    accounts: dict[str, BulkPolicy] = {}
+    per_account = t.table("accounts")
+    for name in per_account.keys():
+        sub = per_account.table(name)
+        accounts[name.lower()] = _bulk_policy(sub, default)
+        sub.finish()
+    per_account.finish()
+    t.finish()
+    return BulkSettings(default, accounts)
 
 
 def _log(t: _Table) -> LogSettings:

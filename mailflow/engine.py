@@ -19,7 +19,11 @@ from mailflow.forgery.rules import MessageFacts
 from mailflow.log import log, log_decision
 from mailflow.model import PASS, Client, Decision, Message, Reply, Verdict
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
-from mailflow.store.base import Store, StoreError
+from mailflow.store.base import Store, StoreError, SuppressionLookup
+from mailflow.suppression.bulk import bulk_finding
+from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
+from mailflow.suppression.keys import Keyring
+from mailflow.suppression.normalize import AddressForms
 
 T = TypeVar("T")
 
@@ -35,6 +39,10 @@ class Engine:
         self.monitor = config.milter.mode == "monitor"
         self.ownership = Ownership(config, store)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
+        suppression = config.suppression
+        self.matcher = Matcher(
+            AddressForms(suppression.case_sensitive_local_part, suppression.strip_subaddress), Keyring(suppression.secret)
+        ) if suppression.enabled else None
 
     # -- what the MTA does when things break ---------------------------------------------
 
@@ -69,7 +77,17 @@ class Engine:
 
     def rcpt(self, client: Client, message: Message, recipient: str, conn_id: str = "") -> Decision:
         identity = message.identity
-        if identity is None or client.is_postfix_pickup:
+        if identity is None:
+            message.recipients.append(recipient)
+            return PASS
+        suppressed = self._suppression(message, recipient, conn_id)
+        if suppressed is not None:
+            if client.is_postfix_pickup:
+                message.suppressed.append(recipient)  # removed at end of message, with a log line
+                return PASS
+            message.refused.append(recipient)
+            return self._finish("rcpt", client, message, suppressed, conn_id=conn_id, rcpt=recipient)
+        if client.is_postfix_pickup:
             # Pickup turns a RCPT refusal into a deferral of the whole message: judge at EOM.
             message.recipients.append(recipient)
             return PASS
@@ -92,6 +110,45 @@ class Engine:
             return self._finish("rcpt", client, message, decision, conn_id=conn_id, rcpt=recipient)
         message.recipients.append(recipient)
         return PASS
+
+    def _suppression(self, message: Message, recipient: str, conn_id: str) -> Decision | None:
+        """One store round trip: is this recipient suppressed (account or global), is the account held?"""
+        identity = message.identity
+        assert identity is not None
+        action = self.config.suppression.action_for(identity.account)
+        if self.matcher is None or action == "off":
+            return None
+        account_scope = scope_for(identity.account)
+        keys = self.matcher.recipient_keys(recipient)
+        lookup = self._store_call(lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys))
+        if isinstance(lookup, Decision):
+            return lookup if lookup.refuses else None
+        message.held = message.held or lookup.account_held
+        if not lookup.matches:
+            return None
+        self._count_trap_hit(lookup, identity.account, conn_id)
+        address = recipient.strip().strip("<>")
+        if any(scope == account_scope for scope, _ in lookup.matches):
+            text = f"<{address}>: recipient has opted out of mail from {identity.account}"
+        else:  # global: complaints, traps, provider blocks; never say which
+            text = f"<{address}>: recipient is on the provider's suppression list"
+        if action == "tempfail":
+            return Decision(Verdict.TEMPFAIL, "suppressed", Reply("451", "4.7.1", text))
+        return Decision(Verdict.REJECT, "suppressed", Reply("550", "5.7.1", text))
+
+    def _count_trap_hit(self, lookup: SuppressionLookup, account: str, conn_id: str) -> None:
+        if not any(entry.reason == "trap" for _, entry in lookup.matches):
+            return
+        try:
+            hits = self.store.record_trap_hit(account)
+            threshold = self.config.suppression.trap_hits_before_hold
+            log_decision(logging.WARNING, event="trap_hit", conn=conn_id, account=account, hits_24h=hits,
+                         threshold=threshold)
+            if hits >= threshold and not lookup.account_held and not self.monitor:
+                self.store.hold_account(account, f"{hits} spam-trap hits in 24 hours")
+                log_decision(logging.WARNING, event="account_held", account=account, hits_24h=hits)
+        except StoreError as exc:
+            log.warning("could not count a spam-trap hit for %s: %s", account, exc)
 
     def header(self, message: Message, name: str, value: str) -> None:
         if message.identity is None:
@@ -117,7 +174,10 @@ class Engine:
         policy = self.config.ratelimit.policy_for(identity.account)
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
-        if forgery.decision is not None and forgery.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
+        if message.suppressed and not message.recipients:
+            decision = Decision(Verdict.REJECT, "suppressed", Reply(
+                "550", "5.7.1", f"Every recipient is on a suppression list: {', '.join(message.suppressed[:5])}"))
+        elif forgery.decision is not None and forgery.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
             decision = forgery.decision  # refused mail is never charged
         elif policy.exempt:
             decision = Decision(Verdict.CONTINUE, "exempt")
@@ -137,10 +197,15 @@ class Engine:
             decision = for_local_submission(decision, self.config.ratelimit.local_over_limit)
         if decision.verdict is Verdict.CONTINUE and forgery.decision is not None:
             decision = forgery.decision  # a hold, once the message has been charged
+        if decision.verdict is Verdict.CONTINUE and message.held:
+            decision = Decision(Verdict.HOLD, "account_held",
+                                Reply("250", "2.7.0", f"account {identity.account} is held: {message.held}"))
+        if message.suppressed and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
+            decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, add_headers=((POLICY_HEADER, " ".join(forgery.tags)),))
         return self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
-                            forgery=forgery.summary)
+                            forgery=forgery.summary, removed=",".join(message.suppressed) or None)
 
     def _forgery(self, client: Client, message: Message) -> ForgeryVerdict:
         identity = message.identity
@@ -150,14 +215,18 @@ class Engine:
                                                 self.clock()))
         if client.is_postfix_pickup and (envelope := checker.envelope(identity.account, message.sender)):
             findings.insert(0, envelope)
-        return judge_findings(findings, self.config.forgery.actions_for(identity.account))
+        bulk = self.config.bulk.policy_for(identity.account)
+        if bulk_problem := bulk_finding(message.headers, len(message.recipients), bulk.min_recipients):
+            findings.append(bulk_problem)
+        actions = {**self.config.forgery.actions_for(identity.account), "missing_unsubscribe": bulk.missing_unsubscribe}
+        return judge_findings(findings, actions)
 
     # -- one log line per decision --------------------------------------------------------
 
     def _finish(self, stage: str, client: Client, message: Message, decision: Decision, **extra: object) -> Decision:
         identity = message.identity
         enforced = decision
-        if self.monitor and (decision.refuses or decision.add_headers):
+        if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
         log_decision(
             logging.INFO,
@@ -178,6 +247,7 @@ class Engine:
             reason=decision.reason,
             reply=str(decision.reply) if decision.reply else None,
             forgery=extra.pop("forgery", None),
+            removed=extra.pop("removed", None),
             php_script=message.php_script,
         )
         return enforced

@@ -31,6 +31,7 @@ class Decision:
     reason: str  # short machine word for logs: ok, ratelimit, over_capacity, from_domain, store_error, …
     reply: Reply | None = None
     add_headers: tuple[tuple[str, str], ...] = ()  # e.g. X-Mailflow-Policy on tagged mail
+    remove_recipients: tuple[str, ...] = ()  # suppressed recipients of local mail (delrcpt)
 
     @property
     def refuses(self) -> bool:
@@ -84,6 +85,8 @@ class Message:
     identity: Identity | None = None
     recipients: list[str] = field(default_factory=list)  # accepted so far
     refused: list[str] = field(default_factory=list)
+    suppressed: list[str] = field(default_factory=list)  # local mail: removed at end of message
+    held: str | None = None  # the account is held (spam traps): why
     levels: tuple[float, ...] | None = None  # bucket levels read at the first RCPT
     headers: list[tuple[str, str]] = field(default_factory=list)  # as the client sent them
     php_script: str | None = None  # X-PHP-Originating-Script (uid:script)

@@ -1,9 +1,12 @@
-"""Store URLs may carry a password; logs and screens must not."""
+"""Store URLs: the schemes mailflow knows, and hiding the password they may carry."""
 
 from urllib.parse import urlsplit, urlunsplit
 
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix")
+
 
 def redact_url(url: str) -> str:
+    """Logs and screens must not show a store password."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

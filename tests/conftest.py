@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -8,6 +9,9 @@ import pytest
 import redis
 
 from tests.helpers.servers import MilterProcess, redis_server
+
+# The suppression key the test configs name (hash_key_env); milters and CLI runs inherit it.
+os.environ.setdefault("MAILFLOW_SUPPRESSION_KEY", "mailflow-test-suppression-key-0123456789")
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,8 @@ class MailflowMilter(Milter.Base):
             self.quarantine(decision.reply.text if decision.reply else decision.reason)
         for name, value in decision.add_headers:
             self.addheader(name, value)
+        for recipient in decision.remove_recipients:
+            self.delrcpt(recipient)
         return _RETURN_CODES[decision.verdict]
 
     @Milter.noreply

@@ -37,6 +37,7 @@ class Response:
     reply: str = ""  # "451 4.7.1 text" when the milter set one
     quarantine: str | None = None
     headers_added: list[tuple[str, str]] = field(default_factory=list)
+    recipients_removed: list[str] = field(default_factory=list)
 
     @property
     def smtp(self) -> str:
@@ -133,6 +134,8 @@ class MilterClient:
             cmd, data = self._recv()
             if cmd == C.SMFIR_ADDHEADER or cmd == C.SMFIR_INSHEADER:
                 response.headers_added.append((str(data["name"]), str(data["value"])))
+            elif cmd == C.SMFIR_DELRCPT:
+                response.recipients_removed.append(str(data["rcpt"]))
             elif cmd == C.SMFIR_QUARANTINE:
                 response.quarantine = str(data["reason"])
             elif cmd in _WORDS or cmd == C.SMFIR_REPLYCODE:

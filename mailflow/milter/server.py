@@ -25,7 +25,7 @@ def serve(config: Config) -> None:
     MailflowMilter.engine = Engine(config, store)
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect.
-    Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS)
+    Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT)
     # Last-resort net under our own per-callback guard.
     Milter.set_exception_policy(Milter.TEMPFAIL)
     log.info("mailflow listening on %s (mode=%s, store=%s, on_error=%s)",

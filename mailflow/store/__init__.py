@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 from mailflow.store.base import DomainTaken, Store, StoreError
-
-SCHEMES = ("sqlite", "redis", "rediss", "unix")
+from mailflow.urls import STORE_SCHEMES as SCHEMES
 
 
 def open_store(url: str, timeout_ms: int = 250) -> Store:

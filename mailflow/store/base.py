@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
+from mailflow.suppression.entries import Entry
 
 
 class StoreError(Exception):
     """The store could not answer (down, timed out, corrupt). Callers apply `on_error`."""
+
+
+@dataclass(frozen=True)
+class SuppressionLookup:
+    """What one RCPT's single store round trip found."""
+
+    matches: tuple[tuple[str, Entry], ...]  # (scope, entry)
+    account_held: str | None  # why the account is held, or None
 
 
 class DomainTaken(StoreError):
@@ -47,6 +57,30 @@ class Store(Protocol):
 
     def remove_domain(self, account: str, domain: str) -> bool:
         """Take `domain` from `account`; False if the account did not have it."""
+        ...
+
+    def add_suppressions(self, scope: str, entries: Sequence[Entry]) -> int:
+        """Store entries, keeping any that exist already; returns how many were new."""
+        ...
+
+    def remove_suppressions(self, scope: str, keys: Sequence[str]) -> int: ...
+
+    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str]) -> SuppressionLookup:
+        """Entries under `keys` in any of `scopes`, and the account's hold: one round trip."""
+        ...
+
+    def iter_suppressions(self, scope: str) -> Iterator[Entry]: ...
+
+    def record_trap_hit(self, account: str) -> int:
+        """Count a spam-trap hit; returns the account's hits in the last 24 hours."""
+        ...
+
+    def hold_account(self, account: str, reason: str) -> None: ...
+
+    def release_account(self, account: str) -> bool: ...
+
+    def held_accounts(self) -> dict[str, str]:
+        """Held account -> why and since when."""
         ...
 
     def ping(self) -> None:

@@ -7,22 +7,41 @@ one account in one Cluster slot, which a multi-key script needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from importlib.resources import files
 
 import redis
 
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
-from mailflow.store.base import DomainTaken, StoreError
+from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.suppression.entries import Entry
 
 KEY_PREFIX = "mailflow:rl:"
 # One hash, domain -> account: the milter reads it whole (cached), admins change it rarely.
 DOMAINS_KEY = "mailflow:domains"
+# Held accounts: account -> "since|reason".
+HELD_KEY = "mailflow:held"
+TRAP_WINDOW = 86400
+IMPORT_BATCH = 10_000
+
+
+def suppression_key(scope: str) -> str:
+    """One hash per scope (global, account:NAME): field = keyed lookup key, value = entry."""
+    return f"mailflow:sup:{scope}"
+
+
+def trap_key(account: str) -> str:
+    return f"mailflow:traps:{{{account}}}"
 
 
 def bucket_key(account: str, period: str) -> str:
     return f"{KEY_PREFIX}{{{account}}}:{period}"
+
+
+def _lua(name: str) -> str:
+    return files("mailflow.store").joinpath(f"lua/{name}").read_text(encoding="utf-8")
 
 
 class RedisStore:
@@ -37,11 +56,9 @@ class RedisStore:
             # Fail fast; the milter's on_error policy decides, and the pool reconnects by itself.
             retry=None,
         )
-        script = files("mailflow.store").joinpath("lua/debit.lua").read_text(encoding="utf-8")
-        self._debit_script = self.client.register_script(script)
-        self._remove_domain_script = self.client.register_script(
-            files("mailflow.store").joinpath("lua/remove_domain.lua").read_text(encoding="utf-8")
-        )
+        self._debit_script = self.client.register_script(_lua("debit.lua"))
+        self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
+        self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
 
     def _run(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> DebitResult:
         keys = [bucket_key(account, limit.period) for limit in limits]
@@ -86,6 +103,72 @@ class RedisStore:
         # Delete only if this account owns it: check and delete in one script.
         try:
             return bool(self._remove_domain_script(keys=[DOMAINS_KEY], args=[domain, account]))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def add_suppressions(self, scope: str, entries: Sequence[Entry]) -> int:
+        # HSETNX keeps what is stored already; pipelined in batches, one round trip each.
+        added = 0
+        try:
+            for start in range(0, len(entries), IMPORT_BATCH):
+                pipe = self.client.pipeline(transaction=False)
+                for entry in entries[start:start + IMPORT_BATCH]:
+                    pipe.hsetnx(suppression_key(scope), entry.key, entry.value())
+                added += sum(pipe.execute())
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return added
+
+    def remove_suppressions(self, scope: str, keys: Sequence[str]) -> int:
+        try:
+            return int(self.client.hdel(suppression_key(scope), *keys)) if keys else 0
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str]) -> SuppressionLookup:
+        pipe = self.client.pipeline(transaction=False)
+        for scope in scopes:
+            pipe.hmget(suppression_key(scope), list(keys))
+        pipe.hget(HELD_KEY, account)
+        try:
+            *found, held = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        matches = tuple((scope, Entry.from_value(key, value))
+                        for scope, values in zip(scopes, found) for key, value in zip(keys, values) if value)
+        return SuppressionLookup(matches, held)
+
+    def iter_suppressions(self, scope: str) -> Iterator[Entry]:
+        try:
+            for key, value in self.client.hscan_iter(suppression_key(scope), count=10_000):
+                yield Entry.from_value(str(key), str(value))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def record_trap_hit(self, account: str) -> int:
+        try:
+            return int(self._trap_hit_script(keys=[trap_key(account)], args=[TRAP_WINDOW, os.urandom(8).hex()]))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def hold_account(self, account: str, reason: str) -> None:
+        try:
+            now = int(self.client.time()[0])
+            self.client.hsetnx(HELD_KEY, account, f"{now}|{reason}")
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def release_account(self, account: str) -> bool:
+        try:
+            released = bool(self.client.hdel(HELD_KEY, account))
+            self.client.delete(trap_key(account))
+            return released
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def held_accounts(self) -> dict[str, str]:
+        try:
+            return {str(k): str(v) for k, v in self.client.hgetall(HELD_KEY).items()}
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
 

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 
 from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, seconds_until_empty, try_debit
 from mailflow.ratelimit.limits import Limit
-from mailflow.store.base import DomainTaken, StoreError
+from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.suppression.entries import Entry
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -34,7 +35,18 @@ CREATE TABLE IF NOT EXISTS domains (
     domain  TEXT PRIMARY KEY,
     account TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS suppression (
+    scope TEXT NOT NULL,     -- global | account:NAME
+    key   TEXT NOT NULL,     -- keyed hash (suppression/keys.py)
+    value TEXT NOT NULL,     -- reason|added_at|source|sealed
+    PRIMARY KEY (scope, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trap_hits (account TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS trap_hits_account ON trap_hits (account, at);
+CREATE TABLE IF NOT EXISTS held (account TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
+
+TRAP_WINDOW = 86400.0
 
 # Expired rows are swept every this many debits, keeping the table bounded by active accounts.
 _SWEEP_EVERY = 1000
@@ -141,6 +153,72 @@ class SqliteStore:
         with self._connection() as conn:
             cursor = conn.execute("DELETE FROM domains WHERE domain = ? AND account = ?", (domain, account))
             return cursor.rowcount > 0
+
+    def add_suppressions(self, scope: str, entries: Sequence[Entry]) -> int:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                conn.executemany("INSERT OR IGNORE INTO suppression VALUES (?, ?, ?)",
+                                 [(scope, e.key, e.value()) for e in entries])
+                added = conn.total_changes - before
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return added
+
+    def remove_suppressions(self, scope: str, keys: Sequence[str]) -> int:
+        with self._connection() as conn:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM suppression WHERE scope = ? AND key = ?", [(scope, k) for k in keys])
+            return conn.total_changes - before
+
+    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str]) -> SuppressionLookup:
+        with self._connection() as conn:
+            scope_marks, key_marks = ",".join("?" * len(scopes)), ",".join("?" * len(keys))
+            rows = conn.execute(
+                f"SELECT scope, key, value FROM suppression WHERE scope IN ({scope_marks}) AND key IN ({key_marks})",
+                (*scopes, *keys),
+            ).fetchall()
+            held = conn.execute("SELECT value FROM held WHERE account = ?", (account,)).fetchone()
+        return SuppressionLookup(tuple((scope, Entry.from_value(key, value)) for scope, key, value in rows),
+                                 held[0] if held else None)
+
+    def iter_suppressions(self, scope: str) -> Iterator[Entry]:
+        with self._connection() as conn:
+            cursor = conn.execute("SELECT key, value FROM suppression WHERE scope = ?", (scope,))
+            while rows := cursor.fetchmany(10_000):
+                for key, value in rows:
+                    yield Entry.from_value(key, value)
+
+    def record_trap_hit(self, account: str) -> int:
+        with self._connection() as conn:
+            now = self.clock()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM trap_hits WHERE account = ? AND at < ?", (account, now - TRAP_WINDOW))
+                conn.execute("INSERT INTO trap_hits VALUES (?, ?)", (account, now))
+                (count,) = conn.execute("SELECT COUNT(*) FROM trap_hits WHERE account = ?", (account,)).fetchone()
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return int(count)
+
+    def hold_account(self, account: str, reason: str) -> None:
+        with self._connection() as conn:
+            conn.execute("INSERT OR IGNORE INTO held VALUES (?, ?)", (account, f"{int(self.clock())}|{reason}"))
+
+    def release_account(self, account: str) -> bool:
+        with self._connection() as conn:
+            released = conn.execute("DELETE FROM held WHERE account = ?", (account,)).rowcount > 0
+            conn.execute("DELETE FROM trap_hits WHERE account = ?", (account,))
+            return released
+
+    def held_accounts(self) -> dict[str, str]:
+        with self._connection() as conn:
+            return dict(conn.execute("SELECT account, value FROM held"))
 
     def ping(self) -> None:
         with self._connection() as conn:

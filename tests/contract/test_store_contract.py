@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from collections.abc import Iterator
 
 import pytest
@@ -161,3 +162,57 @@ def test_domains_add_list_remove(store: Store) -> None:
     assert not store.remove_domain("other.example", "shop-news.example")
     assert store.remove_domain("shop.example", "shop-news.example")
     assert store.domains() == {"other-brand.example": "other.example"}
+
+
+def _entries(matcher_texts: list[str], reason: str = "unsubscribe") -> list:  # type: ignore[type-arg]
+    from tests.unit.test_suppression import MATCHER
+
+    return [MATCHER.make_entry(text, reason, "test", 1_700_000_000) for text in matcher_texts]
+
+
+def test_suppression_lists_per_scope_in_one_lookup(store: Store) -> None:
+    from tests.unit.test_suppression import MATCHER
+
+    assert store.add_suppressions("global", _entries(["@blocked.example", "trap@t.example"], "complaint")) == 2
+    assert store.add_suppressions("account:shop.example", _entries(["optout@dest.example"])) == 1
+    lookup = store.find_suppressions("shop.example", ["global", "account:shop.example"],
+                                     MATCHER.recipient_keys("OptOut@dest.example"))
+    assert [(scope, entry.reason) for scope, entry in lookup.matches] == [("account:shop.example", "unsubscribe")]
+    assert lookup.account_held is None
+    other = store.find_suppressions("other.example", ["global", "account:other.example"],
+                                    MATCHER.recipient_keys("optout@dest.example"))
+    assert other.matches == ()
+    blocked = store.find_suppressions("shop.example", ["global"], MATCHER.recipient_keys("x@mx.blocked.example"))
+    assert [entry.reason for _, entry in blocked.matches] == ["complaint"]
+
+
+def test_importing_again_keeps_what_is_stored(store: Store) -> None:
+    first = _entries(["a@x.example"], "complaint")
+    assert store.add_suppressions("global", first) == 1
+    again = _entries(["a@x.example", "b@x.example"], "unsubscribe")
+    assert store.add_suppressions("global", again) == 1
+    reasons = sorted(entry.reason for entry in store.iter_suppressions("global"))
+    assert reasons == ["complaint", "unsubscribe"]  # a@ kept its original reason
+    assert store.remove_suppressions("global", [first[0].key]) == 1
+    assert len(list(store.iter_suppressions("global"))) == 1
+
+
+def test_a_dump_of_the_store_does_not_show_addresses(store: Store, store_url: str) -> None:
+    store.add_suppressions("global", _entries(["secret.person@dest.example"]))
+    if store_url.startswith("redis"):
+        client = redis.Redis.from_url(store_url)
+        dump = b"".join(k + v for key in client.keys("mailflow:sup:*") for k, v in client.hgetall(key).items())
+    else:
+        db = Path(store_url[len("sqlite://"):])
+        dump = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))  # the file and its WAL
+    assert b"secret.person" not in dump and b"dest.example" not in dump
+
+
+def test_trap_hits_and_holds(store: Store) -> None:
+    assert [store.record_trap_hit("t.example") for _ in range(3)] == [1, 2, 3]
+    assert store.record_trap_hit("other.example") == 1
+    store.hold_account("t.example", "3 spam-trap hits in 24 hours")
+    assert store.find_suppressions("t.example", ["global"], ["k"]).account_held.endswith("3 spam-trap hits in 24 hours")
+    assert list(store.held_accounts()) == ["t.example"]
+    assert store.release_account("t.example") and not store.release_account("t.example")
+    assert store.record_trap_hit("t.example") == 1  # release forgets the hits

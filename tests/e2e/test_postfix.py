@@ -4,16 +4,15 @@ submissions reach the milter, are tied to the right account and are limited as d
 from __future__ import annotations
 
 import smtplib
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from tests.helpers import postfix
-from tests.helpers.postfix import PrivatePostfix
+from tests.helpers.postfix import PrivatePostfix, running_rig, wait_for
 from tests.helpers.servers import MilterProcess
 
 pytestmark = [
@@ -24,9 +23,8 @@ pytestmark = [
 N = 3  # the limit under test: 3 recipients per hour
 
 
-@contextmanager
-def running_rig(workdir: Path, store: str, **ratelimit: object) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
-    milter = MilterProcess(workdir, {
+def rig_config(store: str, **ratelimit: object) -> dict[str, Any]:
+    return {
         "store": {"url": store},
         "accounts": {
             "identify": ["sasl", "trusted_ip", "local"],
@@ -36,15 +34,10 @@ def running_rig(workdir: Path, store: str, **ratelimit: object) -> Iterator[tupl
         "ratelimit": {"limits": [f"{N}/hour"], **ratelimit},
         # The web server relays for a customer's domain: web.example must own it.
         "forgery": {"accounts": {"web.example": {"domains": ["customer.example"]}}},
-    }).start()
-    try:
-        mta = PrivatePostfix(milter.port, sasl_users={"bob@shop.example": "secret"}).start()
-        try:
-            yield mta, milter
-        finally:
-            mta.stop()
-    finally:
-        milter.stop()
+    }
+
+
+SASL_USERS = {"bob@shop.example": "secret"}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
@@ -55,7 +48,7 @@ def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     else:
         store = request.getfixturevalue("redis_instance")[0]
         redis.Redis.from_url(store).flushall()  # buckets left by earlier test modules
-    with running_rig(workdir, store) as started:
+    with running_rig(workdir, rig_config(store), SASL_USERS) as started:
         yield started
 
 
@@ -64,15 +57,6 @@ MESSAGE = "From: {sender}\nTo: undisclosed-recipients:;\nSubject: mailflow e2e\n
 
 def eom_decisions(milter: MilterProcess, account: str) -> list[dict[str, str]]:
     return [d for d in milter.decisions() if d["stage"] == "eom" and d.get("account") == account]
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError("condition not met")
 
 
 def test_smtp_auth_submission_and_the_n_plus_first_recipient(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
@@ -140,7 +124,7 @@ def test_local_message_too_big_for_the_bucket_bounces_to_the_sender(rig: tuple[P
 
 
 def test_local_over_limit_hold_puts_the_message_in_the_hold_queue(tmp_path: Path) -> None:
-    with running_rig(tmp_path, f"sqlite://{tmp_path}/state.db", local_over_limit="hold") as (mta, milter):
+    with running_rig(tmp_path, rig_config(f"sqlite://{tmp_path}/state.db", local_over_limit="hold"), SASL_USERS) as (mta, milter):
         assert mta.sendmail("wp@blog.example", [f"h{i}@dest.example" for i in range(N)],
                             MESSAGE.format(sender="wp@blog.example")).returncode == 0
         wait_for(lambda: len(mta.delivered()) == 1)

@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import postfix
-from tests.helpers.corpus import SESSION_FILES, corpus_config, corpus_logins, replay, session_count, summary_line
+from tests.helpers.corpus import (
+    SESSION_FILES,
+    corpus_config,
+    corpus_logins,
+    load_corpus_lists,
+    replay,
+    session_count,
+    summary_line,
+)
 from tests.helpers.postfix import PrivatePostfix
 from tests.helpers.servers import MilterProcess
 
@@ -28,6 +36,7 @@ NOT_SMTP = {
 
 def test_the_corpus_replays_green_through_postfix(tmp_path: Path) -> None:
     milter = MilterProcess(tmp_path, corpus_config(f"sqlite://{tmp_path}/state.db")).start()
+    load_corpus_lists(milter.config_path)
     mta = PrivatePostfix(milter.port, sasl_users=corpus_logins())
     try:
         mta.start()

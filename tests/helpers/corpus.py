@@ -21,6 +21,16 @@ def corpus_config(store_url: str) -> dict[str, Any]:
     return config
 
 
+def load_corpus_lists(config_path: Path) -> None:
+    """The suppression lists the corpus expects, imported with the CLI as an admin would."""
+    lists = SESSIONS_DIR / "lists"
+    for args in (["global.csv"], ["--account", "sup.example", "sup.example.txt"], ["--hashed", "md5", "broker.md5"]):
+        *options, name = args
+        result = subprocess.run([sys.executable, "-m", "mailflow", "suppress", "import", "-c", str(config_path),
+                                 *options, str(lists / name)], capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert result.returncode == 0, result.stderr
+
+
 def corpus_logins() -> dict[str, str]:
     return {s.login: s.password or "" for f in SESSION_FILES for s in load_sessions(f) if s.login}
 

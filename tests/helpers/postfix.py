@@ -14,9 +14,12 @@ import smtplib
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from tests.helpers.servers import free_port, wait_for_port
+from tests.helpers.servers import MilterProcess, free_port, wait_for_port
 
 _MASTER_CF = """\
 {smtp_listen} inet n - n - - smtpd
@@ -200,3 +203,27 @@ maximal_backoff_time = 2s
     def maillog(self) -> str:
         path = self.dir / "maillog"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextmanager
+def running_rig(workdir: Path, milter_config: dict[str, Any],
+                sasl_users: dict[str, str]) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
+    """A milter with `milter_config` and a private Postfix using it; both stopped afterwards."""
+    milter = MilterProcess(workdir, milter_config).start()
+    try:
+        mta = PrivatePostfix(milter.port, sasl_users=sasl_users).start()
+        try:
+            yield mta, milter
+        finally:
+            mta.stop()
+    finally:
+        milter.stop()
+
+
+def wait_for(predicate: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError("condition not met")

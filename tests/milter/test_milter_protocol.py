@@ -296,3 +296,31 @@ def test_domains_added_to_the_store_reach_a_running_milter(start_milter: Callabl
     store.close()
     time.sleep(1.2)  # the milter re-reads owned domains every domains_refresh_seconds
     assert send_as_brand() == "continue"
+
+
+def test_local_mail_to_a_suppressed_recipient_drops_that_recipient(
+    start_milter: Callable[..., MilterProcess], store_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    milter = start_milter(config(store_url, suppression={"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}))
+    added = subprocess.run([sys.executable, "-m", "mailflow", "suppress", "add", "-c", str(milter.config_path),
+                            "--account", "blog.example", "optout@dest.example"], capture_output=True, text=True)
+    assert added.returncode == 0, added.stderr
+    pickup = ("localhost", "127.0.0.1", 0)
+    with MilterClient(milter.socket) as c:
+        c.connect(*pickup)
+        c.mail("wp@blog.example")
+        assert [c.rcpt(r).action for r in ("a@dest.example", "optout@dest.example")] == ["continue", "continue"]
+        c.header("From", "wp@blog.example")
+        result = c.eom()
+    assert result.action == "continue" and result.recipients_removed == ["<optout@dest.example>"]
+    line = milter.decisions()[-1]
+    assert line["removed"] == "<optout@dest.example>" and line["cost"] == "1"
+    with MilterClient(milter.socket) as c:  # every recipient suppressed: refused, so Postfix bounces it
+        c.connect(*pickup)
+        c.mail("wp@blog.example")
+        c.rcpt("optout@dest.example")
+        c.header("From", "wp@blog.example")
+        assert c.eom().smtp.startswith("550 5.7.1 Every recipient is on a suppression list")

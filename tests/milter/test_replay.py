@@ -5,12 +5,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.helpers.corpus import SESSION_FILES, corpus_config, replay, session_count, summary_line, write
+from tests.helpers.corpus import (
+    SESSION_FILES,
+    corpus_config,
+    load_corpus_lists,
+    replay,
+    session_count,
+    summary_line,
+    write,
+)
 from tests.helpers.servers import MilterProcess
 
 
 def test_the_corpus_replays_green(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
     milter = start_milter(corpus_config(store_url))
+    load_corpus_lists(milter.config_path)
     result = replay(*SESSION_FILES, "--milter", milter.socket)
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary_line(result.stdout) == f"{session_count()} passed, 0 failed"

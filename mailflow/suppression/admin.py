@@ -1,0 +1,258 @@
+"""`mailflow suppress …` and `mailflow account …`: the admin side of suppression and holds."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import datetime, timezone
+from typing import TextIO
+
+import click
+
+from mailflow.config import Config
+from mailflow.store.base import Store
+from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
+from mailflow.suppression.keys import Keyring
+from mailflow.suppression.normalize import AddressForms
+
+CSV_HEADER = ["address", "reason", "added_at", "source"]
+BATCH = 10_000
+
+
+
+def matcher_for(config: Config) -> Matcher:
+    settings = config.suppression
+    if not settings.enabled:
+        raise click.UsageError("suppression is not configured: add a [suppression] table to the config")
+    return Matcher(AddressForms(settings.case_sensitive_local_part, settings.strip_subaddress), Keyring(settings.secret))
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(text: str, line: int) -> int:
+    text = text.strip()
+    if not text:
+        return int(time.time())
+    if text.isdigit():
+        return int(text)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise EntryError(f"line {line}: added_at {text!r} is neither ISO 8601 nor unix seconds") from None
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)).timestamp())
+
+
+def read_entries(fh: TextIO, matcher: Matcher, reason: str, source: str, hashed: str | None,
+                 on_bad: Callable[[str], None], on_bytes: Callable[[int], None]) -> Iterator[Entry]:
+    """Entries from a CSV (address,reason,added_at,source) or plain one-per-line file."""
+    now = int(time.time())
+    first = fh.readline()
+    on_bytes(len(first.encode()))
+    is_csv = first.strip().lower().replace(" ", "").startswith("address,")
+    lines = fh if is_csv else _chain_first(first, fh)
+    start = 2 if is_csv else 1
+    for number, line in enumerate(lines, start):
+        on_bytes(len(line.encode()))
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            if is_csv:
+                row = next(csv.reader([text]))
+                address, row_reason, added, row_source = (row + ["", "", ""])[:4]
+                entry = matcher.make_entry(_with_hash_prefix(address, hashed), row_reason.strip() or reason,
+                                           row_source.strip() or source, now)
+                yield Entry(entry.key, entry.reason, _parse_time(added, number), entry.source, entry.sealed)
+            else:
+                yield matcher.make_entry(_with_hash_prefix(text, hashed), reason, source, now)
+        except EntryError as exc:
+            on_bad(f"line {number}: {exc}".replace(f"line {number}: line {number}:", f"line {number}:"))
+
+
+def _chain_first(first: str, rest: TextIO) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _with_hash_prefix(text: str, hashed: str | None) -> str:
+    text = text.strip()
+    return f"{hashed}:{text.lower()}" if hashed and ":" not in text else text
+
+
+def register(cli: click.Group, load: Callable[[str | None], Config],
+             store_of: Callable[[Config], AbstractContextManager[Store]],
+             config_option: Callable[[Callable[..., None]], Callable[..., None]]) -> None:
+    """Attach the `suppress` and `account` groups to the main CLI."""
+
+    account_option = click.option("--account", default=None, help="The account's list (omit for the global list).")
+
+    @cli.group()
+    def suppress() -> None:
+        """Opt-out suppression lists: per account, or global (complaints, traps, blocks)."""
+
+    @suppress.command("add")
+    @config_option
+    @account_option
+    @click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
+    @click.option("--source", default="cli", show_default=True, help="Where the entry came from.")
+    @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS|@DOMAIN|md5:HEX...")
+    def add(config_file: str | None, account: str | None, reason: str, source: str, addresses: tuple[str, ...]) -> None:
+        """Suppress addresses or whole domains."""
+        config = load(config_file)
+        matcher = matcher_for(config)
+        try:
+            entries = [matcher.make_entry(a, reason, source, int(time.time())) for a in addresses]
+        except EntryError as exc:
+            raise click.BadParameter(str(exc), param_hint="ADDRESS") from None
+        with store_of(config) as store:
+            added = store.add_suppressions(scope_for(account), entries)
+        click.echo(f"{added} added, {len(entries) - added} already listed ({scope_for(account)})")
+
+    @suppress.command("remove")
+    @config_option
+    @account_option
+    @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS|@DOMAIN|md5:HEX...")
+    def remove(config_file: str | None, account: str | None, addresses: tuple[str, ...]) -> None:
+        """Lift suppressions (the exact entries; a family entry covers its variants)."""
+        config = load(config_file)
+        matcher = matcher_for(config)
+        try:
+            keys = [matcher.entry_key(a)[0] for a in addresses]
+        except EntryError as exc:
+            raise click.BadParameter(str(exc), param_hint="ADDRESS") from None
+        with store_of(config) as store:
+            removed = store.remove_suppressions(scope_for(account), keys)
+        click.echo(f"{removed} removed ({scope_for(account)})")
+
+    @suppress.command("check")
+    @config_option
+    @account_option
+    @click.argument("address")
+    def check(config_file: str | None, account: str | None, address: str) -> None:
+        """Would mail to ADDRESS be refused? Exit 0 if suppressed, 1 if not."""
+        config = load(config_file)
+        matcher = matcher_for(config)
+        scopes = [GLOBAL] + ([scope_for(account)] if account else [])
+        with store_of(config) as store:
+            lookup = store.find_suppressions(account or "", scopes, matcher.recipient_keys(address))
+        for scope, entry in lookup.matches:
+            click.echo(f"{address}: suppressed by {matcher.keyring.unseal(entry.sealed)} in {scope} "
+                       f"(reason {entry.reason}, added {_iso(entry.added_at)}, source {entry.source})")
+        if not lookup.matches:
+            click.echo(f"{address}: not suppressed")
+            sys.exit(1)
+
+    @suppress.command("list")
+    @config_option
+    @account_option
+    def list_(config_file: str | None, account: str | None) -> None:
+        """Every entry of a list: address, reason, added, source."""
+        config = load(config_file)
+        matcher = matcher_for(config)
+        with store_of(config) as store:
+            for entry in store.iter_suppressions(scope_for(account)):
+                click.echo(f"{matcher.keyring.unseal(entry.sealed):<44} {entry.reason:<12} {_iso(entry.added_at)}  {entry.source}")
+
+    @suppress.command("export")
+    @config_option
+    @account_option
+    @click.option("--format", "fmt", type=click.Choice(["csv", "plain"]), default="csv", show_default=True)
+    def export(config_file: str | None, account: str | None, fmt: str) -> None:
+        """Write a list to stdout as CSV (address,reason,added_at,source) or one entry per line."""
+        config = load(config_file)
+        matcher = matcher_for(config)
+        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=False)
+        writer = csv.writer(out, lineterminator="\n")
+        if fmt == "csv":
+            writer.writerow(CSV_HEADER)
+        with store_of(config) as store:
+            for entry in store.iter_suppressions(scope_for(account)):
+                address = matcher.keyring.unseal(entry.sealed)
+                if fmt == "csv":
+                    writer.writerow([address, entry.reason, _iso(entry.added_at), entry.source])
+                else:
+                    out.write(address + "\n")
+        out.flush()
+        out.detach()
+
+    @suppress.command("import")
+    @config_option
+    @account_option
+    @click.option("--reason", type=click.Choice(REASONS), default="unsubscribe", show_default=True,
+                  help="For lines (or CSV rows) that give none.")
+    @click.option("--source", default=None, help="Where the list came from (default: the file name).")
+    @click.option("--hashed", type=click.Choice(["md5", "sha256"]), default=None,
+                  help="Lines are bare MD5/SHA-256 hex digests of addresses, as list brokers ship them.")
+    @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+    def import_(config_file: str | None, account: str | None, reason: str, source: str | None,
+                hashed: str | None, path: str) -> None:
+        """Import a CSV or plain list; bad lines are reported and skipped, nothing stored is lost."""
+        import os
+
+        config = load(config_file)
+        matcher = matcher_for(config)
+        scope, bad, added, total = scope_for(account), 0, 0, 0
+        started = time.monotonic()
+
+        def report_bad(message: str) -> None:
+            nonlocal bad
+            bad += 1
+            click.echo(f"{path}: {message}", err=True)
+
+        with store_of(config) as store, open(path, encoding="utf-8", errors="replace") as fh, \
+                click.progressbar(length=os.path.getsize(path), label="importing", file=sys.stderr) as bar:
+            batch: list[Entry] = []
+            for entry in read_entries(fh, matcher, reason, source or os.path.basename(path), hashed, report_bad, bar.update):
+                batch.append(entry)
+                if len(batch) >= BATCH:
+                    added, total = added + store.add_suppressions(scope, batch), total + len(batch)
+                    batch = []
+            if batch:
+                added, total = added + store.add_suppressions(scope, batch), total + len(batch)
+        click.echo(f"{path}: {total} entries read, {added} new, {total - added} already listed, {bad} bad lines "
+                   f"skipped, {time.monotonic() - started:.1f}s ({scope})")
+
+    @cli.group()
+    def account() -> None:
+        """Accounts held after spam-trap hits (their mail goes to the MTA's hold queue)."""
+
+    @account.command("hold")
+    @config_option
+    @click.option("--reason", default="held by an admin", show_default=True)
+    @click.argument("name")
+    def hold(config_file: str | None, reason: str, name: str) -> None:
+        """Hold every message of an account until released."""
+        config = load(config_file)
+        with store_of(config) as store:
+            store.hold_account(name.lower(), reason)
+        click.echo(f"account {name.lower()}: held")
+
+    @account.command("release")
+    @config_option
+    @click.argument("name")
+    def release(config_file: str | None, name: str) -> None:
+        """Release a held account (and forget its trap hits). Held messages: postsuper -H."""
+        config = load(config_file)
+        with store_of(config) as store:
+            if not store.release_account(name.lower()):
+                raise click.ClickException(f"account {name.lower()} is not held")
+        click.echo(f"account {name.lower()}: released; release its held mail with postsuper -H")
+
+    @account.command("list")
+    @config_option
+    def list_held(config_file: str | None) -> None:
+        """Held accounts, since when and why."""
+        config = load(config_file)
+        with store_of(config) as store:
+            held = store.held_accounts()
+        for name, value in sorted(held.items()):
+            since, _, why = value.partition("|")
+            click.echo(f"{name:<32} since {_iso(int(since or 0))}  {why}")
+        if not held:
+            click.echo("no account is held")

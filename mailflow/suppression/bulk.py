@@ -1,0 +1,35 @@
+"""The bulk-mail gate: bulk mail must offer a working way out (RFC 2369, RFC 8058). Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from mailflow.forgery.rules import Finding
+
+BULK_PRECEDENCE = {"bulk", "list", "junk"}
+_URI = re.compile(r"<\s*([^>]*)\s*>")
+ONE_CLICK = "list-unsubscribe=one-click"
+
+
+def bulk_finding(headers: Sequence[tuple[str, str]], recipients: int, min_recipients: int) -> Finding | None:
+    values: dict[str, list[str]] = {}
+    for name, value in headers:
+        values.setdefault(name.lower(), []).append(value.strip())
+    precedence = {v.lower() for v in values.get("precedence", [])}
+    is_bulk = bool(precedence & BULK_PRECEDENCE) or "list-id" in values or recipients >= min_recipients
+    if not is_bulk:
+        return None
+    uris = [uri.strip().lower() for value in values.get("list-unsubscribe", []) for uri in _URI.findall(value)]
+    https = any(uri.startswith("https://") for uri in uris)
+    mailto = any(uri.startswith("mailto:") for uri in uris)
+    if not (https or mailto):
+        return Finding("missing_unsubscribe", "missing_unsubscribe",
+                       "Bulk mail must carry a List-Unsubscribe: header with an https or mailto URI (RFC 2369); "
+                       "rule bulk.missing_unsubscribe")
+    one_click = any(v.replace(" ", "").lower() == ONE_CLICK for v in values.get("list-unsubscribe-post", []))
+    if https and not one_click:
+        return Finding("missing_unsubscribe", "missing_unsubscribe",
+                       "Bulk mail with an https List-Unsubscribe: must carry "
+                       "List-Unsubscribe-Post: List-Unsubscribe=One-Click (RFC 8058); rule bulk.missing_unsubscribe")
+    return None

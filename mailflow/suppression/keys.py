@@ -1,0 +1,45 @@
+"""Keyed lookup keys and sealed addresses, so a dump of the store does not leak the lists.
+
+Every entry is stored under HMAC-SHA256(secret, "KIND:VALUE") (first 128 bits, hex); its
+address is kept only sealed with AES-GCM under a key derived from the same secret, for
+`suppress list|export`. Without the secret a dump shows neither addresses nor what they hash to.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MIN_SECRET_BYTES = 16
+
+
+class Keyring:
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ValueError(f"the suppression key must be at least {MIN_SECRET_BYTES} bytes")
+        self._mac_key = hmac.digest(secret, b"mailflow lookup", "sha256")
+        self._seal = AESGCM(hmac.digest(secret, b"mailflow seal", "sha256"))
+
+    def lookup_key(self, kind: str, value: str) -> str:
+        return hmac.digest(self._mac_key, f"{kind}:{value}".encode(), "sha256")[:16].hex()
+
+    def seal(self, text: str) -> str:
+        nonce = os.urandom(12)
+        return base64.b64encode(nonce + self._seal.encrypt(nonce, text.encode(), None)).decode("ascii")
+
+    def unseal(self, sealed: str) -> str:
+        try:
+            raw = base64.b64decode(sealed)
+            return self._seal.decrypt(raw[:12], raw[12:], None).decode()
+        except (ValueError, InvalidTag):
+            return "(sealed with another key)"
+
+
+def fingerprint(secret: bytes) -> str:
+    """Safe to log: tells two keys apart without revealing them."""
+    return hashlib.sha256(b"fingerprint" + secret).hexdigest()[:12]

@@ -1,0 +1,60 @@
+"""The forms an address is matched in.
+
+canonical: domain as lower-case IDNA A-label, local part NFC and (unless configured otherwise)
+lower-cased. family: canonical with a `+tag` sub-address stripped, and for Gmail the dots of
+the local part removed and googlemail.com folded into gmail.com. Entries are stored and looked
+up by family form, so a family only ever suppresses more than the exact address, never less.
+Nothing here raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass
+
+from mailflow.accounts import canonical_domain
+
+GMAIL_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+@dataclass(frozen=True)
+class AddressForms:
+    case_sensitive_local_part: bool = False
+    strip_subaddress: bool = True
+
+    def canonical(self, address: str) -> str:
+        address = address.strip().strip("<>").strip()
+        local, at, domain = address.rpartition("@")
+        if not at:
+            return _local(address, self.case_sensitive_local_part)
+        return f"{_local(local, self.case_sensitive_local_part)}@{canonical_domain(domain)}"
+
+    def family(self, address: str) -> str:
+        canonical = self.canonical(address)
+        local, at, domain = canonical.rpartition("@")
+        if not at:
+            return canonical
+        if self.strip_subaddress and "+" in local[1:]:
+            local = local[: local.index("+", 1)]
+        if domain in GMAIL_DOMAINS:
+            domain = GMAIL_DOMAINS[domain]
+            local = local.replace(".", "")
+        return f"{local}@{domain}"
+
+
+def _local(local: str, case_sensitive: bool) -> str:
+    local = unicodedata.normalize("NFC", local.strip())
+    return local if case_sensitive else local.lower()
+
+
+def domain_and_parents(domain: str) -> list[str]:
+    """`a.shop.example` -> [`a.shop.example`, `shop.example`]: a domain entry covers its subdomains."""
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)] or [domain]
+
+
+def broker_hashes(canonical: str) -> list[tuple[str, str]]:
+    """List brokers ship MD5 or SHA-256 of the lower-cased address."""
+    data = canonical.lower().encode("utf-8")
+    return [("md5", hashlib.md5(data, usedforsecurity=False).hexdigest()), ("sha256", hashlib.sha256(data).hexdigest())]
