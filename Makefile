@@ -20,5 +20,9 @@ test: bootstrap
 check-config: bootstrap
 	$(VENV)/bin/mailflow check-config -c $(CONFIG)
 
+# Benchmarks are not tests: never part of `make test` or CI. Results go to bench/results/.
+bench: bootstrap
+	$(VENV)/bin/python -m bench.suppression
+
 clean:
 	rm -rf var .pytest_cache .hypothesis

@@ -95,3 +95,56 @@ def test_domains_add_list_remove(tmp_path: Path) -> None:
     assert suffix.returncode == 2 and "public suffix" in suffix.stderr and suffix.stderr.count("\n") == 1
     assert mailflow("domains", "remove", "-c", str(cfg), "shop.example", "bücher.example").returncode == 0
     assert "store" not in mailflow("domains", "list", "-c", str(cfg), "shop.example").stdout
+
+
+def _suppression_config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n[suppression]\nhash_key_env = "MAILFLOW_SUPPRESSION_KEY"\n')
+    return cfg
+
+
+def test_suppress_import_reports_bad_lines_and_keeps_the_rest(tmp_path: Path) -> None:
+    cfg = _suppression_config(tmp_path)
+    listing = tmp_path / "list.csv"
+    listing.write_text("address,reason,added_at,source\na@x.example,complaint,2026-01-02T03:04:05Z,fbl\n"
+                       "not an address,,,\nb@x.example,,1700000000,\n@x2.example,bogus,,\nc@x.example\n")
+    result = mailflow("suppress", "import", "-c", str(cfg), str(listing))
+    assert result.returncode == 0
+    assert "list.csv: line 3: 'not an address'" in result.stderr and "list.csv: line 5: 'bogus' is not a reason" in result.stderr
+    assert "3 entries read, 3 new, 0 already listed, 2 bad lines skipped" in result.stdout
+    again = mailflow("suppress", "import", "-c", str(cfg), str(listing))
+    assert "3 entries read, 0 new, 3 already listed" in again.stdout
+    export = mailflow("suppress", "export", "-c", str(cfg))
+    rows = sorted(export.stdout.splitlines()[1:])
+    assert rows == ["a@x.example,complaint,2026-01-02T03:04:05Z,fbl", "b@x.example,unsubscribe,2023-11-14T22:13:20Z,list.csv",
+                    f"c@x.example,unsubscribe,{rows[2].split(',')[2]},list.csv"]
+    exported = tmp_path / "exported.csv"
+    exported.write_text(export.stdout)
+    assert "3 new" in mailflow("suppress", "import", "-c", str(cfg), "--account", "shop.example", str(exported)).stdout
+
+
+def test_suppress_check_exit_codes_and_remove(tmp_path: Path) -> None:
+    cfg = _suppression_config(tmp_path)
+    assert mailflow("suppress", "add", "-c", str(cfg), "--account", "shop.example", "User+x@Dest.example").returncode == 0
+    assert mailflow("suppress", "check", "-c", str(cfg), "--account", "shop.example", "user@dest.example").returncode == 0
+    assert mailflow("suppress", "check", "-c", str(cfg), "user@dest.example").returncode == 1  # global list: no
+    assert mailflow("suppress", "remove", "-c", str(cfg), "--account", "shop.example", "user@dest.example").returncode == 0
+    assert mailflow("suppress", "check", "-c", str(cfg), "--account", "shop.example", "user@dest.example").returncode == 1
+    bad = mailflow("suppress", "add", "-c", str(cfg), "--reason", "because", "x@y.example")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_suppress_without_a_suppression_table_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n')
+    result = mailflow("suppress", "list", "-c", str(cfg))
+    assert result.returncode == 2 and "suppression is not configured" in result.stderr
+
+
+def test_account_hold_release_list(tmp_path: Path) -> None:
+    cfg = _suppression_config(tmp_path)
+    assert "no account is held" in mailflow("account", "list", "-c", str(cfg)).stdout
+    assert mailflow("account", "hold", "-c", str(cfg), "Shop.example").returncode == 0
+    assert "shop.example" in mailflow("account", "list", "-c", str(cfg)).stdout
+    assert mailflow("account", "release", "-c", str(cfg), "shop.example").returncode == 0
+    assert mailflow("account", "release", "-c", str(cfg), "shop.example").returncode == 1
