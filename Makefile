@@ -23,6 +23,7 @@ check-config: bootstrap
 # Benchmarks are not tests: never part of `make test` or CI. Results go to bench/results/.
 bench: bootstrap
 	$(VENV)/bin/python -m bench.suppression
+	$(VENV)/bin/python -m bench.rbl
 
 clean:
 	rm -rf var .pytest_cache .hypothesis

@@ -166,6 +166,51 @@ def _store(config: Config) -> Iterator[Store]:
         store.close()
 
 
+@cli.group()
+def rbl() -> None:
+    """DNSBL watcher for the outbound IPs in [rbl]."""
+
+
+def _rbl_settings(config_file: str | None) -> Config:
+    config = _load(config_file)
+    if not config.rbl.ips:
+        raise click.UsageError("no outbound IPs to check: set rbl.ips in the config")
+    return config
+
+
+@rbl.command("check")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="One record per IP and zone, for machines.")
+def rbl_check(config_file: str | None, as_json: bool) -> None:
+    """One poll. Nagios exit codes: 0 OK, 1 WARNING (error answers), 2 CRITICAL (listed),
+    3 UNKNOWN (blind zones, unanswered queries)."""
+    from mailflow.rbl import watch
+
+    config = _rbl_settings(config_file)
+    result = watch.run_poll(config.rbl)
+    if as_json:
+        click.echo(watch.as_json(result))
+    else:
+        click.echo(watch.status_line(result))
+        click.echo(watch.table(result))
+    sys.exit(watch.nagios_state(result))
+
+
+@rbl.command("watch")
+@config_option
+@click.option("--cycles", type=click.IntRange(min=1), default=None, help="Stop after N polls (default: run until stopped).")
+def rbl_watch(config_file: str | None, cycles: int | None) -> None:
+    """Poll every [rbl] interval; alert on listed, delisted, blind and recovered."""
+    from mailflow.log import setup_logging
+    from mailflow.rbl.alerts import Alerter
+    from mailflow.rbl.watch import watch
+
+    config = _rbl_settings(config_file)
+    setup_logging(config.log)
+    with _store(config) as store:
+        watch(config.rbl, store, Alerter(config.rbl), cycles)
+
+
 @cli.command()
 @click.argument("files", nargs=-1, metavar="FILE...")
 @click.option("--milter", "milter_socket", metavar="SOCKET", help="Drive a running milter (inet:PORT@HOST, unix:/PATH).")

@@ -17,6 +17,7 @@ from typing import Any
 
 from mailflow.forgery.names import ACTIONS, DEFAULT_ACTIONS, RULES
 from mailflow.ratelimit.limits import Limit, LimitSyntaxError, parse_limit
+from mailflow.rbl.zones import Zone, default_zones, expand_ips, merge_zones
 from mailflow.urls import STORE_SCHEMES as SCHEMES
 
 DEFAULT_CONFIG_PATH = "/etc/mailflow/mailflow.toml"
@@ -121,6 +122,22 @@ class BulkSettings:
 
 
 @dataclass(frozen=True)
+class RblSettings:
+    ips: tuple[str, ...] = ()  # every address to watch (CIDRs expanded)
+    nameservers: tuple[tuple[str, int], ...] = ()  # empty: the system resolver
+    interval: int = 300
+    timeout_ms: int = 2000
+    concurrency: int = 64
+    clean_polls_to_delist: int = 3
+    zones: tuple[Zone, ...] = ()
+    webhook: str = ""
+    email_to: tuple[str, ...] = ()
+    email_from: str = ""
+    smtp_relay: tuple[str, int] | None = None
+    suspects: int = 10
+
+
+@dataclass(frozen=True)
 class LogSettings:
     target: str = "stderr"  # stderr | syslog
     facility: str = "mail"
@@ -137,6 +154,7 @@ class Config:
     forgery: ForgerySettings = ForgerySettings()
     suppression: SuppressionSettings = SuppressionSettings()
     bulk: BulkSettings = BulkSettings()
+    rbl: RblSettings = RblSettings()
     log: LogSettings = LogSettings()
     path: str | None = None
 
@@ -172,6 +190,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         forgery=_forgery(top.table("forgery"), base_dir),
         suppression=_suppression(top, base_dir),
         bulk=_bulk(top.table("bulk")),
+        rbl=_rbl(top.table("rbl")),
         log=_log(top.table("log")),
         path=path,
     )
@@ -400,6 +419,78 @@ def _bulk(t: _Table) -> BulkSettings:
     per_account.finish()
     t.finish()
     return BulkSettings(default, accounts)
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h)?\s*$")
+
+
+def _duration(t: _Table, key: str, default: int) -> int:
+    raw = t.raw(key) if key in t else default
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0:
+        return raw
+    match = _DURATION.match(raw) if isinstance(raw, str) else None
+    if not match or int(match.group(1)) < 1:
+        raise t.error(key, f"{raw!r} is not a duration (like 30s, 5m, 1h or seconds)")
+    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+
+
+def _hostport(t: _Table, key: str, text: str, default_port: int) -> tuple[str, int]:
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
+    if not match:
+        raise t.error(key, f"{text!r}: expected HOST[:PORT] or [IPv6]:PORT")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4) or default_port)
+    if not 0 < port < 65536:
+        raise t.error(key, f"{text!r}: port out of range")
+    return host, port
+
+
+def _rbl(t: _Table) -> RblSettings:
+    d = RblSettings()
+    try:
+        ips = tuple(expand_ips(t.texts("ips", [])))
+    except ValueError as exc:
+        raise t.error("ips", str(exc)) from None
+    nameservers = tuple(_hostport(t, f"nameservers[{i}]", n, 53) for i, n in enumerate(t.texts("nameservers", [])))
+    dqs_key = t.text("spamhaus_dqs_key", "")
+    defaults = default_zones(dqs_key) if t.flag("use_default_zones", True) else []
+    configured = []
+    for i, raw in enumerate(t.raw("zones") or []):
+        zone_table = _Table(raw, t.child_path(f"zones[{i}]"))
+        codes = zone_table.table("codes")
+        code_map = {code: codes.text(code, "") for code in codes.keys()}
+        for code in code_map:
+            if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}\.\d{1,3}", code):
+                raise codes.error(code, "a listing code is an address inside 127.0.0.0/8")
+        codes.finish()
+        name = zone_table.text("name", "")
+        if not name or not code_map:
+            raise zone_table.error("name", "a zone needs a name and at least one listing code")
+        configured.append(Zone(name=name.lower().rstrip("."), codes=code_map,
+                               delist_url=zone_table.text("delist_url", ""), ipv6=zone_table.flag("ipv6", False),
+                               note=zone_table.text("note", "")))
+        zone_table.finish()
+    alerts = t.table("alerts")
+    relay = alerts.text("smtp_relay", "")
+    settings = RblSettings(
+        ips=ips,
+        nameservers=nameservers,
+        interval=_duration(t, "interval", d.interval),
+        timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
+        concurrency=t.integer("concurrency", d.concurrency, minimum=1),
+        clean_polls_to_delist=t.integer("clean_polls_to_delist", d.clean_polls_to_delist, minimum=1),
+        zones=tuple(merge_zones(defaults, configured)),
+        webhook=alerts.text("webhook", ""),
+        email_to=tuple(alerts.texts("email_to", [])),
+        email_from=alerts.text("email_from", ""),
+        smtp_relay=_hostport(alerts, "smtp_relay", relay, 25) if relay else None,
+        suspects=alerts.integer("suspects", d.suspects, minimum=0),
+    )
+    if settings.email_to and settings.smtp_relay is None:
+        raise alerts.error("email_to", "e-mail alerts need smtp_relay")
+    alerts.finish()
+    t.finish()
+    return settings
 
 
 def _log(t: _Table) -> LogSettings:

@@ -19,6 +19,7 @@ from mailflow.forgery.rules import MessageFacts
 from mailflow.log import log, log_decision
 from mailflow.model import PASS, Client, Decision, Message, Reply, Verdict
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
+from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
 from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
@@ -38,6 +39,7 @@ class Engine:
         self.store = store
         self.monitor = config.milter.mode == "monitor"
         self.ownership = Ownership(config, store)
+        self.sent = SentCounter(store)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         suppression = config.suppression
         self.matcher = Matcher(
@@ -204,8 +206,11 @@ class Engine:
             decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, add_headers=((POLICY_HEADER, " ".join(forgery.tags)),))
-        return self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
-                            forgery=forgery.summary, removed=",".join(message.suppressed) or None)
+        enforced = self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
+                                forgery=forgery.summary, removed=",".join(message.suppressed) or None)
+        if enforced.verdict in (Verdict.CONTINUE, Verdict.HOLD):
+            self.sent.add(identity.account, cost)
+        return enforced
 
     def _forgery(self, client: Client, message: Message) -> ForgeryVerdict:
         identity = message.identity

@@ -22,7 +22,7 @@ def serve(config: Config) -> None:
     except Exception as exc:  # the milter still starts: on_error covers an outage, and it recovers
         log.warning("store %s not answering at start (%s); on_error=%s applies until it does",
                     redact_url(config.store.url), exc, config.milter.on_error)
-    MailflowMilter.engine = Engine(config, store)
+    engine = MailflowMilter.engine = Engine(config, store)
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect.
     Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT)
@@ -33,5 +33,6 @@ def serve(config: Config) -> None:
     try:
         Milter.runmilter("mailflow", config.milter.socket, timeout=config.milter.timeout)
     finally:
+        engine.sent.flush()
         store.close()
         log.info("mailflow stopped")

@@ -83,6 +83,22 @@ class Store(Protocol):
         """Held account -> why and since when."""
         ...
 
+    def state_get(self, key: str) -> str | None:
+        """A small shared state string (DNSBL watcher: per IP and zone, per zone)."""
+        ...
+
+    def state_swap(self, key: str, expected: str | None, new: str) -> bool:
+        """Set `key` to `new` only if it still holds `expected`; True if this caller did it."""
+        ...
+
+    def add_sent(self, counts: dict[tuple[int, str], int]) -> None:
+        """Add (hour, account) -> messages/recipients sent, as counted by a milter."""
+        ...
+
+    def top_senders(self, hours: Sequence[int], limit: int) -> list[tuple[str, int]]:
+        """Accounts that sent the most in these hours (unix time // 3600), most first."""
+        ...
+
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
         ...

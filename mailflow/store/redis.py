@@ -32,6 +32,14 @@ def suppression_key(scope: str) -> str:
     return f"mailflow:sup:{scope}"
 
 
+STATE_TTL = 30 * 86400
+SENT_TTL = 72 * 3600
+
+
+def sent_key(hour: int) -> str:
+    return f"mailflow:sent:{hour}"
+
+
 def trap_key(account: str) -> str:
     return f"mailflow:traps:{{{account}}}"
 
@@ -59,6 +67,7 @@ class RedisStore:
         self._debit_script = self.client.register_script(_lua("debit.lua"))
         self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
+        self._swap_script = self.client.register_script(_lua("swap_state.lua"))
 
     def _run(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> DebitResult:
         keys = [bucket_key(account, limit.period) for limit in limits]
@@ -171,6 +180,42 @@ class RedisStore:
             return {str(k): str(v) for k, v in self.client.hgetall(HELD_KEY).items()}
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
+
+    def state_get(self, key: str) -> str | None:
+        try:
+            value = self.client.get(f"mailflow:{key}")
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return None if value is None else str(value)
+
+    def state_swap(self, key: str, expected: str | None, new: str) -> bool:
+        try:
+            return bool(self._swap_script(keys=[f"mailflow:{key}"], args=[expected or "", new, STATE_TTL]))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def add_sent(self, counts: dict[tuple[int, str], int]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for (hour, account), n in counts.items():
+            pipe.zincrby(sent_key(hour), n, account)
+            pipe.expire(sent_key(hour), SENT_TTL)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    def top_senders(self, hours: Sequence[int], limit: int) -> list[tuple[str, int]]:
+        pipe = self.client.pipeline(transaction=False)
+        for hour in hours:
+            pipe.zrevrange(sent_key(hour), 0, limit * 4, withscores=True)
+        try:
+            totals: dict[str, int] = {}
+            for ranked in pipe.execute():
+                for account, score in ranked:
+                    totals[str(account)] = totals.get(str(account), 0) + int(score)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
     def ping(self) -> None:
         try:

@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS suppression (
 CREATE TABLE IF NOT EXISTS trap_hits (account TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS trap_hits_account ON trap_hits (account, at);
 CREATE TABLE IF NOT EXISTS held (account TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sent (
+    hour    INTEGER NOT NULL,   -- unix time // 3600
+    account TEXT NOT NULL,
+    count   INTEGER NOT NULL,
+    PRIMARY KEY (hour, account)
+) WITHOUT ROWID;
 """
 
 TRAP_WINDOW = 86400.0
@@ -219,6 +226,41 @@ class SqliteStore:
     def held_accounts(self) -> dict[str, str]:
         with self._connection() as conn:
             return dict(conn.execute("SELECT account, value FROM held"))
+
+    def state_get(self, key: str) -> str | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def state_swap(self, key: str, expected: str | None, new: str) -> bool:
+        with self._connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+                swapped = (row[0] if row else None) == expected
+                if swapped:
+                    conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, new))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return swapped
+
+    def add_sent(self, counts: dict[tuple[int, str], int]) -> None:
+        with self._connection() as conn:
+            conn.executemany(
+                "INSERT INTO sent VALUES (?, ?, ?) ON CONFLICT (hour, account) DO UPDATE SET count = count + excluded.count",
+                [(hour, account, n) for (hour, account), n in counts.items()],
+            )
+            conn.execute("DELETE FROM sent WHERE hour < ?", (int(self.clock()) // 3600 - 72,))
+
+    def top_senders(self, hours: Sequence[int], limit: int) -> list[tuple[str, int]]:
+        marks = ",".join("?" * len(hours))
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT account, SUM(count) AS n FROM sent WHERE hour IN ({marks}) GROUP BY account "
+                "ORDER BY n DESC, account LIMIT ?", (*hours, limit)).fetchall()
+        return [(str(a), int(n)) for a, n in rows]
 
     def ping(self) -> None:
         with self._connection() as conn:

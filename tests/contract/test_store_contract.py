@@ -216,3 +216,23 @@ def test_trap_hits_and_holds(store: Store) -> None:
     assert list(store.held_accounts()) == ["t.example"]
     assert store.release_account("t.example") and not store.release_account("t.example")
     assert store.record_trap_hit("t.example") == 1  # release forgets the hits
+
+
+def test_state_swap_is_compare_and_set(store: Store) -> None:
+    assert store.state_get("rbl:x") is None
+    assert store.state_swap("rbl:x", None, "listed:1:0")
+    assert not store.state_swap("rbl:x", None, "listed:2:0")  # someone else got there first
+    assert store.state_swap("rbl:x", "listed:1:0", "clean") and store.state_get("rbl:x") == "clean"
+
+
+def test_sent_counts_rank_the_senders(store: Store) -> None:
+    from mailflow.sent import SentCounter
+
+    hour = int(time.time()) // 3600
+    counter = SentCounter(store, flush_every=3600, clock=lambda: hour * 3600.0 + 5)
+    for account, n in [("a.example", 5), ("b.example", 50), ("a.example", 10), ("c.example", 1)]:
+        counter.add(account, n)
+    assert store.top_senders([hour], 10) == []  # not flushed yet
+    counter.flush()
+    store.add_sent({(hour - 1, "c.example"): 100})
+    assert store.top_senders([hour - 1, hour], 2) == [("c.example", 101), ("b.example", 50)]
