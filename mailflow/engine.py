@@ -122,10 +122,16 @@ class Engine:
             return None
         account_scope = scope_for(identity.account)
         keys = self.matcher.recipient_keys(recipient)
-        lookup = self._store_call(lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys))
+        # The first RCPT also reads the buckets in the same round trip (rcpt() needs them next).
+        policy = self.config.ratelimit.policy_for(identity.account)
+        peek = policy.limits if message.levels is None and not policy.exempt else ()
+        lookup = self._store_call(
+            lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek))
         if isinstance(lookup, Decision):
             return lookup if lookup.refuses else None
         message.held = message.held or lookup.account_held
+        if lookup.levels is not None:
+            message.levels = lookup.levels
         if not lookup.matches:
             return None
         self._count_trap_hit(lookup, identity.account, conn_id)

@@ -8,6 +8,7 @@ except AddressError.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from email import errors
@@ -37,8 +38,13 @@ class Mailbox:
         return f"{self.local}@{self.domain}"
 
 
-def parse_mailboxes(name: str, value: str) -> list[Mailbox]:
-    """Every mailbox of an address header (groups flattened); AddressError if any is invalid."""
+@functools.lru_cache(maxsize=8192)
+def parse_mailboxes(name: str, value: str) -> tuple[Mailbox, ...]:
+    """Every mailbox of an address header (groups flattened); AddressError if any is invalid.
+
+    Cached: the stdlib parser and email-validator cost most of a message's CPU, and senders
+    repeat their From: lines. Results are immutable; errors are not cached.
+    """
     try:
         header = _REGISTRY(name, value)
         addresses = header.addresses  # type: ignore[attr-defined]
@@ -48,7 +54,7 @@ def parse_mailboxes(name: str, value: str) -> list[Mailbox]:
         raise AddressError(f"unparseable {name}: header") from exc
     if defects:
         raise AddressError(f"{name}: header is malformed ({defects[0]})")
-    return [_validated(name, address.display_name, address.addr_spec) for address in addresses]
+    return tuple(_validated(name, address.display_name, address.addr_spec) for address in addresses)
 
 
 def parse_single_mailbox(name: str, value: str) -> Mailbox:

@@ -71,6 +71,8 @@ class MilterClient:
         family, address = parse_socket(spec)
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        if family != socket.AF_UNIX:  # a macro and its command go out as two writes: no Nagle stall
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self.sock.connect(address)  # type: ignore[arg-type]
             self.conn = MilterConnection(self.sock)

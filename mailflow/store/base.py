@@ -21,6 +21,7 @@ class SuppressionLookup:
 
     matches: tuple[tuple[str, Entry], ...]  # (scope, entry)
     account_held: str | None  # why the account is held, or None
+    levels: tuple[float, ...] | None = None  # bucket levels, when asked to peek in the same trip
 
 
 class DomainTaken(StoreError):
@@ -65,8 +66,10 @@ class Store(Protocol):
 
     def remove_suppressions(self, scope: str, keys: Sequence[str]) -> int: ...
 
-    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str]) -> SuppressionLookup:
-        """Entries under `keys` in any of `scopes`, and the account's hold: one round trip."""
+    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str],
+                          peek: Sequence[Limit] = ()) -> SuppressionLookup:
+        """Entries under `keys` in any of `scopes`, the account's hold and, with `peek`, the
+        levels of those buckets (what `levels` returns): all in one round trip."""
         ...
 
     def iter_suppressions(self, scope: str) -> Iterator[Entry]: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 from importlib.resources import files
 
 import redis
@@ -69,16 +70,24 @@ class RedisStore:
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
         self._swap_script = self.client.register_script(_lua("swap_state.lua"))
 
-    def _run(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> DebitResult:
+    @staticmethod
+    def _debit_call(account: str, limits: Sequence[Limit], cost: float, commit: bool) -> tuple[list[str], list[Any]]:
         keys = [bucket_key(account, limit.period) for limit in limits]
-        args: list[float | int | str] = [repr(float(cost)), 1 if commit else 0]
+        args: list[Any] = [repr(float(cost)), 1 if commit else 0]
         for limit in limits:
             args += [limit.capacity, repr(limit.rate)]
+        return keys, args
+
+    @staticmethod
+    def _debit_result(reply: Sequence[Any]) -> DebitResult:
+        return DebitResult(bool(int(reply[0])), tuple(float(level) for level in reply[1:]))
+
+    def _run(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> DebitResult:
+        keys, args = self._debit_call(account, limits, cost, commit)
         try:
-            reply = self._debit_script(keys=keys, args=args)
+            return self._debit_result(self._debit_script(keys=keys, args=args))
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
-        return DebitResult(bool(int(reply[0])), tuple(float(level) for level in reply[1:]))
 
     def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
         return self._run(account, limits, 0, commit=False).levels
@@ -134,18 +143,32 @@ class RedisStore:
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
 
-    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str]) -> SuppressionLookup:
-        pipe = self.client.pipeline(transaction=False)
-        for scope in scopes:
-            pipe.hmget(suppression_key(scope), list(keys))
-        pipe.hget(HELD_KEY, account)
+    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str],
+                          peek: Sequence[Limit] = ()) -> SuppressionLookup:
+        def one_trip() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for scope in scopes:
+                pipe.hmget(suppression_key(scope), list(keys))
+            pipe.hget(HELD_KEY, account)
+            if peek:
+                # EVALSHA directly: a Script object in a pipeline costs a SCRIPT EXISTS round trip first.
+                peek_keys, peek_args = self._debit_call(account, peek, 0, commit=False)
+                pipe.evalsha(self._debit_script.sha, len(peek_keys), *peek_keys, *peek_args)
+            return list(pipe.execute())
+
         try:
-            *found, held = pipe.execute()
+            try:
+                replies = one_trip()
+            except redis.exceptions.NoScriptError:  # a restarted or flushed Redis: load, ask again
+                self.client.script_load(self._debit_script.script)
+                replies = one_trip()
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
+        found, held = replies[:len(scopes)], replies[len(scopes)]
+        levels = self._debit_result(replies[-1]).levels if peek else None
         matches = tuple((scope, Entry.from_value(key, value))
                         for scope, values in zip(scopes, found) for key, value in zip(keys, values) if value)
-        return SuppressionLookup(matches, held)
+        return SuppressionLookup(matches, held, levels)
 
     def iter_suppressions(self, scope: str) -> Iterator[Entry]:
         try:

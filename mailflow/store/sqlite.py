@@ -181,7 +181,9 @@ class SqliteStore:
             conn.executemany("DELETE FROM suppression WHERE scope = ? AND key = ?", [(scope, k) for k in keys])
             return conn.total_changes - before
 
-    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str]) -> SuppressionLookup:
+    def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str],
+                          peek: Sequence[Limit] = ()) -> SuppressionLookup:
+        levels = self.levels(account, peek) if peek else None
         with self._connection() as conn:
             scope_marks, key_marks = ",".join("?" * len(scopes)), ",".join("?" * len(keys))
             rows = conn.execute(
@@ -190,7 +192,7 @@ class SqliteStore:
             ).fetchall()
             held = conn.execute("SELECT value FROM held WHERE account = ?", (account,)).fetchone()
         return SuppressionLookup(tuple((scope, Entry.from_value(key, value)) for scope, key, value in rows),
-                                 held[0] if held else None)
+                                 held[0] if held else None, levels)
 
     def iter_suppressions(self, scope: str) -> Iterator[Entry]:
         with self._connection() as conn:

@@ -236,3 +236,13 @@ def test_sent_counts_rank_the_senders(store: Store) -> None:
     counter.flush()
     store.add_sent({(hour - 1, "c.example"): 100})
     assert store.top_senders([hour - 1, hour], 2) == [("c.example", 101), ("b.example", 50)]
+
+
+def test_suppression_lookup_peeks_the_buckets_in_the_same_trip(store: Store, store_url: str) -> None:
+    limits = (parse_limit("10/hour"),)
+    store.debit("p.example", limits, 4)
+    if store_url.startswith("redis"):
+        redis.Redis.from_url(store_url).script_flush()  # as after a Redis restart
+    lookup = store.find_suppressions("p.example", ["global"], ["k"], peek=limits)
+    assert lookup.levels is not None and lookup.levels[0] == pytest.approx(4, abs=0.01)
+    assert store.find_suppressions("p.example", ["global"], ["k"]).levels is None

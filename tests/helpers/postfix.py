@@ -9,6 +9,7 @@ by postfix; Postfix logs to `maillog_file` through the postlog service, not sysl
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import smtplib
 import subprocess
@@ -51,7 +52,8 @@ def available() -> bool:
 
 
 class PrivatePostfix:
-    def __init__(self, milter_port: int, sasl_users: dict[str, str] | None = None) -> None:
+    def __init__(self, milter_port: int | None, sasl_users: dict[str, str] | None = None,
+                 sink_dump: bool = True) -> None:
         # pytest's tmp dirs are 0700; Postfix's own users must be able to search every parent.
         self.dir = Path(tempfile.mkdtemp(prefix="mailflow-postfix-"))
         self.dir.chmod(0o755)
@@ -59,6 +61,7 @@ class PrivatePostfix:
         self.port, self.sink_port = free_port(), free_port()
         self.milter_port = milter_port
         self.sasl_users = sasl_users or {}
+        self.sink_dump = sink_dump  # benchmarks count instead of writing a file per message
         self.sink: subprocess.Popen[bytes] | None = None
 
     # -- life cycle ----------------------------------------------------------------------
@@ -71,10 +74,10 @@ class PrivatePostfix:
         (self.etc / "main.cf").write_text(self._main_cf())
         (self.etc / "master.cf").write_text(_MASTER_CF.format(smtp_listen=f"127.0.0.1:{self.port}"))
         self._sasl()
-        self.sink = subprocess.Popen(
-            ["smtp-sink", "-u", "postfix", "-d", f"{self.sink_dir}/%Y%m%d%H%M%S.", f"127.0.0.1:{self.sink_port}", "64"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        dump = ["-d", f"{self.sink_dir}/%Y%m%d%H%M%S."] if self.sink_dump else ["-c"]
+        with open(self.dir / "sink.out", "wb") as out:  # -c writes its running count here
+            self.sink = subprocess.Popen(["smtp-sink", "-u", "postfix", *dump, f"127.0.0.1:{self.sink_port}", "256"],
+                                         stdout=out, stderr=subprocess.DEVNULL)
         self._postfix("check")
         self._postfix("start")
         try:
@@ -104,7 +107,7 @@ class PrivatePostfix:
             raise RuntimeError(f"postfix {' '.join(args)} failed: {result.stderr}\n{self.maillog()}")
 
     def _main_cf(self) -> str:
-        milter = f"inet:127.0.0.1:{self.milter_port}"
+        milter = f"inet:127.0.0.1:{self.milter_port}" if self.milter_port else ""
         return f"""\
 compatibility_level = 3.6
 queue_directory = {self.queue}
@@ -199,6 +202,12 @@ maximal_backoff_time = 2s
                 return got
             time.sleep(0.2)
         raise TimeoutError(f"sink got {len(self.delivered())} of {count} messages\n{self.maillog()[-3000:]}")
+
+    def sink_count(self) -> int:
+        """Messages the sink received, from its -c running counter (sink_dump=False)."""
+        text = (self.dir / "sink.out").read_bytes().decode(errors="replace")
+        counts = re.findall(r"mesg=(\d+)", text)
+        return int(counts[-1]) if counts else 0
 
     def maillog(self) -> str:
         path = self.dir / "maillog"

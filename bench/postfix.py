@@ -1,0 +1,199 @@
+"""Throughput through a real Postfix, and the milter alone, against baselines in the same run.
+
+Through Postfix: smtp-source (one connection per message, 20 at once) -> a private Postfix on
+loopback -> the milter -> smtp-sink. Variants: Postfix without a milter, a null pymilter, the
+reference minimal policy milter (bench/reference_milter.py), mailflow on SQLite and on Redis
+with rate limiting, forgery checks, suppression and the bulk gate all on and nothing refused.
+Interleaved rounds in rotating order after a warm-up; medians with min-max. Milter CPU per
+message comes from /proc/PID/stat. The milter alone: the replay client as a load generator.
+
+    .venv/bin/python -m bench.postfix [--messages 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bench.harness import cpu_seconds, percentile, python_process, spread
+from mailflow.milter.client import MilterClient
+from tests.helpers.postfix import PrivatePostfix
+from tests.helpers.servers import free_port, redis_server, write_config
+
+RESULTS = Path(__file__).parent / "results"
+KEY = "bench-suppression-key-0123456789"
+
+
+def mailflow_config(store_url: str, port: int) -> dict[str, Any]:
+    return {
+        "milter": {"socket": f"inet:{port}@127.0.0.1"},
+        "store": {"url": store_url, "timeout_ms": 2000},
+        "ratelimit": {"limits": ["100000000/hour"]},  # everything on, nothing refused
+        "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
+        "log": {"level": "warning"},
+    }
+
+
+def smtp_source(port: int, messages: int, sessions: int) -> float:
+    started = time.monotonic()
+    subprocess.run(["smtp-source", "-l", "1000", "-m", str(messages), "-s", str(sessions), "-f", "a@example.com",
+                    "-t", "b@example.net", f"127.0.0.1:{port}"], check=True, timeout=600,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - started
+
+
+def run_through_postfix(mta: PrivatePostfix, pid: int | None, messages: int) -> dict[str, float]:
+    before_sink = mta.sink_count()
+    before_cpu = cpu_seconds(pid) if pid else 0.0
+    started = time.monotonic()
+    accepted_seconds = smtp_source(mta.port, messages, 20)
+    deadline = time.monotonic() + 300
+    while mta.sink_count() < before_sink + messages and time.monotonic() < deadline:
+        time.sleep(0.02)
+    e2e_seconds = time.monotonic() - started
+    cpu_ms = (cpu_seconds(pid) - before_cpu) * 1000 / messages if pid else 0.0
+    return {"accepted_per_s": messages / accepted_seconds, "e2e_per_s": messages / e2e_seconds, "cpu_ms_per_msg": cpu_ms}
+
+
+def milter_alone(socket: str, messages: int, concurrency: int, rate: float | None = None) -> dict[str, Any]:
+    """Sessions through the milter protocol; per-stage latency in ms. `rate` paces messages/s."""
+    stages: dict[str, list[float]] = {"mail": [], "rcpt": [], "eom": []}
+    lock = threading.Lock()
+    counter = iter(range(messages))
+    started = time.monotonic()
+
+    def worker() -> None:
+        for n in counter:
+            if rate:
+                delay = started + n / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            with MilterClient(socket) as c:
+                c.connect("mua.example", "127.0.0.1", 40000)
+                t0 = time.perf_counter()
+                c.mail("a@example.com")
+                t1 = time.perf_counter()
+                c.rcpt("b@example.net")
+                t2 = time.perf_counter()
+                c.header("From", "a@example.com")
+                c.header("Subject", "bench")
+                c.eoh()
+                t3 = time.perf_counter()
+                c.eom()
+                t4 = time.perf_counter()
+            with lock:
+                stages["mail"].append((t1 - t0) * 1000)
+                stages["rcpt"].append((t2 - t1) * 1000)
+                stages["eom"].append((t4 - t3) * 1000)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    seconds = time.monotonic() - started
+    return {"decisions_per_s": round(messages / seconds, 1),
+            **{f"{stage}_p50_ms": round(percentile(v, 0.5), 3) for stage, v in stages.items()},
+            **{f"{stage}_p99_ms": round(percentile(v, 0.99), 3) for stage, v in stages.items()}}
+
+
+def commandstats(client: redis.Redis) -> int:
+    return sum(int(v["calls"]) for k, v in client.info("commandstats").items() if k != "cmdstat_info")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    os.environ["MAILFLOW_SUPPRESSION_KEY"] = KEY
+    scratch = Path(tempfile.mkdtemp(prefix="mailflow-bench-"))
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "platform": platform.platform()}, "messages": args.messages}
+    with redis_server(scratch) as (redis_url, redis_port):
+        ports = {name: free_port() for name in ("null", "reference", "mailflow_sqlite", "mailflow_redis")}
+        cfg_sqlite = write_config(scratch / "sqlite.toml", mailflow_config(f"sqlite://{scratch}/state.db", ports["mailflow_sqlite"]))
+        cfg_redis = write_config(scratch / "redis.toml", mailflow_config(redis_url, ports["mailflow_redis"]))
+        for cfg in (cfg_sqlite, cfg_redis):  # a few entries, so the suppression lookups do real work
+            subprocess.run([sys.executable, "-m", "mailflow", "suppress", "add", "-c", str(cfg),
+                            *(f"optout{n}@example.net" for n in range(10))], check=True, capture_output=True)
+        with python_process("bench.null_milter", str(ports["null"]), port=ports["null"]) as null, \
+                python_process("bench.reference_milter", str(ports["reference"]), redis_url, port=ports["reference"]) as ref, \
+                python_process("mailflow", "run", "-c", str(cfg_sqlite), port=ports["mailflow_sqlite"]) as mf_sqlite, \
+                python_process("mailflow", "run", "-c", str(cfg_redis), port=ports["mailflow_redis"]) as mf_redis:
+            pids = {"postfix_only": None, "null_milter": null.pid, "reference": ref.pid,
+                    "mailflow_sqlite": mf_sqlite.pid, "mailflow_redis": mf_redis.pid}
+            milter_ports = {"postfix_only": None, "null_milter": ports["null"], "reference": ports["reference"],
+                            "mailflow_sqlite": ports["mailflow_sqlite"], "mailflow_redis": ports["mailflow_redis"]}
+            mtas = {name: PrivatePostfix(port, sink_dump=False).start() for name, port in milter_ports.items()}
+            try:
+                for name, mta in mtas.items():  # warm-up
+                    run_through_postfix(mta, pids[name], 200)
+                runs: dict[str, list[dict[str, float]]] = {name: [] for name in mtas}
+                names = list(mtas)
+                for round_ in range(args.rounds):
+                    order = names[round_ % len(names):] + names[:round_ % len(names)]
+                    for name in order:
+                        runs[name].append(run_through_postfix(mtas[name], pids[name], args.messages))
+                        print(f"round {round_ + 1} {name}: {runs[name][-1]}", flush=True)
+            finally:
+                for mta in mtas.values():
+                    mta.stop()
+            through = {name: {metric: spread([r[metric] for r in rs]) for metric in rs[0]} for name, rs in runs.items()}
+            med = {name: {m: v["median"] for m, v in metrics.items()} for name, metrics in through.items()}
+            results["through_postfix"] = through
+            results["ratios"] = {
+                name: {"accepted_vs_" + base: round(med[name]["accepted_per_s"] / med[base]["accepted_per_s"], 3)
+                       for base in ("postfix_only", "null_milter", "reference")}
+                | {"cpu_vs_reference": round(med[name]["cpu_ms_per_msg"] / med["reference"]["cpu_ms_per_msg"], 2)
+                   if med["reference"]["cpu_ms_per_msg"] else None}
+                for name in ("mailflow_sqlite", "mailflow_redis", "null_milter")}
+
+            # The milter alone, and store round trips per message (Redis commandstats).
+            client = redis.Redis.from_url(redis_url)
+            alone: dict[str, Any] = {}
+            for name in ("reference", "mailflow_redis"):
+                before = commandstats(client)
+                alone[name] = milter_alone(f"inet:{milter_ports[name]}@127.0.0.1", args.messages, 20)
+                alone[name]["redis_commands_per_msg"] = round((commandstats(client) - before) / args.messages, 2)
+                alone[name]["paced_200_per_s"] = milter_alone(f"inet:{milter_ports[name]}@127.0.0.1", args.messages, 20, rate=200)
+            results["milter_alone"] = alone
+            client.close()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "postfix.json").write_text(json.dumps(results, indent=2) + "\n")
+    summarise(results)
+
+
+def summarise(results: dict[str, Any]) -> None:
+    through = results["through_postfix"]
+    lines = [f"{results['messages']} messages x rounds through Postfix (median, min-max):"]
+    for name, metrics in through.items():
+        acc, cpu = metrics["accepted_per_s"], metrics["cpu_ms_per_msg"]
+        lines.append(f"  {name:<16} accepted {acc['median']:7.1f} msg/s ({acc['min']:.0f}-{acc['max']:.0f})  "
+                     f"e2e {metrics['e2e_per_s']['median']:7.1f} msg/s  milter CPU {cpu['median']:.2f} ms/msg")
+    for name, ratios in results["ratios"].items():
+        lines.append(f"  {name:<16} " + "  ".join(f"{k} {v}" for k, v in ratios.items()))
+    for name, alone in results["milter_alone"].items():
+        paced = alone["paced_200_per_s"]
+        lines.append(f"  milter alone {name:<16} {alone['decisions_per_s']} decisions/s, eom p50 {alone['eom_p50_ms']} ms "
+                     f"p99 {alone['eom_p99_ms']} ms; at 200 msg/s eom p99 {paced['eom_p99_ms']} ms; "
+                     f"redis commands/msg {alone['redis_commands_per_msg']}")
+    text = "\n".join(lines)
+    (RESULTS / "postfix.txt").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
