@@ -56,4 +56,5 @@ def _kv_value(value: object) -> str:
 
 
 def log_decision(level: int = logging.INFO, **fields: object) -> None:
-    DECISIONS.log(level, "%s", _formatter.render(fields))
+    if DECISIONS.isEnabledFor(level):  # render only lines that will be written
+        DECISIONS.log(level, "%s", _formatter.render(fields))
