@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 import click
 
@@ -20,6 +20,7 @@ from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
 
 CSV_HEADER = ["address", "reason", "added_at", "source"]
+T = TypeVar("T")
 BATCH = 10_000
 
 
@@ -80,6 +81,14 @@ def _chain_first(first: str, rest: TextIO) -> Iterator[str]:
     yield from rest
 
 
+def _each(addresses: tuple[str, ...], parse: Callable[[str], T]) -> list[T]:
+    """Parse every command-line address; the first bad one is a usage error (exit 2)."""
+    try:
+        return [parse(address) for address in addresses]
+    except EntryError as exc:
+        raise click.BadParameter(str(exc), param_hint="ADDRESS") from None
+
+
 def _with_hash_prefix(text: str, hashed: str | None) -> str:
     text = text.strip()
     return f"{hashed}:{text.lower()}" if hashed and ":" not in text else text
@@ -106,10 +115,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         """Suppress addresses or whole domains."""
         config = load(config_file)
         matcher = matcher_for(config)
-        try:
-            entries = [matcher.make_entry(a, reason, source, int(time.time())) for a in addresses]
-        except EntryError as exc:
-            raise click.BadParameter(str(exc), param_hint="ADDRESS") from None
+        entries = _each(addresses, lambda a: matcher.make_entry(a, reason, source, int(time.time())))
         with store_of(config) as store:
             added = store.add_suppressions(scope_for(account), entries)
         click.echo(f"{added} added, {len(entries) - added} already listed ({scope_for(account)})")
@@ -122,10 +128,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         """Lift suppressions (the exact entries; a family entry covers its variants)."""
         config = load(config_file)
         matcher = matcher_for(config)
-        try:
-            keys = [matcher.entry_key(a)[0] for a in addresses]
-        except EntryError as exc:
-            raise click.BadParameter(str(exc), param_hint="ADDRESS") from None
+        keys = _each(addresses, lambda a: matcher.entry_key(a)[0])
         with store_of(config) as store:
             removed = store.remove_suppressions(scope_for(account), keys)
         click.echo(f"{removed} removed ({scope_for(account)})")
