@@ -82,13 +82,14 @@ class Engine:
         if identity is None:
             message.recipients.append(recipient)
             return PASS
-        suppressed = self._suppression(message, recipient, conn_id)
-        if suppressed is not None:
-            if client.is_postfix_pickup:
-                message.suppressed.append(recipient)  # removed at end of message, with a log line
-                return PASS
+        refusal = self._suppression(message, recipient, conn_id)  # a suppression, or the store's on_error
+        if refusal is not None and not client.is_postfix_pickup:
             message.refused.append(recipient)
-            return self._finish("rcpt", client, message, suppressed, conn_id=conn_id, rcpt=recipient)
+            return self._finish("rcpt", client, message, refusal, conn_id=conn_id, rcpt=recipient)
+        if refusal is not None and refusal.reason == "suppressed":
+            message.suppressed.append(recipient)  # local mail: removed at end of message, with a log line
+            return PASS
+        # Local mail meeting a store outage goes on to end of message, where the debit meets it too.
         if client.is_postfix_pickup:
             # Pickup turns a RCPT refusal into a deferral of the whole message: judge at EOM.
             message.recipients.append(recipient)

@@ -324,3 +324,21 @@ def test_local_mail_to_a_suppressed_recipient_drops_that_recipient(
         c.rcpt("optout@dest.example")
         c.header("From", "wp@blog.example")
         assert c.eom().smtp.startswith("550 5.7.1 Every recipient is on a suppression list")
+
+
+def test_local_mail_during_a_store_outage_is_deferred_whole_not_trimmed(start_milter: Callable[..., MilterProcess]) -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        milter = start_milter(config(f"redis://127.0.0.1:{silent.getsockname()[1]}/0",
+                                     suppression={"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}))
+        with MilterClient(milter.socket) as c:
+            c.connect("localhost", "127.0.0.1", 0)
+            c.mail("wp@blog.example")
+            c.rcpt("a@dest.example")
+            c.header("From", "wp@blog.example")
+            result = c.eom()
+        assert result.smtp.startswith("451 4.3.0") and result.recipients_removed == []
+    finally:
+        silent.close()
