@@ -165,3 +165,69 @@ def test_forgery_errors_name_the_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(tomllib.loads(text))
     assert str(err.value).startswith(f"{key}:"), str(err.value)
+
+
+SUPPRESSION_SAMPLE = """
+[suppression]
+hash_key_env = "MAILFLOW_SUPPRESSION_KEY"   # or hash_key_file; a missing key is a clear start-up error
+case_sensitive_local_part = false
+strip_subaddress = true
+trap_hits_before_hold = 3
+
+[bulk]
+min_recipients = 25
+missing_unsubscribe = "reject"
+"""
+
+RBL_SAMPLE = """
+[rbl]
+ips = ["192.0.2.10", "198.51.100.0/30", "2001:db8::25"]
+nameservers = ["127.0.0.1:5353"]   # host:port; omit for the system resolver
+interval = "5m"
+timeout_ms = 2000
+concurrency = 64
+clean_polls_to_delist = 3
+use_default_zones = true           # false: only the zones below
+
+[[rbl.zones]]                      # adds to (or, with the same name, replaces) a default zone
+name = "bl.example.test"
+codes = { "127.0.0.2" = "spam source", "127.0.0.3" = "botnet" }
+delist_url = "https://bl.example.test/remove"
+
+[rbl.alerts]
+webhook = "http://127.0.0.1:8080/hook"
+email_to = ["postmaster@provider.example"]
+smtp_relay = "127.0.0.1:25"
+"""
+
+
+def test_the_suppression_sample_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config(tomllib.loads(SUPPRESSION_SAMPLE))
+    assert config.suppression.enabled and config.suppression.trap_hits_before_hold == 3
+    assert config.bulk.default.min_recipients == 25
+    monkeypatch.delenv("MAILFLOW_SUPPRESSION_KEY")
+    with pytest.raises(ConfigError, match="suppression.hash_key_env: environment variable MAILFLOW_SUPPRESSION_KEY is not set"):
+        parse_config(tomllib.loads(SUPPRESSION_SAMPLE))
+
+
+def test_the_rbl_sample_is_accepted() -> None:
+    rbl = parse_config(tomllib.loads(RBL_SAMPLE)).rbl
+    assert rbl.ips == ("192.0.2.10", "198.51.100.0", "198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8::25")
+    assert rbl.nameservers == (("127.0.0.1", 5353),) and rbl.interval == 300
+    names = [zone.name for zone in rbl.zones]
+    assert names[0] == "zen.spamhaus.org" and "bl.example.test" in names
+    assert not any(dead in n for n in names for dead in ("sorbs", "ahbl", "njabl"))
+    assert rbl.smtp_relay == ("127.0.0.1", 25) and rbl.webhook == "http://127.0.0.1:8080/hook"
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[rbl]\nips = ["10.0.0.0/8"]', "rbl.ips"),
+    ('[rbl]\ninterval = "5 fortnights"', "rbl.interval"),
+    ('[rbl]\nnameservers = ["[::1:53"]', "rbl.nameservers[0]"),
+    ('[[rbl.zones]]\nname = "x.test"\ncodes = { "10.0.0.2" = "x" }', 'rbl.zones[0].codes."10.0.0.2"'),
+    ('[rbl.alerts]\nemail_to = ["a@b.example"]', "rbl.alerts.email_to"),
+])
+def test_rbl_errors_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(tomllib.loads(text))
+    assert str(err.value).startswith(f"{key}:"), str(err.value)
