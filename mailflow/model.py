@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -49,19 +50,20 @@ class Client:
     address: str | None = None
     port: int | None = None
 
-    @property
+    # Cached: every stage asks, and parsing an address each time showed up in profiles.
+    @functools.cached_property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         try:
             return ipaddress.ip_address(self.address) if self.address else None
         except ValueError:
             return None
 
-    @property
+    @functools.cached_property
     def on_this_host(self) -> bool:
         ip = self.ip
         return ip is not None and ip.is_loopback
 
-    @property
+    @functools.cached_property
     def is_postfix_pickup(self) -> bool:
         """Postfix hands locally submitted mail (sendmail/pickup) to non_smtpd_milters as a
         connection from the loopback address with port 0."""
