@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import TypeVar
 
 from mailflow import accounts
-from mailflow.config import Config
+from mailflow.config import Config, RatePolicy
 from mailflow.forgery.policy import ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import MessageFacts
 from mailflow.log import log, log_decision
@@ -179,6 +179,8 @@ class Engine:
             identity = message.identity = accounts.refine_local_identity(
                 self.config.accounts, identity, message.msp_user
             )
+        # Order matters: refusals first (refused mail is never charged), then the one debit, then
+        # what accepted mail still gets (hold, removed recipients, the policy header).
         forgery = self._forgery(client, message)
         policy = self.config.ratelimit.policy_for(identity.account)
         cost = cost_of(policy, len(message.recipients))
@@ -187,21 +189,9 @@ class Engine:
             decision = Decision(Verdict.REJECT, "suppressed", Reply(
                 "550", "5.7.1", f"Every recipient is on a suppression list: {', '.join(message.suppressed[:5])}"))
         elif forgery.decision is not None and forgery.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
-            decision = forgery.decision  # refused mail is never charged
-        elif policy.exempt:
-            decision = Decision(Verdict.CONTINUE, "exempt")
+            decision = forgery.decision
         else:
-            refusal = capacity_refusal(policy, identity.account, cost)
-            if refusal is not None:
-                decision = refusal
-            else:
-                debit = self._store_call(lambda: self.store.debit(identity.account, policy.limits, cost))
-                if isinstance(debit, Decision):
-                    decision = debit
-                elif debit.allowed:
-                    decision = PASS
-                else:
-                    decision = shortfall_refusal(policy, identity.account, debit.levels, cost) or PASS
+            decision = self._charge(policy, identity.account, cost)
         if client.is_postfix_pickup:
             decision = for_local_submission(decision, self.config.ratelimit.local_over_limit)
         if decision.verdict is Verdict.CONTINUE and forgery.decision is not None:
@@ -218,6 +208,20 @@ class Engine:
         if enforced.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             self.sent.add(identity.account, cost)
         return enforced
+
+    def _charge(self, policy: RatePolicy, account: str, cost: int) -> Decision:
+        """Take the message's cost from every bucket of the account, or say why not."""
+        if policy.exempt:
+            return Decision(Verdict.CONTINUE, "exempt")
+        refusal = capacity_refusal(policy, account, cost)
+        if refusal is not None:
+            return refusal
+        debit = self._store_call(lambda: self.store.debit(account, policy.limits, cost))
+        if isinstance(debit, Decision):
+            return debit
+        if debit.allowed:
+            return PASS
+        return shortfall_refusal(policy, account, debit.levels, cost) or PASS
 
     def _forgery(self, client: Client, message: Message) -> ForgeryVerdict:
         identity = message.identity
