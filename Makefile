@@ -22,7 +22,9 @@ check-config: bootstrap
 
 # Benchmarks are not tests: never part of `make test` or CI. Results go to bench/results/.
 bench: bootstrap
+	$(VENV)/bin/python -m pip install -q -r bench/requirements.lock
 	$(VENV)/bin/python -m bench.postfix
+	$(VENV)/bin/python -m bench.plot
 	$(VENV)/bin/python -m bench.scale
 	$(VENV)/bin/python -m bench.suppression
 	$(VENV)/bin/python -m bench.rbl
