@@ -7,6 +7,11 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, not speed: no per-example deadline on a busy 2-core CI machine.
+settings.register_profile("mailflow", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("mailflow")
 
 from tests.helpers.servers import MilterProcess, redis_server
 
