@@ -22,16 +22,15 @@ class Step:
 
 def ip_step(previous: str | None, observed: str, now: int, clean_polls: int) -> Step:
     """Next state of an (IP, zone) pair after one trusted observation."""
-    was_listed = previous is not None and previous.startswith("listed:")
+    listed = previous.split(":") if previous and previous.startswith("listed:") else None
     if observed == "listed":
-        if was_listed:
-            since = previous.split(":")[1]  # type: ignore[union-attr]
-            return Step(f"listed:{since}:0", None)
+        if listed:
+            return Step(f"listed:{listed[1]}:0", None)
         return Step(f"listed:{now}:0", "listed")
     if observed == CLEAN:
-        if not was_listed:
+        if not listed:
             return Step(CLEAN, None)
-        _, since, streak = previous.split(":")  # type: ignore[union-attr]
+        _, since, streak = listed
         streak_now = int(streak) + 1
         if streak_now >= clean_polls:
             return Step(CLEAN, "delisted")
@@ -40,7 +39,8 @@ def ip_step(previous: str | None, observed: str, now: int, clean_polls: int) -> 
 
 
 def zone_step(previous: str | None, blind: bool, now: int) -> Step:
-    was_blind = previous is not None and previous.startswith("blind:")
     if blind:
-        return Step(previous if was_blind else f"blind:{now}", None if was_blind else "blind")  # type: ignore[arg-type]
-    return Step("ok", "recovered" if was_blind else None)
+        if previous and previous.startswith("blind:"):
+            return Step(previous, None)
+        return Step(f"blind:{now}", "blind")
+    return Step("ok", "recovered" if previous and previous.startswith("blind:") else None)
