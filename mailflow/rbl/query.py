@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 import dns.asyncresolver
 import dns.exception
 import dns.nameserver
-import dns.rdatatype
 import dns.resolver
 
 from mailflow.rbl.zones import Answer, Zone, judge_answer

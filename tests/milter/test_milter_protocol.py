@@ -233,15 +233,20 @@ def test_sigterm_stops_the_milter_cleanly(milter: MilterProcess) -> None:
     assert "mailflow stopped" in milter.log()
 
 
-def _tagged_message(milter: MilterProcess) -> Any:
+def authenticated_message(milter: MilterProcess, headers: list[tuple[str, str]]) -> Any:
+    """bob@shop.example (SASL) sends one recipient a message with these headers; the EOM answer."""
     with MilterClient(milter.socket) as c:
         c.connect("mua", "198.51.100.20", 1)
         c.mail("bob@shop.example", macros=AUTH)
         c.rcpt("a@x.example")
-        c.header("From", "bob@shop.example")
-        c.header("Reply-To", "bob.private@mailbox.example")
-        c.header("Date", "Thu, 01 Jan 2015 00:00:00 +0000")
+        for name, value in headers:
+            c.header(name, value)
         return c.eom()
+
+
+def _tagged_message(milter: MilterProcess) -> Any:
+    return authenticated_message(milter, [("From", "bob@shop.example"), ("Reply-To", "bob.private@mailbox.example"),
+                                          ("Date", "Thu, 01 Jan 2015 00:00:00 +0000")])
 
 
 def test_soft_signals_are_tagged_not_refused(milter: MilterProcess) -> None:
@@ -255,24 +260,14 @@ def test_monitor_mode_neither_refuses_nor_tags(start_milter: Callable[..., Milte
     milter = start_milter(config(store_url, milter={"mode": "monitor"}))
     result = _tagged_message(milter)
     assert result.action == "continue" and result.headers_added == []
-    with MilterClient(milter.socket) as c:
-        c.connect("mua", "198.51.100.20", 1)
-        c.mail("bob@shop.example", macros=AUTH)
-        c.rcpt("a@x.example")
-        c.header("From", "ceo@bank.example")
-        assert c.eom().action == "continue"
+    assert authenticated_message(milter, [("From", "ceo@bank.example")]).action == "continue"
     line = milter.decisions()[-1]
     assert (line["action"], line["reason"], line["mode"]) == ("reject", "from_domain", "monitor")
 
 
 def test_rules_can_be_turned_off_per_account(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
     milter = start_milter(config(store_url, forgery={"accounts": {"shop.example": {"rules": {"from_domain": "off"}}}}))
-    with MilterClient(milter.socket) as c:
-        c.connect("mua", "198.51.100.20", 1)
-        c.mail("bob@shop.example", macros=AUTH)
-        c.rcpt("a@x.example")
-        c.header("From", "newsletter@partner.example")
-        assert c.eom().action == "continue"
+    assert authenticated_message(milter, [("From", "newsletter@partner.example")]).action == "continue"
 
 
 def test_domains_added_to_the_store_reach_a_running_milter(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
@@ -283,12 +278,7 @@ def test_domains_added_to_the_store_reach_a_running_milter(start_milter: Callabl
     milter = start_milter(config(store_url, forgery={"domains_refresh_seconds": 1}))
 
     def send_as_brand() -> str:
-        with MilterClient(milter.socket) as c:
-            c.connect("mua", "198.51.100.20", 1)
-            c.mail("bob@shop.example", macros=AUTH)
-            c.rcpt("a@x.example")
-            c.header("From", "hello@shop-brand.example")
-            return c.eom().smtp
+        return str(authenticated_message(milter, [("From", "hello@shop-brand.example")]).smtp)
 
     assert send_as_brand().startswith("550 5.7.1 From: header domain shop-brand.example is not one of your domains")
     store = open_store(store_url)
