@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
+import struct
 from collections.abc import Iterator, Sequence
 from typing import Any
 from importlib.resources import files
@@ -50,6 +52,36 @@ def bucket_key(account: str, period: str) -> str:
     return f"{KEY_PREFIX}{{{account}}}:{period}"
 
 
+class _KernelTimeouts:
+    """Hot-path connections: the timeout lives in the kernel (SO_RCVTIMEO/SO_SNDTIMEO), the
+    Python socket is blocking. With a Python-level timeout every send and receive is a poll()
+    plus the call, each releasing and re-taking the GIL, which under libmilter's many threads
+    costs more CPU than the Redis call itself. A timed-out call raises OSError (EAGAIN), which
+    redis-py reports as a ConnectionError, like any other failure."""
+
+    socket_timeout: float | None
+
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()  # type: ignore[misc]
+        timeout = self.socket_timeout or 0.0
+        seconds = int(timeout)
+        packed = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, packed)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, packed)
+        sock.settimeout(None)
+        return sock
+
+
+def _hot_path_pool(client: redis.Redis) -> redis.ConnectionPool:
+    """A pool like the client's, with kernel-level timeouts where the transport allows (TLS keeps
+    Python's own: an SSL socket must not see a bare EAGAIN)."""
+    pool = client.connection_pool
+    kind = pool.connection_class
+    if kind in (redis.Connection, redis.UnixDomainSocketConnection):
+        kind = type(f"KernelTimeout{kind.__name__}", (_KernelTimeouts, kind), {})
+    return redis.ConnectionPool(connection_class=kind, **pool.connection_kwargs)
+
+
 def _lua(name: str) -> str:
     return files("mailflow.store").joinpath(f"lua/{name}").read_text(encoding="utf-8")
 
@@ -57,6 +89,7 @@ def _lua(name: str) -> str:
 class RedisStore:
     def __init__(self, url: str, timeout_ms: int = 250) -> None:
         timeout = timeout_ms / 1000
+        self._timeout_ms = timeout_ms
         self.client = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -67,6 +100,7 @@ class RedisStore:
             retry=None,
         )
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()  # raw redis-py connections
+        self._hot_pool = _hot_path_pool(self.client)
         self._debit_script = self.client.register_script(_lua("debit.lua"))
         self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
@@ -94,7 +128,7 @@ class RedisStore:
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
-            conn = self.client.connection_pool.make_connection()
+            conn = self._hot_pool.make_connection()
         try:
             for attempt in (1, 2):
                 conn.send_packed_command(conn.pack_commands(commands))
@@ -113,6 +147,8 @@ class RedisStore:
                 conn.read_response()
         except BaseException as exc:
             conn.disconnect()
+            if isinstance(exc.__context__, BlockingIOError):  # the kernel timeout, see _KernelTimeouts
+                raise StoreError(f"redis: no answer within {self._timeout_ms} ms") from exc
             if isinstance(exc, redis.RedisError):
                 raise StoreError(f"redis: {exc}") from exc
             raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -143,6 +144,23 @@ def test_dead_redis_fails_fast_with_store_error() -> None:
         store.debit("x.example", HOURLY, 1)
     assert time.monotonic() - started < 2
     store.close()
+
+
+def test_a_silent_redis_times_out_with_a_clear_error() -> None:
+    """The hot path keeps its timeout in the kernel (SO_RCVTIMEO): it must still fire, and say so."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    store = open_store(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", timeout_ms=250)
+    try:
+        for _ in range(2):  # a fresh connection each time: the timed-out one is discarded
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="no answer within 250 ms"):
+                store.debit("x.example", HOURLY, 1)
+            assert time.monotonic() - started < 1
+    finally:
+        store.close()
+        silent.close()
 
 
 def test_unwritable_sqlite_path_is_a_store_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
