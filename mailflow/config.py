@@ -43,6 +43,7 @@ class MilterSettings:
 class StoreSettings:
     url: str = "sqlite:///var/lib/mailflow/state.db"
     timeout_ms: int = 250
+    refresh_ms: int = 1000  # Redis: how often the milter's in-memory replica (redis_replica.py) refreshes
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,8 @@ def _store(t: _Table) -> StoreSettings:
     url = t.text("url", d.url)
     if url.split("://", 1)[0] not in SCHEMES or "://" not in url:
         raise t.error("url", f"{url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB, rediss://… or unix://PATH")
-    settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1))
+    settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
+                             refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10))
     t.finish()
     return settings
 

@@ -98,24 +98,37 @@ class Engine:
         if policy.exempt:
             message.recipients.append(recipient)
             return PASS
-        if message.levels is None:
-            levels = self._store_call(lambda: self.store.levels(identity.account, policy.limits))
-            if isinstance(levels, Decision):
-                return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
-            message.levels = levels
+        account = identity.account
+        levels = message.levels if message.levels is not None else self._read_levels(message, account, policy, True)
+        if isinstance(levels, Decision):
+            return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
         # A recipient that does not fit is deferred, never rejected: the client retries it in a
         # later transaction, so it is delivered once the bucket refills. Only a whole message that
         # can never fit (judged at end of message) gets a 5xx.
         cost = cost_of(policy, len(message.recipients) + 1)
-        decision = shortfall_refusal(policy, identity.account, message.levels, cost) or PASS
+        decision = shortfall_refusal(policy, account, levels, cost) or PASS
+        if decision.refuses and not message.levels_confirmed:
+            # The peek may be an estimate: refuse only on the store's own reading.
+            levels = self._read_levels(message, account, policy)
+            if isinstance(levels, Decision):
+                return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
+            decision = shortfall_refusal(policy, account, levels, cost) or PASS
         if decision.refuses:
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, decision, conn_id=conn_id, rcpt=recipient)
         message.recipients.append(recipient)
         return PASS
 
+    def _read_levels(self, message: Message, account: str, policy: RatePolicy,
+                     estimate: bool = False) -> tuple[float, ...] | Decision:
+        """The buckets' levels (kept on the message), or the on_error decision."""
+        levels = self._store_call(lambda: self.store.levels(account, policy.limits, estimate))
+        if not isinstance(levels, Decision):
+            message.levels, message.levels_confirmed = levels, not estimate
+        return levels
+
     def _suppression(self, message: Message, recipient: str, conn_id: str) -> Decision | None:
-        """One store round trip: is this recipient suppressed (account or global), is the account held?"""
+        """At most one store round trip: is this recipient suppressed (account or global), is the account held?"""
         identity = message.identity
         assert identity is not None
         action = self.config.suppression.action_for(identity.account)

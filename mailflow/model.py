@@ -90,6 +90,7 @@ class Message:
     suppressed: list[str] = field(default_factory=list)  # local mail: removed at end of message
     held: str | None = None  # the account is held (spam traps): why
     levels: tuple[float, ...] | None = None  # bucket levels read at the first RCPT
+    levels_confirmed: bool = False  # read from the store itself, not an estimate
     headers: list[tuple[str, str]] = field(default_factory=list)  # as the client sent them
     php_script: str | None = None  # X-PHP-Originating-Script (uid:script)
     msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"

@@ -7,7 +7,7 @@ from mailflow.store.base import DomainTaken, Store, StoreError
 from mailflow.urls import STORE_SCHEMES as SCHEMES
 
 
-def open_store(url: str, timeout_ms: int = 250) -> Store:
+def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000) -> Store:
     """Open the store a URL names. Connections are lazy: a down Redis fails per call, not here."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme == "sqlite":
@@ -17,7 +17,7 @@ def open_store(url: str, timeout_ms: int = 250) -> Store:
     if scheme in ("redis", "rediss", "unix"):
         from mailflow.store.redis import RedisStore
 
-        return RedisStore(url, timeout_ms=timeout_ms)
+        return RedisStore(url, timeout_ms=timeout_ms, refresh_ms=refresh_ms)
     raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss:// or unix://)")
 
 

@@ -17,11 +17,13 @@ class StoreError(Exception):
 
 @dataclass(frozen=True)
 class SuppressionLookup:
-    """What one RCPT's single store round trip found."""
+    """What one RCPT's lookup found: in one store round trip, or none (Redis replica)."""
 
     matches: tuple[tuple[str, Entry], ...]  # (scope, entry)
     account_held: str | None  # why the account is held, or None
-    levels: tuple[float, ...] | None = None  # bucket levels, when asked to peek in the same trip
+    # Bucket levels, when asked to peek: an estimate (Redis may answer from levels it saw lately),
+    # good for letting recipients through; a refusal is confirmed with levels() first.
+    levels: tuple[float, ...] | None = None
 
 
 class DomainTaken(StoreError):
@@ -36,8 +38,9 @@ class Store(Protocol):
     limit per period per account.
     """
 
-    def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
-        """Spent level of each limit's bucket now (0 = full bucket). Writes nothing."""
+    def levels(self, account: str, limits: Sequence[Limit], estimate: bool = False) -> tuple[float, ...]:
+        """Spent level of each limit's bucket now (0 = full bucket). Writes nothing. With
+        `estimate`, a store may answer from levels it saw lately (Redis: ratelimit/recent.py)."""
         ...
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:

@@ -19,7 +19,9 @@ import redis
 
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
+from mailflow.ratelimit.recent import RecentLevels
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.store.redis_replica import GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
 
 KEY_PREFIX = "mailflow:rl:"
@@ -87,7 +89,7 @@ def _lua(name: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, url: str, timeout_ms: int = 250) -> None:
+    def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000) -> None:
         timeout = timeout_ms / 1000
         self._timeout_ms = timeout_ms
         self.client = redis.Redis.from_url(
@@ -105,6 +107,10 @@ class RedisStore:
         self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
         self._swap_script = self.client.register_script(_lua("swap_state.lua"))
+        self._log_change_script = self.client.register_script(_lua("log_change.lua"))
+        # RCPT without a round trip when the answer is known here (see redis_replica, recent).
+        self._replica = SuppressionReplica(self.client, suppression_key("*"), HELD_KEY, refresh_ms / 1000)
+        self._recent = RecentLevels()
 
     @staticmethod
     def _debit_call(account: str, limits: Sequence[Limit], cost: float, commit: bool) -> tuple[list[str], list[Any]]:
@@ -161,10 +167,13 @@ class RedisStore:
 
     def _run(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> DebitResult:
         [reply] = self._roundtrip([self._debit_command(account, limits, cost, commit)])
-        return self._debit_result(reply)
+        result = self._debit_result(reply)
+        self._recent.remember(account, limits, result.levels)
+        return result
 
-    def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
-        return self._run(account, limits, 0, commit=False).levels
+    def levels(self, account: str, limits: Sequence[Limit], estimate: bool = False) -> tuple[float, ...]:
+        recalled = self._recent.recall(account, limits) if estimate else None
+        return recalled if recalled is not None else self._run(account, limits, 0, commit=False).levels
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
         return self._run(account, limits, cost, commit=True)
@@ -204,9 +213,13 @@ class RedisStore:
         try:
             for start in range(0, len(entries), IMPORT_BATCH):
                 pipe = self.client.pipeline(transaction=False)
-                for entry in entries[start:start + IMPORT_BATCH]:
+                batch = entries[start:start + IMPORT_BATCH]
+                for entry in batch:
                     pipe.hsetnx(suppression_key(scope), entry.key, entry.value())
-                added += sum(pipe.execute())
+                # After the entries: a replica that sees this change finds them in Redis.
+                self._log_change_script(keys=[GEN_KEY, LOG_KEY], args=[" ".join(e.key for e in batch), LOG_LENGTH],
+                                        client=pipe)
+                added += sum(pipe.execute()[:-1])
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
         return added
@@ -219,6 +232,11 @@ class RedisStore:
 
     def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str],
                           peek: Sequence[Limit] = ()) -> SuppressionLookup:
+        self._replica.start()  # only the milter looks recipients up: it alone keeps a replica
+        known = self._replica.lookup(account, keys)
+        recalled = self._recent.recall(account, peek) if peek else None
+        if known is not None and (recalled is not None or not peek):
+            return SuppressionLookup(known.matches, known.account_held, recalled)
         commands: list[list[Any]] = [["HMGET", suppression_key(scope), *keys] for scope in scopes]
         commands.append(["HGET", HELD_KEY, account])
         if peek:
@@ -226,6 +244,8 @@ class RedisStore:
         replies = self._roundtrip(commands)
         found, held = replies[:len(scopes)], replies[len(scopes)]
         levels = self._debit_result(replies[-1]).levels if peek else None
+        if levels is not None:
+            self._recent.remember(account, peek, levels)
         matches = tuple((scope, Entry.from_value(key, value))
                         for scope, values in zip(scopes, found) for key, value in zip(keys, values) if value)
         return SuppressionLookup(matches, held, levels)
@@ -247,6 +267,7 @@ class RedisStore:
         try:
             now = int(self.client.time()[0])
             self.client.hsetnx(HELD_KEY, account, f"{now}|{reason}")
+            self._replica.note_held(account, str(self.client.hget(HELD_KEY, account)))
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
 
@@ -307,6 +328,7 @@ class RedisStore:
             raise StoreError(f"redis: {exc}") from exc
 
     def close(self) -> None:
+        self._replica.stop()
         while True:
             try:
                 self._idle.get_nowait().disconnect()

@@ -103,7 +103,7 @@ class SqliteStore:
         )
         return [rows.get(limit.period) for limit in limits]
 
-    def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
+    def levels(self, account: str, limits: Sequence[Limit], estimate: bool = False) -> tuple[float, ...]:
         with self._connection() as conn:
             states = self._read(conn, account, limits)
             now = self.clock()

@@ -20,7 +20,7 @@ from mailflow.store.sqlite import SqliteStore
 class BrokenStore(SqliteStore):
     """A store with a bug in it (not an outage): the adapter's guard must still answer."""
 
-    def levels(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
+    def levels(self, account: str, limits: Sequence[Limit], estimate: bool = False) -> tuple[float, ...]:
         raise RuntimeError("bug")
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
