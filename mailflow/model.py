@@ -42,6 +42,16 @@ class Decision:
 PASS = Decision(Verdict.CONTINUE, "ok")
 
 
+# Cached across connections: MTAs connect from a handful of addresses, and parsing one for
+# every connection showed up in profiles.
+@functools.lru_cache(maxsize=4096)
+def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class Client:
     """Who connected to the MTA, as the MTA told the milter."""
@@ -50,13 +60,9 @@ class Client:
     address: str | None = None
     port: int | None = None
 
-    # Cached: every stage asks, and parsing an address each time showed up in profiles.
-    @functools.cached_property
+    @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-        try:
-            return ipaddress.ip_address(self.address) if self.address else None
-        except ValueError:
-            return None
+        return _parse_ip(self.address) if self.address else None
 
     @functools.cached_property
     def on_this_host(self) -> bool:

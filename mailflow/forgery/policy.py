@@ -36,7 +36,12 @@ class ForgeryVerdict:
     summary: str  # every finding with its action, for the log
 
 
+NOTHING_FOUND = ForgeryVerdict(None, (), "")
+
+
 def judge_findings(findings: Sequence[Finding], actions: Mapping[str, str]) -> ForgeryVerdict:
+    if not findings:  # almost every message
+        return NOTHING_FOUND
     acted = [(finding, actions.get(finding.rule, "off")) for finding in findings]
     acted = [(finding, action) for finding, action in acted if action != "off"]
     summary = ",".join(f"{finding.signal}:{action}" for finding, action in acted)

@@ -50,6 +50,14 @@ class MailflowMilter(Milter.Base):
         self.client = Client()
         self.message: Message | None = None
 
+    def negotiate(self, opts: list[int]) -> int:
+        # Milter.Base.negotiate also looks up @symlist macro lists on every callback, for every
+        # connection; we ask for none, so only the protocol steps are negotiated (same result).
+        self._actions, offered = opts[0], opts[1]
+        opts[1] = self._protocol = offered & ~self.protocol_mask()
+        opts[2] = opts[3] = 0
+        return Milter.CONTINUE
+
     def apply(self, decision: Decision) -> int:
         if decision.reply is not None and decision.verdict in (Verdict.TEMPFAIL, Verdict.REJECT):
             reply = decision.reply

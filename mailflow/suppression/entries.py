@@ -71,7 +71,7 @@ class Matcher:
     def recipient_keys(self, recipient: str) -> list[str]:
         """Every key under which an entry would suppress this recipient."""
         canonical = self.forms.canonical(recipient)
-        keys = [self.keyring.lookup_key("addr", self.forms.family(recipient))]
+        keys = [self.keyring.lookup_key("addr", self.forms.family(canonical))]  # idempotent: canonical in, same out
         _, at, domain = canonical.rpartition("@")
         if at:
             keys += [self.keyring.lookup_key("domain", d) for d in domain_and_parents(domain)]
