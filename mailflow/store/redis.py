@@ -109,7 +109,7 @@ class RedisStore:
         self._swap_script = self.client.register_script(_lua("swap_state.lua"))
         self._log_change_script = self.client.register_script(_lua("log_change.lua"))
         # RCPT without a round trip when the answer is known here (see redis_replica, recent).
-        self._replica = SuppressionReplica(self.client, suppression_key("*"), HELD_KEY, refresh_ms / 1000)
+        self.replica = SuppressionReplica(self.client, suppression_key("*"), HELD_KEY, refresh_ms / 1000)
         self._recent = RecentLevels()
 
     @staticmethod
@@ -232,8 +232,8 @@ class RedisStore:
 
     def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str],
                           peek: Sequence[Limit] = ()) -> SuppressionLookup:
-        self._replica.start()  # only the milter looks recipients up: it alone keeps a replica
-        known = self._replica.lookup(account, keys)
+        self.replica.start()  # only the milter looks recipients up: it alone keeps a replica
+        known = self.replica.lookup(account, keys)
         recalled = self._recent.recall(account, peek) if peek else None
         if known is not None and (recalled is not None or not peek):
             return SuppressionLookup(known.matches, known.account_held, recalled)
@@ -267,7 +267,7 @@ class RedisStore:
         try:
             now = int(self.client.time()[0])
             self.client.hsetnx(HELD_KEY, account, f"{now}|{reason}")
-            self._replica.note_held(account, str(self.client.hget(HELD_KEY, account)))
+            self.replica.note_held(account, str(self.client.hget(HELD_KEY, account)))
         except redis.RedisError as exc:
             raise StoreError(f"redis: {exc}") from exc
 
@@ -328,7 +328,7 @@ class RedisStore:
             raise StoreError(f"redis: {exc}") from exc
 
     def close(self) -> None:
-        self._replica.stop()
+        self.replica.stop()
         while True:
             try:
                 self._idle.get_nowait().disconnect()

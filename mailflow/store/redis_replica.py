@@ -57,10 +57,19 @@ class SuppressionReplica:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def ready(self) -> bool:
+        """Built and refreshed lately: its answers are trusted."""
+        return self._filter is not None and time.monotonic() - self._refreshed <= STALE_AFTER * self.interval
+
+    @property
+    def filter_bytes(self) -> int:
+        return self._filter.size // 8 if self._filter else 0
+
     def lookup(self, account: str, keys: Sequence[str]) -> SuppressionLookup | None:
         """The answer without Redis, or None when Redis must be asked."""
         key_filter = self._filter
-        if key_filter is None or time.monotonic() - self._refreshed > STALE_AFTER * self.interval:
+        if key_filter is None or not self.ready:
             return None
         if any(key_filter.might_contain(key) for key in keys):
             return None
