@@ -66,8 +66,10 @@ def run_through_postfix(mta: PrivatePostfix, pid: int | None, messages: int) -> 
     return {"accepted_per_s": messages / accepted_seconds, "e2e_per_s": messages / e2e_seconds, "cpu_ms_per_msg": cpu_ms}
 
 
-def milter_alone(socket: str, messages: int, concurrency: int, rate: float | None = None) -> dict[str, Any]:
-    """Sessions through the milter protocol; per-stage latency in ms. `rate` paces messages/s."""
+def milter_alone(socket: str, messages: int, concurrency: int, rate: float | None = None,
+                 accounts: int = 0) -> dict[str, Any]:
+    """Sessions through the milter protocol; per-stage latency in ms. `rate` paces messages/s;
+    `accounts` spreads the messages over that many authenticated accounts (acctN.example)."""
     stages: dict[str, list[float]] = {"mail": [], "rcpt": [], "eom": []}
     lock = threading.Lock()
     counter = iter(range(messages))
@@ -79,14 +81,18 @@ def milter_alone(socket: str, messages: int, concurrency: int, rate: float | Non
                 delay = started + n / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            sender, macros = "a@example.com", None
+            if accounts:
+                domain = f"acct{n * 7919 % accounts}.example"
+                sender, macros = f"user@{domain}", {"{auth_authen}": domain}
             with MilterClient(socket) as c:
                 c.connect("mua.example", "127.0.0.1", 40000)
                 t0 = time.perf_counter()
-                c.mail("a@example.com")
+                c.mail(sender, macros=macros)
                 t1 = time.perf_counter()
                 c.rcpt("b@example.net")
                 t2 = time.perf_counter()
-                c.header("From", "a@example.com")
+                c.header("From", sender)
                 c.header("Subject", "bench")
                 c.eoh()
                 t3 = time.perf_counter()

@@ -5,7 +5,9 @@ fit; the end-of-message debit in the store is atomic and authoritative. A level 
 read or wrote moments ago, drained since at the limit's rate, is that estimate without a store
 round trip. Other MTAs of a fleet may have spent tokens meanwhile: then the estimate is low, a
 recipient is accepted at RCPT, and the debit refuses the message at end of message (451).
-MAX_AGE bounds how long that can go on.
+MAX_AGE bounds how long that can go on. An account this process has not seen within MAX_AGE is
+estimated to have room: a quiet account is rarely at its limit, and one that is gets its 451 at
+end of message, whose debit reply then tells this process its levels for the next messages.
 """
 
 from __future__ import annotations
@@ -39,3 +41,8 @@ class RecentLevels:
             return None
         at, levels = seen
         return tuple(current_level(BucketState(level, at), limit.rate, now) for level, limit in zip(levels, limits))
+
+    def estimate(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
+        """The recalled levels, or room in every bucket when there are none."""
+        recalled = self.recall(account, limits)
+        return recalled if recalled is not None else tuple(0.0 for _ in limits)

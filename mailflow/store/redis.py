@@ -172,8 +172,9 @@ class RedisStore:
         return result
 
     def levels(self, account: str, limits: Sequence[Limit], estimate: bool = False) -> tuple[float, ...]:
-        recalled = self._recent.recall(account, limits) if estimate else None
-        return recalled if recalled is not None else self._run(account, limits, 0, commit=False).levels
+        if estimate:
+            return self._recent.estimate(account, limits)
+        return self._run(account, limits, 0, commit=False).levels
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
         return self._run(account, limits, cost, commit=True)
@@ -234,9 +235,8 @@ class RedisStore:
                           peek: Sequence[Limit] = ()) -> SuppressionLookup:
         self.replica.start()  # only the milter looks recipients up: it alone keeps a replica
         known = self.replica.lookup(account, keys)
-        recalled = self._recent.recall(account, peek) if peek else None
-        if known is not None and (recalled is not None or not peek):
-            return SuppressionLookup(known.matches, known.account_held, recalled)
+        if known is not None:
+            return SuppressionLookup(known.matches, known.account_held, self._recent.estimate(account, peek) if peek else None)
         commands: list[list[Any]] = [["HMGET", suppression_key(scope), *keys] for scope in scopes]
         commands.append(["HGET", HELD_KEY, account])
         if peek:

@@ -34,3 +34,11 @@ def test_nothing_is_recalled_past_max_age_or_for_other_limits() -> None:
     assert recent.recall("other.example", HOURLY) is None
     clock.now += MAX_AGE + 0.1
     assert recent.recall("shop.example", HOURLY) is None
+
+
+def test_an_account_not_seen_lately_is_estimated_to_have_room() -> None:
+    clock = Clock()
+    recent = RecentLevels(clock)
+    assert recent.estimate("quiet.example", HOURLY) == (0.0,)
+    recent.remember("busy.example", HOURLY, (50.0,))
+    assert recent.estimate("busy.example", HOURLY) == (50.0,)
