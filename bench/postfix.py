@@ -121,7 +121,7 @@ def commandstats(client: redis.Redis) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     os.environ["MAILFLOW_SUPPRESSION_KEY"] = KEY
     scratch = Path(tempfile.mkdtemp(prefix="mailflow-bench-"))
@@ -159,6 +159,12 @@ def main() -> None:
             through = {name: {metric: spread([r[metric] for r in rs]) for metric in rs[0]} for name, rs in runs.items()}
             med = {name: {m: v["median"] for m, v in metrics.items()} for name, metrics in through.items()}
             results["through_postfix"] = through
+            results["rounds"] = runs
+            # Paired by round (each round runs every variant back to back): steadier on a noisy machine.
+            results["paired_vs_reference"] = {
+                name: {"accepted": spread([r["accepted_per_s"] / ref["accepted_per_s"] for r, ref in zip(rs, runs["reference"])]),
+                       "cpu": spread([r["cpu_ms_per_msg"] / ref["cpu_ms_per_msg"] for r, ref in zip(rs, runs["reference"])])}
+                for name, rs in runs.items() if name in ("mailflow_sqlite", "mailflow_redis", "null_milter")}
             results["ratios"] = {
                 name: {"accepted_vs_" + base: round(med[name]["accepted_per_s"] / med[base]["accepted_per_s"], 3)
                        for base in ("postfix_only", "null_milter", "reference")}
@@ -190,6 +196,10 @@ def summarise(results: dict[str, Any]) -> None:
                      f"e2e {metrics['e2e_per_s']['median']:7.1f} msg/s  milter CPU {cpu['median']:.2f} ms/msg")
     for name, ratios in results["ratios"].items():
         lines.append(f"  {name:<16} " + "  ".join(f"{k} {v}" for k, v in ratios.items()))
+    for name, paired in results["paired_vs_reference"].items():
+        acc, cpu = paired["accepted"], paired["cpu"]
+        lines.append(f"  {name:<16} per round vs reference: throughput {acc['median']:.3f} ({acc['min']:.2f}-{acc['max']:.2f}), "
+                     f"CPU {cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})")
     for name, alone in results["milter_alone"].items():
         paced = alone["paced_200_per_s"]
         lines.append(f"  milter alone {name:<16} {alone['decisions_per_s']} decisions/s, eom p50 {alone['eom_p50_ms']} ms "

@@ -236,7 +236,8 @@ class RedisStore:
         self.replica.start()  # only the milter looks recipients up: it alone keeps a replica
         known = self.replica.lookup(account, keys)
         if known is not None:
-            return SuppressionLookup(known.matches, known.account_held, self._recent.estimate(account, peek) if peek else None)
+            levels = self._recent.estimate(account, peek) if peek else None
+            return SuppressionLookup(known.matches, known.account_held, levels)
         commands: list[list[Any]] = [["HMGET", suppression_key(scope), *keys] for scope in scopes]
         commands.append(["HGET", HELD_KEY, account])
         if peek:
