@@ -21,7 +21,7 @@ from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
 from mailflow.ratelimit.recent import RecentLevels
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
-from mailflow.store.redis_replica import GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
+from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
 
 KEY_PREFIX = "mailflow:rl:"
@@ -218,7 +218,8 @@ class RedisStore:
                 for entry in batch:
                     pipe.hsetnx(suppression_key(scope), entry.key, entry.value())
                 # After the entries: a replica that sees this change finds them in Redis.
-                self._log_change_script(keys=[GEN_KEY, LOG_KEY], args=[" ".join(e.key for e in batch), LOG_LENGTH],
+                self._log_change_script(keys=[GEN_KEY, LOG_KEY, EPOCH_KEY],
+                                        args=[" ".join(e.key for e in batch), LOG_LENGTH, os.urandom(8).hex()],
                                         client=pipe)
                 added += sum(pipe.execute()[:-1])
         except redis.RedisError as exc:

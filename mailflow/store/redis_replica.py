@@ -6,7 +6,8 @@ round trip; a "maybe" (a listed key, or a rare false positive) goes to Redis as 
 filter can be stale in one direction only: an entry added since the last refresh. Every change
 to the lists is logged (`GEN_KEY` counts changes, `LOG_KEY` keeps the recent ones with their
 keys), so a refresh is one GET while nothing changes and a short LRANGE when something did; a
-replica that fell too far behind, or a Redis that was flushed, is rebuilt with HSCAN. A replica
+replica that fell too far behind, or a Redis that was flushed (a new random epoch), is rebuilt
+with HSCAN. A replica
 that has not refreshed within STALE_AFTER refresh intervals answers nothing: then every RCPT
 asks Redis, and Redis trouble meets the milter's on_error policy as it always did.
 """
@@ -27,6 +28,7 @@ log = logging.getLogger("mailflow.store")
 
 GEN_KEY = "mailflow:{sup}:gen"  # one hash tag: the log script touches both keys
 LOG_KEY = "mailflow:{sup}:log"  # entries "GEN key key …", the newest LOG_LENGTH of them
+EPOCH_KEY = "mailflow:{sup}:epoch"  # random, set by the first change: a flushed Redis gets a new one
 LOG_LENGTH = 1000
 STALE_AFTER = 5  # refresh intervals
 
@@ -39,6 +41,7 @@ class SuppressionReplica:
         self.interval = interval
         self._filter: KeyFilter | None = None
         self._generation = -1
+        self._epoch: str | None = None
         self._held: dict[str, str] = {}
         self._refreshed = float("-inf")
         self._started = False
@@ -96,10 +99,13 @@ class SuppressionReplica:
     def refresh(self) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.get(GEN_KEY)
+        pipe.get(EPOCH_KEY)
         pipe.hgetall(self.held_key)
-        raw_generation, held = pipe.execute()
+        raw_generation, epoch, held = pipe.execute()
         generation = int(raw_generation or 0)
-        if generation != self._generation or self._filter is None or self._filter.overfull:
+        if epoch != self._epoch:
+            self._rebuild()
+        elif generation != self._generation or self._filter is None or self._filter.overfull:
             if not self._catch_up(generation):
                 self._rebuild()
         self._held = {str(account): str(value) for account, value in held.items()}
@@ -123,14 +129,18 @@ class SuppressionReplica:
 
     def _rebuild(self) -> None:
         started = time.monotonic()
-        generation = int(self.client.get(GEN_KEY) or 0)  # before the scan: later changes come next time
+        pipe = self.client.pipeline(transaction=False)  # before the scan: later changes come next time
+        pipe.get(GEN_KEY)
+        pipe.get(EPOCH_KEY)
+        raw_generation, epoch = pipe.execute()
+        generation = int(raw_generation or 0)
         scopes = list(self.client.scan_iter(match=self.scan_pattern, count=1000))
         total = sum(int(self.client.hlen(scope)) for scope in scopes)
         key_filter = KeyFilter(capacity=2 * total)
         for scope in scopes:
             for key, _ in self.client.hscan_iter(scope, count=10_000):
                 key_filter.add(str(key))
-        self._filter, self._generation = key_filter, generation
+        self._filter, self._generation, self._epoch = key_filter, generation, epoch
         log.info("suppression replica built: %d keys in %d lists, %.1f s", key_filter.count, len(scopes),
                  time.monotonic() - started)
 

@@ -61,9 +61,21 @@ def test_changes_arrive_through_the_log_and_a_gap_means_a_rebuild(store: RedisSt
     replica.refresh()
     assert replica.lookup("x", keys_of("after-gap@dest.example")) is None
     client.flushall()  # a Redis replaced by an empty one: generation went backwards
-    client.set(GEN_KEY, 0)
     replica.refresh()
     assert replica.lookup("x", keys_of("late@dest.example")) is not None
+    client.close()
+
+
+def test_a_flushed_redis_refilled_to_the_same_generation_is_not_mistaken_for_the_old_one(
+        store: RedisStore, replica: SuppressionReplica, redis_url: str) -> None:
+    add(store, GLOBAL, "first@dest.example")
+    replica.refresh()
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    add(store, GLOBAL, "second@dest.example")  # generation 1 again, other entries
+    assert int(client.get(GEN_KEY) or 0) == 1
+    replica.refresh()
+    assert replica.lookup("x", keys_of("second@dest.example")) is None  # rebuilt: Redis is asked
     client.close()
 
 
