@@ -99,7 +99,9 @@ class Engine:
             message.recipients.append(recipient)
             return PASS
         account = identity.account
-        levels = message.levels if message.levels is not None else self._read_levels(message, account, policy, True)
+        levels = message.levels
+        if levels is None:
+            levels = self._read_levels(message, account, policy, estimate=True)
         if isinstance(levels, Decision):
             return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
         # A recipient that does not fit is deferred, never rejected: the client retries it in a
@@ -128,7 +130,7 @@ class Engine:
         return levels
 
     def _suppression(self, message: Message, recipient: str, conn_id: str) -> Decision | None:
-        """At most one store round trip: is this recipient suppressed (account or global), is the account held?"""
+        """Is this recipient suppressed (account or global), is the account held? At most one round trip."""
         identity = message.identity
         assert identity is not None
         action = self.config.suppression.action_for(identity.account)

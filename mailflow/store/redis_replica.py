@@ -5,11 +5,11 @@ Most recipients are on no list. The filter answers "certainly not listed" for th
 round trip; a "maybe" (a listed key, or a rare false positive) goes to Redis as before, so the
 filter can be stale in one direction only: an entry added since the last refresh. Every change
 to the lists is logged (`GEN_KEY` counts changes, `LOG_KEY` keeps the recent ones with their
-keys), so a refresh is one GET while nothing changes and a short LRANGE when something did; a
+keys), so a refresh is two GETs while nothing changes and a short LRANGE when something did; a
 replica that fell too far behind, or a Redis that was flushed (a new random epoch), is rebuilt
-with HSCAN. A replica
-that has not refreshed within STALE_AFTER refresh intervals answers nothing: then every RCPT
-asks Redis, and Redis trouble meets the milter's on_error policy as it always did.
+with HSCAN. A replica that has not refreshed within STALE_AFTER refresh intervals answers
+nothing: then every RCPT asks Redis, and Redis trouble meets the milter's on_error policy as it
+always did.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mailflow.suppression.keyfilter import KeyFilter
 
 log = logging.getLogger("mailflow.store")
 
-GEN_KEY = "mailflow:{sup}:gen"  # one hash tag: the log script touches both keys
+GEN_KEY = "mailflow:{sup}:gen"  # one hash tag for the three: lua/log_change.lua touches them all
 LOG_KEY = "mailflow:{sup}:log"  # entries "GEN key key …", the newest LOG_LENGTH of them
 EPOCH_KEY = "mailflow:{sup}:epoch"  # random, set by the first change: a flushed Redis gets a new one
 LOG_LENGTH = 1000
