@@ -99,7 +99,7 @@ class Engine:
             message.recipients.append(recipient)
             return PASS
         account = identity.account
-        levels = message.levels
+        levels: tuple[float, ...] | Decision | None = message.levels
         if levels is None:
             levels = self._read_levels(message, account, policy, estimate=True)
         if isinstance(levels, Decision):
