@@ -16,7 +16,7 @@ from mailflow import accounts
 from mailflow.config import Config, RatePolicy
 from mailflow.forgery.policy import ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import MessageFacts
-from mailflow.log import log, log_decision
+from mailflow.log import DECISIONS, log, log_decision
 from mailflow.model import PASS, Client, Decision, Message, Reply, Verdict
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
@@ -242,12 +242,12 @@ class Engine:
         identity = message.identity
         assert identity is not None
         checker = self.ownership.checker()
-        findings = checker.headers(MessageFacts(identity.account, identity.source, message.sender, message.headers,
-                                                self.clock()))
+        facts = MessageFacts(identity.account, identity.source, message.sender, message.headers, self.clock())
+        findings = checker.headers(facts)
         if client.is_postfix_pickup and (envelope := checker.envelope(identity.account, message.sender)):
             findings.insert(0, envelope)
         bulk = self.config.bulk.policy_for(identity.account)
-        if bulk_problem := bulk_finding(message.headers, len(message.recipients), bulk.min_recipients):
+        if bulk_problem := bulk_finding(facts.by_name, len(message.recipients), bulk.min_recipients):
             findings.append(bulk_problem)
         actions = {**self.config.forgery.actions_for(identity.account), "missing_unsubscribe": bulk.missing_unsubscribe}
         return judge_findings(findings, actions)
@@ -259,6 +259,8 @@ class Engine:
         enforced = decision
         if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
+        if not DECISIONS.isEnabledFor(logging.INFO):  # at level warning, skip gathering the fields
+            return enforced
         log_decision(
             logging.INFO,
             stage=stage,

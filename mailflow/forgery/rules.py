@@ -8,6 +8,7 @@ lookalike on From) are skipped, but From: must still be one valid address.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from mailflow.forgery.lookalike import LookalikeIndex
 from mailflow.forgery.ownership import DomainDirectory
 
 UNIQUE_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID")
+_UNIQUE_CHECKED = tuple((name, name.lower()) for name in UNIQUE_HEADERS if name != "From")  # From: has its own rule
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,19 @@ class MessageFacts:
     sender: str  # MAIL FROM
     headers: Sequence[tuple[str, str]]
     now: datetime
+
+    @functools.cached_property
+    def by_name(self) -> defaultdict[str, list[str]]:
+        """Header values by lower-cased name, in order; built once for every check that reads it.
+        A name never seen reads as [] (and is then present as []: test values, not membership)."""
+        return header_index(self.headers)
+
+
+def header_index(headers: Sequence[tuple[str, str]]) -> defaultdict[str, list[str]]:
+    by_name: defaultdict[str, list[str]] = defaultdict(list)
+    for name, value in headers:
+        by_name[name.lower()].append(value)
+    return by_name
 
 
 class Checker:
@@ -63,12 +78,10 @@ class Checker:
                        "send from an address of your own domain")
 
     def headers(self, facts: MessageFacts) -> list[Finding]:
-        by_name: dict[str, list[str]] = defaultdict(list)
-        for name, value in facts.headers:
-            by_name[name.lower()].append(value)
+        by_name = facts.by_name
         findings = [Finding("duplicate_headers", "duplicate_headers",
-                            f"Message has {len(by_name[n.lower()])} {n}: headers; a message may carry only one")
-                    for n in UNIQUE_HEADERS if n != "From" and len(by_name[n.lower()]) > 1]
+                            f"Message has {len(by_name[lname])} {name}: headers; a message may carry only one")
+                    for name, lname in _UNIQUE_CHECKED if len(by_name[lname]) > 1]
 
         author = self._author(by_name["from"], findings)
         relayed = self._relays_others(facts, by_name)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 from mailflow.forgery.rules import Finding
 
@@ -12,22 +12,20 @@ _URI = re.compile(r"<\s*([^>]*)\s*>")
 ONE_CLICK = "list-unsubscribe=one-click"
 
 
-def bulk_finding(headers: Sequence[tuple[str, str]], recipients: int, min_recipients: int) -> Finding | None:
-    values: dict[str, list[str]] = {}
-    for name, value in headers:
-        values.setdefault(name.lower(), []).append(value.strip())
-    precedence = {v.lower() for v in values.get("precedence", [])}
-    is_bulk = bool(precedence & BULK_PRECEDENCE) or "list-id" in values or recipients >= min_recipients
+def bulk_finding(by_name: Mapping[str, list[str]], recipients: int, min_recipients: int) -> Finding | None:
+    """`by_name`: header values by lower-cased name (MessageFacts.by_name, rules.header_index)."""
+    precedence = {v.strip().lower() for v in by_name.get("precedence", ())}
+    is_bulk = bool(precedence & BULK_PRECEDENCE) or bool(by_name.get("list-id")) or recipients >= min_recipients
     if not is_bulk:
         return None
-    uris = [uri.strip().lower() for value in values.get("list-unsubscribe", []) for uri in _URI.findall(value)]
+    uris = [uri.strip().lower() for value in by_name.get("list-unsubscribe", ()) for uri in _URI.findall(value)]
     https = any(uri.startswith("https://") for uri in uris)
     mailto = any(uri.startswith("mailto:") for uri in uris)
     if not (https or mailto):
         return Finding("missing_unsubscribe", "missing_unsubscribe",
                        "Bulk mail must carry a List-Unsubscribe: header with an https or mailto URI (RFC 2369); "
                        "rule bulk.missing_unsubscribe")
-    one_click = any(v.replace(" ", "").lower() == ONE_CLICK for v in values.get("list-unsubscribe-post", []))
+    one_click = any(v.replace(" ", "").lower() == ONE_CLICK for v in by_name.get("list-unsubscribe-post", ()))
     if https and not one_click:
         return Finding("missing_unsubscribe", "missing_unsubscribe",
                        "Bulk mail with an https List-Unsubscribe: must carry "

@@ -22,11 +22,11 @@ class Keyring:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < MIN_SECRET_BYTES:
             raise ValueError(f"the suppression key must be at least {MIN_SECRET_BYTES} bytes")
-        self._mac_key = hmac.digest(secret, b"mailflow lookup", "sha256")
+        self._mac = _PreparedHmac(hmac.digest(secret, b"mailflow lookup", "sha256"))
         self._seal = AESGCM(hmac.digest(secret, b"mailflow seal", "sha256"))
 
     def lookup_key(self, kind: str, value: str) -> str:
-        return hmac.digest(self._mac_key, f"{kind}:{value}".encode(), "sha256")[:16].hex()
+        return self._mac.digest(f"{kind}:{value}".encode())[:16].hex()
 
     def seal(self, text: str) -> str:
         nonce = os.urandom(12)
@@ -38,6 +38,27 @@ class Keyring:
             return self._seal.decrypt(raw[:12], raw[12:], None).decode()
         except (ValueError, InvalidTag):
             return "(sealed with another key)"
+
+
+class _PreparedHmac:
+    """HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once: every RCPT
+    makes four of these, and OpenSSL's one-shot HMAC re-derives the key each time (about 4 µs
+    against under 1 µs here). Same output as hmac.digest(key, data, "sha256")."""
+
+    _BLOCK = 64  # SHA-256 block size
+
+    def __init__(self, key: bytes) -> None:
+        key = key if len(key) <= self._BLOCK else hashlib.sha256(key).digest()
+        key = key.ljust(self._BLOCK, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def digest(self, data: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(data)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def fingerprint(secret: bytes) -> str:

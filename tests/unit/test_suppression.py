@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mailflow.forgery.rules import header_index
 from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import EntryError, Matcher
 from mailflow.suppression.keys import Keyring
@@ -94,6 +96,14 @@ def test_keys_depend_on_the_secret_and_seal_round_trips() -> None:
         Keyring(b"short")
 
 
+@given(st.binary(min_size=16, max_size=100), st.text())
+def test_lookup_keys_are_hmac_sha256_whatever_the_secret(secret: bytes, value: str) -> None:
+    # The prepared HMAC must give exactly the keys a plain HMAC gives: stored entries depend on it.
+    mac_key = hmac.digest(secret, b"mailflow lookup", "sha256")
+    expected = hmac.digest(mac_key, f"addr:{value}".encode(), "sha256")[:16].hex()
+    assert Keyring(secret).lookup_key("addr", value) == expected
+
+
 @pytest.mark.parametrize("headers, recipients, problem", [
     ([], 24, None),
     ([], 25, "List-Unsubscribe: header"),
@@ -109,7 +119,7 @@ def test_keys_depend_on_the_secret_and_seal_round_trips() -> None:
       ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")], 1, "List-Unsubscribe: header"),  # no <>
 ])
 def test_bulk_gate(headers: list[tuple[str, str]], recipients: int, problem: str | None) -> None:
-    finding = bulk_finding(headers, recipients, 25)
+    finding = bulk_finding(header_index(headers), recipients, 25)
     assert (finding is None) == (problem is None)
     if problem:
         assert finding is not None and problem in finding.text
