@@ -21,9 +21,12 @@ check-config: bootstrap
 	$(VENV)/bin/mailflow check-config -c $(CONFIG)
 
 # Benchmarks are not tests: never part of `make test` or CI. Results go to bench/results/.
-bench: bootstrap
+# ANCHORS=rspamd adds rspamd (installed from Debian if missing) as a baseline through Postfix.
+ANCHORS ?=
+bench:
+	@EXTRA_DEBS="$(if $(findstring rspamd,$(ANCHORS)),rspamd)" scripts/bootstrap.sh
 	$(VENV)/bin/python -m pip install -q -r bench/requirements.lock
-	$(VENV)/bin/python -m bench.postfix
+	$(VENV)/bin/python -m bench.postfix --anchors "$(ANCHORS)"
 	$(VENV)/bin/python -m bench.plot
 	$(VENV)/bin/python -m bench.scale
 	$(VENV)/bin/python -m bench.suppression

@@ -15,10 +15,33 @@ from tests.helpers.servers import REPO, wait_for_port
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat fields after the command name (which may hold spaces): [0] is the state."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass  # gone meanwhile
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime + cutime + cstime of a process (children included), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICKS
+    """CPU seconds (user + system) of a process and its children, live ones (rspamd's workers)
+    included; a child that has exited counts through the parent's cutime/cstime."""
+    total = 0
+    for member in [pid, *children(pid)]:
+        try:
+            total += sum(int(_stat(member)[i]) for i in (11, 12, 13, 14))
+        except (OSError, ValueError, IndexError):
+            pass  # a child that exited between the listing and the read
+    return total / TICKS
 
 
 @contextmanager

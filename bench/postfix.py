@@ -3,11 +3,12 @@
 Through Postfix: smtp-source (one connection per message, 20 at once) -> a private Postfix on
 loopback -> the milter -> smtp-sink. Variants: Postfix without a milter, a null pymilter, the
 reference minimal policy milter (bench/reference_milter.py), mailflow on SQLite and on Redis
-with rate limiting, forgery checks, suppression and the bulk gate all on and nothing refused.
+with rate limiting, forgery checks, suppression and the bulk gate all on and nothing refused,
+and with `--anchors rspamd` rspamd as a rate-limiting milter (bench/rspamd.py).
 Interleaved rounds in rotating order after a warm-up; medians with min-max. Milter CPU per
-message comes from /proc/PID/stat. The milter alone: the replay client as a load generator.
+message comes from /proc/PID/stat (live child processes included). The milter alone: the replay client as a load generator.
 
-    .venv/bin/python -m bench.postfix [--messages 2000] [--rounds 3]
+    .venv/bin/python -m bench.postfix [--messages 2000] [--rounds 5] [--anchors rspamd]
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import subprocess
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from bench.harness import cpu_seconds, percentile, python_process, spread
+from bench.rspamd import rspamd_available, rspamd_milter
 from mailflow.milter.client import MilterClient
 from tests.helpers.postfix import PrivatePostfix
 from tests.helpers.servers import free_port, redis_server, write_config
@@ -114,6 +117,13 @@ def milter_alone(socket: str, messages: int, concurrency: int, rate: float | Non
             **{f"{stage}_p99_ms": round(percentile(v, 0.99), 3) for stage, v in stages.items()}}
 
 
+def paired(runs: dict[str, list[dict[str, float]]], name: str, base: str) -> dict[str, dict[str, float]]:
+    """Ratios of one variant to another, round by round (both ran back to back in each round)."""
+    pairs = list(zip(runs[name], runs[base]))
+    return {"accepted": spread([r["accepted_per_s"] / b["accepted_per_s"] for r, b in pairs]),
+            "cpu": spread([r["cpu_ms_per_msg"] / b["cpu_ms_per_msg"] for r, b in pairs])}
+
+
 def commandstats(client: redis.Redis) -> int:
     return sum(int(v["calls"]) for k, v in client.info("commandstats").items() if k != "cmdstat_info")
 
@@ -122,7 +132,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--anchors", default="", help="comma-separated optional anchors: rspamd")
     args = parser.parse_args()
+    anchors = {a for a in args.anchors.replace(",", " ").split()}
+    if anchors - {"rspamd"}:
+        parser.error(f"unknown anchor(s): {', '.join(sorted(anchors - {'rspamd'}))} (known: rspamd)")
+    if "rspamd" in anchors and not rspamd_available():
+        parser.error("rspamd is not installed (make bench ANCHORS=rspamd installs it)")
     os.environ["MAILFLOW_SUPPRESSION_KEY"] = KEY
     scratch = Path(tempfile.mkdtemp(prefix="mailflow-bench-"))
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -134,14 +150,20 @@ def main() -> None:
         for cfg in (cfg_sqlite, cfg_redis):  # a few entries, so the suppression lookups do real work
             subprocess.run([sys.executable, "-m", "mailflow", "suppress", "add", "-c", str(cfg),
                             *(f"optout{n}@example.net" for n in range(10))], check=True, capture_output=True)
-        with python_process("bench.null_milter", str(ports["null"]), port=ports["null"]) as null, \
-                python_process("bench.reference_milter", str(ports["reference"]), redis_url, port=ports["reference"]) as ref, \
-                python_process("mailflow", "run", "-c", str(cfg_sqlite), port=ports["mailflow_sqlite"]) as mf_sqlite, \
-                python_process("mailflow", "run", "-c", str(cfg_redis), port=ports["mailflow_redis"]) as mf_redis:
+        with ExitStack() as stack:
+            null = stack.enter_context(python_process("bench.null_milter", str(ports["null"]), port=ports["null"]))
+            ref = stack.enter_context(python_process("bench.reference_milter", str(ports["reference"]), redis_url,
+                                                     port=ports["reference"]))
+            mf_sqlite = stack.enter_context(python_process("mailflow", "run", "-c", str(cfg_sqlite),
+                                                           port=ports["mailflow_sqlite"]))
+            mf_redis = stack.enter_context(python_process("mailflow", "run", "-c", str(cfg_redis),
+                                                          port=ports["mailflow_redis"]))
             pids = {"postfix_only": None, "null_milter": null.pid, "reference": ref.pid,
                     "mailflow_sqlite": mf_sqlite.pid, "mailflow_redis": mf_redis.pid}
             milter_ports = {"postfix_only": None, "null_milter": ports["null"], "reference": ports["reference"],
                             "mailflow_sqlite": ports["mailflow_sqlite"], "mailflow_redis": ports["mailflow_redis"]}
+            if "rspamd" in anchors:
+                milter_ports["rspamd"], pids["rspamd"] = stack.enter_context(rspamd_milter(scratch, redis_port))
             mtas = {name: PrivatePostfix(port, sink_dump=False).start() for name, port in milter_ports.items()}
             try:
                 for name, mta in mtas.items():  # warm-up
@@ -161,16 +183,19 @@ def main() -> None:
             results["through_postfix"] = through
             results["rounds"] = runs
             # Paired by round (each round runs every variant back to back): steadier on a noisy machine.
-            results["paired_vs_reference"] = {
-                name: {"accepted": spread([r["accepted_per_s"] / ref["accepted_per_s"] for r, ref in zip(rs, runs["reference"])]),
-                       "cpu": spread([r["cpu_ms_per_msg"] / ref["cpu_ms_per_msg"] for r, ref in zip(rs, runs["reference"])])}
-                for name, rs in runs.items() if name in ("mailflow_sqlite", "mailflow_redis", "null_milter")}
+            compared = [name for name in ("mailflow_sqlite", "mailflow_redis", "null_milter", "rspamd") if name in runs]
+            results["paired_vs_reference"] = {name: paired(runs, name, "reference") for name in compared}
+            bases = ["postfix_only", "null_milter", "reference"]
+            if "rspamd" in runs:
+                bases.append("rspamd")
+                results["paired_vs_rspamd"] = {name: paired(runs, name, "rspamd")
+                                               for name in ("mailflow_sqlite", "mailflow_redis", "reference")}
             results["ratios"] = {
                 name: {"accepted_vs_" + base: round(med[name]["accepted_per_s"] / med[base]["accepted_per_s"], 3)
-                       for base in ("postfix_only", "null_milter", "reference")}
-                | {"cpu_vs_reference": round(med[name]["cpu_ms_per_msg"] / med["reference"]["cpu_ms_per_msg"], 2)
-                   if med["reference"]["cpu_ms_per_msg"] else None}
-                for name in ("mailflow_sqlite", "mailflow_redis", "null_milter")}
+                       for base in bases if base != name}
+                | {f"cpu_vs_{base}": round(med[name]["cpu_ms_per_msg"] / med[base]["cpu_ms_per_msg"], 2)
+                   for base in ("reference", "rspamd") if base in med and base != name and med[base]["cpu_ms_per_msg"]}
+                for name in compared}
 
             # The milter alone, and store round trips per message (Redis commandstats).
             client = redis.Redis.from_url(redis_url)
@@ -196,10 +221,11 @@ def summarise(results: dict[str, Any]) -> None:
                      f"e2e {metrics['e2e_per_s']['median']:7.1f} msg/s  milter CPU {cpu['median']:.2f} ms/msg")
     for name, ratios in results["ratios"].items():
         lines.append(f"  {name:<16} " + "  ".join(f"{k} {v}" for k, v in ratios.items()))
-    for name, paired in results["paired_vs_reference"].items():
-        acc, cpu = paired["accepted"], paired["cpu"]
-        lines.append(f"  {name:<16} per round vs reference: throughput {acc['median']:.3f} ({acc['min']:.2f}-{acc['max']:.2f}), "
-                     f"CPU {cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})")
+    for base in ("reference", "rspamd"):
+        for name, pair in results.get(f"paired_vs_{base}", {}).items():
+            acc, cpu = pair["accepted"], pair["cpu"]
+            lines.append(f"  {name:<16} per round vs {base}: throughput {acc['median']:.3f} ({acc['min']:.2f}-{acc['max']:.2f}), "
+                         f"CPU {cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})")
     for name, alone in results["milter_alone"].items():
         paced = alone["paced_200_per_s"]
         lines.append(f"  milter alone {name:<16} {alone['decisions_per_s']} decisions/s, eom p50 {alone['eom_p50_ms']} ms "

@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libicu-dev, pkg-config and g++ build PyICU (UTS #39 confusable skeletons for the lookalike rule).
-DEBS=(gcc g++ pkg-config libicu-dev python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules)
+# EXTRA_DEBS: more packages for one caller (make bench ANCHORS=rspamd adds rspamd).
+DEBS=(gcc g++ pkg-config libicu-dev python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules
+      ${EXTRA_DEBS:-})
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 
@@ -22,6 +24,12 @@ if ((${#missing[@]})); then
   # No system Postfix configuration: the system instance must never bind port 25 for us.
   echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   export DEBIAN_FRONTEND=noninteractive
+  # Tests and benchmarks start their own redis-server, Postfix and rspamd: installing one must
+  # not start the system's instance (policy-rc.d exit 101 = "do not start", only while we install).
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
