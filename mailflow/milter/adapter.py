@@ -2,7 +2,8 @@
 
 libmilter runs one thread per SMTP connection and creates one instance of this class per
 connection, so instance state needs no locks; the Engine and store are shared and thread-safe.
-Callbacks not defined here (helo, data, eoh, body, unknown) are negotiated away.
+Callbacks not defined here (helo, data, eoh, body, unknown) are negotiated away, and so is
+connect when the MTA can send the client's address as macros at MAIL (Postfix, Sendmail 8.14+).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from mailflow.engine import Engine
 from mailflow.model import Client, Decision, Message, Verdict
 
 log = logging.getLogger("mailflow.milter")
+
+# Asked for at MAIL (replacing the MTA's own list for that stage; at most 5 names): the login,
+# and the connection facts that make the CONNECT callback unnecessary.
+MAIL_MACROS = "{auth_authen} {client_addr} {client_port} {client_name}"
 
 _RETURN_CODES = {
     Verdict.CONTINUE: Milter.CONTINUE,
@@ -47,16 +52,35 @@ class MailflowMilter(Milter.Base):
 
     def __init__(self) -> None:
         self.conn_id = f"{Milter.uniqueID():x}"
-        self.client = Client()
+        self.client: Client | None = None  # from CONNECT, or from the macros at the first MAIL
         self.message: Message | None = None
 
     def negotiate(self, opts: list[int]) -> int:
         # Milter.Base.negotiate also looks up @symlist macro lists on every callback, for every
-        # connection; we ask for none, so only the protocol steps are negotiated (same result).
+        # connection; we do our own, smaller negotiation.
         self._actions, offered = opts[0], opts[1]
-        opts[1] = self._protocol = offered & ~self.protocol_mask()
+        needed = self.protocol_mask()
+        if self._actions & Milter.SETSYMLIST and self._ask_for_mail_macros():
+            # The client's address comes with MAIL: the CONNECT step (a callback into Python per
+            # connection) is not needed. An MTA that cannot send macro lists still gets connect().
+            needed &= ~Milter.P_NOCONNECT
+        opts[1] = self._protocol = offered & ~needed
         opts[2] = opts[3] = 0
         return Milter.CONTINUE
+
+    def _ask_for_mail_macros(self) -> bool:
+        try:  # the C call itself: Milter.Base.setsymlist hands it bytes, which it refuses
+            return self._ctx.setsymlist(Milter.M_ENVFROM, MAIL_MACROS) is None
+        except Milter.milter.error:
+            return False
+
+    def _client_from_macros(self) -> Client:
+        address = self.getsymval("{client_addr}") or None
+        if address and address[:5].lower() == "ipv6:":  # Sendmail's spelling of an IPv6 address
+            address = address[5:]
+        port = self.getsymval("{client_port}") or ""
+        return Client(hostname=self.getsymval("{client_name}") or "", address=address,
+                      port=int(port) if port.isdigit() else None)
 
     def apply(self, decision: Decision) -> int:
         if decision.reply is not None and decision.verdict in (Verdict.TEMPFAIL, Verdict.REJECT):
@@ -78,15 +102,28 @@ class MailflowMilter(Milter.Base):
         self.client = Client(hostname=hostname or "", address=address, port=port)
         return Milter.CONTINUE
 
+    # pymilter hands the envelope and header values over as bytes to these, whose defaults look
+    # up a per-method decoding strategy on every call; ours is fixed (the defaults' own).
+    def envfrom_bytes(self, sender: bytes, *esmtp: bytes) -> int:
+        return self.envfrom(sender.decode("utf-8", "surrogateescape"))
+
+    def envrcpt_bytes(self, recipient: bytes, *esmtp: bytes) -> int:
+        return self.envrcpt(recipient.decode("utf-8", "surrogateescape"))
+
+    def header_bytes(self, name: str, value: bytes) -> int:
+        return self.header(name, value.decode("utf-8", "surrogateescape"))
+
     @_guarded
     def envfrom(self, sender: str, *esmtp: str) -> int:
+        if self.client is None:
+            self.client = self._client_from_macros()
         self.message, decision = self.engine.mail(self.client, sender, self.getsymval("{auth_authen}"),
                                                   conn_id=self.conn_id)
         return self.apply(decision)
 
     @_guarded
     def envrcpt(self, recipient: str, *esmtp: str) -> int:
-        if self.message is None:
+        if self.message is None or self.client is None:
             return Milter.CONTINUE
         return self.apply(self.engine.rcpt(self.client, self.message, recipient, conn_id=self.conn_id))
 
@@ -102,7 +139,7 @@ class MailflowMilter(Milter.Base):
     @_guarded
     def eom(self) -> int:
         message, self.message = self.message, None
-        if message is None:
+        if message is None or self.client is None:
             return Milter.CONTINUE
         queue_id = self.getsymval("i") or ""
         return self.apply(self.engine.eom(self.client, message, queue_id=queue_id, conn_id=self.conn_id))

@@ -1,15 +1,18 @@
 """The MTA side of the milter protocol: drive a running milter as Postfix would.
 
 miltertest supplies the wire codec; this module adds what a test or replay needs on top:
-honouring the steps and replies the milter negotiated away, and turning answers into
+honouring the steps and replies the milter negotiated away and the macro lists it asked for
+(sending the client's address at MAIL when it skipped CONNECT), and turning answers into
 SMTP-like replies ("451 4.7.1 …", "accept") that can be compared with expectations.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass, field
 
+from miltertest import codec
 from miltertest import constants as C
 from miltertest.client import MilterConnection
 
@@ -22,6 +25,9 @@ _NOREPLY = {C.SMFIC_CONNECT: C.SMFIP_NR_CONN, C.SMFIC_HELO: C.SMFIP_NR_HELO, C.S
             C.SMFIC_BODY: C.SMFIP_NR_BODY, C.SMFIC_DATA: C.SMFIP_NR_DATA}
 _WORDS = {C.SMFIR_CONTINUE: "continue", C.SMFIR_ACCEPT: "accept", C.SMFIR_REJECT: "reject",
           C.SMFIR_TEMPFAIL: "tempfail", C.SMFIR_DISCARD: "discard", C.SMFIR_SKIP: "continue"}
+_MACRO_STAGES = {C.SMFIM_CONNECT: C.SMFIC_CONNECT, C.SMFIM_HELO: C.SMFIC_HELO, C.SMFIM_ENVFROM: C.SMFIC_MAIL,
+                 C.SMFIM_ENVRCPT: C.SMFIC_RCPT, C.SMFIM_DATA: C.SMFIC_DATA, C.SMFIM_EOM: C.SMFIC_BODYEOB,
+                 C.SMFIM_EOH: C.SMFIC_EOH}
 _FAMILIES = {"4": C.SMFIA_INET, "6": C.SMFIA_INET6, "unix": C.SMFIA_UNIX, "unknown": C.SMFIA_UNKNOWN}
 
 
@@ -67,7 +73,9 @@ CONTINUE = Response("continue")
 class MilterClient:
     """One SMTP connection's worth of milter conversation (as many messages as you like)."""
 
-    def __init__(self, spec: str, timeout: float = 10.0) -> None:
+    def __init__(self, spec: str, timeout: float = 10.0, actions: int = C.SMFI_V6_ACTS) -> None:
+        """`actions`: what this MTA offers; without SMFIF_SETSYMLIST it acts as an MTA that cannot
+        send the macro lists a milter asks for."""
         family, address = parse_socket(spec)
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -76,12 +84,32 @@ class MilterClient:
         try:
             self.sock.connect(address)  # type: ignore[arg-type]
             self.conn = MilterConnection(self.sock)
-            self.conn.optneg_mta()
+            self.macro_lists = self._negotiate(actions)
         except Exception as exc:  # OSError or a codec error
             self.sock.close()
             raise MilterClientError(f"cannot talk to milter at {spec}: {exc}") from exc
         self.protocol: int = self.conn.protocol_flags or 0
         self.message_done = False  # the milter gave a final answer for the current message
+        self.connection_macros: dict[str, str] = {}  # what an MTA knows of the connection
+
+    def _negotiate(self, offered_actions: int) -> dict[str, tuple[str, ...]]:
+        """Option negotiation as an MTA; returns the macro lists the milter asked for, by step.
+        (miltertest's own negotiation refuses a reply that carries macro lists.)"""
+        actions, protocol = codec.optneg_mta_capable(offered_actions, C.SMFI_V6_PROT)
+        self.sock.sendall(codec.encode_optneg(actions, protocol))
+        header = _read_exactly(self.sock, 5)
+        length, cmd = struct.unpack("!Lc", header)
+        payload = _read_exactly(self.sock, length - 1)
+        if cmd.decode() != C.SMFIC_OPTNEG or len(payload) < 12:
+            raise MilterClientError(f"bad reply to option negotiation: {cmd!r}")
+        _, self.conn.action_flags, self.conn.protocol_flags = struct.unpack("!LLL", payload[:12])
+        lists, rest = {}, payload[12:]
+        while len(rest) >= 4:
+            (stage,), rest = struct.unpack("!L", rest[:4]), rest[4:]
+            names, _, rest = rest.partition(b"\0")
+            if stage in _MACRO_STAGES:
+                lists[_MACRO_STAGES[stage]] = tuple(names.decode().split())
+        return lists
 
     def close(self) -> None:
         try:
@@ -100,6 +128,8 @@ class MilterClient:
 
     def connect(self, hostname: str, address: str, port: int = 0, family: str = "4",
                 macros: dict[str, str] | None = None) -> Response:
+        # Like Postfix, offer these at any later step whose macro list asks for them.
+        self.connection_macros = {"{client_addr}": address, "{client_port}": str(port), "{client_name}": hostname}
         return self._step(C.SMFIC_CONNECT, macros, hostname=hostname, family=_FAMILIES[family],
                           port=port, address=address)
 
@@ -128,8 +158,7 @@ class MilterClient:
     def eom(self, macros: dict[str, str] | None = None) -> Response:
         if self.message_done:
             return Response("accept")
-        if macros:
-            self.conn.send_macro(C.SMFIC_BODYEOB, **macros)
+        self._send_macros(C.SMFIC_BODYEOB, macros)
         self.conn._send(C.SMFIC_BODYEOB)
         response = Response("continue")
         while True:
@@ -156,8 +185,7 @@ class MilterClient:
             return Response("accept")
         if self.protocol & _SKIP.get(cmd, 0):
             return CONTINUE
-        if macros:
-            self.conn.send_macro(cmd, **macros)
+        self._send_macros(cmd, macros)
         try:
             self.conn._send(cmd, **fields)
         except OSError as exc:
@@ -170,6 +198,16 @@ class MilterClient:
         if response.action in ("accept", "discard") or (cmd == C.SMFIC_MAIL and response.action != "continue"):
             self.message_done = True
         return response
+
+    def _send_macros(self, cmd: str, macros: dict[str, str] | None) -> None:
+        """The step's macros; where the milter asked for a list, exactly the names on it that
+        this connection knows (the connection's facts included), as Postfix and Sendmail do."""
+        wanted = self.macro_lists.get(cmd)
+        if wanted is not None:
+            known = {**self.connection_macros, **(macros or {})}
+            macros = {name: known[name] for name in wanted if name in known}
+        if macros:
+            self.conn.send_macro(cmd, **macros)
 
     def _recv(self) -> tuple[str, dict[str, object]]:
         try:
@@ -191,6 +229,16 @@ class MilterClient:
             response.action = _WORDS[cmd]
         else:
             raise MilterClientError(f"unexpected milter reply {cmd!r}")
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise MilterClientError("milter closed the connection during negotiation")
+        data += chunk
+    return data
 
 
 def _bracket(address: str) -> str:

@@ -24,8 +24,8 @@ def serve(config: Config) -> None:
                     redact_url(config.store.url), exc, config.milter.on_error)
     engine = MailflowMilter.engine = Engine(config, store)
     Milter.factory = MailflowMilter
-    # Ask only for the actions we use, so the MTA knows what to expect.
-    Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT)
+    # Ask only for the actions we use, so the MTA knows what to expect (SETSYMLIST: see adapter).
+    Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT | Milter.SETSYMLIST)
     # Last-resort net under our own per-callback guard.
     Milter.set_exception_policy(Milter.TEMPFAIL)
     log.info("mailflow listening on %s (mode=%s, store=%s, on_error=%s)",

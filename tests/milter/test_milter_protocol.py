@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from miltertest import constants as C
 
 from mailflow.milter.client import MilterClient
 from tests.helpers.servers import MilterProcess
@@ -107,6 +108,24 @@ def test_trusted_ip_submission(start_milter: Callable[..., MilterProcess], store
     send(milter, "app@customer.example", ["a@x.example"], client=("web2", "192.0.2.99", 3333))
     accounts = [(d["source"], d["account"]) for d in milter.decisions()]
     assert accounts == [("trusted_ip", "web.example"), ("trusted_ip", "customer.example")]
+
+
+@pytest.mark.parametrize("macro_lists", [True, False], ids=["client-from-mail-macros", "client-from-connect"])
+def test_the_client_address_reaches_the_policy_with_or_without_macro_lists(
+        start_milter: Callable[..., MilterProcess], store_url: str, macro_lists: bool) -> None:
+    milter = start_milter(config(store_url, accounts={"ip_map": {"192.0.2.0/28": "web.example"}}))
+    actions = C.SMFI_V6_ACTS if macro_lists else C.SMFI_V6_ACTS & ~C.SMFIF_SETSYMLIST
+    with MilterClient(milter.socket, actions=actions) as c:
+        # An MTA that sends the client's address at MAIL does not need the CONNECT step.
+        assert bool(c.protocol & C.SMFIP_NOCONNECT) is macro_lists
+        assert ("{client_addr}" in c.macro_lists.get(C.SMFIC_MAIL, ())) is macro_lists
+        c.connect("web1", "192.0.2.5", 3333)
+        assert c.mail("app@web.example").action == "continue"
+        assert c.rcpt("a@x.example").action == "continue"
+        c.header("From", "app@web.example")
+        assert c.eom().action == "continue"
+    [decision] = milter.decisions()
+    assert (decision["source"], decision["account"], decision["client"]) == ("trusted_ip", "web.example", "192.0.2.5")
 
 
 def test_postfix_pickup_is_judged_at_end_of_message(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
