@@ -9,6 +9,7 @@ connect when the MTA can send the client's address as macros at MAIL (Postfix, S
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +17,15 @@ from typing import Any
 import Milter
 
 from mailflow.engine import Engine
-from mailflow.model import Client, Decision, Message, Verdict
+from mailflow.model import PASS, Client, Decision, Message, Verdict
 
 log = logging.getLogger("mailflow.milter")
 
 # Asked for at MAIL (replacing the MTA's own list for that stage; at most 5 names): the login,
 # and the connection facts that make the CONNECT callback unnecessary.
 MAIL_MACROS = "{auth_authen} {client_addr} {client_port} {client_name}"
+
+_connection_ids = itertools.count(1)  # next() is atomic under the GIL: no lock per connection
 
 _RETURN_CODES = {
     Verdict.CONTINUE: Milter.CONTINUE,
@@ -51,7 +54,7 @@ class MailflowMilter(Milter.Base):
     engine: Engine  # set on the class by server.serve()
 
     def __init__(self) -> None:
-        self.conn_id = f"{Milter.uniqueID():x}"
+        self.conn_id = f"{next(_connection_ids):x}"
         self.client: Client | None = None  # from CONNECT, or from the macros at the first MAIL
         self.message: Message | None = None
 
@@ -83,6 +86,8 @@ class MailflowMilter(Milter.Base):
                       port=int(port) if port.isdigit() else None)
 
     def apply(self, decision: Decision) -> int:
+        if decision is PASS:  # nearly every answer: nothing to set or change
+            return Milter.CONTINUE
         if decision.reply is not None and decision.verdict in (Verdict.TEMPFAIL, Verdict.REJECT):
             reply = decision.reply
             self.setreply(reply.code, reply.status, reply.text.replace("%", "%%"))
