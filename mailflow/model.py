@@ -59,21 +59,22 @@ class Client:
     hostname: str = ""
     address: str | None = None
     port: int | None = None
+    # Worked out once, here: functools.cached_property (Python 3.11) takes one lock shared by
+    # every instance, and milter threads queued on it showed up in profiles through Postfix.
+    on_this_host: bool = field(init=False, repr=False, compare=False)
+    is_postfix_pickup: bool = field(init=False, repr=False, compare=False)  # see __post_init__
+
+    def __post_init__(self) -> None:
+        ip = self.ip
+        on_this_host = ip is not None and ip.is_loopback
+        object.__setattr__(self, "on_this_host", on_this_host)
+        # Postfix hands locally submitted mail (sendmail/pickup) to non_smtpd_milters as a
+        # connection from the loopback address with port 0.
+        object.__setattr__(self, "is_postfix_pickup", on_this_host and self.port == 0)
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         return _parse_ip(self.address) if self.address else None
-
-    @functools.cached_property
-    def on_this_host(self) -> bool:
-        ip = self.ip
-        return ip is not None and ip.is_loopback
-
-    @functools.cached_property
-    def is_postfix_pickup(self) -> bool:
-        """Postfix hands locally submitted mail (sendmail/pickup) to non_smtpd_milters as a
-        connection from the loopback address with port 0."""
-        return self.on_this_host and self.port == 0
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,9 @@ lookalike on From) are skipped, but From: must still be one valid address.
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -37,12 +36,12 @@ class MessageFacts:
     sender: str  # MAIL FROM
     headers: Sequence[tuple[str, str]]
     now: datetime
+    # Header values by lower-cased name, in order; built once for every check that reads it.
+    # A name never seen reads as [] (and is then present as []: test values, not membership).
+    by_name: defaultdict[str, list[str]] = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def by_name(self) -> defaultdict[str, list[str]]:
-        """Header values by lower-cased name, in order; built once for every check that reads it.
-        A name never seen reads as [] (and is then present as []: test values, not membership)."""
-        return header_index(self.headers)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", header_index(self.headers))
 
 
 def header_index(headers: Sequence[tuple[str, str]]) -> defaultdict[str, list[str]]:

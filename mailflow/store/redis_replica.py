@@ -74,8 +74,9 @@ class SuppressionReplica:
         key_filter = self._filter
         if key_filter is None or not self.ready:
             return None
-        if any(key_filter.might_contain(key) for key in keys):
-            return None
+        for key in keys:
+            if key_filter.might_contain(key):
+                return None
         return SuppressionLookup((), self._held.get(account), None)
 
     def note_held(self, account: str, value: str) -> None:

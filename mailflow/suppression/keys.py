@@ -42,8 +42,9 @@ class Keyring:
 
 class _PreparedHmac:
     """HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once: every RCPT
-    makes four of these, and OpenSSL's one-shot HMAC re-derives the key each time (about 4 µs
-    against under 1 µs here). Same output as hmac.digest(key, data, "sha256")."""
+    makes four of these. OpenSSL's one-shot HMAC looks the algorithm up and re-derives the key
+    each time: about 4 µs against under 1 µs here, and inside a busy milter (measured through
+    Postfix) 18 µs against 2. Same output as hmac.digest(key, data, "sha256")."""
 
     _BLOCK = 64  # SHA-256 block size
 
