@@ -8,6 +8,7 @@ lookalike on From) are skipped, but From: must still be one valid address.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from email.utils import parsedate_to_datetime
 from mailflow.forgery.addresses import AddressError, Mailbox, domains_in_text, envelope_domain, parse_mailboxes, parse_single_mailbox
 from mailflow.forgery.lookalike import LookalikeIndex
 from mailflow.forgery.ownership import DomainDirectory
+
+# Date: lines repeat within a second, so a busy milter sees each one many times (the parse is
+# a good share of a message's checks). A malformed one raises and is never cached.
+_parse_date = functools.lru_cache(maxsize=256)(parsedate_to_datetime)
 
 UNIQUE_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID")
 _UNIQUE_CHECKED = tuple((name, name.lower()) for name in UNIQUE_HEADERS if name != "From")  # From: has its own rule
@@ -174,7 +179,7 @@ class Checker:
                 found.append(Finding("soft_signals", "reply_to_domain", f"Reply-To: at {foreign[0]}, not your domain"))
         for value in by_name["date"][:1]:
             try:
-                date = parsedate_to_datetime(value)
+                date = _parse_date(value)
                 if date.tzinfo is None:
                     date = date.replace(tzinfo=timezone.utc)
                 skewed = abs((facts.now - date).total_seconds()) > self.max_skew
