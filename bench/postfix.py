@@ -72,7 +72,8 @@ def run_through_postfix(mta: PrivatePostfix, pid: int | None, messages: int) -> 
 def milter_alone(socket: str, messages: int, concurrency: int, rate: float | None = None,
                  accounts: int = 0) -> dict[str, Any]:
     """Sessions through the milter protocol; per-stage latency in ms. `rate` paces messages/s;
-    `accounts` spreads the messages over that many authenticated accounts (acctN.example)."""
+    `accounts` spreads the messages over that many authenticated accounts (acctN.example), each
+    message with a sender address of its own."""
     stages: dict[str, list[float]] = {"mail": [], "rcpt": [], "eom": []}
     lock = threading.Lock()
     counter = iter(range(messages))
@@ -85,9 +86,9 @@ def milter_alone(socket: str, messages: int, concurrency: int, rate: float | Non
                 if delay > 0:
                     time.sleep(delay)
             sender, macros = "a@example.com", None
-            if accounts:
+            if accounts:  # a From: line never seen before, whatever the number of accounts
                 domain = f"acct{n * 7919 % accounts}.example"
-                sender, macros = f"user@{domain}", {"{auth_authen}": domain}
+                sender, macros = f"user{n}@{domain}", {"{auth_authen}": domain}
             with MilterClient(socket) as c:
                 c.connect("mua.example", "127.0.0.1", 40000)
                 t0 = time.perf_counter()
