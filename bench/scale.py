@@ -1,10 +1,9 @@
 """Does the cost per message stay flat as accounts grow? 10, 10,000 and 1,000,000 accounts
 holding live buckets, each size in a Redis of its own with a mailflow milter of its own (Redis,
 all checks on), measured milter-alone in interleaved rounds of rotating order (medians of
-decisions/s, latency and the milter's CPU per message): once
-with one sending account, once with every message from another of the live accounts (no level
-this milter saw lately to go on, and a sender address never seen, at every size). Also Redis
-memory per active account.
+decisions/s, latency and the milter's CPU per message): once with one sending account, once
+with every message from another of the live accounts (no level this milter saw lately to go
+on, and a sender address never seen, at every size). Also Redis memory per active account.
 
     .venv/bin/python -m bench.scale [--sizes 10,10000,1000000] [--messages 2000] [--rounds 3]
 """
