@@ -7,6 +7,7 @@ returns. Store failures become the configured `on_error` decision here, with a l
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -14,10 +15,10 @@ from typing import TypeVar
 
 from mailflow import accounts
 from mailflow.config import Config, RatePolicy
-from mailflow.forgery.policy import ForgeryVerdict, Ownership, judge_findings
-from mailflow.forgery.rules import MessageFacts
+from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
+from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.log import DECISIONS, log, log_decision
-from mailflow.model import PASS, Client, Decision, Message, Reply, Verdict
+from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
@@ -45,6 +46,9 @@ class Engine:
         self.matcher = Matcher(
             AddressForms(suppression.case_sensitive_local_part, suppression.strip_subaddress), Keyring(suppression.secret)
         ) if suppression.enabled else None
+        # A sender's MAIL FROM repeats message after message: who it is and whether its envelope
+        # is its own are worked out once per (ownership data, client address, login, sender).
+        self._judge_sender = functools.lru_cache(maxsize=8192)(self._judge_sender_uncached)
 
     # -- what the MTA does when things break ---------------------------------------------
 
@@ -65,17 +69,25 @@ class Engine:
 
     def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
         message = Message(sender=sender)
-        identity = message.identity = accounts.identify(self.config.accounts, client, auth_login, sender)
+        identity, verdict = self._judge_sender(self.ownership.checker(), client.address, auth_login, sender)
+        message.identity = identity
         if identity is None:
             return message, INBOUND
         if client.is_postfix_pickup:
             return message, PASS  # judged at end of message, like everything local
-        finding = self.ownership.checker().envelope(identity.account, sender)
-        verdict = judge_findings([finding] if finding else [], self.config.forgery.actions_for(identity.account))
         if verdict.decision is not None and verdict.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
             return message, self._finish("mail", client, message, verdict.decision, conn_id=conn_id,
                                          forgery=verdict.summary)
         return message, PASS
+
+    def _judge_sender_uncached(self, checker: Checker, address: str | None, auth_login: str | None,
+                               sender: str) -> tuple[Identity | None, ForgeryVerdict]:
+        # identify() reads only the client's address (loopback? trusted network?), never its port.
+        identity = accounts.identify(self.config.accounts, Client(address=address), auth_login, sender)
+        if identity is None:
+            return None, NOTHING_FOUND
+        finding = checker.envelope(identity.account, sender)
+        return identity, judge_findings([finding] if finding else [], self.config.forgery.actions_for(identity.account))
 
     def rcpt(self, client: Client, message: Message, recipient: str, conn_id: str = "") -> Decision:
         identity = message.identity

@@ -26,6 +26,9 @@ class Reply:
         return f"{self.code} {self.status} {self.text}"
 
 
+_REFUSALS = frozenset((Verdict.TEMPFAIL, Verdict.REJECT, Verdict.HOLD))
+
+
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
@@ -33,23 +36,30 @@ class Decision:
     reply: Reply | None = None
     add_headers: tuple[tuple[str, str], ...] = ()  # e.g. X-Mailflow-Policy on tagged mail
     remove_recipients: tuple[str, ...] = ()  # suppressed recipients of local mail (delrcpt)
+    # Set once here, not a property: asked several times per RCPT, of mostly the same few objects.
+    refuses: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def refuses(self) -> bool:
-        return self.verdict in (Verdict.TEMPFAIL, Verdict.REJECT, Verdict.HOLD)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "refuses", self.verdict in _REFUSALS)
 
 
 PASS = Decision(Verdict.CONTINUE, "ok")
 
 
-# Cached across connections: MTAs connect from a handful of addresses, and parsing one for
-# every connection showed up in profiles.
+# Cached across connections: MTAs connect from a handful of addresses, and parsing one (or
+# asking ipaddress whether it is loopback) for every connection showed up in profiles.
 @functools.lru_cache(maxsize=4096)
 def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(address)
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_loopback(address: str) -> bool:
+    ip = _parse_ip(address)
+    return ip is not None and ip.is_loopback
 
 
 @dataclass(frozen=True)
@@ -65,8 +75,7 @@ class Client:
     is_postfix_pickup: bool = field(init=False, repr=False, compare=False)  # see __post_init__
 
     def __post_init__(self) -> None:
-        ip = self.ip
-        on_this_host = ip is not None and ip.is_loopback
+        on_this_host = self.address is not None and _is_loopback(self.address)
         object.__setattr__(self, "on_this_host", on_this_host)
         # Postfix hands locally submitted mail (sendmail/pickup) to non_smtpd_milters as a
         # connection from the loopback address with port 0.

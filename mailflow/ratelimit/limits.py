@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PERIOD_SECONDS: dict[str, int] = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 
@@ -21,11 +21,11 @@ class Limit:
     count: int
     period: str
     capacity: int
+    rate: float = field(init=False, repr=False, compare=False)  # tokens refilled per second
 
-    @property
-    def rate(self) -> float:
-        """Tokens refilled per second."""
-        return self.count / PERIOD_SECONDS[self.period]
+    def __post_init__(self) -> None:
+        # Worked out once: read for every bucket of every recipient and message.
+        object.__setattr__(self, "rate", self.count / PERIOD_SECONDS[self.period])
 
     def __str__(self) -> str:
         text = f"{self.count}/{self.period}"

@@ -25,21 +25,25 @@ MAX_ACCOUNTS = 50_000  # past this, forget what is too old to use
 class RecentLevels:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._seen: dict[tuple[str, tuple[Limit, ...]], tuple[float, tuple[float, ...]]] = {}
+        # account -> (when, the limits the levels are for, the levels). Keyed by the account
+        # alone: hashing the limits on every RCPT costs more than comparing them.
+        self._seen: dict[str, tuple[float, tuple[Limit, ...], tuple[float, ...]]] = {}
 
     def remember(self, account: str, limits: Sequence[Limit], levels: Sequence[float]) -> None:
         now = self._clock()
         if len(self._seen) >= MAX_ACCOUNTS:
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] <= MAX_AGE}
-        self._seen[(account, tuple(limits))] = (now, tuple(levels))
+        self._seen[account] = (now, tuple(limits), tuple(levels))
 
     def recall(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...] | None:
         """The levels now, or None when this process has not seen them within MAX_AGE."""
-        seen = self._seen.get((account, tuple(limits)))
+        seen = self._seen.get(account)
         now = self._clock()
         if seen is None or now - seen[0] > MAX_AGE:
             return None
-        at, levels = seen
+        at, seen_limits, levels = seen
+        if seen_limits is not limits and seen_limits != tuple(limits):
+            return None
         return tuple(current_level(BucketState(level, at), limit.rate, now) for level, limit in zip(levels, limits))
 
     def estimate(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -41,6 +42,12 @@ class Entry:
         return cls(key, reason, int(added_at or 0), source, sealed)
 
 
+@functools.lru_cache(maxsize=16384)
+def _domain_keys(keyring: Keyring, domain: str) -> tuple[str, ...]:
+    """Cached: recipient domains repeat far more than addresses (a few providers hold most mailboxes)."""
+    return tuple(keyring.lookup_key("domain", d) for d in domain_and_parents(domain))
+
+
 @dataclass(frozen=True)
 class Matcher:
     """Turns addresses into lookup keys, the same way for entries and for recipients."""
@@ -71,10 +78,10 @@ class Matcher:
     def recipient_keys(self, recipient: str) -> list[str]:
         """Every key under which an entry would suppress this recipient."""
         canonical = self.forms.canonical(recipient)
-        keys = [self.keyring.lookup_key("addr", self.forms.family(canonical))]  # idempotent: canonical in, same out
+        keys = [self.keyring.lookup_key("addr", self.forms.family_of_canonical(canonical))]
         _, at, domain = canonical.rpartition("@")
         if at:
-            keys += [self.keyring.lookup_key("domain", d) for d in domain_and_parents(domain)]
+            keys += _domain_keys(self.keyring, domain)
         keys += [self.keyring.lookup_key(kind, digest) for kind, digest in broker_hashes(canonical)]
         return keys
 

@@ -31,7 +31,9 @@ class AddressForms:
         return f"{_local(local, self.case_sensitive_local_part)}@{canonical_domain(domain)}"
 
     def family(self, address: str) -> str:
-        canonical = self.canonical(address)
+        return self.family_of_canonical(self.canonical(address))
+
+    def family_of_canonical(self, canonical: str) -> str:
         local, at, domain = canonical.rpartition("@")
         if not at:
             return canonical
