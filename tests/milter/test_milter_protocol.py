@@ -302,12 +302,19 @@ def test_domains_added_to_the_store_reach_a_running_milter(start_milter: Callabl
     def send_as_brand() -> str:
         return str(authenticated_message(milter, [("From", "hello@shop-brand.example")]).smtp)
 
+    def mail_from_brand() -> str:  # the MAIL verdict is cached per sender: the refresh must reach it too
+        with MilterClient(milter.socket) as c:
+            c.connect("mua", "198.51.100.20", 1)
+            return str(c.mail("hello@shop-brand.example", macros=AUTH).smtp)
+
     assert send_as_brand().startswith("550 5.7.1 From: header domain shop-brand.example is not one of your domains")
+    assert mail_from_brand().startswith("550 5.7.1 Envelope sender domain shop-brand.example is not one of your")
     store = open_store(store_url)
     store.add_domain("shop.example", "shop-brand.example")
     store.close()
     time.sleep(1.2)  # the milter re-reads owned domains every domains_refresh_seconds
     assert send_as_brand() == "continue"
+    assert mail_from_brand() == "continue"
 
 
 def test_local_mail_to_a_suppressed_recipient_drops_that_recipient(
