@@ -22,8 +22,9 @@ from mailflow.model import PASS, Client, Decision, Message, Verdict
 log = logging.getLogger("mailflow.milter")
 
 # Asked for at MAIL (replacing the MTA's own list for that stage; at most 5 names): the login,
-# and the connection facts that make the CONNECT callback unnecessary.
-MAIL_MACROS = "{auth_authen} {client_addr} {client_port} {client_name}"
+# and the connection facts that make the CONNECT callback unnecessary. Only these: every name
+# asked for is a lookup per message, and the policy never reads the client's host name.
+MAIL_MACROS = "{auth_authen} {client_addr} {client_port}"
 
 _connection_ids = itertools.count(1)  # next() is atomic under the GIL: no lock per connection
 
@@ -78,12 +79,12 @@ class MailflowMilter(Milter.Base):
             return False
 
     def _client_from_macros(self) -> Client:
-        address = self.getsymval("{client_addr}") or None
+        getsymval = self._ctx.getsymval  # the C call itself, as for every macro read per message
+        address = getsymval("{client_addr}") or None
         if address and address[:5].lower() == "ipv6:":  # Sendmail's spelling of an IPv6 address
             address = address[5:]
-        port = self.getsymval("{client_port}") or ""
-        return Client(hostname=self.getsymval("{client_name}") or "", address=address,
-                      port=int(port) if port.isdigit() else None)
+        port = getsymval("{client_port}") or ""
+        return Client(address=address, port=int(port) if port.isdigit() else None)
 
     def apply(self, decision: Decision) -> int:
         if decision is PASS:  # nearly every answer: nothing to set or change
@@ -122,7 +123,7 @@ class MailflowMilter(Milter.Base):
     def envfrom(self, sender: str, *esmtp: str) -> int:
         if self.client is None:
             self.client = self._client_from_macros()
-        self.message, decision = self.engine.mail(self.client, sender, self.getsymval("{auth_authen}"),
+        self.message, decision = self.engine.mail(self.client, sender, self._ctx.getsymval("{auth_authen}"),
                                                   conn_id=self.conn_id)
         return self.apply(decision)
 
@@ -146,7 +147,7 @@ class MailflowMilter(Milter.Base):
         message, self.message = self.message, None
         if message is None or self.client is None:
             return Milter.CONTINUE
-        queue_id = self.getsymval("i") or ""
+        queue_id = self._ctx.getsymval("i") or ""
         return self.apply(self.engine.eom(self.client, message, queue_id=queue_id, conn_id=self.conn_id))
 
     def abort(self) -> int:
