@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -56,6 +57,29 @@ def header_index(headers: Sequence[tuple[str, str]]) -> defaultdict[str, list[st
     return by_name
 
 
+class AuthorHeaders(NamedTuple):
+    """All that the author checks read of a message's headers, and so their memo key: a sender's
+    From:, Sender: and Reply-To: lines repeat message after message, its Message-ID never does.
+    (A tuple, not a dataclass: built and hashed once per message.)"""
+
+    counts: tuple[int, ...]  # how many of each of _UNIQUE_CHECKED
+    froms: tuple[str, ...]
+    senders: tuple[str, ...]
+    reply_to: tuple[str, ...]  # the first Reply-To:, if any
+    resent: tuple[str, ...]  # the first Resent-From:, else the first Resent-Sender:
+    listed: bool  # List-Id: or List-Post:
+    received: bool  # any Received:
+
+    @classmethod
+    def of(cls, by_name: Mapping[str, list[str]]) -> AuthorHeaders:
+        get = by_name.get  # not [ ]: a defaultdict would grow an entry for every name asked
+        none: list[str] = []
+        return cls(tuple([len(get(lname) or none) for _, lname in _UNIQUE_CHECKED]),
+                   tuple(get("from") or none), tuple(get("sender") or none), tuple((get("reply-to") or none)[:1]),
+                   tuple((get("resent-from") or get("resent-sender") or none)[:1]),
+                   bool(get("list-id") or get("list-post")), bool(get("received")))
+
+
 class Checker:
     """The checks, bound to who owns what and what is worth protecting."""
 
@@ -63,6 +87,8 @@ class Checker:
         self.directory = directory
         self.lookalikes = lookalikes
         self.max_skew = max_date_skew_hours * 3600
+        # Per checker: new ownership data is a new checker, so nothing outlives what it was judged on.
+        self._author_findings = functools.lru_cache(maxsize=8192)(self._judge_author)
 
     def _yours(self, account: str) -> str:
         owned = self.directory.owned_domains(account)
@@ -82,14 +108,18 @@ class Checker:
                        "send from an address of your own domain")
 
     def headers(self, facts: MessageFacts) -> list[Finding]:
-        by_name = facts.by_name
-        findings = [Finding("duplicate_headers", "duplicate_headers",
-                            f"Message has {len(by_name[lname])} {name}: headers; a message may carry only one")
-                    for name, lname in _UNIQUE_CHECKED if len(by_name[lname]) > 1]
+        findings = list(self._author_findings(facts.account, facts.source, facts.sender, AuthorHeaders.of(facts.by_name)))
+        for value in facts.by_name.get("date", [])[:1]:  # apart: the only check that depends on the clock
+            findings += self._date_skew(value, facts.now)
+        return findings
 
-        author = self._author(by_name["from"], findings)
-        relayed = self._relays_others(facts, by_name)
-        account = facts.account
+    def _judge_author(self, account: str, source: str, sender: str, headers: AuthorHeaders) -> tuple[Finding, ...]:
+        findings = [Finding("duplicate_headers", "duplicate_headers",
+                            f"Message has {count} {name}: headers; a message may carry only one")
+                    for (name, _), count in zip(_UNIQUE_CHECKED, headers.counts) if count > 1]
+
+        author = self._author(headers.froms, findings)
+        relayed = self._relays_others(account, sender, headers)
         if author and not relayed:
             if not self.directory.owns_address(account, author.address):
                 findings.append(Finding("from_domain", "from_domain",
@@ -100,12 +130,12 @@ class Checker:
                                             f"From: display name carries an address at {domain}, which is not one of your "
                                             "domains; remove it from the display name"))
                     break
-        findings += self._sender_header(account, by_name["sender"])
-        findings += self._lookalikes(account, author if not relayed else None, by_name["reply-to"])
-        findings += self._soft_signals(facts, by_name)
-        return findings
+        findings += self._sender_header(account, headers.senders)
+        findings += self._lookalikes(account, author if not relayed else None, headers.reply_to)
+        findings += self._soft_signals(account, source, headers)
+        return tuple(findings)
 
-    def _author(self, froms: list[str], findings: list[Finding]) -> Mailbox | None:
+    def _author(self, froms: Sequence[str], findings: list[Finding]) -> Mailbox | None:
         if len(froms) != 1:
             what = "no From: header" if not froms else f"{len(froms)} From: headers"
             findings.append(Finding("from_header", "from_header",
@@ -117,18 +147,17 @@ class Checker:
             findings.append(Finding("from_header", "from_header", f"{exc}; it needs exactly one valid address"))
             return None
 
-    def _relays_others(self, facts: MessageFacts, by_name: dict[str, list[str]]) -> bool:
+    def _relays_others(self, account: str, sender: str, headers: AuthorHeaders) -> bool:
         """List, resent or SRS-forwarded mail carries someone else's From: legitimately."""
-        account = facts.account
-        envelope = facts.sender.strip().strip("<>")
+        envelope = sender.strip().strip("<>")
         envelope_owned = bool(envelope) and self.directory.owns_address(account, envelope)
-        if (by_name["list-id"] or by_name["list-post"]) and (envelope_owned or self._owned_header(account, by_name["sender"])):
+        if headers.listed and (envelope_owned or self._owned_header(account, headers.senders)):
             return True
         if envelope_owned and envelope.upper().startswith(("SRS0=", "SRS1=")):
             return True
-        return self._owned_header(account, by_name["resent-from"][:1] or by_name["resent-sender"][:1])
+        return self._owned_header(account, headers.resent)
 
-    def _owned_header(self, account: str, values: list[str]) -> bool:
+    def _owned_header(self, account: str, values: Sequence[str]) -> bool:
         if len(values) != 1:
             return False
         try:
@@ -136,7 +165,7 @@ class Checker:
         except AddressError:
             return False
 
-    def _sender_header(self, account: str, values: list[str]) -> list[Finding]:
+    def _sender_header(self, account: str, values: Sequence[str]) -> list[Finding]:
         if not values:
             return []
         try:
@@ -148,7 +177,7 @@ class Checker:
         return [Finding("sender_header", "sender_header",
                         f"Sender: header domain {sender.domain} is not one of your domains {self._yours(account)}")]
 
-    def _lookalikes(self, account: str, author: Mailbox | None, reply_tos: list[str]) -> list[Finding]:
+    def _lookalikes(self, account: str, author: Mailbox | None, reply_tos: Sequence[str]) -> list[Finding]:
         candidates: list[tuple[str, str]] = []
         if author:
             candidates.append(("From:", author.domain))
@@ -165,26 +194,28 @@ class Checker:
                                 f"{where} domain {domain} looks like {imitated}, which is not one of your domains")]
         return []
 
-    def _soft_signals(self, facts: MessageFacts, by_name: dict[str, list[str]]) -> list[Finding]:
+    def _soft_signals(self, account: str, source: str, headers: AuthorHeaders) -> list[Finding]:
         found = []
-        if facts.source == "sasl" and by_name["received"]:
+        if source == "sasl" and headers.received:
             found.append(Finding("soft_signals", "client_received", "Received: headers supplied by the client"))
-        for value in by_name["reply-to"][:1]:
+        for value in headers.reply_to:
             try:
                 foreign = [m.domain for m in parse_mailboxes("Reply-To", value)
-                           if not self.directory.owns_address(facts.account, m.address)]
+                           if not self.directory.owns_address(account, m.address)]
             except AddressError:
                 foreign = ["(unparseable)"]
             if foreign:
                 found.append(Finding("soft_signals", "reply_to_domain", f"Reply-To: at {foreign[0]}, not your domain"))
-        for value in by_name["date"][:1]:
-            try:
-                date = _parse_date(value)
-                if date.tzinfo is None:
-                    date = date.replace(tzinfo=timezone.utc)
-                skewed = abs((facts.now - date).total_seconds()) > self.max_skew
-            except (TypeError, ValueError, IndexError, OverflowError):
-                skewed = True
-            if skewed:
-                found.append(Finding("soft_signals", "date_skew", f"Date: {value.strip()[:60]} is more than a day off"))
         return found
+
+    def _date_skew(self, value: str, now: datetime) -> list[Finding]:
+        try:
+            date = _parse_date(value)
+            if date.tzinfo is None:
+                date = date.replace(tzinfo=timezone.utc)
+            skewed = abs((now - date).total_seconds()) > self.max_skew
+        except (TypeError, ValueError, IndexError, OverflowError):
+            skewed = True
+        if not skewed:
+            return []
+        return [Finding("soft_signals", "date_skew", f"Date: {value.strip()[:60]} is more than a day off")]
