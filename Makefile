@@ -29,6 +29,7 @@ bench:
 	$(VENV)/bin/python -m bench.postfix --anchors "$(ANCHORS)"
 	$(VENV)/bin/python -m bench.plot
 	$(VENV)/bin/python -m bench.profile
+	$(VENV)/bin/python -m bench.roundtrips
 	$(VENV)/bin/python -m bench.scale
 	$(VENV)/bin/python -m bench.suppression
 	$(VENV)/bin/python -m bench.rbl

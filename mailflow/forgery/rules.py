@@ -12,9 +12,9 @@ import functools
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
+from typing import NamedTuple
 
 from mailflow.forgery.addresses import AddressError, Mailbox, domains_in_text, envelope_domain, parse_mailboxes, parse_single_mailbox
 from mailflow.forgery.lookalike import LookalikeIndex
