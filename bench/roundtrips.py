@@ -5,7 +5,7 @@ the milter's small requests that is one per round trip, a pipeline included. Its
 (`total_commands_processed`, the calls inside a Lua script included, as in INFO commandstats)
 are given beside it. Messages go one at a time, so nothing overlaps; the suppression replica's
 refresh (one read a second) and this script's own INFO calls are in the counts and make up the
-hundredths.
+thousandths.
 
     .venv/bin/python -m bench.roundtrips [--messages 500]
 """
