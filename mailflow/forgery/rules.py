@@ -9,7 +9,6 @@ lookalike on From) are skipped, but From: must still be one valid address.
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,17 +42,17 @@ class MessageFacts:
     headers: Sequence[tuple[str, str]]
     now: datetime
     # Header values by lower-cased name, in order; built once for every check that reads it.
-    # A name never seen reads as [] (and is then present as []: test values, not membership).
-    by_name: defaultdict[str, list[str]] = field(init=False, repr=False, compare=False)
+    # A name never seen is absent: read with .get.
+    by_name: dict[str, list[str]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", header_index(self.headers))
 
 
-def header_index(headers: Sequence[tuple[str, str]]) -> defaultdict[str, list[str]]:
-    by_name: defaultdict[str, list[str]] = defaultdict(list)
+def header_index(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    by_name: dict[str, list[str]] = {}
     for name, value in headers:
-        by_name[name.lower()].append(value)
+        by_name.setdefault(name.lower(), []).append(value)
     return by_name
 
 
@@ -72,7 +71,7 @@ class AuthorHeaders(NamedTuple):
 
     @classmethod
     def of(cls, by_name: Mapping[str, list[str]]) -> AuthorHeaders:
-        get = by_name.get  # not [ ]: a defaultdict would grow an entry for every name asked
+        get = by_name.get
         none: list[str] = []
         return cls(tuple([len(get(lname) or none) for _, lname in _UNIQUE_CHECKED]),
                    tuple(get("from") or none), tuple(get("sender") or none), tuple((get("reply-to") or none)[:1]),
