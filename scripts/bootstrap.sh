@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libicu-dev, pkg-config and g++ build PyICU (UTS #39 confusable skeletons for the lookalike rule).
+# rbldnsd: the DNSBL tests also ask the server most DNSBLs run, on loopback (never its system service).
 # EXTRA_DEBS: more packages for one caller (make bench ANCHORS=rspamd adds rspamd).
 DEBS=(gcc g++ pkg-config libicu-dev python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules
+      rbldnsd
       ${EXTRA_DEBS:-})
 PYTHON=${PYTHON:-python3}
 VENV=.venv
