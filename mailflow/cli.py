@@ -55,6 +55,10 @@ def check_config(config_file: str | None) -> None:
     """Validate a config file; name the bad key and exit 2 on error."""
     config = _load(config_file)
     click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
+    from mailflow.rbl.zones import unwatched_summary
+
+    if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):  # a warning: the config still works
+        click.echo(f"mailflow: warning: rbl: {gap}", err=True)
 
 
 @cli.group()
@@ -183,7 +187,7 @@ def _rbl_settings(config_file: str | None) -> Config:
 @click.option("--json", "as_json", is_flag=True, help="One record per IP and zone, for machines.")
 def rbl_check(config_file: str | None, as_json: bool) -> None:
     """One poll. Nagios exit codes: 0 OK, 1 WARNING (error answers), 2 CRITICAL (listed),
-    3 UNKNOWN (blind zones, unanswered queries)."""
+    3 UNKNOWN (blind zones, unanswered queries, IPs no zone can check)."""
     from mailflow.rbl import watch
 
     config = _rbl_settings(config_file)

@@ -17,7 +17,7 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
-from mailflow.rbl.zones import Answer, Zone, judge_answer
+from mailflow.rbl.zones import Answer, Zone, judge_answer, unwatched
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ class Poll:
     zones: list[ZoneHealth] = field(default_factory=list)
     queries: int = 0
     seconds: float = 0.0
+    unwatched: list[str] = field(default_factory=list)  # IPs no configured zone can check
 
 
 def make_resolver(nameservers: Sequence[tuple[str, int]], timeout: float) -> dns.asyncresolver.Resolver:
@@ -112,7 +113,7 @@ class Prober:
 
 async def poll(ips: Sequence[str], zones: Sequence[Zone], resolver: dns.asyncresolver.Resolver,
                concurrency: int) -> Poll:
-    """One cycle: self-test every zone, then ask every trusted zone about every IP."""
+    """One cycle: self-test every zone, then ask every trusted zone about every IP it lists."""
     started = time.monotonic()
     prober = Prober(resolver, concurrency)
     healths = await asyncio.gather(*(prober.health(zone) for zone in zones))
@@ -123,4 +124,4 @@ async def poll(ips: Sequence[str], zones: Sequence[Zone], resolver: dns.asyncres
         if health.blind:
             observations += [Observation(ip, health.zone, "untrusted", detail=health.detail)
                              for ip in ips if health.zone.applies_to(ip)]
-    return Poll(observations, list(healths), prober.queries, time.monotonic() - started)
+    return Poll(observations, list(healths), prober.queries, time.monotonic() - started, unwatched(ips, zones))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from mailflow.config import RblSettings
+from mailflow.log import log_decision
 from mailflow.rbl.alerts import Alerter
 from mailflow.rbl.query import Observation, Poll, make_resolver, poll
 from mailflow.rbl.state import ip_step, zone_step
+from mailflow.rbl.zones import unwatched_summary, why_unwatched
 from mailflow.store.base import Store, StoreError
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -66,26 +69,41 @@ def _ip_alert(settings: RblSettings, store: Store, obs: Observation, event: str,
 
 def watch(settings: RblSettings, store: Store, alerter: Alerter, cycles: int | None = None) -> None:
     """Poll every `interval` seconds; `cycles` bounds the loop (tests, cron)."""
+    gap = unwatched_summary(settings.ips, settings.zones)
+    if gap:  # said at start and again in every cycle's summary: an unwatched IP never reads as clean
+        log_decision(logging.WARNING, event="rbl_unwatched", detail=gap)
     done = 0
     while cycles is None or done < cycles:
         started = time.monotonic()
-        apply_cycle(settings, store, alerter, run_poll(settings), int(time.time()))
+        result = run_poll(settings)
+        apply_cycle(settings, store, alerter, result, int(time.time()))
+        log_cycle(settings, result)
         done += 1
         if cycles is not None and done >= cycles:
             break
         time.sleep(max(0.0, settings.interval - (time.monotonic() - started)))
 
 
+def log_cycle(settings: RblSettings, result: Poll) -> None:
+    """One summary line per cycle; a warning while any IP is unwatched."""
+    tally = counts(result)
+    log_decision(logging.WARNING if result.unwatched else logging.INFO, event="rbl_cycle",
+                 state=NAGIOS_WORDS[nagios_state(result)], ips=len(settings.ips), zones=len(result.zones),
+                 **tally, blind_zones=sum(z.blind for z in result.zones), unwatched=len(result.unwatched),
+                 queries=result.queries, seconds=round(result.seconds, 2),
+                 detail=unwatched_summary(result.unwatched, settings.zones) or None)
+
+
 # -- reporting a single poll ------------------------------------------------------------------
 
 
 def nagios_state(result: Poll) -> int:
-    """CRITICAL (listed) wins over UNKNOWN (blind zone, unanswered query), UNKNOWN over WARNING
-    (error answers such as 127.255.255.254), WARNING over OK."""
+    """CRITICAL (listed) wins over UNKNOWN (blind zone, unanswered query, an IP no zone can
+    check), UNKNOWN over WARNING (error answers such as 127.255.255.254), WARNING over OK."""
     statuses = {o.status for o in result.observations}
     if "listed" in statuses:
         return CRITICAL
-    if "unknown" in statuses or any(z.blind for z in result.zones):
+    if "unknown" in statuses or any(z.blind for z in result.zones) or result.unwatched:
         return UNKNOWN
     if "error" in statuses:
         return WARNING
@@ -103,7 +121,7 @@ def perfdata(result: Poll) -> str:
     tally = counts(result)
     blind = sum(z.blind for z in result.zones)
     return (f"listed={tally['listed']};;1 clean={tally['clean']} error={tally['error']} unknown={tally['unknown']} "
-            f"blind_zones={blind} queries={result.queries} time={result.seconds:.2f}s")
+            f"blind_zones={blind} unwatched={len(result.unwatched)} queries={result.queries} time={result.seconds:.2f}s")
 
 
 def status_line(result: Poll) -> str:
@@ -115,6 +133,8 @@ def status_line(result: Poll) -> str:
         parts.append("listed: " + ", ".join(listed))
     if blind:
         parts.append("blind zones: " + ", ".join(blind))
+    if result.unwatched:
+        parts.append(unwatched_summary(result.unwatched, [z.zone for z in result.zones]))
     tally = counts(result)
     if tally["unknown"]:
         parts.append(f"{tally['unknown']} queries unanswered")
@@ -136,6 +156,8 @@ def table(result: Poll) -> str:
     for zone in result.zones:
         if zone.blind:
             rows.append(f"{'(zone)':<40} {zone.zone.shown:<28} {'blind':<10} {zone.detail}")
+    zones = [z.zone for z in result.zones]
+    rows += [f"{ip:<40} {'(no zone)':<28} {'unwatched':<10} {why_unwatched(ip, zones)}" for ip in result.unwatched]
     return "\n".join(rows)
 
 
@@ -146,6 +168,7 @@ def as_json(result: Poll) -> str:
                      "meanings": list(o.meanings), "detail": o.detail, "delist_url": o.zone.delist_url}
                     for o in result.observations],
         "zones": [{"zone": z.zone.shown, "blind": z.blind, "detail": z.detail} for z in result.zones],
+        "unwatched": [{"ip": ip, "detail": why_unwatched(ip, [z.zone for z in result.zones])} for ip in result.unwatched],
         "queries": result.queries,
         "seconds": round(result.seconds, 3),
     }, indent=2)

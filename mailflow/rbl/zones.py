@@ -9,7 +9,7 @@ AHBL, NJABL, spamcannibal) are not shipped: dead zones have listed the whole Int
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import dns.reversename
@@ -105,6 +105,34 @@ def judge_answer(zone: Zone, addresses: list[str]) -> Answer:
         codes.append(text)
         meanings.append(zone.codes[text])
     return Answer("listed", tuple(codes), tuple(meanings))
+
+
+def unwatched(ips: Sequence[str], zones: Sequence[Zone]) -> list[str]:
+    """The IPs no zone can check (an IPv6 address with only IPv4 zones): never to be read as clean."""
+    return [ip for ip in ips if not any(zone.applies_to(ip) for zone in zones)]
+
+
+def why_unwatched(ip: str, zones: Sequence[Zone]) -> str:
+    if not zones:
+        return "no zone is configured"
+    version = ipaddress.ip_address(ip).version
+    hint = "; set ipv6 = true on a [[rbl.zones]] entry that lists IPv6" if version == 6 else ""
+    return f"no configured zone lists IPv{version} addresses{hint}"
+
+
+def unwatched_summary(ips: Sequence[str], zones: Sequence[Zone], shown: int = 10) -> str:
+    """One bounded line naming the unwatched IPs and why, or "" when every IP is watched."""
+    gaps = unwatched(ips, zones)
+    if not gaps:
+        return ""
+    by_reason: dict[str, list[str]] = {}
+    for ip in gaps:
+        by_reason.setdefault(why_unwatched(ip, zones), []).append(ip)
+    parts = []
+    for reason, group in by_reason.items():
+        more = f" and {len(group) - shown} more" if len(group) > shown else ""
+        parts.append(f"{', '.join(group[:shown])}{more} ({reason})")
+    return f"{len(gaps)} outbound IP(s) not checked by any DNSBL zone: " + "; ".join(parts)
 
 
 def merge_zones(defaults: list[Zone], configured: list[Zone]) -> list[Zone]:

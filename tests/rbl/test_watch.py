@@ -21,7 +21,7 @@ from mailflow.rbl.state import ip_step, zone_step
 from mailflow.rbl.watch import apply_cycle, run_poll
 from mailflow.store import Store, open_store
 from tests.helpers.servers import free_port, wait_for_port
-from tests.rbl.conftest import rbl_settings, rev
+from tests.rbl.conftest import config_file, rbl_settings, rev, run_mailflow
 
 IP = "192.0.2.50"
 
@@ -161,3 +161,19 @@ def test_webhook_and_email_alerts_are_delivered(dns: Any, tmp_path: Path) -> Non
         sink.kill()
         sink.wait(timeout=5)
         shutil.rmtree(dumps, ignore_errors=True)
+
+
+def test_watch_logs_an_unwatched_ip_at_start_and_in_every_cycle(dnsbl: Any, tmp_path: Path) -> None:
+    cfg = config_file(tmp_path, dnsbl, [IP, "2001:db8::1"], interval="1s")
+    with cfg.open("a") as f:
+        f.write(f'[store]\nurl = "sqlite://{tmp_path}/rbl.db"\n')
+    run = run_mailflow("rbl", "watch", "--cycles", "2", "-c", str(cfg))
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    [start] = [line for line in lines if "event=rbl_unwatched" in line]
+    cycles = [line for line in lines if "event=rbl_cycle" in line]
+    assert lines.index(start) < lines.index(cycles[0]) and len(cycles) == 2
+    for line in (start, *cycles):
+        assert " WARNING " in line and "2001:db8::1" in line and "no configured zone lists IPv6 addresses" in line
+    for line in cycles:
+        assert "state=UNKNOWN" in line and "unwatched=1" in line and "clean=1" in line
