@@ -59,7 +59,8 @@ def main() -> None:
     runs: dict[int, dict[str, list[dict[str, float]]]] = {size: {"one": [], "spread": []} for size in sizes}
     memory: dict[int, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="mailflow-bench-") as scratch, ExitStack() as stack:
-        sockets, pids = {}, {}
+        sockets: dict[int, str] = {}
+        pids: dict[int, int] = {}
 
         def measured(size: int, accounts: int = 0) -> dict[str, float]:
             """Decisions/s and latency, plus the milter's CPU per message: the steadier figure."""
@@ -91,13 +92,13 @@ def main() -> None:
     results = {str(size): {**memory[size], **medians(runs[size]["one"]),
                            **{f"spread_{k}": v for k, v in medians(runs[size]["spread"]).items()}} for size in sizes}
     smallest = results[str(sizes[0])]
-    summary = {size: {"one_account": round(r["decisions_per_s"] / smallest["decisions_per_s"], 2),
+    summary = {name: {"one_account": round(r["decisions_per_s"] / smallest["decisions_per_s"], 2),
                       "spread": round(r["spread_decisions_per_s"] / smallest["spread_decisions_per_s"], 2),
                       "cpu_one_account": round(r["cpu_ms_per_msg"] / smallest["cpu_ms_per_msg"], 2),
                       "cpu_spread": round(r["spread_cpu_ms_per_msg"] / smallest["spread_cpu_ms_per_msg"], 2)}
-               for size, r in results.items()}
-    for size, r in results.items():
-        print(f"{size:>9} accounts: {r}")
+               for name, r in results.items()}
+    for name, r in results.items():
+        print(f"{name:>9} accounts: {r}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps({"rounds": args.rounds, "sizes": results,
                                                     "ratio_vs_smallest": summary}, indent=2) + "\n")

@@ -180,7 +180,7 @@ maximal_backoff_time = 2s
 
     def delivered(self) -> list[dict[str, object]]:
         """Messages the sink received: sender and recipients from its dump files."""
-        out = []
+        out: list[dict[str, object]] = []
         for path in sorted(self.sink_dir.glob("*")):
             text = path.read_text(errors="replace")
             sender, recipients = "", []
