@@ -26,7 +26,7 @@ def main() -> None:
         low = [m - data[n][metric]["min"] for n, m in zip(names, medians)]
         high = [data[n][metric]["max"] - m for n, m in zip(names, medians)]
         axis.bar(names, medians, yerr=[low, high], capsize=4,
-                 color=["#999999", "#bbbbbb", "#4477aa", "#66ccee", "#228833", "#ee6677"][: len(names)])
+                 color=["#999999", "#bbbbbb", "#4477aa", "#aaccee", "#66ccee", "#228833", "#ee6677"][: len(names)])
         axis.set_title(title, fontsize=10)
         axis.tick_params(axis="x", labelrotation=25, labelsize=8)
     fig.suptitle("Through a private Postfix: smtp-source -> Postfix -> milter -> smtp-sink (median, min-max)", fontsize=10)

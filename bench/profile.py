@@ -1,5 +1,8 @@
 """Where each milter's Python time goes while a real Postfix drives it: py-spy, mailflow vs the reference.
 
+"reference" is the lean floor (bench/reference_milter.py: nothing answered before end of message),
+"reference_mail" the earlier reference that answers MAIL through pymilter's default negotiate.
+
 `py-spy record --gil --nonblocking` samples, 1000 times a second and without pausing the milter,
 the thread holding the GIL: one sample is about a millisecond of Python running, so samples per
 message read as Python milliseconds per message, per milter callback and per function. Samples
@@ -7,7 +10,7 @@ with no Python frame (libmilter and pymilter's C glue, or a thread at the instan
 GIL over) are counted apart and not attributed. The raw stacks stay in
 bench/results/profile-NAME.raw.txt (py-spy's raw format: flamegraph.pl and speedscope read it).
 
-    .venv/bin/python -m bench.profile [--messages 3000]
+    .venv/bin/python -m bench.profile [--messages 3000] [--results DIR]
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ SAMPLES_PER_SECOND = 1000
 # pymilter calls these Milter.Base methods (or their *_bytes / *_callback forms) per SMTP stage.
 CALLBACKS = ("negotiate", "connect", "envfrom", "envrcpt", "header", "eom", "abort", "close")
 NO_FRAME = "(no Python frame)"
+NAMES = ("reference", "reference_mail", "mailflow_redis")
 
 
 def function_of(frame: str) -> str:
@@ -102,34 +106,36 @@ def profile(mta: PrivatePostfix, pid: int, messages: int, raw: Path) -> dict[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"where the results go (default {RESULTS})")
     args = parser.parse_args()
     if os.geteuid() != 0:
         parser.error("py-spy needs root to read another process's memory")
     os.environ["MAILFLOW_SUPPRESSION_KEY"] = KEY
     scratch = Path(tempfile.mkdtemp(prefix="mailflow-profile-"))
-    RESULTS.mkdir(exist_ok=True)
+    args.results.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"messages": args.messages, "samples_per_second": SAMPLES_PER_SECOND}
     with redis_server(scratch) as (redis_url, _), ExitStack() as stack:
-        ports = {"reference": free_port(), "mailflow_redis": free_port()}
+        ports = {name: free_port() for name in NAMES}
         config = write_config(scratch / "redis.toml", mailflow_config(redis_url, ports["mailflow_redis"]))
         milters = {
-            "reference": stack.enter_context(python_process("bench.reference_milter", str(ports["reference"]),
-                                                            redis_url, port=ports["reference"])),
+            **{name: stack.enter_context(python_process("bench.reference_milter", str(ports[name]), redis_url, variant,
+                                                        port=ports[name]))
+               for name, variant in (("reference", "lean"), ("reference_mail", "mail"))},
             "mailflow_redis": stack.enter_context(python_process("mailflow", "run", "-c", str(config),
                                                                  port=ports["mailflow_redis"])),
         }
         for name, proc in milters.items():
             mta = PrivatePostfix(ports[name], sink_dump=False).start()
             try:
-                results[name] = profile(mta, proc.pid, args.messages, RESULTS / f"profile-{name}.raw.txt")
+                results[name] = profile(mta, proc.pid, args.messages, args.results / f"profile-{name}.raw.txt")
             finally:
                 mta.stop()
-    (RESULTS / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
-    report(results)
+    (args.results / "profile.json").write_text(json.dumps(results, indent=2) + "\n")
+    report(results, args.results)
 
 
-def report(results: dict[str, Any]) -> None:
-    names = ("reference", "mailflow_redis")
+def report(results: dict[str, Any], out: Path = RESULTS) -> None:
+    names = [name for name in NAMES if name in results]  # profiles made before reference_mail lack it
     lines = [f"py-spy --gil, {results['messages']} messages through Postfix: Python ms per message",
              f"  {'':<22}" + "".join(f"{name:>16}" for name in names)]
     for key in ("python_ms_per_msg", "unattributed_ms_per_msg", "cpu_ms_per_msg"):
@@ -144,7 +150,7 @@ def report(results: dict[str, Any]) -> None:
     lines.append("  mailflow, own time:")
     lines += [f"    {ms:6.3f}  {name}" for name, ms in results["mailflow_redis"]["top_own_ms_per_msg"].items()]
     text = "\n".join(lines)
-    (RESULTS / "profile.txt").write_text(text + "\n")
+    (out / "profile.txt").write_text(text + "\n")
     print(text)
 
 
