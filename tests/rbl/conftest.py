@@ -53,7 +53,8 @@ def healthy(server: Any, zone: str, test_answer: list[str] | None = None) -> Non
 def zone_files(zone: str, entries: dict[str, tuple[list[str], str]]) -> list[tuple[str, str, str]]:
     """rbldnsd datasets for `entries`: ip4set for IPv4, ip6trie for IPv6, one dataset per answer
     position (rbldnsd combines the datasets of a zone into one answer, as ZEN does), the TXT in
-    the first only (`:A:` with nothing after the second colon: no TXT)."""
+    the first only (`:A:` with nothing after the second colon: no TXT). For instance
+    `192.0.2.4 :4:listed, see https://check.test/$`."""
     datasets = []
     for kind, is_v6 in (("ip4set", False), ("ip6trie", True)):
         layers: list[list[str]] = []
@@ -63,7 +64,8 @@ def zone_files(zone: str, entries: dict[str, tuple[list[str], str]]) -> list[tup
             for n, answer in enumerate(answers):
                 if n == len(layers):
                     layers.append([])
-                layers[n].append(f"{ip} :{answer}:{txt if n == 0 else ''}")
+                code = answer.removeprefix("127.0.0.")  # rbldnsd's short form: :4: is 127.0.0.4
+                layers[n].append(f"{ip} :{code}:{txt if n == 0 else ''}")
         datasets += [(zone, kind, "\n".join(lines) + "\n") for lines in layers]
     return datasets
 
