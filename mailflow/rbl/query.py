@@ -113,7 +113,7 @@ class Prober:
 
 async def poll(ips: Sequence[str], zones: Sequence[Zone], resolver: dns.asyncresolver.Resolver,
                concurrency: int) -> Poll:
-    """One cycle: self-test every zone, then ask every trusted zone about every IP it lists."""
+    """One cycle: self-test every zone, then ask every trusted zone about every IP of a family it lists."""
     started = time.monotonic()
     prober = Prober(resolver, concurrency)
     healths = await asyncio.gather(*(prober.health(zone) for zone in zones))
