@@ -32,6 +32,7 @@ def milter_config(store: str, local_smtp: str) -> dict[str, Any]:
             "msp_daemons": ["MSP-v4"],
             "local_smtp": local_smtp,
             "map": {"www-data": "webhosting.example"},
+            "local_names": [HOSTNAME],  # Sendmail's name here; the milter's host has its own
         },
         "ratelimit": {"limits": ["100/hour"],
                       "accounts": {"tiny.example": {"limits": ["2/hour"], "unit": "message"}}},
@@ -150,6 +151,7 @@ def test_the_msps_bounce_of_a_refused_submission_is_delivered(rig: tuple[Private
     assert not [m for m in mta.delivered() if m.to("bounced@dest.example")]
     refused = decisions(milter, stage="eom", sender="<shop@webhosting.example>")
     assert [d["action"] for d in refused] == ["reject"], (refused, result)
+    assert [d["action"] for d in decisions(milter, stage="eom", sender="<>")] == ["continue"]
     assert "savemail panic" not in mta.log()
 
 
@@ -163,7 +165,8 @@ def forged_local_smtp(mta: PrivateSendmail, recipient: str) -> tuple[int, str]:
 def test_a_forged_received_header_over_plain_smtp_is_refused_by_default(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
     mta, milter = rig
     code, text = forged_local_smtp(mta, "forged-received@dest.example")
-    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    # Refused at MAIL, before any header, with a reply that says what to do instead.
+    assert code == 550 and text.startswith("5.7.1") and "authenticate" in text.lower(), (code, text)
     assert not decisions(milter, account="webhosting.example", sender="<x@attacker.example>")
     assert not [m for m in mta.delivered() if m.to("forged-received@dest.example")]
 
@@ -173,8 +176,10 @@ def test_a_forged_received_header_never_charges_its_account_when_attributing_by_
     with running(tmp_path, "sender_domain") as (mta, milter):
         code, text = forged_local_smtp(mta, "forged-received@dest.example")
         assert code == 550 and text.startswith("5.7.1"), (code, text)
-        lines = decisions(milter, sender="<x@attacker.example>")
-        assert lines and all(d.get("account") != "webhosting.example" for d in lines), lines
+        [line] = decisions(milter, sender="<x@attacker.example>")
+        # Charged by its envelope, and From: is not that account's: a forgery refusal.
+        assert (line["account"], line["action"]) == ("attacker.example", "reject") and line.get("forgery"), line
+        assert not decisions(milter, account="webhosting.example")
         assert not mta.delivered()
 
 
