@@ -155,6 +155,17 @@ def test_the_msps_bounce_of_a_refused_submission_is_delivered(rig: tuple[Private
     assert "savemail panic" not in mta.log()
 
 
+def test_a_unix_user_cannot_choose_a_foreign_envelope_sender(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
+    mta, milter = rig
+    mta.submit(MESSAGE.format(author="info@webhosting.example", subject="bank envelope").replace(
+        "someone@dest.example", "bank-envelope@dest.example"), "-f", "ceo@bank.example")
+    # The MSP's DSN to the envelope sender is the only message to leave.
+    mta.wait_delivered(lambda m: m.sender == "<>" and m.to("ceo@bank.example"))
+    assert not [m for m in mta.delivered() if m.to("bank-envelope@dest.example")]
+    [line] = decisions(milter, stage="eom", sender="<ceo@bank.example>")
+    assert (line["account"], line["identity"], line["action"]) == ("webhosting.example", "www-data", "reject"), line
+
+
 def forged_local_smtp(mta: PrivateSendmail, recipient: str) -> tuple[int, str]:
     """Plain SMTP to the MTA port from 127.0.0.1, dressed up as the MSP's www-data."""
     message = FORGED_RECEIVED + MESSAGE.format(author="ceo@webhosting.example", subject="forged received")
