@@ -12,7 +12,6 @@ runs in a private mount namespace where a directory of ours is bind-mounted ther
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import smtplib
