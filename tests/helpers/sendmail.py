@@ -59,6 +59,16 @@ class Delivered:
         return f"<{address}>" in self.recipients
 
 
+def milter_mc(milter_port: int) -> str:
+    """conf/sendmail.mc, as an admin adds it to sendmail.mc, with its milter socket moved to
+    `milter_port`; its DAEMON_OPTIONS are left out (the rig has its own, on free ports)."""
+    text = (REPO / "conf" / "sendmail.mc").read_text()
+    text, count = re.subn(r"S=inet:\d+@127\.0\.0\.1", f"S=inet:{milter_port}@127.0.0.1", text)
+    if count != 1:
+        raise ValueError(f"conf/sendmail.mc: expected one S=inet:PORT@127.0.0.1 milter socket, found {count}")
+    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("DAEMON_OPTIONS("))
+
+
 class Sink:
     """Postfix's smtp-sink on a loopback port, dumping each message into its own file."""
 
@@ -159,7 +169,7 @@ class PrivateSendmail:
         (self.dir / "service.switch").write_text("hosts files\naliases files\n")
         (self.dir / "hosts").write_text(f"127.0.0.1 {HOSTNAME} localhost\n")
         fields = dict(DIR=self.dir, HOSTNAME=HOSTNAME, MTA_PORT=self.port, MSP_PORT=self.msp_port,
-                      SINK_PORT=self.sink.port, MILTER_PORT=self.milter_port, USER=self.msp_user)
+                      SINK_PORT=self.sink.port, MILTER_MC=milter_mc(self.milter_port), USER=self.msp_user)
         self._build_cf("mta", **fields)
         self._build_cf("submit", **fields)
         clientmqueue = self.dir / "clientmqueue"
