@@ -194,6 +194,15 @@ def test_a_forged_received_header_never_charges_its_account_when_attributing_by_
         assert not mta.delivered()
 
 
+def test_smtp_to_the_msp_listener_without_the_msps_header_is_refused(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
+    mta, milter = rig
+    with mta.smtp(mta.msp_port) as smtp:
+        code, text = attempt(lambda: smtp.sendmail("x@attacker.example", ["msp-listener@dest.example"],
+                                                   MESSAGE.format(author="ceo@webhosting.example", subject="no header")))
+    assert code == 550 and text.startswith("5.7.1"), (code, text)
+    assert not decisions(milter, account="webhosting.example", sender="<x@attacker.example>")
+
+
 def test_sendmail_bs_is_judged_as_local_mail(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
     mta, milter = rig
     replies = mta.bs(["EHLO localhost", "MAIL FROM:<info@webhosting.example>", "RCPT TO:<bs@dest.example>", "DATA",
