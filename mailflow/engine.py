@@ -51,7 +51,7 @@ class Engine:
             AddressForms(suppression.case_sensitive_local_part, suppression.strip_subaddress), Keyring(suppression.secret)
         ) if suppression.enabled else None
         # A sender's MAIL FROM repeats message after message: who it is and whether its envelope
-        # is its own are worked out once per (ownership data, client address, login, sender).
+        # is its own are worked out once per (ownership data, Client.policy_key, login, sender).
         self._judge_sender = functools.lru_cache(maxsize=8192)(self._judge_sender_uncached)
         # Accounts the identity and ip maps name: a domain among them is hosted here.
         named = (*config.accounts.identity_map.values(), *(account for _, account in config.accounts.ip_map))
