@@ -223,7 +223,9 @@ class Engine:
         identity = message.identity
         if identity is None:
             return PASS
-        own_bounce = identity.source == "local" and self._is_own_bounce(message)
+        # On the MSP listener a bounce is the MSP's own only if no user submitted it: the MSP's
+        # bounces carry `Received: from localhost (localhost) by …`, never `(from USER@localhost)`.
+        own_bounce = identity.source == "local" and not message.msp_user and self._is_own_bounce(message)
         if message.on_msp_listener and not own_bounce:
             if not message.msp_user:
                 return self._finish("eom", client, message, NOT_FROM_MSP, conn_id=conn_id, qid=queue_id)

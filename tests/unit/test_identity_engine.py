@@ -133,7 +133,8 @@ def test_the_msps_own_bounce_passes_charged_to_local(tmp_path: Path) -> None:
     (MSP, "<>", "MAILER-DAEMON@shop.example"),  # not one of this host's names
     (MSP, "<>", "ceo@mx1.provider.example"),  # not the MTA's own mailbox
     (PICKUP, "<>", "MAILER-DAEMON@bank.example"),
-], ids=["foreign-host", "not-mailer-daemon", "pickup-foreign"])
+    (MSP, "<>", f"MAILER-DAEMON@{MSP_HOST}"),  # a user's `sendmail -f '<>'`: the MSP names the user
+], ids=["foreign-host", "not-mailer-daemon", "pickup-foreign", "user-submitted"])
 def test_other_null_sender_mail_must_still_be_owned(tmp_path: Path, client: Client, sender: str, author: str) -> None:
     received = [("Received", msp_received("www-data"))] if client is MSP else []
     _, eom, _ = transaction(make_engine(tmp_path), client, sender, [*received, ("From", author)])
