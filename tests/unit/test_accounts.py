@@ -184,3 +184,20 @@ def test_canonical_domain_never_raises_and_is_idempotent(text: str) -> None:
 
 def test_idn_spellings_meet() -> None:
     assert canonical_domain("BÜCHER.example.") == canonical_domain("xn--bcher-kva.example") == "xn--bcher-kva.example"
+
+
+def test_the_shipped_config_trusts_no_network_and_refuses_local_smtp() -> None:
+    from pathlib import Path
+
+    from mailflow.config import load_config
+
+    conf = Path(__file__).resolve().parents[2] / "conf" / "mailflow.toml"
+    settings = load_config(str(conf)).accounts
+    assert settings.trusted_networks == () and settings.local_smtp == "refuse" and settings.msp_daemons == frozenset()
+
+
+def test_a_bad_local_smtp_names_the_key() -> None:
+    from mailflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"accounts.local_smtp: 'allow' is not one of refuse, sender_domain"):
+        parse_config({"accounts": {"local_smtp": "allow"}})
