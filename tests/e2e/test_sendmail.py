@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.sendmail import HOSTNAME, Delivered, PrivateSendmail, unpack_packages
+from tests.helpers.sendmail import HOSTNAME, Delivered, PrivateSendmail, shipped_msp_listener, unpack_packages
 from tests.helpers.servers import MilterProcess
 
 SASL_USERS = {"alice@shop.example": "secret", "carol@tiny.example": "secret"}
@@ -29,7 +29,7 @@ def milter_config(store: str, local_smtp: str) -> dict[str, Any]:
         "accounts": {
             "identify": ["sasl", "local"],
             "trusted_networks": [],
-            "msp_daemons": ["MSP-v4"],
+            "msp_daemons": [shipped_msp_listener()],
             "local_smtp": local_smtp,
             "map": {"www-data": "webhosting.example"},
             "local_names": [HOSTNAME],  # Sendmail's name here; the milter's host has its own
@@ -110,7 +110,7 @@ def test_msp_submission_as_a_unix_user_is_charged_to_its_mapped_account(rig: tup
     mta.wait_delivered(sent_to("msp@dest.example"))
     [line] = decisions(milter, stage="eom", sender="<info@webhosting.example>")
     assert (line["account"], line["identity"], line["action"]) == ("webhosting.example", "www-data", "continue")
-    assert re.search(r"from=<info@webhosting\.example>.*daemon=MSP-v4", mta.log())
+    assert re.search(rf"from=<info@webhosting\.example>.*daemon={shipped_msp_listener()},", mta.log())
 
 
 def test_the_third_message_over_a_two_an_hour_limit_is_deferred(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
