@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.sendmail import HOSTNAME, Delivered, PrivateSendmail, unpack_packages
+from tests.helpers.sendmail import HOSTNAME, Delivered, PrivateSendmail, shipped_msp_listener, unpack_packages
 from tests.helpers.servers import MilterProcess
 
 SASL_USERS = {"alice@shop.example": "secret", "carol@tiny.example": "secret"}
@@ -29,7 +29,7 @@ def milter_config(store: str, local_smtp: str) -> dict[str, Any]:
         "accounts": {
             "identify": ["sasl", "local"],
             "trusted_networks": [],
-            "msp_daemons": ["MSP-v4"],
+            "msp_daemons": [shipped_msp_listener()],
             "local_smtp": local_smtp,
             "map": {"www-data": "webhosting.example"},
             "local_names": [HOSTNAME],  # Sendmail's name here; the milter's host has its own
@@ -96,11 +96,10 @@ def test_smtp_auth_is_delivered_and_logged_with_sendmails_queue_id(rig: tuple[Pr
         smtp.sendmail("alice@shop.example", ["auth@dest.example"],
                       MESSAGE.format(author="alice@shop.example", subject="auth"))
     mta.wait_delivered(sent_to("auth@dest.example"))
-    [line] = decisions(milter, stage="eom", sender="<alice@shop.example>")
+    [qid] = re.findall(r"(\w+): to=<auth@dest\.example>, .*stat=Sent", mta.log())  # Sendmail's queue id
+    [line] = decisions(milter, stage="eom", qid=qid)
     assert (line["account"], line["source"], line["identity"], line["action"]) == (
         "shop.example", "sasl", "alice@shop.example", "continue")
-    [qid] = re.findall(r"(\w+): from=<alice@shop\.example>", mta.log())
-    assert line.get("qid") == qid
 
 
 def test_msp_submission_as_a_unix_user_is_charged_to_its_mapped_account(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
@@ -111,7 +110,7 @@ def test_msp_submission_as_a_unix_user_is_charged_to_its_mapped_account(rig: tup
     mta.wait_delivered(sent_to("msp@dest.example"))
     [line] = decisions(milter, stage="eom", sender="<info@webhosting.example>")
     assert (line["account"], line["identity"], line["action"]) == ("webhosting.example", "www-data", "continue")
-    assert re.search(r"from=<info@webhosting\.example>.*daemon=MSP-v4", mta.log())
+    assert re.search(rf"from=<info@webhosting\.example>.*daemon={shipped_msp_listener()},", mta.log())
 
 
 def test_the_third_message_over_a_two_an_hour_limit_is_deferred(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
@@ -151,7 +150,8 @@ def test_the_msps_bounce_of_a_refused_submission_is_delivered(rig: tuple[Private
     assert not [m for m in mta.delivered() if m.to("bounced@dest.example")]
     refused = decisions(milter, stage="eom", sender="<shop@webhosting.example>")
     assert [d["action"] for d in refused] == ["reject"], (refused, result)
-    assert [d["action"] for d in decisions(milter, stage="eom", sender="<>")] == ["continue"]
+    bounces = decisions(milter, stage="eom", sender="<>")
+    assert bounces and all(d["action"] == "continue" for d in bounces), bounces
     assert "savemail panic" not in mta.log()
 
 
@@ -205,8 +205,8 @@ def test_smtp_to_the_msp_listener_without_the_msps_header_is_refused(rig: tuple[
 
 def test_sendmail_bs_is_judged_as_local_mail(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
     mta, milter = rig
-    replies = mta.bs(["EHLO localhost", "MAIL FROM:<info@webhosting.example>", "RCPT TO:<bs@dest.example>", "DATA",
-                      MESSAGE.format(author="info@webhosting.example", subject="bs").replace("\n", "\r\n") + ".",
+    replies = mta.bs(["EHLO localhost", "MAIL FROM:<cron@webhosting.example>", "RCPT TO:<bs@dest.example>", "DATA",
+                      MESSAGE.format(author="cron@webhosting.example", subject="bs").replace("\n", "\r\n") + ".",
                       "QUIT"])
     accepted = re.match(r"250 2\.0\.0 (\w+) Message accepted", replies[-2])
     assert replies[0].startswith("220") and accepted, replies

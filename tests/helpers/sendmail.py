@@ -1,7 +1,9 @@
 """A real Sendmail 8.17 for end-to-end tests, from Debian 12's packages unpacked, not installed
-(sendmail-bin conflicts with the postfix package): one MTA with two loopback listeners (MTA-v4
-and MSP-v4, as `{daemon_name}`), mailflow as its milter, SMTP AUTH from a private sasldb, every
-message relayed to Postfix's smtp-sink; and the MSP (submit.cf) run as a Unix user.
+(sendmail-bin conflicts with the postfix package): one MTA with two loopback listeners (MTA-v4,
+and the MSP's as conf/sendmail.mc names it, `{daemon_name}`), mailflow as its milter, SMTP AUTH
+from a private sasldb, every message relayed to Postfix's smtp-sink; and the MSP (submit.cf) run
+as a Unix user. The project's conf/sendmail.mc and conf/submit.mc go into the two .mc files as
+shipped, only their ports moved, so these tests also prove what the README tells admins to add.
 
 Facts it relies on (this machine kind): there is no /dev/log and the host name is unqualified, so
 a small LD_PRELOAD shim (tests/fixtures/sendmail/shim.c) writes syslog(3) to a file and answers
@@ -59,14 +61,36 @@ class Delivered:
         return f"<{address}>" in self.recipients
 
 
-def milter_mc(milter_port: int) -> str:
-    """conf/sendmail.mc, as an admin adds it to sendmail.mc, with its milter socket moved to
-    `milter_port`; its DAEMON_OPTIONS are left out (the rig has its own, on free ports)."""
-    text = (REPO / "conf" / "sendmail.mc").read_text()
-    text, count = re.subn(r"S=inet:\d+@127\.0\.0\.1", f"S=inet:{milter_port}@127.0.0.1", text)
+def _substitute(path: str, pattern: str, replacement: str, what: str) -> str:
+    """The project's file with its one `pattern` (what it is: `what`) replaced."""
+    text, count = re.subn(pattern, replacement, (REPO / path).read_text())
     if count != 1:
-        raise ValueError(f"conf/sendmail.mc: expected one S=inet:PORT@127.0.0.1 milter socket, found {count}")
-    return "".join(line for line in text.splitlines(keepends=True) if not line.startswith("DAEMON_OPTIONS("))
+        raise ValueError(f"{path}: expected one {what}, found {count}")
+    return text
+
+
+def shipped_sendmail_mc(milter_port: int, msp_port: int) -> str:
+    """conf/sendmail.mc, as an admin adds it to the MTA's sendmail.mc: its milter socket and its
+    one listener (the MSP's) moved to the rig's ports; everything else as shipped."""
+    text = _substitute("conf/sendmail.mc", r"S=inet:\d+@127\.0\.0\.1", f"S=inet:{milter_port}@127.0.0.1",
+                       "S=inet:PORT@127.0.0.1 milter socket")
+    text, count = re.subn(r"^(DAEMON_OPTIONS\(.*)\bPort=\d+", rf"\g<1>Port={msp_port}", text, flags=re.MULTILINE)
+    if count != 1:
+        raise ValueError(f"conf/sendmail.mc: expected one DAEMON_OPTIONS(... Port=N ...) line, found {count}")
+    return text
+
+
+def shipped_msp_listener() -> str:
+    """The Name= of conf/sendmail.mc's MSP listener: what [accounts] msp_daemons must list."""
+    names = re.findall(r"^DAEMON_OPTIONS\(.*\bName=([\w.-]+)", (REPO / "conf/sendmail.mc").read_text(), re.MULTILINE)
+    if len(names) != 1:
+        raise ValueError(f"conf/sendmail.mc: expected one DAEMON_OPTIONS(... Name=N ...) line, found {names}")
+    return str(names[0])
+
+
+def shipped_submit_mc(msp_port: int) -> str:
+    """conf/submit.mc, as an admin puts it in submit.mc: relaying to the rig's MSP listener."""
+    return _substitute("conf/submit.mc", r"TCP \$h \d+", f"TCP $h {msp_port}", "`TCP $h PORT' relay argument")
 
 
 class Sink:
@@ -169,7 +193,9 @@ class PrivateSendmail:
         (self.dir / "service.switch").write_text("hosts files\naliases files\n")
         (self.dir / "hosts").write_text(f"127.0.0.1 {HOSTNAME} localhost\n")
         fields = dict(DIR=self.dir, HOSTNAME=HOSTNAME, MTA_PORT=self.port, MSP_PORT=self.msp_port,
-                      SINK_PORT=self.sink.port, MILTER_MC=milter_mc(self.milter_port), USER=self.msp_user)
+                      SINK_PORT=self.sink.port, USER=self.msp_user,
+                      SENDMAIL_MC=shipped_sendmail_mc(self.milter_port, self.msp_port),
+                      SUBMIT_MC=shipped_submit_mc(self.msp_port))
         self._build_cf("mta", **fields)
         self._build_cf("submit", **fields)
         clientmqueue = self.dir / "clientmqueue"
