@@ -1,17 +1,42 @@
-"""Tie a message to the account that pays for it. Pure: facts in, Identity out."""
+"""Tie a message to the account that pays for it. Pure: facts in, Identity out.
+
+Nothing an unauthenticated client writes (headers, envelope, HELO) chooses its account: see
+README, "Whose mail is it", for what each source trusts.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import NamedTuple
 
 import idna
 
 from mailflow.config import AccountSettings
 from mailflow.model import Client, Identity
 
-NULL_SENDER_ACCOUNT = "local"  # locally submitted bounces (<>) share one bucket
+NULL_SENDER_ACCOUNT = "local"  # locally generated bounces (<>) share one bucket
 
-_MSP_RECEIVED = re.compile(r"^\s*\(from\s+([^\s@()]+)@localhost\)", re.IGNORECASE)
+# The header Sendmail's MSP (submit.cf) puts on top of what a local user submits, exactly:
+#   (from USER@localhost)\n\tby HOST (8.17.1.9/8.17.1.9/Submit) id QID[\n\tfor RCPT]; DATE
+# Bounded pieces, no nested repetition: linear in the header's length.
+_MSP_RECEIVED = re.compile(
+    r"\(from (?P<user>[^\s@()]{1,64})@localhost\)\r?\n[ \t]+by [A-Za-z0-9.-]{1,253} "
+    r"\(8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/Submit\) id [A-Za-z0-9]{1,40}"
+    r"(?:\r?\n[ \t]+for [^;\r\n]{1,1000})?;\s")
+
+LOCAL_SMTP_TEXT = ("Unauthenticated SMTP from this host is not accepted for outbound mail; "
+                   "authenticate (SMTP AUTH) or submit with sendmail")
+UNMAPPED_TEXT = ("Client {address} is trusted but has no [accounts.ip_map] entry and the sender domain "
+                 "is not hosted here; the administrator must add an ip_map entry for it")
+
+
+class Refusal(NamedTuple):
+    """A client that may not send as anyone: who it would have been, and why not."""
+
+    identity: Identity  # the attribution by sender domain (logged; what monitor mode goes on with)
+    reason: str  # local_smtp | trusted_unmapped
+    text: str
 
 
 def strip_brackets(address: str) -> str:
@@ -52,18 +77,48 @@ def resolve_account(settings: AccountSettings, identity: str) -> str:
     return key
 
 
-def identify(settings: AccountSettings, client: Client, auth_login: str | None, sender: str) -> Identity | None:
-    """The first configured source that matches, or None for mail that is not ours to police."""
+def _mapped(settings: AccountSettings, sender: str) -> bool:
+    key = strip_brackets(sender).lower()
+    return key in settings.identity_map or f"@{domain_of(key)}" in settings.identity_map
+
+
+def by_sender(settings: AccountSettings, source: str, identity: str, sender: str) -> Identity:
+    bare = strip_brackets(sender)
+    return Identity(source, identity or bare or "<>", resolve_account(settings, bare) if bare else NULL_SENDER_ACCOUNT)
+
+
+def on_msp_listener(settings: AccountSettings, client: Client) -> bool:
+    return bool(client.daemon_name) and client.daemon_name in settings.msp_daemons and client.on_this_host
+
+
+def identify(settings: AccountSettings, client: Client, auth_login: str | None, sender: str,
+             hosted: Callable[[str], bool] = lambda domain: False) -> Identity | Refusal | None:
+    """The first configured source that matches; a Refusal for a client of ours that no source
+    may attribute; None for mail that is not ours to police. `hosted(domain)`: is the domain
+    hosted here (any ownership source)?"""
+    refusal: Refusal | None = None
     for source in settings.identify:
         if source == "sasl" and auth_login:
             return Identity("sasl", auth_login, resolve_account(settings, auth_login))
-        if source == "local" and client.on_this_host:
-            bare = strip_brackets(sender)
-            account = resolve_account(settings, bare) if bare else NULL_SENDER_ACCOUNT
-            return Identity("local", bare or "<>", account)
+        if source == "local":
+            # The MTA binds these to a Unix user (Postfix pickup, sendmail -bs), or Sendmail's MSP
+            # names it in a header read at end of message (engine.header).
+            if client.is_postfix_pickup or client.is_sendmail_bs or on_msp_listener(settings, client):
+                return by_sender(settings, "local", "", sender)
+            if client.on_this_host:
+                if settings.local_smtp == "sender_domain":  # opted in: any local process may choose
+                    return by_sender(settings, "local", "", sender)
+                refusal = refusal or Refusal(by_sender(settings, "local", "", sender), "local_smtp", LOCAL_SMTP_TEXT)
         if source == "trusted_ip" and _in_trusted_networks(settings, client):
-            return Identity("trusted_ip", client.address or "", _account_for_ip(settings, client, sender))
-    return None
+            address = client.address or ""
+            account = _account_for_ip(settings, client)
+            if account is not None:
+                return Identity("trusted_ip", address, account)
+            attributed = by_sender(settings, "trusted_ip", address, sender)
+            if _mapped(settings, sender) or hosted(domain_of(sender)):
+                return attributed
+            refusal = refusal or Refusal(attributed, "trusted_unmapped", UNMAPPED_TEXT.format(address=address))
+    return refusal
 
 
 def _in_trusted_networks(settings: AccountSettings, client: Client) -> bool:
@@ -71,22 +126,30 @@ def _in_trusted_networks(settings: AccountSettings, client: Client) -> bool:
     return ip is not None and any(ip in network for network in settings.trusted_networks)
 
 
-def _account_for_ip(settings: AccountSettings, client: Client, sender: str) -> str:
+def _account_for_ip(settings: AccountSettings, client: Client) -> str | None:
     ip = client.ip
     for network, account in settings.ip_map:  # longest prefix first
         if ip is not None and ip in network:
             return account
-    return domain_of(sender) or client.address or ""
+    return None
 
 
 def msp_user(received_value: str) -> str | None:
-    """The local user in Sendmail's submission header `Received: (from alice@localhost) by …`."""
+    """The local user in the header Sendmail's MSP adds, `(from alice@localhost) by …/Submit) id …`,
+    or None when the value is not exactly that."""
     match = _MSP_RECEIVED.match(received_value)
-    return match.group(1) if match else None
+    return match.group("user") if match else None
 
 
 def refine_local_identity(settings: AccountSettings, identity: Identity, unix_user: str) -> Identity:
-    """Sendmail names the submitting Unix user; the identity map decides its account.
+    """Sendmail's MSP names the submitting Unix user; the identity map decides its account.
     A user the map does not know keeps the sender's account (the user is still logged)."""
     account = settings.identity_map.get(unix_user.lower(), identity.account)
     return Identity("local", unix_user, account)
+
+
+def is_own_bounce(settings: AccountSettings, sender: str, author_local: str, author_domain: str) -> bool:
+    """A null-sender message signed by this host's MTA or MSP (MAILER-DAEMON@ or postmaster@ one
+    of its own names): a delivery report the MTA itself generated."""
+    return (not strip_brackets(sender) and author_local.lower() in ("mailer-daemon", "postmaster")
+            and canonical_domain(author_domain) in settings.local_names)

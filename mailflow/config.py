@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from mailflow.urls import STORE_SCHEMES as SCHEMES
 DEFAULT_CONFIG_PATH = "/etc/mailflow/mailflow.toml"
 CONFIG_ENV = "MAILFLOW_CONFIG"
 IDENTITY_SOURCES = ("sasl", "local", "trusted_ip")
+LOCAL_SMTP = ("refuse", "sender_domain")  # unauthenticated SMTP from loopback: refused, or by sender domain
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -46,12 +48,21 @@ class StoreSettings:
     refresh_ms: int = 1000  # Redis: how often the milter's in-memory replica (redis_replica.py) refreshes
 
 
+def host_names() -> frozenset[str]:
+    """This host's own names, as its MTA signs its bounces (MAILER-DAEMON@name); `localhost` is everyone's."""
+    names = (name.lower().rstrip(".") for name in (socket.gethostname(), socket.getfqdn()))
+    return frozenset(name for name in names if name and not name.startswith("localhost"))
+
+
 @dataclass(frozen=True)
 class AccountSettings:
     identify: tuple[str, ...] = IDENTITY_SOURCES
     trusted_networks: tuple[IPNetwork, ...] = ()
     identity_map: Mapping[str, str] = field(default_factory=dict)
     ip_map: tuple[tuple[IPNetwork, str], ...] = ()  # longest prefix first
+    local_smtp: str = "refuse"  # refuse | sender_domain (spoofable by any local process)
+    msp_daemons: frozenset[str] = frozenset()  # Sendmail {daemon_name}s of the MSP's own listener
+    local_names: frozenset[str] = field(default_factory=host_names)  # lower-case
 
 
 @dataclass(frozen=True)
@@ -255,7 +266,10 @@ def _accounts(t: _Table, base_dir: str) -> AccountSettings:
     ip_table.finish()
     ip_map.sort(key=lambda item: item[0].prefixlen, reverse=True)
 
-    settings = AccountSettings(tuple(identify), networks, identity_map, tuple(ip_map))
+    local_names = frozenset(n.lower().rstrip(".") for n in t.texts("local_names", []) if n.strip()) or host_names()
+    settings = AccountSettings(tuple(identify), networks, identity_map, tuple(ip_map),
+                               local_smtp=t.choice("local_smtp", "refuse", LOCAL_SMTP),
+                               msp_daemons=frozenset(t.texts("msp_daemons", [])), local_names=local_names)
     t.finish()
     return settings
 

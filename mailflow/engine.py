@@ -15,6 +15,8 @@ from typing import TypeVar
 
 from mailflow import accounts
 from mailflow.config import Config, RatePolicy
+from mailflow.forgery.addresses import AddressError, parse_single_mailbox
+from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.log import DECISIONS, log, log_decision
@@ -32,6 +34,8 @@ T = TypeVar("T")
 INBOUND = Decision(Verdict.ACCEPT, "inbound")
 STORE_DOWN_REPLY = Reply("451", "4.3.0", "Mail policy service temporarily unavailable; try again later")
 POLICY_HEADER = "X-Mailflow-Policy"
+NOT_FROM_MSP = Decision(Verdict.REJECT, "not_from_msp", Reply(
+    "550", "5.7.1", "This listener takes only mail from the local submission program; submit with sendmail"))
 
 
 class Engine:
@@ -47,8 +51,11 @@ class Engine:
             AddressForms(suppression.case_sensitive_local_part, suppression.strip_subaddress), Keyring(suppression.secret)
         ) if suppression.enabled else None
         # A sender's MAIL FROM repeats message after message: who it is and whether its envelope
-        # is its own are worked out once per (ownership data, client address, login, sender).
+        # is its own are worked out once per (ownership data, Client.policy_key, login, sender).
         self._judge_sender = functools.lru_cache(maxsize=8192)(self._judge_sender_uncached)
+        # Accounts the identity and ip maps name: a domain among them is hosted here.
+        named = (*config.accounts.identity_map.values(), *(account for _, account in config.accounts.ip_map))
+        self._account_orgs = {org for account in named if (org := organisational_domain(account))}
 
     # -- what the MTA does when things break ---------------------------------------------
 
@@ -69,25 +76,37 @@ class Engine:
 
     def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
         message = Message(sender=sender)
-        identity, verdict = self._judge_sender(self.ownership.checker(), client.address, auth_login, sender)
+        identity, refusal, summary = self._judge_sender(self.ownership.checker(), client.policy_key, auth_login, sender)
         message.identity = identity
         if identity is None:
             return message, INBOUND
+        message.on_msp_listener = identity.source == "local" and accounts.on_msp_listener(self.config.accounts, client)
         if client.is_postfix_pickup:
             return message, PASS  # judged at end of message, like everything local
-        if verdict.decision is not None and verdict.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
-            return message, self._finish("mail", client, message, verdict.decision, conn_id=conn_id,
-                                         forgery=verdict.summary)
+        if refusal is not None:
+            return message, self._finish("mail", client, message, refusal, conn_id=conn_id, forgery=summary or None)
         return message, PASS
 
-    def _judge_sender_uncached(self, checker: Checker, address: str | None, auth_login: str | None,
-                               sender: str) -> tuple[Identity | None, ForgeryVerdict]:
-        # identify() reads only the client's address (loopback? trusted network?), never its port.
-        identity = accounts.identify(self.config.accounts, Client(address=address), auth_login, sender)
+    def _judge_sender_uncached(self, checker: Checker, client_key: tuple[str | None, bool, str], auth_login: str | None,
+                               sender: str) -> tuple[Identity | None, Decision | None, str]:
+        """Who the sender is, and a refusal at MAIL (unattributable client, envelope not owned)."""
+        address, pickup, daemon_name = client_key
+        client = Client(address=address, port=0 if pickup else None, daemon_name=daemon_name)
+        hosted = functools.partial(self._hosted, checker)
+        identity = accounts.identify(self.config.accounts, client, auth_login, sender, hosted)
         if identity is None:
-            return None, NOTHING_FOUND
+            return None, None, ""
+        if isinstance(identity, accounts.Refusal):
+            return identity.identity, Decision(Verdict.REJECT, identity.reason, Reply("550", "5.7.1", identity.text)), ""
         finding = checker.envelope(identity.account, sender)
-        return identity, judge_findings([finding] if finding else [], self.config.forgery.actions_for(identity.account))
+        verdict = judge_findings([finding] if finding else [], self.config.forgery.actions_for(identity.account))
+        refuses = verdict.decision is not None and verdict.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL)
+        return identity, verdict.decision if refuses else None, verdict.summary
+
+    def _hosted(self, checker: Checker, domain: str) -> bool:
+        """Is the domain hosted here: owned by an account (config, login map, store) or an account itself?"""
+        org = organisational_domain(domain)
+        return checker.directory.hosts(domain) or (org is not None and org in self._account_orgs)
 
     def rcpt(self, client: Client, message: Message, recipient: str, conn_id: str = "") -> Decision:
         identity = message.identity
@@ -193,22 +212,29 @@ class Engine:
         if message.identity.source != "local":
             return
         lname = name.lower()
+        if message.on_msp_listener and message.msp_user is None:
+            # Only the first header: the one the MSP put on top (Sendmail 8.17 does not show a
+            # milter its own Received: for this hop). Any other Received: never names the user.
+            message.msp_user = (accounts.msp_user(value) if lname == "received" else None) or ""
         if lname == "x-php-originating-script" and message.php_script is None:
             message.php_script = value.strip()
-        elif lname == "received" and message.msp_user is None:
-            message.msp_user = accounts.msp_user(value)
 
     def eom(self, client: Client, message: Message, queue_id: str = "", conn_id: str = "") -> Decision:
         identity = message.identity
         if identity is None:
             return PASS
-        if message.msp_user:
-            identity = message.identity = accounts.refine_local_identity(
-                self.config.accounts, identity, message.msp_user
-            )
+        # On the MSP listener a bounce is the MSP's own only if no user submitted it: the MSP's
+        # bounces carry `Received: from localhost (localhost) by …`, never `(from USER@localhost)`.
+        own_bounce = identity.source == "local" and not message.msp_user and self._is_own_bounce(message)
+        if message.on_msp_listener and not own_bounce:
+            if not message.msp_user:
+                return self._finish("eom", client, message, NOT_FROM_MSP, conn_id=conn_id, qid=queue_id)
+            identity = message.identity = accounts.refine_local_identity(self.config.accounts, identity,
+                                                                         message.msp_user)
         # Order matters: refusals first (refused mail is never charged), then the one debit, then
         # what accepted mail still gets (hold, removed recipients, the policy header).
-        forgery = self._forgery(client, message)
+        # The MTA's own bounces owe no domain; a Unix user's account owns the envelope or not.
+        forgery = NOTHING_FOUND if own_bounce else self._forgery(client, message, envelope=message.on_msp_listener)
         policy = self.config.ratelimit.policy_for(identity.account)
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
@@ -250,14 +276,27 @@ class Engine:
             return PASS
         return shortfall_refusal(policy, account, debit.levels, cost) or PASS
 
-    def _forgery(self, client: Client, message: Message) -> ForgeryVerdict:
+    def _is_own_bounce(self, message: Message) -> bool:
+        """Null sender and From: MAILER-DAEMON@ (or postmaster@) one of this host's names."""
+        if message.sender.strip().strip("<>"):
+            return False
+        froms = [value for name, value in message.headers if name.lower() == "from"]
+        try:
+            author = parse_single_mailbox("From", froms[0]) if len(froms) == 1 else None
+        except AddressError:
+            return False
+        return author is not None and accounts.is_own_bounce(self.config.accounts, message.sender, author.local,
+                                                             author.domain)
+
+    def _forgery(self, client: Client, message: Message, envelope: bool = False) -> ForgeryVerdict:
+        """The header checks; the envelope too for local mail, whose account is settled only now."""
         identity = message.identity
         assert identity is not None
         checker = self.ownership.checker()
         facts = MessageFacts(identity.account, identity.source, message.sender, message.headers, self.clock())
         findings = checker.headers(facts)
-        if client.is_postfix_pickup and (envelope := checker.envelope(identity.account, message.sender)):
-            findings.insert(0, envelope)
+        if (client.is_postfix_pickup or envelope) and (found := checker.envelope(identity.account, message.sender)):
+            findings.insert(0, found)
         bulk = self.config.bulk.policy_for(identity.account)
         if bulk_problem := bulk_finding(facts.by_name, len(message.recipients), bulk.min_recipients):
             findings.append(bulk_problem)

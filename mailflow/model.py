@@ -69,10 +69,14 @@ class Client:
     hostname: str = ""
     address: str | None = None
     port: int | None = None
+    daemon_name: str = ""  # Sendmail's {daemon_name}: which of its listeners took the connection
     # Worked out once, here: functools.cached_property (Python 3.11) takes one lock shared by
     # every instance, and milter threads queued on it showed up in profiles through Postfix.
     on_this_host: bool = field(init=False, repr=False, compare=False)
     is_postfix_pickup: bool = field(init=False, repr=False, compare=False)  # see __post_init__
+    is_sendmail_bs: bool = field(init=False, repr=False, compare=False)
+    # What the account policy reads of a client (not its port number): the memo key of its verdicts.
+    policy_key: tuple[str | None, bool, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         on_this_host = self.address is not None and _is_loopback(self.address)
@@ -80,6 +84,10 @@ class Client:
         # Postfix hands locally submitted mail (sendmail/pickup) to non_smtpd_milters as a
         # connection from the loopback address with port 0.
         object.__setattr__(self, "is_postfix_pickup", on_this_host and self.port == 0)
+        # `sendmail -bs` (SMTP on stdin, no network peer): Sendmail sends {client_addr} "0".
+        # Only root and Sendmail's trusted users run the MTA binary; others go through the MSP.
+        object.__setattr__(self, "is_sendmail_bs", self.address == "0")
+        object.__setattr__(self, "policy_key", (self.address, self.is_postfix_pickup, self.daemon_name))
 
     @property
     def ip(self) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -109,4 +117,5 @@ class Message:
     levels_confirmed: bool = False  # read from the store itself, not an estimate
     headers: list[tuple[str, str]] = field(default_factory=list)  # as the client sent them
     php_script: str | None = None  # X-PHP-Originating-Script (uid:script)
-    msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"
+    msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"; "" when the first header is not that
+    on_msp_listener: bool = False  # Sendmail's MSP connected on a listener named in msp_daemons

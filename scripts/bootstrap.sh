@@ -6,9 +6,10 @@ cd "$(dirname "$0")/.."
 
 # libicu-dev, pkg-config and g++ build PyICU (UTS #39 confusable skeletons for the lookalike rule).
 # rbldnsd: the DNSBL tests also ask the server most DNSBLs run, on loopback (never its system service).
+# libdb5.3, libldap-2.5-0, libnsl2: what the unpacked Sendmail (scripts/sendmail-debs.sh) links to.
 # EXTRA_DEBS: more packages for one caller (make bench ANCHORS=rspamd adds rspamd).
 DEBS=(gcc g++ pkg-config libicu-dev python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules
-      rbldnsd
+      rbldnsd libdb5.3 libldap-2.5-0 libnsl2
       ${EXTRA_DEBS:-})
 PYTHON=${PYTHON:-python3}
 VENV=.venv
@@ -35,6 +36,9 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+# Sendmail for tests/e2e/test_sendmail.py, unpacked, not installed (it conflicts with postfix).
+scripts/sendmail-debs.sh || echo "bootstrap: without Sendmail's packages, tests/e2e/test_sendmail.py is skipped" >&2
 
 stamp=$VENV/.installed-$(sha256sum requirements.lock setup.cfg | sha256sum | cut -c1-16)
 if [[ ! -e $stamp ]]; then

@@ -68,6 +68,11 @@ class DomainDirectory:
         _, _, domain = address.rpartition("@")
         return self.owns_domain(account, domain) or address.lower() in self._addresses.get(account, ())
 
+    def hosts(self, domain: str) -> bool:
+        """Does any account own this domain (its organisational domain)?"""
+        org = organisational_domain(domain)
+        return org is not None and org in self._owner_of_org
+
     def hosted_organisational_domains(self) -> Iterable[tuple[str, str]]:
         """(organisational domain, owning account) for every domain hosted here."""
         return self._owner_of_org.items()

@@ -22,9 +22,11 @@ from mailflow.model import PASS, Client, Decision, Message, Verdict
 log = logging.getLogger("mailflow.milter")
 
 # Asked for at MAIL (replacing the MTA's own list for that stage; at most 5 names): the login,
-# and the connection facts that make the CONNECT callback unnecessary. Only these: every name
-# asked for is a lookup per message, and the policy never reads the client's host name.
-MAIL_MACROS = "{auth_authen} {client_addr} {client_port}"
+# the connection facts that make the CONNECT callback unnecessary ({daemon_name}: which Sendmail
+# listener, the MSP's or not), and the queue id, which Sendmail sends only in its own MAIL list
+# (Postfix sends it at end of message). Only these: every name asked for is a lookup per message,
+# and the policy never reads the client's host name.
+MAIL_MACROS = "{auth_authen} {client_addr} {client_port} {daemon_name} i"
 
 _connection_ids = itertools.count(1)  # next() is atomic under the GIL: no lock per connection
 
@@ -84,7 +86,8 @@ class MailflowMilter(Milter.Base):
         if address and address[:5].lower() == "ipv6:":  # Sendmail's spelling of an IPv6 address
             address = address[5:]
         port = getsymval("{client_port}") or ""
-        return Client(address=address, port=int(port) if port.isdigit() else None)
+        return Client(address=address, port=int(port) if port.isdigit() else None,
+                      daemon_name=getsymval("{daemon_name}") or "")
 
     def apply(self, decision: Decision) -> int:
         if decision is PASS:  # nearly every answer: nothing to set or change
@@ -105,7 +108,10 @@ class MailflowMilter(Milter.Base):
         address, port = None, None
         if isinstance(hostaddr, tuple) and len(hostaddr) >= 2:
             address, port = hostaddr[0], hostaddr[1]
-        self.client = Client(hostname=hostname or "", address=address, port=port)
+        if address is None and self._ctx.getsymval("{client_addr}") == "0":
+            address = "0"  # Sendmail's `sendmail -bs`: no network peer
+        self.client = Client(hostname=hostname or "", address=address, port=port,
+                             daemon_name=self._ctx.getsymval("{daemon_name}") or "")
         return Milter.CONTINUE
 
     # pymilter hands the envelope and header values over as bytes to these, whose defaults look
@@ -147,6 +153,8 @@ class MailflowMilter(Milter.Base):
         message, self.message = self.message, None
         if message is None or self.client is None:
             return Milter.CONTINUE
+        # libmilter looks a macro up from this stage back to CONNECT: Postfix's `i` of end of
+        # message, else Sendmail's of MAIL (the same queue file).
         queue_id = self._ctx.getsymval("i") or ""
         return self.apply(self.engine.eom(self.client, message, queue_id=queue_id, conn_id=self.conn_id))
 

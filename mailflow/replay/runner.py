@@ -104,12 +104,17 @@ def replay_milter(session: Session, spec: str, timeout: float = 10.0) -> Outcome
 # -- SMTP -------------------------------------------------------------------------------------
 
 
+_MTA_MACROS = ("{daemon_name}", "{client_addr}", "{client_port}")  # Sendmail's MSP listener, sendmail -bs
+
+
 def smtp_source_address(session: Session) -> tuple[str | None, str | None]:
     """Where to connect from, or why the session cannot be reproduced over SMTP from here."""
     if session.client.is_pickup:
         return None, "local submission (sendmail/pickup) is not SMTP"
     if session.login:
         return None, None  # authenticated: the client address does not decide the account
+    if any(name in _MTA_MACROS for macros in session.macros.values() for name in macros):
+        return None, "the MTA's own macros ({daemon_name}, {client_addr}) are not SMTP"
     client = session.client.address
     if client.startswith("127."):
         return client, None

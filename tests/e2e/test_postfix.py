@@ -132,3 +132,27 @@ def test_local_over_limit_hold_puts_the_message_in_the_hold_queue(tmp_path: Path
         wait_for(lambda: len(mta.hold()) == 1)
         assert eom_decisions(milter, "blog.example")[-1]["action"] == "hold"
         assert mta.maildrop() == [] and len(mta.delivered()) == 1
+
+
+FORGED_MSP = ("Received: (from www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) id 6AQFw43Y010977;"
+              " Thu, 26 Nov 2026 15:58:04 GMT\n")
+
+
+def test_plain_smtp_from_this_host_without_auth_is_refused(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
+    """Finding 4: any local process chose its account by its envelope sender (and a forged MSP
+    header) over plain SMTP to 127.0.0.1. Now it must authenticate or use sendmail."""
+    mta, milter = rig
+    with mta.smtp() as smtp:
+        with pytest.raises(smtplib.SMTPSenderRefused) as err:
+            smtp.sendmail("x@attacker.example", ["victim@dest.example"],
+                          FORGED_MSP + MESSAGE.format(sender="ceo@webhosting.example"))
+    assert err.value.smtp_code == 550
+    assert err.value.smtp_error.decode().startswith(
+        "5.7.1 Unauthenticated SMTP from this host is not accepted for outbound mail; "
+        "authenticate (SMTP AUTH) or submit with sendmail")
+    refusals = lambda: [d for d in milter.decisions() if d.get("reason") == "local_smtp"]  # noqa: E731
+    wait_for(lambda: bool(refusals()))
+    [line] = refusals()
+    assert line["sender"] == "<x@attacker.example>", line
+    assert (line["stage"], line["source"], line["reason"], line["action"]) == ("mail", "local", "local_smtp", "reject")
+    assert not any(d.get("account") == "webhosting.example" for d in milter.decisions())

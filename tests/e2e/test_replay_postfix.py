@@ -31,6 +31,9 @@ NOT_SMTP = {
     "postfix-pickup-is-judged-at-end-of-message",
     "postfix-pickup-over-the-limit-is-deferred",
     "postfix-pickup-message-larger-than-the-bucket-bounces",
+    "sendmail-msp-user-is-charged",  # Sendmail's MSP listener and sendmail -bs: {daemon_name}, {client_addr}
+    "sendmail-msp-user-account-is-full-at-end-of-message",
+    "sendmail-bs-is-local-mail",
 }
 
 

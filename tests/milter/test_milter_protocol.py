@@ -155,13 +155,13 @@ def test_local_over_limit_hold_quarantines(start_milter: Callable[..., MilterPro
 
 
 def test_sendmail_msp_header_names_the_local_user(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
-    milter = start_milter(config(store_url, accounts={"map": {"www-data": "hosting.example"}},
+    milter = start_milter(config(store_url, accounts={"map": {"www-data": "hosting.example"}, "msp_daemons": ["MSP-v4"]},
                                  forgery={"accounts": {"hosting.example": {"domains": ["host.example"]}}}))
     with MilterClient(milter.socket) as c:
         c.connect("localhost", "127.0.0.1", 41000)
-        c.mail("www-data@host.example")
+        assert c.mail("www-data@host.example", macros={"{daemon_name}": "MSP-v4"}).action == "continue"
         c.rcpt("a@x.example")
-        c.header("Received", "(from www-data@localhost)\n\tby host.example (8.17.1/8.17.1/Submit) id 3AB;")
+        c.header("Received", "(from www-data@localhost)\n\tby host.example (8.17.1/8.17.1/Submit) id 3AB; Thu, 26 Nov 2026")
         c.header("From", "www-data@host.example")
         assert c.eom().action == "continue"
     line = milter.decisions()[-1]
