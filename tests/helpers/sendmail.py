@@ -19,6 +19,7 @@ import shutil
 import smtplib
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -264,14 +265,17 @@ class PrivateSendmail:
         return subprocess.run(command, input=message.encode(), env=self.env(), capture_output=True, timeout=60,
                               cwd=self.dir)
 
-    def bs(self, commands: list[str]) -> list[str]:
+    def bs(self, commands: list[str], timeout: float = 30) -> list[str]:
         """`sendmail -bs` as root with the MTA's configuration: SMTP on stdin/stdout. Each command
-        is sent after the previous reply; returns every reply (the greeting first)."""
+        is sent after the previous reply; returns every reply (the greeting first). Killed after
+        `timeout` seconds, which ends every read."""
         proc = subprocess.Popen([str(self.dir / "bin" / "sendmail"), "-C", str(self.dir / "mta.cf"), "-bs"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 env=self.env(), cwd=self.dir)
         assert proc.stdin is not None and proc.stdout is not None
         replies = []
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
         try:
             replies.append(_read_reply(proc.stdout))
             for command in commands:
@@ -281,11 +285,8 @@ class PrivateSendmail:
         finally:
             proc.stdin.close()
             proc.stdout.close()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            proc.wait()  # the watchdog bounds this too
+            watchdog.cancel()
         return replies
 
     def delivered(self) -> list[Delivered]:
