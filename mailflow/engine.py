@@ -18,7 +18,7 @@ from mailflow.config import Config, RatePolicy
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.log import DECISIONS, log, log_decision
-from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict
+from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, shown
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
@@ -32,6 +32,27 @@ T = TypeVar("T")
 INBOUND = Decision(Verdict.ACCEPT, "inbound")
 STORE_DOWN_REPLY = Reply("451", "4.3.0", "Mail policy service temporarily unavailable; try again later")
 POLICY_HEADER = "X-Mailflow-Policy"
+# A macro whose value is not UTF-8 (pymilter decodes macros strictly and cannot hand over their
+# bytes): a NUL, which no macro can hold, marks it. A login that cannot be read names no account.
+UNREADABLE_MACRO = "\0unreadable"
+UNREADABLE_LOGIN = Decision(Verdict.REJECT, "unreadable_login", Reply(
+    "550", "5.7.1", "Your login name is not valid UTF-8, so mail from it cannot be attributed to an account"))
+# Local mail with a suppressed recipient that is not valid UTF-8: pymilter can name only UTF-8
+# recipients to the MTA (smfi_delrcpt), so it cannot be removed, and the message is refused.
+UNREMOVABLE = Decision(Verdict.REJECT, "suppressed", Reply(
+    "550", "5.7.1", "A suppressed recipient is not valid UTF-8 and cannot be removed; message refused"))
+
+
+def nameable(recipient: str) -> bool:
+    """Can the adapter hand this recipient back to the MTA (valid UTF-8, no surrogate escapes)?"""
+    return recipient.isascii() or not any("\ud800" <= c <= "\udfff" for c in recipient)
+
+
+def suppressed_text(recipients: list[str]) -> str:
+    """At most three recipients, each shown bounded, then how many more: any list fits a reply."""
+    listed = ", ".join(shown(r) for r in recipients[:3])
+    more = f" and {len(recipients) - 3} more" if len(recipients) > 3 else ""
+    return f"Every recipient is on a suppression list: {listed}{more}"
 
 
 class Engine:
@@ -69,6 +90,8 @@ class Engine:
 
     def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
         message = Message(sender=sender)
+        if auth_login == UNREADABLE_MACRO:  # authenticated, but as whom cannot be read
+            return message, self._finish("mail", client, message, UNREADABLE_LOGIN, conn_id=conn_id)
         identity, verdict = self._judge_sender(self.ownership.checker(), client.address, auth_login, sender)
         message.identity = identity
         if identity is None:
@@ -163,9 +186,9 @@ class Engine:
         if not lookup.matches:
             return None
         self._count_trap_hit(lookup, identity.account, conn_id)
-        address = recipient.strip().strip("<>")
+        address = shown(recipient.strip().strip("<>"))
         if any(scope == account_scope for scope, _ in lookup.matches):
-            text = f"<{address}>: recipient has opted out of mail from {identity.account}"
+            text = f"<{address}>: recipient has opted out of mail from {shown(identity.account)}"
         else:  # global: complaints, traps, provider blocks; never say which
             text = f"<{address}>: recipient is on the provider's suppression list"
         if action == "tempfail":
@@ -213,8 +236,9 @@ class Engine:
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
         if message.suppressed and not message.recipients:
-            decision = Decision(Verdict.REJECT, "suppressed", Reply(
-                "550", "5.7.1", f"Every recipient is on a suppression list: {', '.join(message.suppressed[:5])}"))
+            decision = Decision(Verdict.REJECT, "suppressed", Reply("550", "5.7.1", suppressed_text(message.suppressed)))
+        elif not all(map(nameable, message.suppressed)):
+            decision = UNREMOVABLE  # the MTA could not be told which recipient to remove
         elif forgery.decision is not None and forgery.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
             decision = forgery.decision
         else:
@@ -225,7 +249,7 @@ class Engine:
             decision = forgery.decision  # a hold, once the message has been charged
         if decision.verdict is Verdict.CONTINUE and message.held:
             decision = Decision(Verdict.HOLD, "account_held",
-                                Reply("250", "2.7.0", f"account {identity.account} is held: {message.held}"))
+                                Reply("250", "2.7.0", f"account {shown(identity.account)} is held: {message.held}"))
         if message.suppressed and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):

@@ -16,8 +16,8 @@ from typing import Any
 
 import Milter
 
-from mailflow.engine import Engine
-from mailflow.model import PASS, Client, Decision, Message, Verdict
+from mailflow.engine import UNREADABLE_MACRO, Engine
+from mailflow.model import GENERIC_TEXT, PASS, Client, Decision, Message, Reply, Verdict
 
 log = logging.getLogger("mailflow.milter")
 
@@ -86,12 +86,19 @@ class MailflowMilter(Milter.Base):
         port = getsymval("{client_port}") or ""
         return Client(address=address, port=int(port) if port.isdigit() else None)
 
+    def _macro(self, name: str) -> str | None:
+        """A macro's value (the C call itself). pymilter decodes it as strict UTF-8 and cannot
+        hand over its bytes: one that is not UTF-8 reads as UNREADABLE_MACRO."""
+        try:
+            return self._ctx.getsymval(name)
+        except UnicodeDecodeError:
+            return UNREADABLE_MACRO
+
     def apply(self, decision: Decision) -> int:
         if decision is PASS:  # nearly every answer: nothing to set or change
             return Milter.CONTINUE
         if decision.reply is not None and decision.verdict in (Verdict.TEMPFAIL, Verdict.REJECT):
-            reply = decision.reply
-            self.setreply(reply.code, reply.status, reply.text.replace("%", "%%"))
+            self._set_reply(decision.reply)
         if decision.verdict is Verdict.HOLD:
             self.quarantine(decision.reply.text if decision.reply else decision.reason)
         for name, value in decision.add_headers:
@@ -99,6 +106,18 @@ class MailflowMilter(Milter.Base):
         for recipient in decision.remove_recipients:
             self.delrcpt(recipient)
         return _RETURN_CODES[decision.verdict]
+
+    def _set_reply(self, reply: Reply) -> None:
+        # Every Reply is bounded, one line and printable ASCII, which libmilter accepts; `%` is
+        # doubled here, once (libmilter's MTAs read the text as a format: Sendmail requires `%%`,
+        # Postfix turns `%%` back into `%`). Should the library refuse it all the same, the
+        # refusal stands with a generic text: never on_error.
+        try:
+            self.setreply(reply.code, reply.status, reply.text.replace("%", "%%"))
+        except (Milter.milter.error, ValueError) as exc:
+            log.warning("conn=%s: the milter library refused the reply %r (%s); sending a generic one",
+                        self.conn_id, str(reply)[:200], exc)
+            self.setreply(reply.code, reply.status, GENERIC_TEXT[reply.code[:1]])
 
     @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
@@ -123,7 +142,7 @@ class MailflowMilter(Milter.Base):
     def envfrom(self, sender: str, *esmtp: str) -> int:
         if self.client is None:
             self.client = self._client_from_macros()
-        self.message, decision = self.engine.mail(self.client, sender, self._ctx.getsymval("{auth_authen}"),
+        self.message, decision = self.engine.mail(self.client, sender, self._macro("{auth_authen}"),
                                                   conn_id=self.conn_id)
         return self.apply(decision)
 
