@@ -27,7 +27,7 @@ from mailflow.model import shown
 
 _REGISTRY = HeaderRegistry()
 MAX_ADDRESS_HEADER = 998  # characters: RFC 5322's line limit
-MAX_ADDRESS_TOKENS = 100  # words plus special characters; a long Reply-To: list has a few dozen
+MAX_ADDRESS_TOKENS = 150  # words and special characters: a Reply-To: of 25 plain addresses
 _TOKEN = re.compile(r"[^\s()<>\[\]:;@\\,.\"]+|[()<>\[\]:;@\\,.\"]")
 # Something that looks like an address inside free text (a display name): found from its `@`,
 # one local-part character before it, so the search is linear (the old pattern matched the local

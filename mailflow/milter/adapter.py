@@ -17,7 +17,7 @@ from typing import Any
 import Milter
 
 from mailflow.engine import UNREADABLE_MACRO, Engine
-from mailflow.model import GENERIC_TEXT, PASS, Client, Decision, Message, Reply, Verdict
+from mailflow.model import GENERIC_TEXT, PASS, Client, Decision, Message, Reply, Verdict, shown
 
 log = logging.getLogger("mailflow.milter")
 
@@ -25,6 +25,13 @@ log = logging.getLogger("mailflow.milter")
 # and the connection facts that make the CONNECT callback unnecessary. Only these: every name
 # asked for is a lookup per message, and the policy never reads the client's host name.
 MAIL_MACROS = "{auth_authen} {client_addr} {client_port}"
+
+# A header the milter cannot see whole. With milters configured, Postfix's cleanup cuts every
+# header at 60,000 bytes (KLUDGE_HEADER_LIMIT, to stay under libmilter's 65,535-byte packets) and
+# offers no larger packet size (its milter8 client knows no SMFIP_MDS_* flag); Debian's libmilter
+# (1.0.1) is built without MDS negotiation, and pymilter registers as a 1.0.1 filter and exposes
+# no smfi_setmaxdatasize. So a larger size cannot be negotiated: such a header is logged.
+MTA_HEADER_CUT = 60_000
 
 _connection_ids = itertools.count(1)  # next() is atomic under the GIL: no lock per connection
 
@@ -136,6 +143,10 @@ class MailflowMilter(Milter.Base):
         return self.envrcpt(recipient.decode("utf-8", "surrogateescape"))
 
     def header_bytes(self, name: str, value: bytes) -> int:
+        if len(name) + len(value) + 2 >= MTA_HEADER_CUT:
+            log.warning("conn=%s: a %s: header of %d bytes reached the %d bytes an MTA passes to milters (Postfix "
+                        "cuts longer ones; a larger milter packet cannot be negotiated): judged as received, "
+                        "possibly cut", self.conn_id, shown(name, 40), len(name) + len(value) + 2, MTA_HEADER_CUT)
         return self.header(name, value.decode("utf-8", "surrogateescape"))
 
     @_guarded

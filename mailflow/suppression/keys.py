@@ -8,7 +8,6 @@ address is kept only sealed with AES-GCM under a key derived from the same secre
 from __future__ import annotations
 
 import base64
-import codecs
 import hashlib
 import hmac
 import os
@@ -19,22 +18,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 MIN_SECRET_BYTES = 16
 
 
-def _as_received(error: UnicodeError) -> tuple[bytes, int]:
-    """Encoding error handler: a surrogate escape (U+DC80..U+DCFF, how the adapter carries an
-    invalid UTF-8 byte) becomes that byte again; any other lone surrogate its own UTF-8 form."""
-    assert isinstance(error, UnicodeEncodeError)
-    chars = error.object[error.start:error.end]
-    return b"".join(bytes([ord(c) - 0xDC00]) if "\udc80" <= c <= "\udcff" else c.encode("utf-8", "surrogatepass")
-                    for c in chars), error.end
-
-
-codecs.register_error("mailflow-as-received", _as_received)
-
-
 def wire_bytes(text: str) -> bytes:
-    """The bytes an address arrived as: valid UTF-8 or not, an address is keyed by its bytes.
-    Never raises, whatever the string holds."""
-    return text.encode("utf-8", "mailflow-as-received")
+    """The bytes an address arrived as: the adapter carries invalid UTF-8 as surrogate escapes,
+    so an address is keyed by its bytes, valid UTF-8 or not. Never raises: a lone surrogate the
+    adapter cannot make (only a direct caller can) gets its own UTF-8 form instead."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 class Keyring:
