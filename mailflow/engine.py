@@ -37,6 +37,8 @@ POLICY_HEADER = "X-Mailflow-Policy"
 UNREADABLE_MACRO = "\0unreadable"
 UNREADABLE_LOGIN = Decision(Verdict.REJECT, "unreadable_login", Reply(
     "550", "5.7.1", "Your login name is not valid UTF-8, so mail from it cannot be attributed to an account"))
+UNNAMEABLE_ACCOUNT = Decision(Verdict.REJECT, "invalid_utf8", Reply(
+    "550", "5.1.7", "Sender address is not valid UTF-8, so mail from it cannot be attributed to an account"))
 # Local mail with a suppressed recipient that is not valid UTF-8: pymilter can name only UTF-8
 # recipients to the MTA (smfi_delrcpt), so it cannot be removed, and the message is refused.
 UNREMOVABLE = Decision(Verdict.REJECT, "suppressed", Reply(
@@ -93,9 +95,11 @@ class Engine:
         if auth_login == UNREADABLE_MACRO:  # authenticated, but as whom cannot be read
             return message, self._finish("mail", client, message, UNREADABLE_LOGIN, conn_id=conn_id)
         identity, verdict = self._judge_sender(self.ownership.checker(), client.address, auth_login, sender)
-        message.identity = identity
         if identity is None:
             return message, INBOUND
+        if not nameable(identity.account):  # named after a sender domain that is not UTF-8: not storable
+            return message, self._finish("mail", client, message, UNNAMEABLE_ACCOUNT, conn_id=conn_id)
+        message.identity = identity
         if client.is_postfix_pickup:
             return message, PASS  # judged at end of message, like everything local
         if verdict.decision is not None and verdict.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
