@@ -30,8 +30,11 @@ MAIL_MACROS = "{auth_authen} {client_addr} {client_port}"
 # header at 60,000 bytes (KLUDGE_HEADER_LIMIT, to stay under libmilter's 65,535-byte packets) and
 # offers no larger packet size (its milter8 client knows no SMFIP_MDS_* flag); Debian's libmilter
 # (1.0.1) is built without MDS negotiation, and pymilter registers as a 1.0.1 filter and exposes
-# no smfi_setmaxdatasize. So a larger size cannot be negotiated: such a header is logged.
-MTA_HEADER_CUT = 60_000
+# no smfi_setmaxdatasize. So a larger size cannot be negotiated: such a header is logged. Postfix
+# cuts at a line boundary past 90 % of the limit (cleanup_out.c), so a cut header arrives with
+# at least MTA_HEADER_CUT bytes.
+MTA_HEADER_LIMIT = 60_000
+MTA_HEADER_CUT = MTA_HEADER_LIMIT * 9 // 10
 
 _connection_ids = itertools.count(1)  # next() is atomic under the GIL: no lock per connection
 
@@ -144,9 +147,9 @@ class MailflowMilter(Milter.Base):
 
     def header_bytes(self, name: str, value: bytes) -> int:
         if len(name) + len(value) + 2 >= MTA_HEADER_CUT:
-            log.warning("conn=%s: a %s: header of %d bytes reached the %d bytes an MTA passes to milters (Postfix "
-                        "cuts longer ones; a larger milter packet cannot be negotiated): judged as received, "
-                        "possibly cut", self.conn_id, shown(name, 40), len(name) + len(value) + 2, MTA_HEADER_CUT)
+            log.warning("conn=%s: a %s: header of %d bytes is near the %d bytes Postfix passes to milters (it cuts "
+                        "longer ones; a larger milter packet cannot be negotiated): judged as received, possibly cut",
+                        self.conn_id, shown(name, 40), len(name) + len(value) + 2, MTA_HEADER_LIMIT)
         return self.header(name, value.decode("utf-8", "surrogateescape"))
 
     @_guarded
