@@ -18,7 +18,7 @@ from mailflow.config import Config, RatePolicy
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.log import DECISIONS, log, log_decision
-from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, shown
+from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
@@ -43,11 +43,6 @@ UNNAMEABLE_ACCOUNT = Decision(Verdict.REJECT, "invalid_utf8", Reply(
 # recipients to the MTA (smfi_delrcpt), so it cannot be removed, and the message is refused.
 UNREMOVABLE = Decision(Verdict.REJECT, "suppressed", Reply(
     "550", "5.7.1", "A suppressed recipient is not valid UTF-8 and cannot be removed; message refused"))
-
-
-def nameable(recipient: str) -> bool:
-    """Can the adapter hand this recipient back to the MTA (valid UTF-8, no surrogate escapes)?"""
-    return recipient.isascii() or not any("\ud800" <= c <= "\udfff" for c in recipient)
 
 
 def suppressed_text(recipients: list[str]) -> str:
@@ -95,11 +90,12 @@ class Engine:
         if auth_login == UNREADABLE_MACRO:  # authenticated, but as whom cannot be read
             return message, self._finish("mail", client, message, UNREADABLE_LOGIN, conn_id=conn_id)
         identity, verdict = self._judge_sender(self.ownership.checker(), client.address, auth_login, sender)
+        message.identity = identity
         if identity is None:
             return message, INBOUND
         if not nameable(identity.account):  # named after a sender domain that is not UTF-8: not storable
+            message.identity = None  # nothing later may take it to the store
             return message, self._finish("mail", client, message, UNNAMEABLE_ACCOUNT, conn_id=conn_id)
-        message.identity = identity
         if client.is_postfix_pickup:
             return message, PASS  # judged at end of message, like everything local
         if verdict.decision is not None and verdict.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):

@@ -34,6 +34,12 @@ def shown(value: str, limit: int = SHOWN_MAX) -> str:
     return _UNPRINTABLE.sub("?", value)
 
 
+def nameable(text: str) -> bool:
+    """Valid UTF-8, so pymilter can hand it to the MTA: no surrogate escapes (invalid UTF-8 from
+    the adapter) and no lone surrogates."""
+    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 @dataclass(frozen=True)
 class Reply:
     """An SMTP reply. Whatever text it is given, it holds a bounded, single-line, printable ASCII

@@ -12,7 +12,7 @@ import Milter
 import pytest
 from Milter import testctx
 
-from mailflow.engine import UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE
+from mailflow.engine import UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE
 from mailflow.forgery.addresses import MAX_ADDRESS_HEADER, AddressError, domains_in_text, parse_mailboxes
 from mailflow.milter.adapter import MTA_HEADER_CUT, MailflowMilter
 from mailflow.model import REPLY_TEXT_MAX, Decision, Reply, Verdict, shown
@@ -110,6 +110,14 @@ def test_invalid_utf8_is_keyed_by_its_bytes(sqlite_rig: Rig) -> None:
     # The domain is valid: the recipient is suppressed by its domain entry, like any other.
     _, refusal, _ = judge_one(sqlite_rig, Case("x", recipients=(wire(b"<m\xfcller@dest.example>"),)))
     assert refusal.reason == "suppressed" and refusal.reply is not None and refusal.reply.text.startswith("<m?ller@")
+
+
+def test_a_sender_domain_that_is_not_utf8_names_no_account(sqlite_rig: Rig) -> None:
+    # Local mail is attributed by its sender's domain: one that is not UTF-8 cannot be stored.
+    [decision] = judge_one(sqlite_rig, Case("x", pickup=True, login=None, sender=wire(b"<wp@\xff.example>")))
+    assert decision == UNNAMEABLE_ACCOUNT
+    [_, *rest] = judge_one(sqlite_rig, Case("x", pickup=True, login=None, sender=wire(b"<w\xff@shop.example>")))
+    assert rest and not any(d.refuses for d in rest)  # a bad local part is judged like any other
 
 
 def test_local_mail_whose_suppressed_recipient_cannot_be_named_is_refused(sqlite_rig: Rig) -> None:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailflow.engine import UNREADABLE_MACRO, nameable
-from mailflow.model import Client, Decision
+from mailflow.engine import UNREADABLE_MACRO
+from mailflow.model import Client, Decision, nameable
 from tests.helpers.adversarial import rig, reply_problems, wire
 
 EXAMPLES = 150  # per store: about 2 s each in CI
