@@ -33,6 +33,7 @@ bench:
 	$(VENV)/bin/python -m bench.scale
 	$(VENV)/bin/python -m bench.suppression
 	$(VENV)/bin/python -m bench.rbl
+	$(VENV)/bin/python -m bench.adversarial
 
 clean:
 	rm -rf var .pytest_cache .hypothesis

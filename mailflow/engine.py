@@ -20,7 +20,7 @@ from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.log import DECISIONS, log, log_decision
-from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict
+from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
@@ -36,6 +36,24 @@ STORE_DOWN_REPLY = Reply("451", "4.3.0", "Mail policy service temporarily unavai
 POLICY_HEADER = "X-Mailflow-Policy"
 NOT_FROM_MSP = Decision(Verdict.REJECT, "not_from_msp", Reply(
     "550", "5.7.1", "This listener takes only mail from the local submission program; submit with sendmail"))
+# A macro whose value is not UTF-8 (pymilter decodes macros strictly and cannot hand over their
+# bytes): a NUL, which no macro can hold, marks it. A login that cannot be read names no account.
+UNREADABLE_MACRO = "\0unreadable"
+UNREADABLE_LOGIN = Decision(Verdict.REJECT, "unreadable_login", Reply(
+    "550", "5.7.1", "Your login name is not valid UTF-8, so mail from it cannot be attributed to an account"))
+UNNAMEABLE_ACCOUNT = Decision(Verdict.REJECT, "invalid_utf8", Reply(
+    "550", "5.1.7", "Sender address is not valid UTF-8, so mail from it cannot be attributed to an account"))
+# Local mail with a suppressed recipient that is not valid UTF-8: pymilter can name only UTF-8
+# recipients to the MTA (smfi_delrcpt), so it cannot be removed, and the message is refused.
+UNREMOVABLE = Decision(Verdict.REJECT, "suppressed", Reply(
+    "550", "5.7.1", "A suppressed recipient is not valid UTF-8 and cannot be removed; message refused"))
+
+
+def suppressed_text(recipients: list[str]) -> str:
+    """At most three recipients, each shown bounded, then how many more: any list fits a reply."""
+    listed = ", ".join(shown(r) for r in recipients[:3])
+    more = f" and {len(recipients) - 3} more" if len(recipients) > 3 else ""
+    return f"Every recipient is on a suppression list: {listed}{more}"
 
 
 class Engine:
@@ -76,10 +94,15 @@ class Engine:
 
     def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
         message = Message(sender=sender)
+        if auth_login == UNREADABLE_MACRO:  # authenticated, but as whom cannot be read
+            return message, self._finish("mail", client, message, UNREADABLE_LOGIN, conn_id=conn_id)
         identity, refusal, summary = self._judge_sender(self.ownership.checker(), client.policy_key, auth_login, sender)
         message.identity = identity
         if identity is None:
             return message, INBOUND
+        if not nameable(identity.account):  # named after a sender domain that is not UTF-8: not storable
+            message.identity = None  # nothing later may take it to the store
+            return message, self._finish("mail", client, message, UNNAMEABLE_ACCOUNT, conn_id=conn_id)
         message.on_msp_listener = identity.source == "local" and accounts.on_msp_listener(self.config.accounts, client)
         if client.is_postfix_pickup:
             return message, PASS  # judged at end of message, like everything local
@@ -182,9 +205,9 @@ class Engine:
         if not lookup.matches:
             return None
         self._count_trap_hit(lookup, identity.account, conn_id)
-        address = recipient.strip().strip("<>")
+        address = shown(recipient.strip().strip("<>"))
         if any(scope == account_scope for scope, _ in lookup.matches):
-            text = f"<{address}>: recipient has opted out of mail from {identity.account}"
+            text = f"<{address}>: recipient has opted out of mail from {shown(identity.account)}"
         else:  # global: complaints, traps, provider blocks; never say which
             text = f"<{address}>: recipient is on the provider's suppression list"
         if action == "tempfail":
@@ -239,8 +262,9 @@ class Engine:
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
         if message.suppressed and not message.recipients:
-            decision = Decision(Verdict.REJECT, "suppressed", Reply(
-                "550", "5.7.1", f"Every recipient is on a suppression list: {', '.join(message.suppressed[:5])}"))
+            decision = Decision(Verdict.REJECT, "suppressed", Reply("550", "5.7.1", suppressed_text(message.suppressed)))
+        elif not all(map(nameable, message.suppressed)):
+            decision = UNREMOVABLE  # the MTA could not be told which recipient to remove
         elif forgery.decision is not None and forgery.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL):
             decision = forgery.decision
         else:
@@ -251,7 +275,7 @@ class Engine:
             decision = forgery.decision  # a hold, once the message has been charged
         if decision.verdict is Verdict.CONTINUE and message.held:
             decision = Decision(Verdict.HOLD, "account_held",
-                                Reply("250", "2.7.0", f"account {identity.account} is held: {message.held}"))
+                                Reply("250", "2.7.0", f"account {shown(identity.account)} is held: {message.held}"))
         if message.suppressed and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -16,14 +17,47 @@ class Verdict(StrEnum):
     HOLD = "hold"  # accept into the MTA's hold queue for an admin to release
 
 
+# Reply texts carry what clients wrote (addresses, domains), but libmilter's smfi_setreply
+# refuses a text over 980 bytes (MAXREPLYLEN) or with CR or LF, and the adapter doubles every
+# `%` for the MTA: so a text is printable ASCII, one line, at most REPLY_TEXT_MAX characters
+# (at most 2 * 480 = 960 bytes once escaped), and one embedded value at most SHOWN_MAX.
+REPLY_TEXT_MAX = 480
+SHOWN_MAX = 80
+_UNPRINTABLE = re.compile(r"[^ -~]")
+
+
+def shown(value: str, limit: int = SHOWN_MAX) -> str:
+    """An untrusted value fit for a reply: cut to `limit` characters (ending in `...`), and every
+    character that is not printable ASCII (controls, CR/LF, NUL, non-ASCII, invalid UTF-8) a `?`."""
+    if len(value) > limit:
+        value = value[: limit - 3] + "..."
+    return _UNPRINTABLE.sub("?", value)
+
+
+def nameable(text: str) -> bool:
+    """Valid UTF-8, so pymilter can hand it to the MTA: no surrogate escapes (invalid UTF-8 from
+    the adapter) and no lone surrogates."""
+    return text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)
+
+
 @dataclass(frozen=True)
 class Reply:
+    """An SMTP reply. Whatever text it is given, it holds a bounded, single-line, printable ASCII
+    one (see shown()): no input can make the MTA's library refuse it."""
+
     code: str  # "451"
     status: str  # "4.7.1"
     text: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", shown(self.text, REPLY_TEXT_MAX))
+
     def __str__(self) -> str:
         return f"{self.code} {self.status} {self.text}"
+
+
+# When the MTA's library still refuses a reply's text, the refusal stands with one of these.
+GENERIC_TEXT = {"4": "Message temporarily refused by policy; try again later", "5": "Message refused by policy"}
 
 
 _REFUSALS = frozenset((Verdict.TEMPFAIL, Verdict.REJECT, Verdict.HOLD))

@@ -4,11 +4,17 @@ RFC 2047 encoded words are decoded, comments and groups understood (email.header
 then each address is validated with email-validator (quoted and SMTPUTF8 local parts allowed)
 and its domain put in one form: the lower-case A-label. Nothing here raises on hostile input
 except AddressError.
+
+Bounded by design: the stdlib header parser is slow per token and quadratic on some shapes
+(thousands of comments or commas take seconds), so a header longer than MAX_ADDRESS_HEADER
+characters, or with more than MAX_ADDRESS_TOKENS words and special characters, is not parsed:
+it is an AddressError (no real From:, Sender: or Reply-To: comes near either bound).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from dataclasses import dataclass
 from email import errors
@@ -17,10 +23,16 @@ from email.headerregistry import HeaderRegistry
 from email_validator import EmailNotValidError, validate_email
 
 from mailflow.accounts import canonical_domain
+from mailflow.model import shown
 
 _REGISTRY = HeaderRegistry()
-# Something that looks like an address inside free text (a display name).
-_ADDRESS_IN_TEXT = re.compile(r"[^\s<>\"'(),;:@]+@((?:[^\s<>\"'(),;:@.]+\.)+[^\s<>\"'(),;:@.]{2,})")
+MAX_ADDRESS_HEADER = 998  # characters: RFC 5322's line limit
+MAX_ADDRESS_TOKENS = 150  # words and special characters: a Reply-To: of 25 plain addresses
+_TOKEN = re.compile(r"[^\s()<>\[\]:;@\\,.\"]+|[()<>\[\]:;@\\,.\"]")
+# Something that looks like an address inside free text (a display name): found from its `@`,
+# one local-part character before it, so the search is linear (the old pattern matched the local
+# part first and, on a long run of it without an `@`, retried from every character: quadratic).
+_ADDRESS_IN_TEXT = re.compile(r"(?<=[^\s<>\"'(),;:@])@((?:[^\s<>\"'(),;:@.]+\.)+[^\s<>\"'(),;:@.]{2,})")
 
 
 class AddressError(ValueError):
@@ -38,13 +50,25 @@ class Mailbox:
         return f"{self.local}@{self.domain}"
 
 
-@functools.lru_cache(maxsize=8192)
 def parse_mailboxes(name: str, value: str) -> tuple[Mailbox, ...]:
-    """Every mailbox of an address header (groups flattened); AddressError if any is invalid.
+    """Every mailbox of an address header (groups flattened); AddressError if any is invalid,
+    or if the header is too long or complex to parse in bounded time."""
+    if len(value) > MAX_ADDRESS_HEADER:
+        raise AddressError(f"{name}: header is longer than {MAX_ADDRESS_HEADER} characters")
+    if _too_many_tokens(value):
+        raise AddressError(f"{name}: header has more than {MAX_ADDRESS_TOKENS} words and special characters")
+    return _parse_mailboxes(name, value)
 
-    Cached: the stdlib parser and email-validator cost most of a message's CPU, and senders
-    repeat their From: lines. Results are immutable; errors are not cached.
-    """
+
+def _too_many_tokens(value: str) -> bool:
+    tokens = _TOKEN.finditer(value)
+    return any(True for _ in itertools.islice(tokens, MAX_ADDRESS_TOKENS, MAX_ADDRESS_TOKENS + 1))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_mailboxes(name: str, value: str) -> tuple[Mailbox, ...]:
+    """Cached (values are bounded, so is the cache): the stdlib parser and email-validator cost
+    most of a message's CPU, and senders repeat their From: lines. Errors are not cached."""
     try:
         header = _REGISTRY(name, value)
         addresses = header.addresses  # type: ignore[attr-defined]
@@ -69,7 +93,7 @@ def _validated(name: str, display_name: str, addr_spec: str) -> Mailbox:
         valid = validate_email(addr_spec, check_deliverability=False, allow_smtputf8=True,
                                allow_quoted_local=True, globally_deliverable=False)
     except EmailNotValidError as exc:
-        raise AddressError(f"{name}: {addr_spec!r} is not a valid address ({exc})") from None
+        raise AddressError(f"{name}: {shown(addr_spec)!r} is not a valid address ({exc})") from None
     return Mailbox(display_name=display_name, local=valid.local_part, domain=canonical_domain(valid.ascii_domain))
 
 
@@ -83,5 +107,6 @@ def envelope_domain(sender: str) -> str | None:
 
 
 def domains_in_text(text: str) -> list[str]:
-    """Domains of anything address-like in free text, e.g. `support@bank.example` in a display name."""
+    """Domains of anything address-like in free text, e.g. `support@bank.example` in a display name.
+    Linear in the text's length (each `@` starts one match attempt, which stops at the next `@`)."""
     return [canonical_domain(match.group(1)) for match in _ADDRESS_IN_TEXT.finditer(text)]

@@ -15,13 +15,17 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
-from mailflow.forgery.addresses import AddressError, Mailbox, domains_in_text, envelope_domain, parse_mailboxes, parse_single_mailbox
+from mailflow.forgery.addresses import (MAX_ADDRESS_HEADER, AddressError, Mailbox, domains_in_text, envelope_domain,
+                                       parse_mailboxes, parse_single_mailbox)
+from mailflow.model import shown
 from mailflow.forgery.lookalike import LookalikeIndex
 from mailflow.forgery.ownership import DomainDirectory
 
 # Date: lines repeat within a second, so a busy milter sees each one many times (the parse is
-# a good share of a message's checks). A malformed one raises and is never cached.
+# a good share of a message's checks). A malformed one raises and is never cached; one longer
+# than MAX_DATE_LENGTH is no date (and would only bloat the cache).
 _parse_date = functools.lru_cache(maxsize=256)(parsedate_to_datetime)
+MAX_DATE_LENGTH = 200
 
 UNIQUE_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID")
 _UNIQUE_CHECKED = tuple((name, name.lower()) for name in UNIQUE_HEADERS if name != "From")  # From: has its own rule
@@ -78,6 +82,9 @@ class AuthorHeaders(NamedTuple):
                    tuple((get("resent-from") or get("resent-sender") or none)[:1]),
                    bool(get("list-id") or get("list-post")), bool(get("received")))
 
+    def memoable(self) -> bool:
+        return all(len(value) <= MAX_ADDRESS_HEADER for value in (*self.froms, *self.senders, *self.reply_to, *self.resent))
+
 
 class Checker:
     """The checks, bound to who owns what and what is worth protecting."""
@@ -103,11 +110,14 @@ class Checker:
         if domain and self.directory.owns_address(account, address):
             return None
         return Finding("envelope_domain", "envelope_domain",
-                       f"Envelope sender domain {domain or '(none)'} is not one of your domains {self._yours(account)}; "
+                       f"Envelope sender domain {shown(domain) if domain else '(none)'} is not one of your domains {self._yours(account)}; "
                        "send from an address of your own domain")
 
     def headers(self, facts: MessageFacts) -> list[Finding]:
-        findings = list(self._author_findings(facts.account, facts.source, facts.sender, AuthorHeaders.of(facts.by_name)))
+        author = AuthorHeaders.of(facts.by_name)
+        # An over-long author line is refused unparsed, and would only bloat the memo.
+        judge = self._author_findings if author.memoable() else self._judge_author
+        findings = list(judge(facts.account, facts.source, facts.sender, author))
         for value in facts.by_name.get("date", [])[:1]:  # apart: the only check that depends on the clock
             findings += self._date_skew(value, facts.now)
         return findings
@@ -209,6 +219,8 @@ class Checker:
 
     def _date_skew(self, value: str, now: datetime) -> list[Finding]:
         try:
+            if len(value) > MAX_DATE_LENGTH:
+                raise ValueError("too long for a date")
             date = _parse_date(value)
             if date.tzinfo is None:
                 date = date.replace(tzinfo=timezone.utc)

@@ -16,8 +16,8 @@ from typing import Any
 
 import Milter
 
-from mailflow.engine import Engine
-from mailflow.model import PASS, Client, Decision, Message, Verdict
+from mailflow.engine import UNREADABLE_MACRO, Engine
+from mailflow.model import GENERIC_TEXT, PASS, Client, Decision, Message, Reply, Verdict, shown
 
 log = logging.getLogger("mailflow.milter")
 
@@ -27,6 +27,16 @@ log = logging.getLogger("mailflow.milter")
 # (Postfix sends it at end of message). Only these: every name asked for is a lookup per message,
 # and the policy never reads the client's host name.
 MAIL_MACROS = "{auth_authen} {client_addr} {client_port} {daemon_name} i"
+
+# A header the milter cannot see whole. With milters configured, Postfix's cleanup cuts every
+# header at 60,000 bytes (KLUDGE_HEADER_LIMIT, to stay under libmilter's 65,535-byte packets) and
+# offers no larger packet size (its milter8 client knows no SMFIP_MDS_* flag); Debian's libmilter
+# (1.0.1) is built without MDS negotiation, and pymilter registers as a 1.0.1 filter and exposes
+# no smfi_setmaxdatasize. So a larger size cannot be negotiated: such a header is logged. Postfix
+# cuts at a line boundary past 90 % of the limit (cleanup_out.c), so a cut header arrives with
+# at least MTA_HEADER_CUT bytes.
+MTA_HEADER_LIMIT = 60_000
+MTA_HEADER_CUT = MTA_HEADER_LIMIT * 9 // 10
 
 _connection_ids = itertools.count(1)  # next() is atomic under the GIL: no lock per connection
 
@@ -89,12 +99,19 @@ class MailflowMilter(Milter.Base):
         return Client(address=address, port=int(port) if port.isdigit() else None,
                       daemon_name=getsymval("{daemon_name}") or "")
 
+    def _macro(self, name: str) -> str | None:
+        """A macro's value (the C call itself). pymilter decodes it as strict UTF-8 and cannot
+        hand over its bytes: one that is not UTF-8 reads as UNREADABLE_MACRO."""
+        try:
+            return self._ctx.getsymval(name)
+        except UnicodeDecodeError:
+            return UNREADABLE_MACRO
+
     def apply(self, decision: Decision) -> int:
         if decision is PASS:  # nearly every answer: nothing to set or change
             return Milter.CONTINUE
         if decision.reply is not None and decision.verdict in (Verdict.TEMPFAIL, Verdict.REJECT):
-            reply = decision.reply
-            self.setreply(reply.code, reply.status, reply.text.replace("%", "%%"))
+            self._set_reply(decision.reply)
         if decision.verdict is Verdict.HOLD:
             self.quarantine(decision.reply.text if decision.reply else decision.reason)
         for name, value in decision.add_headers:
@@ -102,6 +119,18 @@ class MailflowMilter(Milter.Base):
         for recipient in decision.remove_recipients:
             self.delrcpt(recipient)
         return _RETURN_CODES[decision.verdict]
+
+    def _set_reply(self, reply: Reply) -> None:
+        # Every Reply is bounded, one line and printable ASCII, which libmilter accepts; `%` is
+        # doubled here, once (libmilter's MTAs read the text as a format: Sendmail requires `%%`,
+        # Postfix turns `%%` back into `%`). Should the library refuse it all the same, the
+        # refusal stands with a generic text: never on_error.
+        try:
+            self.setreply(reply.code, reply.status, reply.text.replace("%", "%%"))
+        except (Milter.milter.error, ValueError) as exc:
+            log.warning("conn=%s: the milter library refused the reply %r (%s); sending a generic one",
+                        self.conn_id, str(reply)[:200], exc)
+            self.setreply(reply.code, reply.status, GENERIC_TEXT[reply.code[:1]])
 
     @Milter.noreply
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
@@ -123,13 +152,17 @@ class MailflowMilter(Milter.Base):
         return self.envrcpt(recipient.decode("utf-8", "surrogateescape"))
 
     def header_bytes(self, name: str, value: bytes) -> int:
+        if len(name) + len(value) + 2 >= MTA_HEADER_CUT:
+            log.warning("conn=%s: a %s: header of %d bytes is near the %d bytes Postfix passes to milters (it cuts "
+                        "longer ones; a larger milter packet cannot be negotiated): judged as received, possibly cut",
+                        self.conn_id, shown(name, 40), len(name) + len(value) + 2, MTA_HEADER_LIMIT)
         return self.header(name, value.decode("utf-8", "surrogateescape"))
 
     @_guarded
     def envfrom(self, sender: str, *esmtp: str) -> int:
         if self.client is None:
             self.client = self._client_from_macros()
-        self.message, decision = self.engine.mail(self.client, sender, self._ctx.getsymval("{auth_authen}"),
+        self.message, decision = self.engine.mail(self.client, sender, self._macro("{auth_authen}"),
                                                   conn_id=self.conn_id)
         return self.apply(decision)
 

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 from mailflow.forgery.rules import Finding
 
 BULK_PRECEDENCE = {"bulk", "list", "junk"}
-_URI = re.compile(r"<\s*([^>]*)\s*>")
+# `<` to the nearest `>` with no `<` between: each match attempt stops at the next `<`, so the
+# search is linear (`<([^>]*)>` rescanned to the end from every `<` of a header without `>`).
+_URI = re.compile(r"<([^<>]*)>")
 ONE_CLICK = "list-unsubscribe=one-click"
 
 

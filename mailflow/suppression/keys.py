@@ -18,6 +18,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 MIN_SECRET_BYTES = 16
 
 
+def wire_bytes(text: str) -> bytes:
+    """The bytes an address arrived as: the adapter carries invalid UTF-8 as surrogate escapes,
+    so an address is keyed by its bytes, valid UTF-8 or not. Never raises: a lone surrogate the
+    adapter cannot make (only a direct caller can) gets its own UTF-8 form instead."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 class Keyring:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < MIN_SECRET_BYTES:
@@ -26,7 +36,7 @@ class Keyring:
         self._seal = AESGCM(hmac.digest(secret, b"mailflow seal", "sha256"))
 
     def lookup_key(self, kind: str, value: str) -> str:
-        return self._mac.digest(f"{kind}:{value}".encode())[:16].hex()
+        return self._mac.digest(wire_bytes(f"{kind}:{value}"))[:16].hex()
 
     def seal(self, text: str) -> str:
         nonce = os.urandom(12)

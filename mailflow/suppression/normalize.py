@@ -4,7 +4,8 @@ canonical: domain as lower-case IDNA A-label, local part NFC and (unless configu
 lower-cased. family: canonical with a `+tag` sub-address stripped, and for Gmail the dots of
 the local part removed and googlemail.com folded into gmail.com. Entries are stored and looked
 up by family form, so a family only ever suppresses more than the exact address, never less.
-Nothing here raises.
+An address that is not valid UTF-8 (the adapter carries its bytes as surrogate escapes) is judged
+by its bytes: its keys and hashes are computed over them (keys.wire_bytes). Nothing here raises.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from mailflow.accounts import canonical_domain
+from mailflow.suppression.keys import wire_bytes
 
 GMAIL_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
 
@@ -50,10 +52,23 @@ def _local(local: str, case_sensitive: bool) -> str:
     return local if case_sensitive else local.lower()
 
 
+MAX_DOMAIN = 253  # DNS: no longer name resolves, so no longer parent needs a key
+
+
 def domain_and_parents(domain: str) -> list[str]:
-    """`a.shop.example` -> [`a.shop.example`, `shop.example`]: a domain entry covers its subdomains."""
+    """`a.shop.example` -> [`a.shop.example`, `shop.example`]: a domain entry covers its subdomains.
+    Parents longer than MAX_DOMAIN are left out: linear work and a bounded list for any input
+    (every parent of a 100 KB domain would be quadratic in time and memory)."""
     labels = domain.split(".")
-    return [".".join(labels[i:]) for i in range(len(labels) - 1)] or [domain]
+    parents: list[str] = []
+    suffix = labels[-1]
+    for label in reversed(labels[1:-1]):
+        suffix = f"{label}.{suffix}"
+        if len(suffix) > MAX_DOMAIN:
+            break
+        parents.append(suffix)
+    parents.reverse()
+    return [domain, *parents]
 
 
 # Copied, never updated: a copy skips OpenSSL's algorithm lookup, which a new hash object does
@@ -64,7 +79,7 @@ _SHA256 = hashlib.sha256()
 
 def broker_hashes(canonical: str) -> list[tuple[str, str]]:
     """List brokers ship MD5 or SHA-256 of the lower-cased address."""
-    data = canonical.lower().encode("utf-8")
+    data = wire_bytes(canonical.lower())
     md5, sha256 = _MD5.copy(), _SHA256.copy()
     md5.update(data)
     sha256.update(data)
