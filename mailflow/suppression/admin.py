@@ -183,19 +183,21 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         """Write a list to stdout as CSV (address,reason,added_at,source) or one entry per line."""
         config = load(config_file)
         matcher = matcher_for(config)
-        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=False)
-        writer = csv.writer(out, lineterminator="\n")
-        if fmt == "csv":
-            writer.writerow(CSV_HEADER)
         with lists_of(config, account) as store:
-            for entry in store.iter_suppressions(scope_for(account)):
-                address = matcher.keyring.unseal(entry.sealed)
+            out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=False)
+            try:  # detached, never closed: stdout stays usable whatever happens
+                writer = csv.writer(out, lineterminator="\n")
                 if fmt == "csv":
-                    writer.writerow([address, entry.reason, _iso(entry.added_at), entry.source])
-                else:
-                    out.write(address + "\n")
-        out.flush()
-        out.detach()
+                    writer.writerow(CSV_HEADER)
+                for entry in store.iter_suppressions(scope_for(account)):
+                    address = matcher.keyring.unseal(entry.sealed)
+                    if fmt == "csv":
+                        writer.writerow([address, entry.reason, _iso(entry.added_at), entry.source])
+                    else:
+                        out.write(address + "\n")
+                out.flush()
+            finally:
+                out.detach()
 
     @suppress.command("import")
     @config_option

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mailflow.store.base import Store
 
 MIN_SECRET_BYTES = 16
+MAX_KEY_FILE_BYTES = 4096
 SEALED_WITH_ANOTHER_KEY = "(sealed with another key)"
 FINGERPRINT_STATE = "suppression:key-fingerprint"
 
@@ -92,10 +93,11 @@ def read_key_file(path: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
         raise KeyFileError(f"suppression key {path}: {exc.strerror}") from None
+    info = os.fstat(fd)  # of the file opened, not of a path swapped since
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise KeyFileError(f"suppression key {path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())  # of the file opened, not of a path swapped since
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"suppression key {path} is not a regular file")
         mode = stat.S_IMODE(info.st_mode)
         why = [text for bit, text in _REFUSED_BITS if mode & bit]
         if why:
@@ -105,9 +107,6 @@ def read_key_file(path: str) -> bytes:
     if len(secret) > MAX_KEY_FILE_BYTES:
         raise KeyFileError(f"suppression key {path}: longer than {MAX_KEY_FILE_BYTES} bytes; not a key file")
     return secret.strip()
-
-
-MAX_KEY_FILE_BYTES = 4096
 
 
 class KeyMismatch(Exception):
