@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `mailflow suppress export | head`: the reader is gone; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except Exception as exc:
         if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
             _fail(_describe(exc), EXIT_USAGE)

@@ -3,11 +3,12 @@ never a traceback, and no output ever shows a store password (issue 13, findings
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,16 @@ STORE_COMMANDS = [
     ["rbl", "watch", "--cycles", "1"],
 ]
 ALL_COMMANDS = STORE_COMMANDS + [["rbl", "check"], ["replay", "--from-log", "tests/fixtures/mail.log"]]
+
+
+@pytest.fixture(autouse=True)
+def _keep_logging() -> Iterator[None]:
+    """In-process commands may set up logging on pytest's captured stderr; undo it after."""
+    logger = logging.getLogger("mailflow")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.propagate = saved[0], saved[2]
+    logger.setLevel(saved[1])
 
 
 def run_main(capsys: pytest.CaptureFixture[str], args: list[str]) -> tuple[int, str, str]:
