@@ -5,6 +5,8 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 
 import Milter
@@ -13,10 +15,13 @@ from mailflow.config import Config, MilterSettings
 from mailflow.engine import Engine
 from mailflow.milter.adapter import MailflowMilter
 from mailflow.store import Store, StoreError, open_store
+from mailflow.suppression.admin import key_check_scopes
+from mailflow.suppression.keys import KeyMismatch, check_store_key
 from mailflow.urls import redact_url
 
 log = logging.getLogger("mailflow")
 libmilter = Milter.milter  # pymilter's C module, the one runmilter calls
+KEY_RETRY_SECONDS = 2.0
 
 
 class ListenError(OSError):
@@ -25,12 +30,15 @@ class ListenError(OSError):
 
 def serve(config: Config) -> None:
     store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms)
+    key_refused: list[KeyMismatch] = []
     try:
         store.ping()
     except StoreError as exc:  # the milter still starts: on_error covers an outage, and it recovers
         log.warning("store %s not answering at start (%s); on_error=%s applies until it does%s",
                     redact_url(config.store.url), exc, config.milter.on_error,
-                    "; the suppression key is not checked against the store" if config.suppression.enabled else "")
+                    "; the suppression key is checked once it does" if config.suppression.enabled else "")
+        if config.suppression.enabled:
+            _check_key_later(config, store, key_refused)
     else:
         _check_suppression_key(config, store)
     engine = MailflowMilter.engine = Engine(config, store)
@@ -48,19 +56,40 @@ def serve(config: Config) -> None:
         engine.sent.flush()
         store.close()
         log.info("mailflow stopped")
+    if key_refused:
+        raise key_refused[0]
 
 
 def _check_suppression_key(config: Config, store: Store) -> None:
     if not config.suppression.enabled:
         return
-    from mailflow.suppression.admin import key_check_scopes
-    from mailflow.suppression.keys import check_store_key
-
     try:
         check_store_key(store, config.suppression.secret, key_check_scopes(config))
     except BaseException:
         store.close()
         raise
+
+
+def _check_key_later(config: Config, store: Store, refused: list[KeyMismatch]) -> None:
+    """The store did not answer at start: check the key as soon as it does, and stop the milter
+    (exit 2) if it is not the key the lists were made with."""
+
+    def check() -> None:
+        while True:
+            time.sleep(KEY_RETRY_SECONDS)
+            try:
+                check_store_key(store, config.suppression.secret, key_check_scopes(config))
+            except StoreError:
+                continue
+            except KeyMismatch as exc:
+                refused.append(exc)
+                log.error("%s; stopping", exc)
+                libmilter.stop()
+                return
+            log.info("suppression key checked against the store")
+            return
+
+    threading.Thread(target=check, name="mailflow-key-check", daemon=True).start()
 
 
 class _socket_permissions:

@@ -208,3 +208,39 @@ def test_masking_keeps_what_is_no_secret() -> None:
     started = time.perf_counter()
     redact_text(long_line * 5)
     assert time.perf_counter() - started < 0.5  # linear: it also runs on log lines
+
+
+def test_run_checks_the_key_once_a_store_that_was_down_answers(tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP) at start: the milter starts, then stops with exit 2 once Redis
+    answers with another key's fingerprint."""
+    import signal
+
+    from tests.helpers.servers import free_port, redis_server
+
+    with redis_server(tmp_path) as (url, port):
+        client = redis.Redis.from_url(url)
+        client.set(f"mailflow:{FINGERPRINT_STATE}", fingerprint(KEY_A.encode()))
+        pid = int((tmp_path / f"redis-{port}.pid").read_text())
+        milter_port = free_port()
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[milter]\nsocket = "inet:{milter_port}@127.0.0.1"\n[store]\nurl = "{url}"\n'
+                       '[suppression]\nhash_key_env = "MAILFLOW_SUPPRESSION_KEY"\n')
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "mailflow", "run", "-c", str(cfg)], cwd=REPO,
+                                    env={**os.environ, "MAILFLOW_SUPPRESSION_KEY": KEY_B},
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            from tests.helpers.servers import wait_for_port
+
+            wait_for_port(milter_port, timeout=20, proc=None)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        try:
+            code = proc.wait(timeout=20)
+        finally:
+            proc.kill()
+            output = proc.communicate(timeout=10)[0]
+        client.close()
+    assert "the suppression key is checked once it does" in output
+    assert code == 2 and output.splitlines()[-1].startswith("mailflow: the suppression key differs"), output
+    assert "Traceback" not in output
