@@ -334,7 +334,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "out of memory (an input too large?)"
     text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (ConfigError, StoreError, KeyFileError, KeyMismatch)) else f"{type(exc).__name__}: {text}"
+    ours = (ConfigError, StoreError, KeyFileError, KeyMismatch, OSError)  # messages written to be read as they are
+    return text if isinstance(exc, ours) else f"{type(exc).__name__}: {text}"
 
 
 def _fail(message: str, code: int) -> None:

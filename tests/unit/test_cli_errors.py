@@ -197,3 +197,23 @@ def test_an_unexpected_error_is_one_line_not_a_traceback(capsys: pytest.CaptureF
     code, out, err = run_main(capsys, ["check-config"])
     assert code == cli.EXIT_INTERNAL and err.count("\n") == 1 and "internal error: KeyError" in err
     assert SECRET not in err and "Traceback" not in err
+
+
+def test_a_socket_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = _config(tmp_path, f"sqlite://{tmp_path}/s.db", f'[milter]\nsocket = "inet:{port}@127.0.0.1"\n')
+        result = mailflow_subprocess("run", "-c", str(cfg))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("mailflow: ")]
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert errors == [f"mailflow: cannot listen on inet:{port}@127.0.0.1: cannot opensocket (in use, or no permission?)"]
+
+
+def test_a_missing_socket_directory_is_caught_by_check_config(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, f"sqlite://{tmp_path}/s.db", f'[milter]\nsocket = "unix:{tmp_path}/run/m.sock"\n')
+    result = mailflow_subprocess("check-config", "-c", str(cfg))
+    assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, f"directory {tmp_path}/run does not exist")
