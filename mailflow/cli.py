@@ -68,10 +68,14 @@ def store_file_problem(url: str) -> str | None:
             head = fh.read(len(SQLITE_MAGIC))
         if head and head != SQLITE_MAGIC:
             return f"{path} is not an SQLite database (it does not start with 'SQLite format 3')"
+        if not os.access(path, os.W_OK):
+            return f"{path} is read-only for uid {os.geteuid()}; the milter writes to it"
     except FileNotFoundError:
         parent = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(parent):
             return f"directory {parent} does not exist; create it for the mailflow user (it is not created for you)"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"{path} does not exist and uid {os.geteuid()} cannot create it in {parent}"
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     return None

@@ -217,3 +217,30 @@ def test_a_missing_socket_directory_is_caught_by_check_config(tmp_path: Path) ->
     cfg = _config(tmp_path, f"sqlite://{tmp_path}/s.db", f'[milter]\nsocket = "unix:{tmp_path}/run/m.sock"\n')
     result = mailflow_subprocess("check-config", "-c", str(cfg))
     assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, f"directory {tmp_path}/run does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run check-config as another user")
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_database_the_user_cannot_write_is_caught_by_check_config(exists: bool) -> None:
+    """As `nobody`: a root-owned 0644 database, or a root-owned directory to create it in. In a
+    directory of its own under /tmp, since pytest's base directory is 0700."""
+    import shutil
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="mailflow-readonly-"))
+    try:
+        workdir.chmod(0o755)
+        db = workdir / "s.db"
+        if exists:
+            db.write_bytes(b"SQLite format 3\0" + bytes(100))
+            db.chmod(0o644)
+        cfg = _config(workdir, f"sqlite://{db}")
+        cfg.chmod(0o644)
+        result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable,
+                                 "-m", "mailflow", "check-config", "-c", str(cfg)],
+                                capture_output=True, text=True, timeout=30, cwd=REPO,
+                                env={**os.environ, "HOME": "/nonexistent"})
+    finally:
+        shutil.rmtree(workdir)
+    needle = "is read-only for uid 65534" if exists else "uid 65534 cannot create it in"
+    assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, needle)
