@@ -22,6 +22,7 @@ from mailflow.urls import redact_url
 log = logging.getLogger("mailflow")
 libmilter = Milter.milter  # pymilter's C module, the one runmilter calls
 KEY_RETRY_SECONDS = 2.0
+KEY_REFRESH_SECONDS = 6 * 3600.0
 
 
 class ListenError(OSError):
@@ -38,9 +39,11 @@ def serve(config: Config) -> None:
                     redact_url(config.store.url), exc, config.milter.on_error,
                     "; the suppression key is checked once it does" if config.suppression.enabled else "")
         if config.suppression.enabled:
-            _check_key_later(config, store, key_refused)
+            _watch_key(config, store, key_refused, KEY_RETRY_SECONDS)
     else:
         _check_suppression_key(config, store)
+        if config.suppression.enabled:
+            _watch_key(config, store, key_refused, KEY_REFRESH_SECONDS)
     engine = MailflowMilter.engine = Engine(config, store)
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect (SETSYMLIST: see adapter).
@@ -70,24 +73,29 @@ def _check_suppression_key(config: Config, store: Store) -> None:
         raise
 
 
-def _check_key_later(config: Config, store: Store, refused: list[KeyMismatch]) -> None:
-    """The store did not answer at start: check the key as soon as it does, and stop the milter
-    (exit 2) if it is not the key the lists were made with."""
+def _watch_key(config: Config, store: Store, refused: list[KeyMismatch], delay: float) -> None:
+    """Check the key again after `delay`: soon when the store did not answer at start, else every
+    few hours, which also keeps the fingerprint alive (Redis drops state strings after 30 days).
+    A key that is not the lists' one (the lists were re-keyed under this milter) stops the
+    milter with exit 2: every lookup would miss."""
 
     def check() -> None:
+        wait = delay
         while True:
-            time.sleep(KEY_RETRY_SECONDS)
+            time.sleep(wait)
             try:
                 check_store_key(store, config.suppression.secret, key_check_scopes(config))
             except StoreError:
+                wait = KEY_RETRY_SECONDS
                 continue
             except KeyMismatch as exc:
                 refused.append(exc)
                 log.error("%s; stopping", exc)
                 libmilter.stop()
                 return
-            log.info("suppression key checked against the store")
-            return
+            if wait == KEY_RETRY_SECONDS:
+                log.info("suppression key checked against the store")
+            wait = KEY_REFRESH_SECONDS
 
     threading.Thread(target=check, name="mailflow-key-check", daemon=True).start()
 
