@@ -83,8 +83,12 @@ def store_file_problem(url: str) -> str | None:
 
 def _socket_problem(socket: str) -> str | None:
     kind, _, path = socket.partition(":")
-    if kind in ("unix", "local") and not os.path.isdir(os.path.dirname(path) or "/"):
+    if kind not in ("unix", "local"):
+        return None
+    if not os.path.isdir(os.path.dirname(path) or "/"):
         return f"directory {os.path.dirname(path)} does not exist; create it for the milter socket"
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        return f"{path} exists and is not a socket; libmilter will not replace it"
     return None
 
 

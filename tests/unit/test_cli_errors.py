@@ -213,10 +213,14 @@ def test_a_socket_in_use_is_one_line(tmp_path: Path) -> None:
     assert errors == [f"mailflow: cannot listen on inet:{port}@127.0.0.1: cannot opensocket (in use, or no permission?)"]
 
 
-def test_a_missing_socket_directory_is_caught_by_check_config(tmp_path: Path) -> None:
+def test_a_missing_socket_directory_or_a_file_in_the_way_is_caught_by_check_config(tmp_path: Path) -> None:
     cfg = _config(tmp_path, f"sqlite://{tmp_path}/s.db", f'[milter]\nsocket = "unix:{tmp_path}/run/m.sock"\n')
     result = mailflow_subprocess("check-config", "-c", str(cfg))
     assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, f"directory {tmp_path}/run does not exist")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "m.sock").write_text("a file\n")
+    result = mailflow_subprocess("check-config", "-c", str(cfg))
+    assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, "m.sock exists and is not a socket")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run check-config as another user")
