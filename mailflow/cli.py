@@ -1,7 +1,10 @@
-"""`mailflow` admin command. Bad arguments and bad configs get one line on stderr and exit 2."""
+"""`mailflow` admin command. Bad arguments, configs, URLs, stores and files get one line on
+stderr and exit 2, never a traceback: `main` maps every such error in one place."""
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,10 +13,18 @@ import click
 
 from mailflow import __version__
 from mailflow.config import Config, ConfigError, config_path, load_config
-from mailflow.store import Store, StoreError, open_store
-from mailflow.urls import redact_url
+from mailflow.store import DomainTaken, Store, StoreError, open_store, sqlite_path
+from mailflow.suppression.keys import KeyFileError, KeyMismatch
+from mailflow.urls import redact_text, redact_url
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # sysexits EX_SOFTWARE: a bug, not a bad input (Nagios reads it as UNKNOWN)
+MAX_MESSAGE = 1000
+# Errors that mean "fix the config, the store or a file" (exit 2), wherever they are raised.
+_BAD_INPUT: tuple[type[BaseException], ...] = (ConfigError, StoreError, KeyFileError, KeyMismatch, OSError,
+                                               UnicodeError, RecursionError, MemoryError)
+_BAD_INPUT_MODULES = ("redis", "sqlite3", "yaml", "milter")
+SQLITE_MAGIC = b"SQLite format 3\0"
 
 config_option = click.option(
     "-c",
@@ -31,6 +42,56 @@ def _load(config_file: str | None) -> Config:
         raise click.UsageError(f"bad config: {exc}") from None
 
 
+def _preflight(config: Config, socket: bool = True) -> None:
+    """What would stop `run` beyond the config's syntax: files and directories."""
+    problems = [("store.url", store_file_problem(config.store.url))]
+    if socket:
+        problems.append(("milter.socket", _socket_problem(config.milter.socket)))
+    for key, problem in problems:
+        if problem:
+            raise click.UsageError(f"bad config: {config.path}: {key}: {problem}")
+
+
+def store_file_problem(url: str) -> str | None:
+    """What `run` would trip over in the SQLite file a URL names: a directory, another kind of
+    file, a missing parent directory (never created for you)."""
+    if not url.startswith("sqlite://"):
+        return None
+    path = sqlite_path(url)
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            return f"{path} is a directory; name a file in it, like {os.path.join(path, 'state.db')}"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{path} is not a regular file"
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+        if head and head != SQLITE_MAGIC:
+            return f"{path} is not an SQLite database (it does not start with 'SQLite format 3')"
+        if not os.access(path, os.W_OK):
+            return f"{path} is read-only for uid {os.geteuid()}; the milter writes to it"
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            return f"directory {parent} does not exist; create it for the mailflow user (it is not created for you)"
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return f"{path} does not exist and uid {os.geteuid()} cannot create it in {parent}"
+    except OSError as exc:
+        return f"{path}: {exc.strerror}"
+    return None
+
+
+def _socket_problem(socket: str) -> str | None:
+    kind, _, path = socket.partition(":")
+    if kind not in ("unix", "local"):
+        return None
+    if not os.path.isdir(os.path.dirname(path) or "/"):
+        return f"directory {os.path.dirname(path)} does not exist; create it for the milter socket"
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        return f"{path} exists and is not a socket; libmilter will not replace it"
+    return None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mailflow")
 def cli() -> None:
@@ -42,6 +103,7 @@ def cli() -> None:
 def run(config_file: str | None) -> None:
     """Start the milter (validates the config before binding the socket)."""
     config = _load(config_file)
+    _preflight(config)
     from mailflow.log import setup_logging
     from mailflow.milter.server import serve
 
@@ -54,6 +116,7 @@ def run(config_file: str | None) -> None:
 def check_config(config_file: str | None) -> None:
     """Validate a config file; name the bad key and exit 2 on error."""
     config = _load(config_file)
+    _preflight(config)
     click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
     from mailflow.rbl.zones import unwatched_summary
 
@@ -161,10 +224,11 @@ def domains_list(config_file: str | None, account: str) -> None:
 
 @contextmanager
 def _store(config: Config) -> Iterator[Store]:
+    _preflight(config, socket=False)
     store = open_store(config.store.url, config.store.timeout_ms)
     try:
         yield store
-    except StoreError as exc:
+    except DomainTaken as exc:  # a refusal, not a fault: exit 1 (faults exit 2 in main)
         raise click.ClickException(str(exc)) from None
     finally:
         store.close()
@@ -254,12 +318,42 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="mailflow", standalone_mode=False)
     except click.UsageError as exc:
-        click.echo(f"mailflow: {exc.format_message()}", err=True)
-        sys.exit(EXIT_USAGE)
+        _fail(exc.format_message(), EXIT_USAGE)
     except click.ClickException as exc:
-        click.echo(f"mailflow: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(exc.format_message(), exc.exit_code)
     except click.Abort:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `mailflow suppress export | head`: the reader is gone; nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except Exception as exc:
+        if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
+            _fail(_describe(exc), EXIT_USAGE)
+        # A bug: still one line (the cause, not hidden), the traceback on demand.
+        if os.environ.get("MAILFLOW_TRACEBACK"):
+            raise
+        _fail(f"internal error: {_describe(exc)} (MAILFLOW_TRACEBACK=1 shows where)", EXIT_INTERNAL)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = " ".join(f"{name}" for name in (exc.filename, exc.filename2) if name)
+        return f"{where}: {exc.strerror}" if where else exc.strerror
+    if isinstance(exc, RecursionError):
+        return "input nested too deeply"
+    if isinstance(exc, MemoryError):
+        return "out of memory (an input too large?)"
+    text = str(exc) or type(exc).__name__
+    ours = (ConfigError, StoreError, KeyFileError, KeyMismatch, OSError)  # messages written to be read as they are
+    return text if isinstance(exc, ours) else f"{type(exc).__name__}: {text}"
+
+
+def _fail(message: str, code: int) -> None:
+    """One line, whatever the message held: no newline, no password, bounded."""
+    line = " ".join(redact_text(message).split())
+    if len(line) > MAX_MESSAGE:
+        line = line[:MAX_MESSAGE] + "…"
+    click.echo(f"mailflow: {line}", err=True)
+    sys.exit(code)

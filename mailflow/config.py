@@ -19,7 +19,8 @@ from typing import Any
 from mailflow.forgery.names import ACTIONS, DEFAULT_ACTIONS, RULES
 from mailflow.ratelimit.limits import Limit, LimitSyntaxError, parse_limit
 from mailflow.rbl.zones import Zone, default_zones, expand_ips, merge_zones
-from mailflow.urls import STORE_SCHEMES as SCHEMES
+from mailflow.suppression.keys import KeyFileError, read_key_file
+from mailflow.urls import store_url_problem
 
 DEFAULT_CONFIG_PATH = "/etc/mailflow/mailflow.toml"
 CONFIG_ENV = "MAILFLOW_CONFIG"
@@ -39,6 +40,8 @@ class MilterSettings:
     mode: str = "enforce"  # enforce | monitor
     on_error: str = "tempfail"  # tempfail | accept
     timeout: int = 30  # seconds libmilter waits on the MTA
+    socket_mode: int = 0o660  # unix socket only: set right after libmilter creates it
+    socket_group: str = ""  # unix socket only: "" = the process's group
 
 
 @dataclass(frozen=True)
@@ -176,14 +179,23 @@ def config_path(explicit: str | None) -> str:
     return explicit or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
 
 
+MAX_CONFIG_BYTES = 4 << 20
+
+
 def load_config(path: str) -> Config:
     try:
         with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
+            data = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a mailflow config")
+        raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 (line {line}, byte {exc.start} is 0x{data[exc.start]:02x}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     try:
@@ -212,19 +224,34 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
 
 # -- sections -------------------------------------------------------------------------------
 
-_SOCKET_RE = re.compile(r"^(unix|local):/.+|^inet6?:\d{1,5}(@.+)?$")
+_SOCKET_RE = re.compile(r"^(unix|local):/[^\0]+|^inet6?:(\d{1,5})(@[^\s\0]+)?$")
 
 
 def _milter(t: _Table) -> MilterSettings:
     d = MilterSettings()
     socket = t.text("socket", d.socket)
-    if not _SOCKET_RE.match(socket):
-        raise t.error("socket", f"{socket!r} is not a milter socket (inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH)")
+    match = _SOCKET_RE.match(socket)
+    if not match or (match.group(2) and not 0 < int(match.group(2)) < 65536):
+        raise t.error("socket", f"{socket!r} is not a milter socket (inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH;"
+                                " PORT 1-65535)")
+    mode_text = t.text("socket_mode", f"{d.socket_mode:04o}")
+    if not re.fullmatch(r"0?[0-7]{3}", mode_text) or int(mode_text, 8) & 0o007:
+        raise t.error("socket_mode", f"{mode_text!r}: expected an octal mode with no bits for others, like \"0660\"")
+    group = t.text("socket_group", d.socket_group)
+    if group:
+        import grp
+
+        try:
+            grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+        except KeyError:
+            raise t.error("socket_group", f"no group named {group!r} on this host") from None
     settings = MilterSettings(
         socket=socket,
         mode=t.choice("mode", d.mode, ("enforce", "monitor")),
         on_error=t.choice("on_error", d.on_error, ("tempfail", "accept")),
         timeout=t.integer("timeout", d.timeout, minimum=1),
+        socket_mode=int(mode_text, 8),
+        socket_group=group,
     )
     t.finish()
     return settings
@@ -233,8 +260,9 @@ def _milter(t: _Table) -> MilterSettings:
 def _store(t: _Table) -> StoreSettings:
     d = StoreSettings()
     url = t.text("url", d.url)
-    if url.split("://", 1)[0] not in SCHEMES or "://" not in url:
-        raise t.error("url", f"{url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB, rediss://… or unix://PATH")
+    problem = store_url_problem(url)
+    if problem:
+        raise t.error("url", problem)
     settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
                              refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10))
     t.finish()
@@ -391,10 +419,9 @@ def _suppression(top: _Table, base_dir: str) -> SuppressionSettings:
     else:
         path = key_file if os.path.isabs(key_file) else os.path.join(base_dir, key_file)
         try:
-            with open(path, "rb") as fh:
-                secret = fh.read().strip()
-        except OSError as exc:
-            raise t.error("hash_key_file", f"{path}: {exc.strerror}") from None
+            secret = read_key_file(path)
+        except KeyFileError as exc:
+            raise t.error("hash_key_file", str(exc)) from None
     if len(secret) < 16:
         raise t.error("hash_key_env" if env_name else "hash_key_file", "the key must be at least 16 bytes")
     accounts: dict[str, str] = {}

@@ -7,7 +7,7 @@ import io
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from typing import TextIO, TypeVar
 
@@ -16,13 +16,19 @@ import click
 from mailflow.config import Config
 from mailflow.store.base import Store
 from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
-from mailflow.suppression.keys import Keyring
+from mailflow.suppression.keys import Keyring, check_store_key
 from mailflow.suppression.normalize import AddressForms
 
 CSV_HEADER = ["address", "reason", "added_at", "source"]
 T = TypeVar("T")
 BATCH = 10_000
 
+
+def key_check_scopes(config: Config, account: str | None = None) -> list[str]:
+    """Lists whose first entry tells whether a store without a key fingerprint was made with
+    another key (see keys.check_store_key)."""
+    scopes = [GLOBAL, *(scope_for(name) for name in config.suppression.accounts)]
+    return scopes + ([scope_for(account)] if account and scope_for(account) not in scopes else [])
 
 
 def matcher_for(config: Config) -> Matcher:
@@ -101,6 +107,13 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
 
     account_option = click.option("--account", default=None, help="The account's list (omit for the global list).")
 
+    @contextmanager
+    def lists_of(config: Config, account: str | None) -> Iterator[Store]:
+        """The store, once it is known to hold lists made with this key."""
+        with store_of(config) as store:
+            check_store_key(store, config.suppression.secret, key_check_scopes(config, account))
+            yield store
+
     @cli.group()
     def suppress() -> None:
         """Opt-out suppression lists: per account, or global (complaints, traps, blocks)."""
@@ -116,7 +129,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         matcher = matcher_for(config)
         entries = _each(addresses, lambda a: matcher.make_entry(a, reason, source, int(time.time())))
-        with store_of(config) as store:
+        with lists_of(config, account) as store:
             added = store.add_suppressions(scope_for(account), entries)
         click.echo(f"{added} added, {len(entries) - added} already listed ({scope_for(account)})")
 
@@ -129,7 +142,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         matcher = matcher_for(config)
         keys = _each(addresses, lambda a: matcher.entry_key(a)[0])
-        with store_of(config) as store:
+        with lists_of(config, account) as store:
             removed = store.remove_suppressions(scope_for(account), keys)
         click.echo(f"{removed} removed ({scope_for(account)})")
 
@@ -142,7 +155,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         matcher = matcher_for(config)
         scopes = [GLOBAL] + ([scope_for(account)] if account else [])
-        with store_of(config) as store:
+        with lists_of(config, account) as store:
             lookup = store.find_suppressions(account or "", scopes, matcher.recipient_keys(address))
         for scope, entry in lookup.matches:
             click.echo(f"{address}: suppressed by {matcher.keyring.unseal(entry.sealed)} in {scope} "
@@ -158,7 +171,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         """Every entry of a list: address, reason, added, source."""
         config = load(config_file)
         matcher = matcher_for(config)
-        with store_of(config) as store:
+        with lists_of(config, account) as store:
             for entry in store.iter_suppressions(scope_for(account)):
                 click.echo(f"{matcher.keyring.unseal(entry.sealed):<44} {entry.reason:<12} {_iso(entry.added_at)}  {entry.source}")
 
@@ -170,19 +183,21 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         """Write a list to stdout as CSV (address,reason,added_at,source) or one entry per line."""
         config = load(config_file)
         matcher = matcher_for(config)
-        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=False)
-        writer = csv.writer(out, lineterminator="\n")
-        if fmt == "csv":
-            writer.writerow(CSV_HEADER)
-        with store_of(config) as store:
-            for entry in store.iter_suppressions(scope_for(account)):
-                address = matcher.keyring.unseal(entry.sealed)
+        with lists_of(config, account) as store:
+            out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=False)
+            try:  # detached, never closed: stdout stays usable whatever happens
+                writer = csv.writer(out, lineterminator="\n")
                 if fmt == "csv":
-                    writer.writerow([address, entry.reason, _iso(entry.added_at), entry.source])
-                else:
-                    out.write(address + "\n")
-        out.flush()
-        out.detach()
+                    writer.writerow(CSV_HEADER)
+                for entry in store.iter_suppressions(scope_for(account)):
+                    address = matcher.keyring.unseal(entry.sealed)
+                    if fmt == "csv":
+                        writer.writerow([address, entry.reason, _iso(entry.added_at), entry.source])
+                    else:
+                        out.write(address + "\n")
+                out.flush()
+            finally:
+                out.detach()
 
     @suppress.command("import")
     @config_option
@@ -208,7 +223,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             bad += 1
             click.echo(f"{path}: {message}", err=True)
 
-        with store_of(config) as store, open(path, encoding="utf-8", errors="replace") as fh, \
+        with lists_of(config, account) as store, open(path, encoding="utf-8", errors="replace") as fh, \
                 click.progressbar(length=os.path.getsize(path), label="importing", file=sys.stderr) as bar:
             batch: list[Entry] = []
             for entry in read_entries(fh, matcher, reason, source or os.path.basename(path), hashed, report_bad, bar.update):

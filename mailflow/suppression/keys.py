@@ -11,11 +11,20 @@ import base64
 import hashlib
 import hmac
 import os
+import stat
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+if TYPE_CHECKING:
+    from mailflow.store.base import Store
+
 MIN_SECRET_BYTES = 16
+MAX_KEY_FILE_BYTES = 4096
+SEALED_WITH_ANOTHER_KEY = "(sealed with another key)"
+FINGERPRINT_STATE = "suppression:key-fingerprint"
 
 
 def wire_bytes(text: str) -> bytes:
@@ -47,7 +56,7 @@ class Keyring:
             raw = base64.b64decode(sealed)
             return self._seal.decrypt(raw[:12], raw[12:], None).decode()
         except (ValueError, InvalidTag):
-            return "(sealed with another key)"
+            return SEALED_WITH_ANOTHER_KEY
 
 
 class _PreparedHmac:
@@ -73,5 +82,73 @@ class _PreparedHmac:
 
 
 def fingerprint(secret: bytes) -> str:
-    """Safe to log: tells two keys apart without revealing them."""
-    return hashlib.sha256(b"fingerprint" + secret).hexdigest()[:12]
+    """Safe to store and show: tells two keys apart without revealing them (keyed, so a
+    fingerprint cannot be checked against guessed keys faster than HMAC allows)."""
+    return hmac.digest(secret, b"mailflow suppression key fingerprint v1", "sha256").hex()
+
+
+class KeyFileError(ValueError):
+    """The key file cannot be used; the message names the file and what to do."""
+
+
+# Refused: any permission for others, and group write. Group read is allowed so a packaged
+# key can be 0640 root:mailflow and read by the service user through its group.
+_REFUSED_BITS = ((0o004, "readable by others"), (0o002, "writable by others"), (0o001, "executable by others"),
+                 (0o020, "writable by group"))
+
+
+def read_key_file(path: str) -> bytes:
+    """The suppression key from a file, refused (like OpenSSH) when others could read or change it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise KeyFileError(f"suppression key {path}: {exc.strerror}") from None
+    info = os.fstat(fd)  # of the file opened, not of a path swapped since
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise KeyFileError(f"suppression key {path} is not a regular file")
+    with os.fdopen(fd, "rb") as fh:
+        mode = stat.S_IMODE(info.st_mode)
+        why = [text for bit, text in _REFUSED_BITS if mode & bit]
+        if why:
+            raise KeyFileError(f"suppression key {path} is mode {mode:04o}: {', '.join(why)}; "
+                               "chmod 0640 (root:mailflow) or 0600")
+        secret = fh.read(MAX_KEY_FILE_BYTES + 1)
+    if len(secret) > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(f"suppression key {path}: longer than {MAX_KEY_FILE_BYTES} bytes; not a key file")
+    return secret.strip()
+
+
+class KeyMismatch(Exception):
+    """The configured key is not the one the store's lists were made with."""
+
+
+def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
+    """Refuse a key other than the one the store's lists were made with: under another key every
+    lookup misses and every list silently reads "not suppressed". A store without a fingerprint
+    adopts this key, unless the first entry of one of `scopes` (lists made before fingerprints
+    were kept) cannot be opened with it. The fingerprint is refreshed on every check (Redis
+    keeps state strings for 30 days)."""
+    mine = fingerprint(secret)
+    stored = store.state_get(FINGERPRINT_STATE)
+    if stored is None:
+        keyring = Keyring(secret)
+        for scope in scopes:
+            entries = store.iter_suppressions(scope)
+            try:
+                first = next(iter(entries), None)
+            finally:
+                getattr(entries, "close", lambda: None)()  # give a SQLite connection back at once
+            if first is not None and keyring.unseal(first.sealed) == SEALED_WITH_ANOTHER_KEY:
+                raise KeyMismatch(f"the suppression key differs from the one the {scope} list was made with "
+                                  f"(its entries cannot be opened with key {mine[:12]}); restore the old key, "
+                                  "or export the lists with it and import them into an empty store")
+        if store.state_swap(FINGERPRINT_STATE, None, mine):
+            return
+        stored = store.state_get(FINGERPRINT_STATE)  # another process adopted a key first
+    if stored == mine:
+        store.state_swap(FINGERPRINT_STATE, mine, mine)
+        return
+    raise KeyMismatch(f"the suppression key differs from the one this store's lists were made with "
+                      f"(fingerprint {mine[:12]} vs {(stored or '?')[:12]}); restore the old key, "
+                      "or export the lists with it and import them into an empty store")

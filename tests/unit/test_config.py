@@ -1,3 +1,4 @@
+import re
 import tomllib
 from pathlib import Path
 
@@ -231,3 +232,33 @@ def test_rbl_errors_name_the_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(tomllib.loads(text))
     assert str(err.value).startswith(f"{key}:"), str(err.value)
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("redis://127.0.0.1:abc/0", "the port is not a number from 1 to 65535"),
+    ("redis://127.0.0.1:0/0", "the port is not a number from 1 to 65535"),
+    ("redis://:pa/ss@127.0.0.1/0", "must be percent-encoded"),
+    ("redis://127.0.0.1/x", "the path must be a database number"),
+    ("redis://127.0.0.1/0?db=x", "db must be a database number"),
+    ("redis://127.0.0.1/0?colour=red", "unknown option 'colour'"),
+    ("unix://", "names no socket"),
+    ("sqlite://", "names no database file"),
+    ("sqlite:///var/lib/mailflow/", "names no database file"),
+    ("postgres://h/db", "expected sqlite:///PATH"),
+])
+def test_store_url_syntax_is_checked_at_load(url: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=f"store.url: .*{re.escape(problem)}"):
+        parse_config({"store": {"url": url}})
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://:p%2Fw@cache.example:6380/2",
+                                 "unix:///run/redis/redis.sock?db=1", "redis://[::1]:6379", "sqlite://rel/state.db"])
+def test_good_store_urls_pass(url: str) -> None:
+    assert parse_config({"store": {"url": url}}).store.url == url
+
+
+def test_toml_syntax_errors_name_the_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[milter]\nmode = "enforce"\ntimeout = = 3\n')
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 3"):
+        load_config(str(cfg))
