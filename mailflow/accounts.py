@@ -148,6 +148,13 @@ def refine_local_identity(settings: AccountSettings, identity: Identity, unix_us
     return Identity("local", unix_user, account)
 
 
+def is_users_host_address(settings: AccountSettings, unix_user: str, sender: str) -> bool:
+    """Is the envelope sender the Unix user's own address on this host (`www-data@HOST`)? What the
+    MSP writes when a program (PHP's mail() without -f) names no sender: no forgery of anyone."""
+    local, at, domain = strip_brackets(sender).rpartition("@")
+    return bool(at) and local.lower() == unix_user.lower() and canonical_domain(domain) in settings.local_names
+
+
 def is_own_bounce(settings: AccountSettings, sender: str, author_local: str, author_domain: str) -> bool:
     """A null-sender message signed by this host's MTA or MSP (MAILER-DAEMON@ or postmaster@ one
     of its own names): a delivery report the MTA itself generated."""

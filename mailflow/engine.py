@@ -319,7 +319,11 @@ class Engine:
         checker = self.ownership.checker()
         facts = MessageFacts(identity.account, identity.source, message.sender, message.headers, self.clock())
         findings = checker.headers(facts)
-        if (client.is_postfix_pickup or envelope) and (found := checker.envelope(identity.account, message.sender)):
+        # A Unix user's own address on this host is the MSP's default sender, not anyone's forgery.
+        own_address = bool(message.msp_user) and accounts.is_users_host_address(
+            self.config.accounts, message.msp_user or "", message.sender)
+        if (client.is_postfix_pickup or envelope) and not own_address and (
+                found := checker.envelope(identity.account, message.sender)):
             findings.insert(0, found)
         bulk = self.config.bulk.policy_for(identity.account)
         if bulk_problem := bulk_finding(facts.by_name, len(message.recipients), bulk.min_recipients):

@@ -91,8 +91,9 @@ class KeyFileError(ValueError):
     """The key file cannot be used; the message names the file and what to do."""
 
 
-# Refused: any permission for others, and group write. Group read is allowed so a packaged
-# key can be 0640 root:mailflow and read by the service user through its group.
+# Refused: any permission for others, and group write. Group read only on a file root owns: that
+# is how a service user reads a key root administers (0640 root:mailflow, as OpenDKIM's
+# RequireSafeKeys allows); on a file the user owns itself, group read is exposure and nothing else.
 _REFUSED_BITS = ((0o004, "readable by others"), (0o002, "writable by others"), (0o001, "executable by others"),
                  (0o020, "writable by group"))
 
@@ -110,6 +111,8 @@ def read_key_file(path: str) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         mode = stat.S_IMODE(info.st_mode)
         why = [text for bit, text in _REFUSED_BITS if mode & bit]
+        if mode & 0o040 and info.st_uid != 0:
+            why.insert(0, "readable by group of a key root does not own")
         if why:
             raise KeyFileError(f"suppression key {path} is mode {mode:04o}: {', '.join(why)}; "
                                "chmod 0640 (root:mailflow) or 0600")

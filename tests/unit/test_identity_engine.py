@@ -118,6 +118,22 @@ def test_the_envelope_is_rechecked_once_the_unix_user_settles_the_account(tmp_pa
     assert message.identity is not None and message.identity.account == "webhosting.example"
 
 
+def test_a_unix_users_own_host_address_is_its_default_envelope_not_a_forgery(tmp_path: Path) -> None:
+    """PHP's mail() without -f: the MSP writes `www-data@HOST`; the From: must still be owned."""
+    engine = make_engine(tmp_path)
+    received = ("Received", msp_received("www-data"))
+    mail, eom, message = transaction(engine, MSP, f"www-data@{MSP_HOST}",
+                                     [received, ("From", "shop@customer.example")])
+    assert not mail.refuses and eom is not None and not eom.refuses
+    assert message.identity is not None and message.identity.account == "webhosting.example"
+    # Another user's address on this host, or the From: of a domain the account does not own: refused.
+    for sender in (f"root@{MSP_HOST}", "ceo@bank.example"):
+        foreign = transaction(engine, MSP, sender, [received, ("From", "shop@customer.example")])[1]
+        assert foreign is not None and foreign.refuses and foreign.reason == "envelope_domain"
+    refused = transaction(engine, MSP, f"www-data@{MSP_HOST}", [received, ("From", "ceo@bank.example")])[1]
+    assert refused is not None and refused.refuses and refused.reason == "from_domain"
+
+
 def test_the_msps_own_bounce_passes_charged_to_local(tmp_path: Path) -> None:
     """Finding 6: the MSP's DSN fell to account `local`, which owns nothing: 550, savemail panic."""
     engine = make_engine(tmp_path)

@@ -244,3 +244,14 @@ def test_run_checks_the_key_once_a_store_that_was_down_answers(tmp_path: Path) -
     assert "the suppression key is checked once it does" in output
     assert code == 2 and output.splitlines()[-1].startswith("mailflow: the suppression key differs"), output
     assert "Traceback" not in output
+
+
+def test_group_read_is_allowed_only_on_a_key_root_owns(tmp_path: Path) -> None:
+    """0640 root:mailflow is how the service user reads a key root administers; on a key the user
+    owns itself, group read only widens who can read it."""
+    cfg = _key_config(tmp_path, 0o640)
+    os.chown(tmp_path / "suppression.key", 65534, 0)  # owned by nobody, not root
+    with pytest.raises(ConfigError, match="mode 0640: readable by group of a key root does not own"):
+        load_config(str(cfg))
+    os.chmod(tmp_path / "suppression.key", 0o600)
+    assert load_config(str(cfg)).suppression.secret == KEY_A.encode()
