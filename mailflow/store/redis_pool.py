@@ -4,8 +4,8 @@ Every message makes two calls (RCPT lookup, EOM debit). redis-py's client layers
 with a readiness select, retry wrapper, Script objects) cost about as much CPU as the rest of the
 milter, so these calls speak on plain connections kept here.
 
-A fixed number of slots circulate in a queue: a caller takes one (a connection, or None until one
-is made), waits briefly when all are out (MAX_WAIT: a healthy Redis frees one within a millisecond,
+A fixed number of slots: a caller takes an idle connection, else makes one while fewer than
+`size` exist, else waits briefly when all are out (MAX_WAIT: a healthy Redis frees one within a millisecond,
 and the wait adds to the call's own timeout), and always puts it back, disconnected after a failure. However many calls fail, over however many outages, no slot is ever lost, at most
 `size` connections exist, and a disconnected one reconnects on its next use: the first call after
 Redis is back succeeds.
@@ -62,22 +62,29 @@ class HotPool:
         self._kind, self._kwargs = kind, dict(pool.connection_kwargs)
         self.size = size
         self._wait_ms = min(MAX_WAIT_MS, timeout_ms // 2)
-        # (connection or None, when it was last given back)
-        self._slots: queue.SimpleQueue[tuple[Any, float]] = queue.SimpleQueue()
+        # Connections made, idle: (connection, when it was given back). A made connection is never
+        # dropped (a broken one is disconnected and reconnects on its next use), so `_unmade`,
+        # one token per connection still to make, and `_idle` together always hold `size` slots.
+        self._idle: queue.SimpleQueue[tuple[Any, float]] = queue.SimpleQueue()
+        self._unmade: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(size):
-            self._slots.put((None, 0.0))
+            self._unmade.put(None)
 
     def take(self) -> Any:
         """A connection for one round trip; give it back with `give`, whatever happens."""
         try:
-            conn, since = self._slots.get_nowait()
+            conn, since = self._idle.get_nowait()
         except queue.Empty:
             try:
-                conn, since = self._slots.get(timeout=self._wait_ms / 1000)
+                self._unmade.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                return self._make()
+            try:
+                conn, since = self._idle.get(timeout=self._wait_ms / 1000)
             except queue.Empty:
                 raise StoreError(f"redis: all {self.size} connections busy for {self._wait_ms} ms") from None
-        if conn is None:
-            return self._kind(**self._kwargs)  # connects on first use
         if conn._sock is not None and time.monotonic() - since > RECHECK_IDLE:
             try:
                 closed = bool(select.select([conn._sock], [], [], 0)[0])  # EOF: Redis closed it
@@ -87,6 +94,13 @@ class HotPool:
                 conn.disconnect()
         return conn
 
+    def _make(self) -> Any:
+        try:
+            return self._kind(**self._kwargs)  # connects on first use
+        except BaseException:
+            self._unmade.put(None)  # the slot stays
+            raise
+
     def give(self, conn: Any, broken: bool = False) -> None:
         """Back to the pool; a broken one is disconnected first (a half-read reply must never
         reach the next caller) and reconnects on its next use."""
@@ -94,26 +108,25 @@ class HotPool:
             if broken:
                 conn.disconnect()
         finally:
-            self._slots.put((conn, time.monotonic()))
+            self._idle.put((conn, time.monotonic()))
 
     def _drain(self) -> list[tuple[Any, float]]:
         slots = []
         try:
             while True:
-                slots.append(self._slots.get_nowait())
+                slots.append(self._idle.get_nowait())
         except queue.Empty:
             return slots
 
     def open_connections(self) -> int:
-        """How many idle pooled connections have a socket now (for tests and diagnostics)."""
+        """How many idle connections have a socket now (for tests and diagnostics)."""
         slots = self._drain()
         for slot in slots:
-            self._slots.put(slot)
-        return sum(1 for conn, _ in slots if conn is not None and conn._sock is not None)
+            self._idle.put(slot)
+        return sum(1 for conn, _ in slots if conn._sock is not None)
 
     def close(self) -> None:
         """Disconnect the idle connections (a later call reconnects)."""
         for conn, since in self._drain():
-            if conn is not None:
-                conn.disconnect()
-            self._slots.put((conn, since))
+            conn.disconnect()
+            self._idle.put((conn, since))

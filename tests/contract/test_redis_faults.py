@@ -18,12 +18,14 @@ import redis
 
 from mailflow.config import parse_config
 from mailflow.engine import Engine
+from mailflow.milter.client import MilterClient
 from mailflow.model import Client, Decision, Verdict
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.store import StoreError
 from mailflow.store.redis import RedisStore, bucket_key
 from mailflow.store.redis_pool import SIZE as HOT_POOL_SIZE
 from tests.helpers.redis_faults import CuttingProxy, RedisProcess, Timed, burst, timed
+from tests.helpers.servers import MilterProcess
 
 TIMEOUT_MS = 200
 BOUND = TIMEOUT_MS / 1000 + 0.25  # the acceptance bound on every reply
@@ -77,6 +79,7 @@ class Fault:
     executed: str = "none"
     level_after_restart: Callable[[float], float] = lambda before: before  # the level the fault leaves
     extras: list[object] = field(default_factory=list)
+    name: str = ""
 
 
 def _kill_and_restart(tmp: Path, persist: bool) -> Fault:
@@ -180,6 +183,7 @@ FAULTS: dict[str, Callable[[Path], Fault]] = {
 @pytest.fixture
 def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
     made = FAULTS[request.param](tmp_path)
+    made.name = request.param
     yield made
     for extra in made.extras:
         if isinstance(extra, CuttingProxy):
@@ -189,8 +193,8 @@ def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
     made.server.kill()
 
 
-def _level(fault: Fault) -> float:
-    with fault.server.client(fault.password) as admin:
+def _level(server: RedisProcess, password: str | None = None) -> float:
+    with server.client(password) as admin:
         return float(admin.hget(bucket_key(ACCOUNT, "day"), "level") or 0)
 
 
@@ -215,7 +219,7 @@ def test_a_fault_meets_on_error_and_mail_recovers(fault: Fault, on_error: str,
         for n in range(3):
             assert send(engine, n)[0].verdict is Verdict.CONTINUE
         _wait(lambda: store.replica.ready)  # RCPT answers from memory, as in steady service
-        before = _level(fault)
+        before = _level(fault.server, fault.password)
         assert before == pytest.approx(3, abs=0.1)
 
         fault.begin()
@@ -252,12 +256,15 @@ def test_a_fault_meets_on_error_and_mail_recovers(fault: Fault, on_error: str,
         low = fault.level_after_restart(before) + (debits_sent if fault.executed == "each" else 0) + 1
         high = low + (debits_sent if fault.executed == "some" else 0)
         # No double debit: what ran, once each (a resumed Redis may still be running what was sent).
-        _wait(lambda: low - 0.1 <= _level(fault) <= high + 0.1, seconds=2,
-              why=lambda: f"level {_level(fault)} not in [{low}, {high}]")
+        _wait(lambda: low - 0.1 <= _level(fault.server, fault.password) <= high + 0.1, seconds=2,
+              why=lambda: f"level {_level(fault.server, fault.password)} not in [{low}, {high}]")
 
         # Bounded connections: the hot pool's and redis-py's together, whatever failed.
         assert store._hot_pool.open_connections() <= HOT_POOL_SIZE
         assert fault.server.clients_connected(fault.password) <= HOT_POOL_SIZE + 10
+        print(f"{fault.name} on_error={on_error}: {FAILURES} failed messages and admin calls, worst reply "
+              f"{worst * 1000:.0f} ms, {store._hot_pool.open_connections()} hot connections open, "
+              f"{fault.server.clients_connected(fault.password)} Redis clients after recovery")
         # The log says so once at the start, at most every few seconds after, and once at the end.
         lines = [r.getMessage() for r in store_log.records]
         assert 1 <= sum(line.startswith("store unavailable for") for line in lines) <= 3, lines
@@ -299,7 +306,7 @@ def test_connections_stay_bounded_under_a_burst(tmp_path: Path) -> None:
     try:
         store.debit(ACCOUNT, LIMITS, 1)
         server.pause()
-        outcome = burst(lambda: _debit_error(store), 3 * HOT_POOL_SIZE, threads=2 * HOT_POOL_SIZE)
+        outcome = burst(lambda: _debit_error(store), 2 * HOT_POOL_SIZE, threads=HOT_POOL_SIZE + 16)
         server.resume()
         assert {type(r) for r in outcome.results} == {StoreError}
         assert any("busy" in str(r) for r in outcome.results)
@@ -339,3 +346,46 @@ def test_the_redis_py_errors_are_named_in_words() -> None:
     assert describe(redis.exceptions.TimeoutError("Timeout reading from x"), 250) == "no answer within 250 ms"
     assert describe(redis.exceptions.MaxConnectionsError("Too many connections"), 250).startswith("every connection")
     assert describe(ConnectionResetError(104, "Connection reset by peer"), 250).startswith("connection lost")
+
+
+def test_the_milter_rides_out_a_kill_9(start_milter: Callable[..., MilterProcess], tmp_path: Path) -> None:
+    """Through the real milter over the milter protocol: Redis killed, mail deferred within the
+    bound, one log line per few seconds, then mail flows on the first message after the restart."""
+    server = RedisProcess(tmp_path, persist=True).start()
+    auth = {"{auth_authen}": "bob@shop.example"}
+    milter = start_milter({"store": {"url": server.url, "timeout_ms": TIMEOUT_MS},
+                           "accounts": {"identify": ["sasl"]}, "ratelimit": {"limits": ["1000/day"]},
+                           "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}})
+
+    def message() -> tuple[str, float]:
+        worst = 0.0
+        with MilterClient(milter.socket) as c:
+            c.connect("mua.example", "198.51.100.20", 40000)
+            c.helo("mua.example")
+            for step in (lambda: c.mail("bob@shop.example", macros=auth), lambda: c.rcpt("a@dest.example")):
+                reply, seconds = timed(step)
+                worst = max(worst, seconds)
+                if reply.action != "continue":
+                    return reply.smtp, worst
+            c.header("From", "bob@shop.example")
+            c.eoh()
+            reply, seconds = timed(lambda: c.eom(macros={"i": "4ABCDEF"}))
+            return reply.smtp, max(worst, seconds)
+
+    try:
+        assert message()[0] == "continue"
+        server.kill()
+        replies = [message() for _ in range(FAILURES)]
+        assert {smtp[:9] for smtp, _ in replies} == {"451 4.3.0"}
+        worst = max(seconds for _, seconds in replies)
+        assert worst < BOUND, f"a reply took {worst * 1000:.0f} ms"
+        server.start()
+        assert message()[0] == "continue"  # the first message after the restart
+        assert _level(server) == pytest.approx(2, abs=0.1)
+        log = milter.log()
+        assert 1 <= log.count("store unavailable for") <= 3 and log.count("store answering again") == 1
+        assert "Traceback" not in log and "MaxConnectionsError" not in log
+        print(f"milter kill -9: {FAILURES} messages deferred, worst reply {worst * 1000:.0f} ms, "
+              f"{server.clients_connected()} Redis clients after recovery")
+    finally:
+        server.kill()
