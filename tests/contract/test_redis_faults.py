@@ -122,6 +122,7 @@ def _readonly(tmp: Path) -> Fault:
 
     def begin() -> None:
         _wait(lambda: other_admin.info("replication")["master_link_status"] == "up")
+        assert admin.execute_command("WAIT", 1, 5000) == 1  # the replica has every write: none lost here
         other_admin.replicaof("NO", "ONE")
         admin.replicaof("127.0.0.1", other.port)
         _wait(lambda: admin.info("replication")["master_link_status"] == "up")
