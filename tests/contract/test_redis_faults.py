@@ -295,6 +295,14 @@ def test_restart_empty_reloads_the_script_without_double_debit(tmp_path: Path) -
             assert admin.script_exists(store._debit_script.sha) == [False]
         result = store.debit(ACCOUNT, LIMITS, 2)
         assert result.allowed and result.levels[0] == pytest.approx(2, abs=0.01)
+        server.restart()  # every other script, each on its first call after an empty restart
+        from tests.unit.test_suppression import MATCHER
+
+        entry = MATCHER.make_entry("a@x.example", "complaint", "test", 1_700_000_000)
+        assert store.add_suppressions("global", [entry]) == 1  # a pipeline with a script in it
+        assert store.record_trap_hit(ACCOUNT) == 1
+        assert store.state_swap("k", None, "v")
+        assert not store.remove_domain(ACCOUNT, "nothing.example")
     finally:
         store.close()
         server.kill()
