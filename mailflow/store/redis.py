@@ -108,13 +108,15 @@ class RedisStore:
             for attempt in (1, 2):
                 conn.send_packed_command(conn.pack_commands(commands))
                 replies: list[Any] = []
+                failed = False
                 for _ in commands:
                     try:
                         replies.append(conn.read_response())
                     except redis.ResponseError as exc:  # one reply; the stream stays in step
                         replies.append(exc)
-                missing = [r for r in replies if isinstance(r, redis.exceptions.NoScriptError)]
-                if not missing or attempt == 2:
+                        failed = True
+                if not failed or attempt == 2 or not any(
+                        isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
                     break
                 # A restarted or flushed Redis: nothing ran, so loading and sending again is safe.
                 conn.send_command("SCRIPT", "LOAD", self._debit_script.script)
@@ -124,9 +126,10 @@ class RedisStore:
             raise store_error(exc, self._timeout_ms, self._password) from exc
         finally:
             self._hot_pool.give(conn, broken)
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise store_error(reply, self._timeout_ms, self._password) from reply
+        if failed:
+            for reply in replies:
+                if isinstance(reply, redis.ResponseError):
+                    raise store_error(reply, self._timeout_ms, self._password) from reply
         return replies
 
     def _debit_command(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> list[Any]:
