@@ -16,7 +16,7 @@ log = logging.getLogger("mailflow")
 
 
 def serve(config: Config) -> None:
-    store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group)
+    store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms)
     try:
         store.ping()
     except Exception as exc:  # the milter still starts: on_error covers an outage, and it recovers
