@@ -49,6 +49,7 @@ class StoreSettings:
     url: str = "sqlite:///var/lib/mailflow/state.db"
     timeout_ms: int = 250
     refresh_ms: int = 1000  # Redis: how often the milter's in-memory replica (redis_replica.py) refreshes
+    group: str = ""  # SQLite: files 0640 with this group, else 0600
 
 
 def host_names() -> frozenset[str]:
@@ -264,7 +265,8 @@ def _store(t: _Table) -> StoreSettings:
     if problem:
         raise t.error("url", problem)
     settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
-                             refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10))
+                             refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
+                             group=t.text("group", d.group))  # checked by store.check_store_path
     t.finish()
     return settings
 
