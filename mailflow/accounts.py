@@ -22,12 +22,13 @@ NULL_SENDER_ACCOUNT = "local"  # locally generated bounces (<>) share one bucket
 # `from HELO (…)` when the user named a client host (`sendmail -bs` + HELO, `-p PROTO:HOST`),
 # `with PROTO` after `-bs`, `-p` or `-oMr`. The MSP's own delivery reports (DSNs) carry
 # `from localhost (localhost)`: no user. Bounded pieces, no nested repetition, each optional piece
-# starting with a fixed word the next piece cannot: linear in the header's length.
+# starting with a fixed word the next piece cannot: linear in the header's length. USER is a Unix
+# login's characters only, so it names an account every store can hold.
 _MSP_BY = (r"\r?\n[ \t]+by [A-Za-z0-9.-]{1,253} "
            r"\(8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/Submit\)"
            r"(?: with [A-Za-z0-9]{1,20})? id [A-Za-z0-9]{1,40}(?:\r?\n[ \t]+for [^;\r\n]{1,1000})?;\s")
 _MSP_RECEIVED = re.compile(
-    r"(?:from [^\s()]{1,253} \(|\(from )(?P<user>[^\s@()]{1,64})@localhost\)" + _MSP_BY)
+    r"(?:from [^\s()]{1,253} \(|\(from )(?P<user>[A-Za-z0-9._$-]{1,64})@localhost\)" + _MSP_BY)
 _MSP_DSN_RECEIVED = re.compile(r"from localhost \(localhost\)" + _MSP_BY)
 
 LOCAL_SMTP_TEXT = ("Unauthenticated SMTP from this host is not accepted for outbound mail; "

@@ -157,6 +157,7 @@ MSP_RECEIVED = ("(from www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/
         ("(from www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) with ESMTP id 6AQ1; Thu",
          "www-data"),
         ("from a b (www-data@localhost)\n\tby h (8.17.1/8.17.1/Submit) id 3A; d", None),
+        ("(from w\udcff@localhost)\n\tby h (8.17.1/8.17.1/Submit) id 3A; d", None),  # not a Unix login
         ("from localhost (localhost@localhost)\n\tby h (8.17.1/8.17.1/Submit) id 3A; d", "localhost"),
     ],
 )
