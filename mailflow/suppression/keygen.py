@@ -26,32 +26,34 @@ def new_key() -> str:
     return secrets.token_hex(KEY_BYTES)
 
 
-class KeygenError(click.ClickException):
+class Refused(click.ClickException):
+    """A refusal an admin fixes (a file, a group, the store's state): one line and exit 2."""
+
     exit_code = 2
 
 
 def write_key_file(path: str, key: str, group: str | None = None, force: bool = False) -> None:
-    """Write `key` to `path` atomically: 0600, or 0640 root:GROUP. KeygenError says why not."""
+    """Write `key` to `path` atomically: 0600, or 0640 root:GROUP. Refused says why not."""
     gid = -1
     if group is not None:
         if os.geteuid() != 0:
-            raise KeygenError(f"--group {group}: a key its group may read must be owned by root (mailflow refuses "
+            raise Refused(f"--group {group}: a key its group may read must be owned by root (mailflow refuses "
                               "group read on a key another user owns); run as root, or leave out --group (0600)")
         try:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
-            raise KeygenError(f"--group {group}: no such group") from None
+            raise Refused(f"--group {group}: no such group") from None
     if os.path.isdir(path):
-        raise KeygenError(f"{path} is a directory; name the key file, like {os.path.join(path, 'suppression.key')}")
+        raise Refused(f"{path} is a directory; name the key file, like {os.path.join(path, 'suppression.key')}")
     if os.path.lexists(path) and not force:
-        raise KeygenError(f"{path} exists; keeping it (a new key makes every list read \"not suppressed\": see "
+        raise Refused(f"{path} exists; keeping it (a new key makes every list read \"not suppressed\": see "
                           "`mailflow suppress rekey`); --force replaces it")
     directory = os.path.dirname(os.path.abspath(path))
     temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise KeygenError(f"cannot write {path}: {exc.strerror}") from None
+        raise Refused(f"cannot write {path}: {exc.strerror}") from None
     try:
         try:
             os.fchmod(fd, 0o600)  # exactly, whatever the umask; widened to 0640 only after the chown
@@ -64,7 +66,7 @@ def write_key_file(path: str, key: str, group: str | None = None, force: bool = 
             os.close(fd)
         _put_in_place(temporary, path, force)
     except OSError as exc:
-        raise KeygenError(f"cannot write {path}: {exc.strerror}") from None
+        raise Refused(f"cannot write {path}: {exc.strerror}") from None
     finally:
         if os.path.lexists(temporary):
             os.unlink(temporary)
@@ -79,12 +81,12 @@ def _put_in_place(temporary: str, path: str, force: bool) -> None:
     try:
         os.link(temporary, path)  # fails if path exists: no check-then-rename race
     except FileExistsError:
-        raise KeygenError(f"{path} exists (created meanwhile); keeping it; --force replaces it") from None
+        raise Refused(f"{path} exists (created meanwhile); keeping it; --force replaces it") from None
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
             raise
         if os.path.lexists(path):  # a file system without hard links: check, then rename
-            raise KeygenError(f"{path} exists; keeping it; --force replaces it") from None
+            raise Refused(f"{path} exists; keeping it; --force replaces it") from None
         os.replace(temporary, path)
 
 
