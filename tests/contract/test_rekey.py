@@ -13,7 +13,7 @@ import pytest
 from mailflow.store import Store, open_store
 from mailflow.suppression import rekey
 from mailflow.suppression.entries import REASONS, Matcher
-from mailflow.suppression.keys import FINGERPRINT_STATE, Keyring, KeyMismatch, check_store_key, fingerprint
+from mailflow.suppression.keys import FINGERPRINT_STATE, REKEY_STATE, Keyring, KeyMismatch, check_store_key, fingerprint
 from mailflow.suppression.normalize import AddressForms
 
 OLD_SECRET = b"the-old-suppression-key-0123456789"
@@ -138,7 +138,7 @@ def test_an_interrupted_rekey_resumes_with_nothing_lost_or_doubled(store: Store,
 def test_a_run_stopped_between_the_switch_and_its_marker_completes(store: Store, expected: set[Row]) -> None:
     assert rekey.start(store, OLD, OLD_SECRET, NEW, NEW_SECRET, CHECK, 1000, lambda n: None) is not None
     copying = f"copying {fingerprint(OLD_SECRET)} {fingerprint(NEW_SECRET)}"
-    assert store.state_swap(rekey.REKEY_STATE, store.state_get(rekey.REKEY_STATE), copying)
+    assert store.state_swap(REKEY_STATE, store.state_get(REKEY_STATE), copying)
     assert rekey.start(store, OLD, OLD_SECRET, NEW, NEW_SECRET, CHECK, 1000, lambda n: None) is None
     assert rekey.rekey_marker(store) == ("switched", fingerprint(OLD_SECRET), fingerprint(NEW_SECRET))
     assert rekey.finish(store, NEW, NEW_SECRET, CHECK, 1000, lambda n: None).removed == TOTAL
