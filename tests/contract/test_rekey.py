@@ -123,6 +123,8 @@ def test_an_interrupted_rekey_resumes_with_nothing_lost_or_doubled(store: Store,
     assert store.state_get(FINGERPRINT_STATE) == fingerprint(OLD_SECRET)
     assert all(found(store, OLD))
     assert rekey.rekey_marker(store) == ("copying", fingerprint(OLD_SECRET), fingerprint(NEW_SECRET))
+    with pytest.raises(KeyMismatch, match="being re-keyed to this key"):
+        check_store_key(store, NEW_SECRET, CHECK)  # a milter started early on the new key
 
     tally = rekey.start(store, OLD, OLD_SECRET, NEW, NEW_SECRET, CHECK, 100, lambda n: None)
     assert tally is not None and tally.rekeyed == TOTAL - len(twins) and tally.already == len(twins)
