@@ -8,7 +8,7 @@ import logging.handlers
 import sys
 from collections.abc import Mapping
 
-from mailflow.config import LogSettings
+from mailflow.settings import LogSettings
 from mailflow.urls import redact_text
 
 DECISIONS = logging.getLogger("mailflow.decision")
