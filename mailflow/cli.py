@@ -13,7 +13,7 @@ import click
 
 from mailflow import __version__
 from mailflow.config import Config, ConfigError, config_path, load_config
-from mailflow.store import DomainTaken, Store, StoreError, open_store, sqlite_path
+from mailflow.store import DomainTaken, Store, StoreError, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
 
@@ -24,7 +24,6 @@ MAX_MESSAGE = 1000
 _BAD_INPUT: tuple[type[BaseException], ...] = (ConfigError, StoreError, KeyFileError, KeyMismatch, OSError,
                                                UnicodeError, RecursionError, MemoryError)
 _BAD_INPUT_MODULES = ("redis", "sqlite3", "yaml", "milter")
-SQLITE_MAGIC = b"SQLite format 3\0"
 
 config_option = click.option(
     "-c",
@@ -44,41 +43,16 @@ def _load(config_file: str | None) -> Config:
 
 def _preflight(config: Config, socket: bool = True) -> None:
     """What would stop `run` beyond the config's syntax: files and directories."""
-    problems = [("store.url", store_file_problem(config.store.url))]
+    problems: list[tuple[str, str | None]] = []
+    try:
+        check_store_path(config.store.url, config.store.group)
+    except StoreError as exc:
+        problems.append(("store.url", str(exc)))
     if socket:
         problems.append(("milter.socket", _socket_problem(config.milter.socket)))
     for key, problem in problems:
         if problem:
             raise click.UsageError(f"bad config: {config.path}: {key}: {problem}")
-
-
-def store_file_problem(url: str) -> str | None:
-    """What `run` would trip over in the SQLite file a URL names: a directory, another kind of
-    file, a missing parent directory (never created for you)."""
-    if not url.startswith("sqlite://"):
-        return None
-    path = sqlite_path(url)
-    try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            return f"{path} is a directory; name a file in it, like {os.path.join(path, 'state.db')}"
-        if not stat.S_ISREG(info.st_mode):
-            return f"{path} is not a regular file"
-        with open(path, "rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-        if head and head != SQLITE_MAGIC:
-            return f"{path} is not an SQLite database (it does not start with 'SQLite format 3')"
-        if not os.access(path, os.W_OK):
-            return f"{path} is read-only for uid {os.geteuid()}; the milter writes to it"
-    except FileNotFoundError:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            return f"directory {parent} does not exist; create it for the mailflow user (it is not created for you)"
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return f"{path} does not exist and uid {os.geteuid()} cannot create it in {parent}"
-    except OSError as exc:
-        return f"{path}: {exc.strerror}"
-    return None
 
 
 def _socket_problem(socket: str) -> str | None:
@@ -225,7 +199,7 @@ def domains_list(config_file: str | None, account: str) -> None:
 @contextmanager
 def _store(config: Config) -> Iterator[Store]:
     _preflight(config, socket=False)
-    store = open_store(config.store.url, config.store.timeout_ms)
+    store = open_store(config.store.url, config.store.timeout_ms, group=config.store.group)
     try:
         yield store
     except DomainTaken as exc:  # a refusal, not a fault: exit 1 (faults exit 2 in main)

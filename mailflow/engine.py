@@ -24,6 +24,7 @@ from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Ver
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
+from mailflow.store.health import StoreHealth
 from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
 from mailflow.suppression.keys import Keyring
@@ -63,6 +64,7 @@ class Engine:
         self.monitor = config.milter.mode == "monitor"
         self.ownership = Ownership(config, store)
         self.sent = SentCounter(store)
+        self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         suppression = config.suppression
         self.matcher = Matcher(
@@ -83,12 +85,17 @@ class Engine:
             return Decision(Verdict.CONTINUE, f"{what}_accepted")
         return Decision(Verdict.TEMPFAIL, what, STORE_DOWN_REPLY)
 
-    def _store_call(self, call: Callable[[], T]) -> T | Decision:
+    def _store_call(self, call: Callable[[], T], proves_up: bool = True) -> T | Decision:
+        """The call's answer, or on_error. A call the store may answer from memory (Redis: the
+        suppression replica, recent levels) says nothing of an outage's end: `proves_up=False`."""
         try:
-            return call()
+            result = call()
         except StoreError as exc:
-            log.warning("store unavailable, applying on_error=%s: %s", self.config.milter.on_error, exc)
+            self.store_health.failed(exc)
             return self.error_decision("store_error")
+        if proves_up:
+            self.store_health.succeeded()
+        return result
 
     # -- stages ---------------------------------------------------------------------------
 
@@ -137,6 +144,9 @@ class Engine:
             message.recipients.append(recipient)
             return PASS
         refusal = self._suppression(message, recipient, conn_id)  # a suppression, or the store's on_error
+        if refusal is not None and not refusal.refuses:  # the store failed and on_error=accept: no
+            message.recipients.append(recipient)  # second call for levels; the debit at EOM decides
+            return refusal
         if refusal is not None and not client.is_postfix_pickup:
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, refusal, conn_id=conn_id, rcpt=recipient)
@@ -178,7 +188,7 @@ class Engine:
     def _read_levels(self, message: Message, account: str, policy: RatePolicy,
                      estimate: bool = False) -> tuple[float, ...] | Decision:
         """The buckets' levels (kept on the message), or the on_error decision."""
-        levels = self._store_call(lambda: self.store.levels(account, policy.limits, estimate))
+        levels = self._store_call(lambda: self.store.levels(account, policy.limits, estimate), not estimate)
         if not isinstance(levels, Decision):
             message.levels, message.levels_confirmed = levels, not estimate
         return levels
@@ -196,9 +206,9 @@ class Engine:
         policy = self.config.ratelimit.policy_for(identity.account)
         peek = policy.limits if message.levels is None and not policy.exempt else ()
         lookup = self._store_call(
-            lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek))
+            lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek), False)
         if isinstance(lookup, Decision):
-            return lookup if lookup.refuses else None
+            return lookup
         message.held = message.held or lookup.account_held
         if lookup.levels is not None:
             message.levels = lookup.levels

@@ -30,7 +30,7 @@ class ListenError(OSError):
 
 
 def serve(config: Config) -> None:
-    store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms)
+    store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group)
     key_refused: list[KeyMismatch] = []
     try:
         store.ping()

@@ -37,6 +37,7 @@ class StoreSettings:
     url: str = "sqlite:///var/lib/mailflow/state.db"
     timeout_ms: int = 250
     refresh_ms: int = 1000  # Redis: how often the milter's in-memory replica (redis_replica.py) refreshes
+    group: str = ""  # SQLite: files 0640 with this group, else 0600
 
 
 def host_names() -> frozenset[str]:

@@ -52,7 +52,8 @@ def parse_store(t: Table) -> StoreSettings:
     if problem:
         raise t.error("url", problem)
     settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
-                             refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10))
+                             refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
+                             group=t.text("group", d.group))  # checked by store.check_store_path
     t.finish()
     return settings
 
