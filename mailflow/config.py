@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from mailflow.log import syslog_problem
 from mailflow.settings import (AccountSettings, BulkPolicy, BulkSettings, Config, ForgeryAccount, ForgerySettings,
                                LogSettings, MilterSettings, RateLimitSettings, RatePolicy, RblSettings, StoreSettings,
                                SuppressionSettings, host_names)
@@ -25,7 +26,7 @@ from mailflow.settings.table import ConfigError, Table
 __all__ = ["AccountSettings", "BulkPolicy", "BulkSettings", "Config", "ConfigError", "ForgeryAccount",
            "ForgerySettings", "LogSettings", "MilterSettings", "RateLimitSettings", "RatePolicy", "RblSettings",
            "StoreSettings", "SuppressionSettings", "config_path", "host_names", "load_config", "parse_config",
-           "read_map_file"]
+           "read_map_file", "config_warnings"]
 
 DEFAULT_CONFIG_PATH = "/etc/mailflow/mailflow.toml"
 CONFIG_ENV = "MAILFLOW_CONFIG"
@@ -58,7 +59,7 @@ def load_config(path: str) -> Config:
     try:
         return parse_config(raw, base_dir=os.path.dirname(os.path.abspath(path)), path=path)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise exc.prefixed(path) from None
 
 
 def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None = None) -> Config:
@@ -76,4 +77,35 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         path=path,
     )
     top.finish()
+    top.check()  # every error in the file at once, each with its key
     return config
+
+
+# IPv4: a /7 or wider is a 256th of the Internet or more. IPv6: wider than /32, the smallest
+# allocation a registry gives a provider, means networks that are not the provider's own.
+_WIDEST_TRUSTED = {4: 8, 6: 32}
+MIN_RBL_INTERVAL = 60  # seconds: DNSBL operators block resolvers that ask faster
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Values that work but are dangerous, each with its key: `check-config` prints them and
+    `run` logs them; neither refuses the config for them."""
+    found: list[str] = []
+    for i, net in enumerate(config.accounts.trusted_networks):
+        if net.prefixlen < _WIDEST_TRUSTED[net.version]:
+            found.append(f"accounts.trusted_networks[{i}]: {net} trusts a large part of the Internet to send as any "
+                         f"hosted domain; list only your own relays (IPv{net.version}: /{_WIDEST_TRUSTED[net.version]}"
+                         " or narrower)")
+    if config.accounts.local_smtp == "sender_domain":
+        found.append('accounts.local_smtp: "sender_domain" bills unauthenticated SMTP from this host to whatever '
+                     "sender domain it gives: any local process can spend (or spoof) any account's mail")
+    if config.rbl.ips and config.rbl.interval < MIN_RBL_INTERVAL:
+        found.append(f"rbl.interval: {config.rbl.interval} s is under {MIN_RBL_INTERVAL} s; DNSBLs block resolvers "
+                     "that query this often")
+    if config.milter.on_error == "accept" and not (config.rbl.webhook or config.rbl.email_to):
+        found.append('milter.on_error: "accept" lets mail through unchecked while the store is down, and nothing '
+                     "here tells you: mailflow has no metrics yet and no [rbl.alerts] webhook or email_to is set; "
+                     "watch the log for \"store unavailable\" or use on_error = \"tempfail\"")
+    if config.log.target == "syslog" and (problem := syslog_problem(config.log.syslog_socket)):
+        found.append(f"log.target: syslog is unavailable ({problem}); mailflow will log to stderr")
+    return found

@@ -163,13 +163,15 @@ class MailflowMilter(Milter.Base):
         if self.client is None:
             self.client = self._client_from_macros()
         self.message, decision = self.engine.mail(self.client, sender, self._macro("{auth_authen}"),
-                                                  conn_id=self.conn_id)
+                                                  conn_id=self.conn_id, queue_id=self._ctx.getsymval("i") or "")
         return self.apply(decision)
 
     @_guarded
     def envrcpt(self, recipient: str, *esmtp: str) -> int:
         if self.message is None or self.client is None:
             return Milter.CONTINUE
+        if not self.message.queue_id:  # Postfix names the queue file at the first RCPT, not at MAIL
+            self.message.queue_id = self._ctx.getsymval("i") or ""
         return self.apply(self.engine.rcpt(self.client, self.message, recipient, conn_id=self.conn_id))
 
     @Milter.noreply

@@ -144,6 +144,7 @@ class RblSettings:
 @dataclass(frozen=True)
 class LogSettings:
     target: str = "stderr"  # stderr | syslog
+    syslog_socket: str = "/dev/log"  # target = "syslog": the local syslog daemon's socket
     facility: str = "mail"
     format: str = "kv"  # kv | json
     level: str = "info"

@@ -7,7 +7,7 @@ import re
 
 from mailflow.forgery.names import ACTIONS, RULES
 from mailflow.ratelimit.limits import Limit, LimitSyntaxError, parse_limit
-from mailflow.rbl.zones import default_zones, expand_ips, merge_zones, Zone
+from mailflow.rbl.zones import Zone, default_zones, expand_ips, merge_zones
 from mailflow.settings import (BulkPolicy, BulkSettings, ForgeryAccount, ForgerySettings, RateLimitSettings,
                                RatePolicy, RblSettings)
 from mailflow.settings.table import Table
@@ -25,21 +25,24 @@ def _rate_policy(t: Table, inherit: RatePolicy, per_account: bool) -> RatePolicy
 def _limits(t: Table) -> tuple[Limit, ...]:
     entries = t.raw("limits")
     if not isinstance(entries, list) or not entries:
-        raise t.error("limits", 'expected a non-empty list such as ["600/hour", "5000/day"]')
+        t.report("limits", 'expected a non-empty list such as ["600/hour", "5000/day"]')
+        return RateLimitSettings().default.limits
     limits: list[Limit] = []
     for i, entry in enumerate(entries):
         key = f"limits[{i}]"
         try:
             if isinstance(entry, dict):
-                sub = Table(entry, t.child_path(key))
+                sub = t.child(entry, key)
                 limit = parse_limit(sub.text("limit", ""), burst=sub.integer("burst", None, minimum=1))
                 sub.finish()
             else:
                 limit = parse_limit(entry)
         except LimitSyntaxError as exc:
-            raise t.error(key, str(exc)) from None
+            t.report(key, str(exc))
+            continue
         if any(other.period == limit.period for other in limits):
-            raise t.error(key, f"a second limit per {limit.period}: give one limit per period")
+            t.report(key, f"a second limit per {limit.period}: give one limit per period")
+            continue
         limits.append(limit)
     return tuple(limits)
 
@@ -68,7 +71,9 @@ def _rule_actions(t: Table) -> dict[str, str]:
     actions = {}
     for rule in t.keys():
         if rule not in RULES:
-            raise t.error(rule, f"not a rule ({', '.join(RULES)})")
+            t.report(rule, f"not a rule ({', '.join(RULES)})")
+            t.raw(rule)  # reported once, not again as an unknown key
+            continue
         actions[rule] = t.choice(rule, "", ACTIONS)
     t.finish()
     return actions
@@ -84,7 +89,7 @@ def parse_forgery(t: Table, base_dir: str) -> ForgerySettings:
         try:
             read_sender_login_map(maps)
         except (OSError, ValueError) as exc:
-            raise t.error("sender_login_maps", str(exc)) from None
+            t.report("sender_login_maps", str(exc))
     brands = t.texts("protected_brands", [])
     actions = {**d.actions, **_rule_actions(t.table("rules"))}
     accounts: dict[str, ForgeryAccount] = {}
@@ -139,42 +144,51 @@ def _duration(t: Table, key: str, default: int) -> int:
         return raw
     match = _DURATION.match(raw) if isinstance(raw, str) else None
     if not match or int(match.group(1)) < 1:
-        raise t.error(key, f"{raw!r} is not a duration (like 30s, 5m, 1h or seconds)")
+        t.report(key, f"{raw!r} is not a duration (like 30s, 5m, 1h or seconds)")
+        return default
     return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
 
 
-def _hostport(t: Table, key: str, text: str, default_port: int) -> tuple[str, int]:
+def _hostport(t: Table, key: str, text: str, default_port: int) -> tuple[str, int] | None:
     match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", text.strip())
     if not match:
-        raise t.error(key, f"{text!r}: expected HOST[:PORT] or [IPv6]:PORT")
+        t.report(key, f"{text!r}: expected HOST[:PORT] or [IPv6]:PORT")
+        return None
     host = match.group(1) or match.group(3)
     port = int(match.group(2) or match.group(4) or default_port)
     if not 0 < port < 65536:
-        raise t.error(key, f"{text!r}: port out of range")
+        t.report(key, f"{text!r}: port out of range")
+        return None
     return host, port
 
 
 def parse_rbl(t: Table) -> RblSettings:
     d = RblSettings()
+    ips: tuple[str, ...] = ()
     try:
         ips = tuple(expand_ips(t.texts("ips", [])))
     except ValueError as exc:
-        raise t.error("ips", str(exc)) from None
-    nameservers = tuple(_hostport(t, f"nameservers[{i}]", n, 53) for i, n in enumerate(t.texts("nameservers", [])))
+        t.report("ips", str(exc))
+    nameservers = tuple(hp for i, n in enumerate(t.texts("nameservers", []))
+                        if (hp := _hostport(t, f"nameservers[{i}]", n, 53)))
     dqs_key = t.text("spamhaus_dqs_key", "")
     defaults = default_zones(dqs_key) if t.flag("use_default_zones", True) else []
     configured = []
-    for i, raw in enumerate(t.raw("zones") or []):
-        zone_table = Table(raw, t.child_path(f"zones[{i}]"))
+    zones = t.raw("zones") or []
+    if not isinstance(zones, list):
+        t.report("zones", "expected a list of tables ([[rbl.zones]] entries)")
+        zones = []
+    for i, raw in enumerate(zones):
+        zone_table = t.child(raw, f"zones[{i}]")
         codes = zone_table.table("codes")
         code_map = {code: codes.text(code, "") for code in codes.keys()}
         for code in code_map:
             if not re.fullmatch(r"127\.\d{1,3}\.\d{1,3}\.\d{1,3}", code):
-                raise codes.error(code, "a listing code is an address inside 127.0.0.0/8")
+                codes.report(code, "a listing code is an address inside 127.0.0.0/8")
         codes.finish()
         name = zone_table.text("name", "")
         if not name or not code_map:
-            raise zone_table.error("name", "a zone needs a name and at least one listing code")
+            zone_table.report("name", "a zone needs a name and at least one listing code")
         configured.append(Zone(name=name.lower().rstrip("."), codes=code_map,
                                delist_url=zone_table.text("delist_url", ""), ipv6=zone_table.flag("ipv6", False),
                                note=zone_table.text("note", "")))
@@ -195,8 +209,8 @@ def parse_rbl(t: Table) -> RblSettings:
         smtp_relay=_hostport(alerts, "smtp_relay", relay, 25) if relay else None,
         suspects=alerts.integer("suspects", d.suspects, minimum=0),
     )
-    if settings.email_to and settings.smtp_relay is None:
-        raise alerts.error("email_to", "e-mail alerts need smtp_relay")
+    if settings.email_to and not relay:
+        alerts.report("email_to", "e-mail alerts need smtp_relay")
     alerts.finish()
     t.finish()
     return settings

@@ -20,11 +20,12 @@ def parse_milter(t: Table) -> MilterSettings:
     socket = t.text("socket", d.socket)
     match = _SOCKET_RE.match(socket)
     if not match or (match.group(2) and not 0 < int(match.group(2)) < 65536):
-        raise t.error("socket", f"{socket!r} is not a milter socket (inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH;"
-                                " PORT 1-65535)")
+        t.report("socket", f"{socket!r} is not a milter socket (inet:PORT@HOST, inet6:PORT@HOST or unix:/PATH;"
+                           " PORT 1-65535)")
     mode_text = t.text("socket_mode", f"{d.socket_mode:04o}")
     if not re.fullmatch(r"0?[0-7]{3}", mode_text) or int(mode_text, 8) & 0o007:
-        raise t.error("socket_mode", f"{mode_text!r}: expected an octal mode with no bits for others, like \"0660\"")
+        t.report("socket_mode", f"{mode_text!r}: expected an octal mode with no bits for others, like \"0660\"")
+        mode_text = f"{d.socket_mode:04o}"
     group = t.text("socket_group", d.socket_group)
     if group:
         import grp
@@ -32,7 +33,7 @@ def parse_milter(t: Table) -> MilterSettings:
         try:
             grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
         except KeyError:
-            raise t.error("socket_group", f"no group named {group!r} on this host") from None
+            t.report("socket_group", f"no group named {group!r} on this host")
     settings = MilterSettings(
         socket=socket,
         mode=t.choice("mode", d.mode, ("enforce", "monitor")),
@@ -50,7 +51,7 @@ def parse_store(t: Table) -> StoreSettings:
     url = t.text("url", d.url)
     problem = store_url_problem(url)
     if problem:
-        raise t.error("url", problem)
+        t.report("url", problem)
     settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
                              refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
                              group=t.text("group", d.group))  # checked by store.check_store_path
@@ -62,8 +63,9 @@ def parse_accounts(t: Table, base_dir: str) -> AccountSettings:
     identify = t.texts("identify", list(IDENTITY_SOURCES))
     for i, source in enumerate(identify):
         if source not in IDENTITY_SOURCES:
-            raise t.error(f"identify[{i}]", f"{source!r} is not one of {', '.join(IDENTITY_SOURCES)}")
-    networks = tuple(_network(t, f"trusted_networks[{i}]", n) for i, n in enumerate(t.texts("trusted_networks", [])))
+            t.report(f"identify[{i}]", f"{source!r} is not one of {', '.join(IDENTITY_SOURCES)}")
+    networks = tuple(net for i, n in enumerate(t.texts("trusted_networks", []))
+                     if (net := _network(t, f"trusted_networks[{i}]", n)))
 
     identity_map: dict[str, str] = {}
     map_file = t.text("map_file", "")
@@ -72,14 +74,14 @@ def parse_accounts(t: Table, base_dir: str) -> AccountSettings:
         try:
             identity_map.update(read_map_file(map_path))
         except (OSError, ValueError) as exc:
-            raise t.error("map_file", str(exc)) from None
+            t.report("map_file", str(exc))
     inline = t.table("map")
     for key in inline.keys():
         identity_map[key.lower()] = inline.text(key, "")
     inline.finish()
 
     ip_table = t.table("ip_map")
-    ip_map = [(_network(ip_table, key, key), ip_table.text(key, "")) for key in ip_table.keys()]
+    ip_map = [(net, ip_table.text(key, "")) for key in ip_table.keys() if (net := _network(ip_table, key, key))]
     ip_table.finish()
     ip_map.sort(key=lambda item: item[0].prefixlen, reverse=True)
 
@@ -101,19 +103,20 @@ def parse_suppression(top: Table, base_dir: str) -> SuppressionSettings:
     env_name = t.text("hash_key_env", "")
     key_file = t.text("hash_key_file", "")
     if bool(env_name) == bool(key_file):
-        raise t.error("hash_key_env", "give exactly one of hash_key_env or hash_key_file")
-    if env_name:
+        t.report("hash_key_env", "give exactly one of hash_key_env or hash_key_file")
+    secret = b""
+    if env_name and not key_file:
         secret = os.environ.get(env_name, "").encode()
         if not secret:
-            raise t.error("hash_key_env", f"environment variable {env_name} is not set")
-    else:
+            t.report("hash_key_env", f"environment variable {env_name} is not set")
+    elif key_file and not env_name:
         path = key_file if os.path.isabs(key_file) else os.path.join(base_dir, key_file)
         try:
             secret = read_key_file(path)
         except KeyFileError as exc:
-            raise t.error("hash_key_file", str(exc)) from None
-    if len(secret) < 16:
-        raise t.error("hash_key_env" if env_name else "hash_key_file", "the key must be at least 16 bytes")
+            t.report("hash_key_file", str(exc))
+    if secret and len(secret) < 16:
+        t.report("hash_key_env" if env_name else "hash_key_file", "the key must be at least 16 bytes")
     accounts: dict[str, str] = {}
     per_account = t.table("accounts")
     for name in per_account.keys():
@@ -139,6 +142,7 @@ def parse_log(t: Table) -> LogSettings:
     d = LogSettings()
     settings = LogSettings(
         target=t.choice("target", d.target, ("stderr", "syslog")),
+        syslog_socket=t.text("syslog_socket", d.syslog_socket),
         facility=t.choice("facility", d.facility, ("mail", "daemon", "user", *(f"local{i}" for i in range(8)))),
         format=t.choice("format", d.format, ("kv", "json")),
         level=t.choice("level", d.level, ("debug", "info", "warning", "error")),
@@ -147,11 +151,12 @@ def parse_log(t: Table) -> LogSettings:
     return settings
 
 
-def _network(t: Table, key: str, text: str) -> IPNetwork:
+def _network(t: Table, key: str, text: str) -> IPNetwork | None:
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise t.error(key, f"{text!r} is not an IP address or network") from None
+        t.report(key, f"{text!r} is not an IP address or network")
+        return None
 
 
 def read_map_file(path: str) -> dict[str, str]:

@@ -1,30 +1,52 @@
-"""A strict reader of one TOML table that remembers where it is, for errors that name the key."""
+"""A strict reader of one TOML table that remembers where it is, for errors that name the key.
+
+A bad value is reported (into a list every table of one file shares) and read as its default,
+so one pass finds every error in the file: `check-config` lists them all, not the first.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 
 class ConfigError(ValueError):
-    """A config problem; the message names the file and key."""
+    """Config problems; each message names the file and key. `errors` holds them one by one."""
+
+    def __init__(self, errors: str | Iterable[str]) -> None:
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+    def prefixed(self, prefix: str) -> ConfigError:
+        return ConfigError(f"{prefix}: {error}" for error in self.errors)
 
 
 class Table:
-    def __init__(self, data: Mapping[str, Any], path: str) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{path}: expected a table")
-        self.data = data
+    def __init__(self, data: Any, path: str, errors: list[str] | None = None) -> None:
+        self.errors: list[str] = [] if errors is None else errors
         self.path = path
         self.seen: set[str] = set()
+        if not isinstance(data, Mapping):
+            self.errors.append(f"{path}: expected a table")
+            data = {}
+        self.data: Mapping[str, Any] = data
 
     def child_path(self, key: str) -> str:
         quoted = key if re.fullmatch(r"[A-Za-z0-9_-]+(\[\d+\])?", key) else f'"{key}"'
         return f"{self.path}.{quoted}" if self.path else quoted
 
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.child_path(key)}: {message}")
+    def child(self, data: Any, key: str) -> Table:
+        """A table nested in this one that is not under a plain key (an entry of a list)."""
+        return Table(data, self.child_path(key), self.errors)
+
+    def report(self, key: str, message: str) -> None:
+        self.errors.append(f"{self.child_path(key)}: {message}")
+
+    def check(self) -> None:
+        """Raise every error reported so far in this file."""
+        if self.errors:
+            raise ConfigError(self.errors)
 
     def __contains__(self, key: str) -> bool:
         return key in self.data
@@ -41,7 +63,8 @@ class Table:
             return default
         value = self.raw(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise self.error(key, f"expected {what}, got {value!r}")
+            self.report(key, f"expected {what}, got {value!r}")
+            return default
         return value
 
     def text(self, key: str, default: str) -> str:
@@ -55,28 +78,29 @@ class Table:
     def integer(self, key: str, default: int | None, minimum: int = 0) -> Any:
         value = self._typed(key, default, int, "a whole number")
         if value is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value}")
+            self.report(key, f"must be at least {minimum}, got {value}")
+            return default
         return value
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(key, default)
         if value not in choices:
-            raise self.error(key, f"{value!r} is not one of {', '.join(choices)}")
+            self.report(key, f"{value!r} is not one of {', '.join(choices)}")
+            return default
         return value
 
     def texts(self, key: str, default: list[str]) -> list[str]:
         value = self._typed(key, default, list, "a list of strings")
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise self.error(f"{key}[{i}]", f"expected a string, got {item!r}")
-        return list(value)
+                self.report(f"{key}[{i}]", f"expected a string, got {item!r}")
+        return [item for item in value if isinstance(item, str)]
 
     def table(self, key: str) -> Table:
         value = self._typed(key, {}, dict, "a table")
-        return Table(value, self.child_path(key))
+        return Table(value, self.child_path(key), self.errors)
 
     def finish(self) -> None:
-        unknown = [key for key in self.data if key not in self.seen]
-        if unknown:
-            raise self.error(unknown[0], "unknown key")
-
+        for key in self.data:
+            if key not in self.seen:
+                self.report(key, "unknown key")
