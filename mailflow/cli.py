@@ -84,7 +84,7 @@ def run(config_file: str | None) -> None:
     from mailflow.milter.server import serve
 
     setup_logging(config.log)
-    for warning in config_warnings(config):
+    for warning in config_warnings(config, syslog=False):  # setup_logging said it of syslog
         log.warning("config: %s", warning)
     serve(config)
 

@@ -87,9 +87,10 @@ _WIDEST_TRUSTED = {4: 8, 6: 32}
 MIN_RBL_INTERVAL = 60  # seconds: DNSBL operators block resolvers that ask faster
 
 
-def config_warnings(config: Config) -> list[str]:
+def config_warnings(config: Config, syslog: bool = True) -> list[str]:
     """Values that work but are dangerous, each with its key: `check-config` prints them and
-    `run` logs them; neither refuses the config for them."""
+    `run` logs them; neither refuses the config for them. `syslog=False`: setup_logging has
+    already said whether syslog listens."""
     found: list[str] = []
     for i, net in enumerate(config.accounts.trusted_networks):
         if net.prefixlen < _WIDEST_TRUSTED[net.version]:
@@ -106,6 +107,6 @@ def config_warnings(config: Config) -> list[str]:
         found.append('milter.on_error: "accept" lets mail through unchecked while the store is down, and nothing '
                      "here tells you: mailflow has no metrics yet and no [rbl.alerts] webhook or email_to is set; "
                      "watch the log for \"store unavailable\" or use on_error = \"tempfail\"")
-    if config.log.target == "syslog" and (problem := syslog_problem(config.log.syslog_socket)):
+    if syslog and config.log.target == "syslog" and (problem := syslog_problem(config.log.syslog_socket)):
         found.append(f"log.target: syslog is unavailable ({problem}); mailflow will log to stderr")
     return found
