@@ -100,7 +100,7 @@ def config_warnings(config: Config, syslog: bool = True) -> list[str]:
     if config.accounts.local_smtp == "sender_domain":
         found.append('accounts.local_smtp: "sender_domain" bills unauthenticated SMTP from this host to whatever '
                      "sender domain it gives: any local process can spend (or spoof) any account's mail")
-    if config.rbl.ips and config.rbl.interval < MIN_RBL_INTERVAL:
+    if config.rbl.interval < MIN_RBL_INTERVAL:
         found.append(f"rbl.interval: {config.rbl.interval} s is under {MIN_RBL_INTERVAL} s; DNSBLs block resolvers "
                      "that query this often")
     if config.milter.on_error == "accept" and not (config.rbl.webhook or config.rbl.email_to):

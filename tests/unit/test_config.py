@@ -43,18 +43,26 @@ def test_the_documented_sample_is_accepted_as_it_stands() -> None:
     assert big.unit == "recipient"
 
 
+# The two lines debian/rules replaces in conf/mailflow.toml to make the package's conffile.
+PACKAGE_LINES = ('socket = "inet:8890@127.0.0.1"', 'hash_key_env = "MAILFLOW_SUPPRESSION_KEY"')
+
+
 def installed_config(tmp_path: Path) -> Path:
-    """conf/mailflow.toml as the Debian package installs it, with its two host paths (the key the
-    package generates, the state directory it makes) moved under tmp_path."""
+    """conf/mailflow.toml as the Debian package installs it (a unix socket in its runtime
+    directory, the key file made at first install, the state directory), with those host paths
+    moved under tmp_path."""
     key = tmp_path / "suppression.key"
     key.write_bytes(os.urandom(32).hex().encode())
     key.chmod(0o600)
     (tmp_path / "lib").mkdir()
-    text = (REPO / "conf" / "mailflow.toml").read_text()
-    assert "/etc/mailflow/suppression.key" in text and "/var/lib/mailflow/" in text
+    (tmp_path / "run").mkdir()
+    lines = (REPO / "conf" / "mailflow.toml").read_text().splitlines()
+    assert all(line in lines for line in PACKAGE_LINES) and 'url = "sqlite:///var/lib/mailflow/state.db"' in lines
+    package = {PACKAGE_LINES[0]: f'socket = "unix:{tmp_path}/run/milter.sock"',
+               PACKAGE_LINES[1]: f'hash_key_file = "{key}"'}
+    text = "\n".join(package.get(line, line) for line in lines).replace("/var/lib/mailflow/", f"{tmp_path}/lib/")
     path = tmp_path / "mailflow.toml"
-    path.write_text(text.replace("/etc/mailflow/suppression.key", str(key)).replace("/var/lib/mailflow/",
-                                                                                      f"{tmp_path}/lib/"))
+    path.write_text(text + "\n")
     return path
 
 
