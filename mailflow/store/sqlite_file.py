@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
@@ -119,7 +120,8 @@ def _tighten(name: str, mode: int, gid: int | None, owner: tuple[int, int] | Non
     except FileNotFoundError:
         return
     except OSError as exc:
-        log.warning("sqlite: cannot set the mode of %s to %04o: %s", name, mode, exc.strerror)
+        why = "it is a symbolic link (left alone)" if exc.errno == errno.ELOOP else exc.strerror
+        log.warning("sqlite: cannot set the mode of %s to %04o: %s", name, mode, why)
         return
     try:
         info = os.fstat(fd)
