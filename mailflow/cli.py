@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import click
 
 from mailflow import __version__
-from mailflow.config import Config, ConfigError, config_path, load_config
+from mailflow.config import Config, ConfigError, config_path, config_warnings, load_config
 from mailflow.store import DomainTaken, Store, StoreError, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
@@ -37,8 +37,10 @@ config_option = click.option(
 def _load(config_file: str | None) -> Config:
     try:
         return load_config(config_path(config_file))
-    except ConfigError as exc:
-        raise click.UsageError(f"bad config: {exc}") from None
+    except ConfigError as exc:  # every error in the file, one line each, then exit 2
+        for error in exc.errors[:-1]:
+            _say(f"bad config: {error}")
+        raise click.UsageError(f"bad config: {exc.errors[-1]}") from None
 
 
 def _preflight(config: Config, socket: bool = True) -> None:
@@ -78,10 +80,12 @@ def run(config_file: str | None) -> None:
     """Start the milter (validates the config before binding the socket)."""
     config = _load(config_file)
     _preflight(config)
-    from mailflow.log import setup_logging
+    from mailflow.log import log, setup_logging
     from mailflow.milter.server import serve
 
     setup_logging(config.log)
+    for warning in config_warnings(config, syslog=False):  # setup_logging said it of syslog
+        log.warning("config: %s", warning)
     serve(config)
 
 
@@ -94,8 +98,11 @@ def check_config(config_file: str | None) -> None:
     click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
     from mailflow.rbl.zones import unwatched_summary
 
-    if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):  # a warning: the config still works
-        click.echo(f"mailflow: warning: rbl: {gap}", err=True)
+    warnings = config_warnings(config)  # the config still works: exit 0
+    if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):
+        warnings.append(f"rbl: {gap}")
+    for warning in warnings:
+        _say(f"warning: {warning}")
 
 
 @cli.group()
@@ -327,8 +334,12 @@ def _describe(exc: BaseException) -> str:
 
 def _fail(message: str, code: int) -> None:
     """One line, whatever the message held: no newline, no password, bounded."""
+    _say(message)
+    sys.exit(code)
+
+
+def _say(message: str) -> None:
     line = " ".join(redact_text(message).split())
     if len(line) > MAX_MESSAGE:
         line = line[:MAX_MESSAGE] + "…"
     click.echo(f"mailflow: {line}", err=True)
-    sys.exit(code)

@@ -107,6 +107,11 @@ class MailflowMilter(Milter.Base):
         except UnicodeDecodeError:
             return UNREADABLE_MACRO
 
+    def _queue_id(self) -> str:
+        """The MTA's queue id (`i`), once it has one: logged as qid=, never judged."""
+        queue_id = self._macro("i")
+        return "" if queue_id is None or queue_id == UNREADABLE_MACRO else queue_id
+
     def apply(self, decision: Decision) -> int:
         if decision is PASS:  # nearly every answer: nothing to set or change
             return Milter.CONTINUE
@@ -163,13 +168,15 @@ class MailflowMilter(Milter.Base):
         if self.client is None:
             self.client = self._client_from_macros()
         self.message, decision = self.engine.mail(self.client, sender, self._macro("{auth_authen}"),
-                                                  conn_id=self.conn_id)
+                                                  conn_id=self.conn_id, queue_id=self._queue_id())
         return self.apply(decision)
 
     @_guarded
     def envrcpt(self, recipient: str, *esmtp: str) -> int:
         if self.message is None or self.client is None:
             return Milter.CONTINUE
+        if not self.message.queue_id:  # Postfix names the queue file at the first RCPT, not at MAIL
+            self.message.queue_id = self._queue_id()
         return self.apply(self.engine.rcpt(self.client, self.message, recipient, conn_id=self.conn_id))
 
     @Milter.noreply
