@@ -92,7 +92,13 @@ class _Redacting(logging.Formatter):
     traceback). Costs one substring search per line without `://`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
+        return _encodable(redact_text(super().format(record)))
+
+
+def _encodable(text: str) -> str:
+    """Client bytes that are not UTF-8 arrive as lone surrogates (surrogateescape); syslog and
+    files need UTF-8, so they are written as \\udcXX escapes rather than losing the line."""
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _Json(logging.Formatter):
@@ -114,7 +120,7 @@ class _Json(logging.Formatter):
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         text = redact_text(json.dumps(line, ensure_ascii=False, default=str))
-        return (self.prefix % {"process": record.process} if self.prefix else "") + text
+        return (self.prefix % {"process": record.process} if self.prefix else "") + _encodable(text)
 
 
 class _LineFormatter:

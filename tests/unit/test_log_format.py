@@ -17,7 +17,7 @@ import pytest
 from mailflow.cli import main
 from mailflow.config import parse_config
 from mailflow.forgery.names import RULES
-from mailflow.log import log, setup_logging
+from mailflow.log import envelope_address, log, log_decision, setup_logging
 from mailflow.model import Client
 from mailflow.why import WHY
 from tests.helpers.adversarial import SASL, Case, Rig, corpus
@@ -35,6 +35,9 @@ def captured(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixtu
     logger = logging.getLogger("mailflow")
     saved = logger.handlers[:], logger.level, logger.propagate
     yield capsys
+    for handler in logger.handlers:
+        if handler not in saved[0]:
+            handler.close()  # a syslog handler holds a socket
     logger.handlers[:], logger.propagate = saved[0], saved[2]
     logger.setLevel(saved[1])
 
@@ -145,3 +148,23 @@ def test_syslog_going_away_warns_once_per_outage_never_a_traceback(tmp_path: Pat
     err = captured.readouterr().err
     assert err.count("warning: syslog") == 1 and "Traceback" not in err
     assert all(f'"lost {i}"' in err for i in range(3))
+
+
+@pytest.mark.parametrize("form", ["kv", "json"])
+def test_a_sender_that_is_not_utf8_still_reaches_syslog(tmp_path: Path, form: str,
+                                                        captured: pytest.CaptureFixture[str]) -> None:
+    """The client's bytes arrive as lone surrogates: the decision line must reach syslog (escaped),
+    never be dropped with an encoding error, or a client could keep its decisions out of the log."""
+    path = str(tmp_path / "log")
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    daemon.bind(path)
+    daemon.settimeout(2)
+    try:
+        setup_logging(parse_config({"log": {"target": "syslog", "syslog_socket": path, "format": form}}).log)
+        sender = b"x\xff@shop.example".decode("utf-8", "surrogateescape")
+        log_decision(stage="mail", sender=envelope_address(sender), action="reject", reason="from_domain")
+        received = daemon.recv(4096).decode("utf-8")
+    finally:
+        daemon.close()
+    assert "\\udcff@shop.example" in received and "reason" in received
+    assert "warning" not in captured.readouterr().err
