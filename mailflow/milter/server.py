@@ -148,7 +148,7 @@ def set_socket_permissions(path: str, mode: int, group: str) -> None:
 class WorkerLink:
     """A worker's two pipes to its supervisor. Supervisor to worker: nothing is ever written;
     its end closing (asked to stop, or the supervisor gone) means stop. Worker to supervisor:
-    `ready`, or `fatal CODE MESSAGE`, one line each (a write under PIPE_BUF is atomic)."""
+    `ready`, `stopping` or `fatal CODE MESSAGE`, one line each (a write under PIPE_BUF is atomic)."""
 
     def __init__(self) -> None:
         self.control_r, self.control_w = os.pipe()
@@ -165,6 +165,10 @@ class WorkerLink:
 
     def ready(self) -> None:
         os.write(self.status_w, b"ready\n")
+
+    def stopping(self) -> None:
+        """Stopping on its own (libmilter took a signal sent to this process): replace me."""
+        os.write(self.status_w, b"stopping\n")
 
     def fatal(self, code: int, message: str) -> None:
         line = " ".join(message.split())[:1000]
@@ -184,17 +188,20 @@ class _Stopper:
         self.lock = threading.Lock()
         self._keep: int | None = None  # the pipe's write end: held open, so it never reads EOF
 
-    def __call__(self, code: int, why: str) -> NoReturn:
+    def __call__(self, code: int, why: str, drain: bool = True) -> NoReturn:
         with self.lock:
             self._stop_accepting()
-            open_now = MailflowMilter.live
-            log.info("worker stopping (%s): accepting no more connections; %d open, waiting up to %gs",
-                     why, open_now, self.drain_seconds)
-            cut = self._drain()
+            if drain:
+                log.info("worker stopping (%s): accepting no more connections; %d open, waiting up to %gs",
+                         why, MailflowMilter.live, self.drain_seconds)
+            cut = self._drain() if drain else MailflowMilter.live
             try:
                 self.finish()
             finally:
-                if cut:
+                if not drain:
+                    log.warning("worker stopped (%s): libmilter serves no session once stopped, so its %d "
+                                "open connection(s) were cut; signal the main process, not a worker", why, cut)
+                elif cut:
                     log.warning("worker stopped: %d connection(s) still open after %gs were cut "
                                 "(the MTA applies milter_default_action to the rest of those sessions)",
                                 cut, self.drain_seconds)
@@ -278,8 +285,13 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
         Milter.runmilter("mailflow", listener.conn, timeout=config.milter.timeout)
     except libmilter.error as exc:
         log.error("libmilter failed: %s", exc)
-        stop(70, "libmilter failed")
-    stop(0, "libmilter stopped on a signal sent to this process")
+        link.stopping()
+        stop(70, "libmilter failed", drain=False)
+    # Only a SIGHUP/SIGTERM sent to this process itself gets here (libmilter's smfi_stop). Debian
+    # builds libmilter with its workers pool, whose controller thread stops polling sessions once
+    # stopped (`if (mi_stop() != MILTER_CONT) break;`): what is open can never finish. Go now.
+    link.stopping()
+    stop(0, "libmilter stopped on a signal sent to this process", drain=False)
 
 
 def _check_suppression_key(config: Config, store: Store) -> None:

@@ -139,6 +139,8 @@ class Supervisor:
             line, worker.buffer = worker.buffer.split(b"\n", 1)
             if line == b"ready":
                 self._on_ready(worker)
+            elif line == b"stopping":
+                self._on_stopping(worker)
             elif line.startswith(b"fatal "):
                 code, _, message = line[6:].decode("utf-8", "replace").partition(" ")
                 self._on_fatal(worker, int(code) if code.isdigit() else 70, message)
@@ -158,6 +160,17 @@ class Supervisor:
         if self.reload_again and not self.stopping:
             self.reload_again = False
             self._reload()
+
+    def _on_stopping(self, worker: Worker) -> None:
+        if self.stopping or worker.stopping_since is not None:
+            return
+        self._retire(worker)
+        if worker is self.active:
+            self.active = None
+            log.warning("worker %d was stopped by a signal sent to it, not to this process (%d); starting another",
+                        worker.pid, os.getpid())
+            if self.starting is None:
+                self.starting = self._fork(self.config)
 
     def _on_fatal(self, worker: Worker, code: int, message: str) -> None:
         worker.fatal = (code, message)

@@ -168,3 +168,16 @@ def test_the_unix_socket_is_the_same_across_reloads_and_removed_at_stop(tmp_path
     log_text = (tmp_path / "log").read_text()
     assert log_text.count("reloaded: worker") == 2, log_text
     assert not path.exists()
+
+
+def test_a_signal_sent_to_a_worker_itself_is_survived(tmp_path: Path, start_milter: Any) -> None:
+    """libmilter owns a worker's signals (HUP and TERM both stop it, and Debian's libmilter then
+    serves none of its open sessions): another worker takes over at once, the main process goes on."""
+    milter: MilterProcess = start_milter(config(f"sqlite://{tmp_path}/state.db"))
+    [pid] = map(int, re.findall(r"worker (\d+) ready", wait_log(milter, r"worker \d+ ready")))
+    os.kill(pid, signal.SIGHUP)
+    wait_log(milter, rf"worker {pid} was stopped by a signal sent to it")
+    wait_log(milter, r"worker \d+ ready", 2)
+    wait_log(milter, rf"worker {pid} exited with code 0")
+    assert rcpt_replies(milter, "b@two.example", 1) == ["continue"]
+    assert milter.proc is not None and milter.proc.poll() is None
