@@ -20,13 +20,16 @@ Facts from libmilter's source (listener.c) this relies on:
   socket both wake, and the loser would block in accept() with the mutex held. The socket is made
   non-blocking (O_NONBLOCK is shared by every process's copy of it; accepted sockets do not
   inherit it on Linux), and libmilter's loop treats EAGAIN as "try again".
-A worker stops without libmilter's help: it points the listening fd number at a pipe that never
-becomes readable (dup2), so its listener accepts nothing more, at once; it waits until its open
-milter connections (SMTP sessions in progress) have closed, bounded by the drain timeout; then
-it flushes, closes the store and exits. It never lets smfi_main return, because pymilter then
-clears the interpreter a connection accepted in the last instant needs for its first callback.
-A SIGTERM sent to a worker itself is still libmilter's: it stops accepting within 5 s, and the
-worker then drains the same way.
+A worker stops without libmilter's help, because libmilter cannot stop without cutting sessions:
+Debian builds it with _FFR_WORKERS_POOL, whose pool controller (worker.c) polls the open sessions
+and ends with `if (mi_stop() != MILTER_CONT) break;`, so after smfi_stop (or its SIGTERM) no open
+session ever gets its next command answered (and pymilter's main also clears the interpreter a
+just-accepted connection needs). Instead the worker points the listening fd *number* at a pipe
+nobody writes to (dup2): its listener accepts nothing more, at once, while the pool goes on
+serving. It waits until its open milter connections (SMTP sessions in progress) have closed,
+bounded by the drain timeout, then flushes, closes the store and exits. A SIGHUP/SIGTERM sent
+to a worker itself is still libmilter's: that worker's open sessions are lost, and the
+supervisor replaces it at once. Signal the main process only (systemd: KillMode=mixed).
 """
 
 from __future__ import annotations
@@ -250,7 +253,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
 
     def on_stop_request() -> None:
         link.wait_for_stop()
-        stop(0, "asked by the supervisor")
+        stop(0, "asked by the supervisor, or it is gone")
 
     def on_key_mismatch(exc: KeyMismatch) -> None:
         log.error("%s; stopping", exc)
