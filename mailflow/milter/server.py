@@ -200,6 +200,8 @@ class _Stopper:
             cut = self._drain() if drain else MailflowMilter.live
             try:
                 self.finish()
+            except Exception:  # noqa: BLE001 - logged; the exit must happen all the same
+                log.exception("worker: flushing or closing the store failed")
             finally:
                 if not drain:
                     log.warning("worker stopped (%s): libmilter serves no session once stopped, so its %d "

@@ -200,13 +200,15 @@ class Supervisor:
             log.info("worker %d %s", worker.pid, how)
         elif worker is self.starting:
             self.starting = None
-            if worker.fatal is None:
-                message = f"worker {worker.pid} {how} before it was ready"
-                if self.active is not None:
-                    log.error("reload failed: %s; the running config stays", message)
-                else:
-                    self.failure = self.failure or WorkerFailed(message, 70)
-                    self._stop("no worker could start")
+            message = f"worker {worker.pid} {how} before it was ready"
+            if worker.fatal is None and self.active is not None:
+                log.error("reload failed: %s; the running config stays", message)
+            elif worker.fatal is None:
+                self.failure = self.failure or WorkerFailed(message, 70)
+                self._stop("no worker could start")
+            if self.reload_again and not self.stopping:
+                self.reload_again = False
+                self._reload()
         elif worker is self.active:
             self.active = None
             young = time.monotonic() - worker.started < YOUNG

@@ -181,3 +181,20 @@ def test_a_signal_sent_to_a_worker_itself_is_survived(tmp_path: Path, start_milt
     wait_log(milter, rf"worker {pid} exited with code 0")
     assert rcpt_replies(milter, "b@two.example", 1) == ["continue"]
     assert milter.proc is not None and milter.proc.poll() is None
+
+
+def test_a_reload_whose_worker_cannot_start_is_refused(tmp_path: Path, start_milter: Any) -> None:
+    """The config parses, but its suppression key is not the lists' one: the new worker says so
+    and exits, the running worker goes on, and a HUP is no reason to stop the milter."""
+    keys = {}
+    for name in ("a", "b"):
+        keys[name] = tmp_path / f"{name}.key"
+        keys[name].write_text(f"suppression-key-{name}-0123456789abcdef\n")
+        keys[name].chmod(0o600)
+    store = f"sqlite://{tmp_path}/state.db"
+    milter: MilterProcess = start_milter({**config(store), "suppression": {"hash_key_file": str(keys["a"])}})
+    wait_log(milter, r"worker \d+ ready")
+    text = reload(milter, {**config(store, "10/hour"), "suppression": {"hash_key_file": str(keys["b"])}}, 1)
+    assert re.search(r"ERROR reload refused: the suppression key differs .*; the running config stays", text), text
+    assert rcpt_replies(milter, "a@one.example", 4)[3].startswith("451 4.7.1 Rate limit 3/hour")  # the old config
+    assert milter.proc is not None and milter.proc.poll() is None
