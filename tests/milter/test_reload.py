@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -153,6 +154,12 @@ def test_the_unix_socket_is_the_same_across_reloads_and_removed_at_stop(tmp_path
             time.sleep(0.05)
         inode = path.stat().st_ino
         for n in range(1, 3):
+            if n == 1:  # a new mode is applied to the socket in place
+                write_config(cfg, {**config(f"sqlite://{tmp_path}/state.db"),
+                                   "milter": {"socket": f"unix:{path}", "socket_mode": "0600"}})
+            if n == 2:  # a new socket needs a restart: said, and the old one kept
+                write_config(cfg, {**config(f"sqlite://{tmp_path}/state.db"),
+                                   "milter": {"socket": f"unix:{tmp_path}/other.sock", "socket_mode": "0600"}})
             proc.send_signal(signal.SIGHUP)
             while (tmp_path / "log").read_text().count("reloaded: worker") < n and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -160,6 +167,7 @@ def test_the_unix_socket_is_the_same_across_reloads_and_removed_at_stop(tmp_path
                 client.settimeout(5)
                 client.connect(str(path))
             assert path.stat().st_ino == inode and not (tmp_path / "milter.sock.new").exists()
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
@@ -167,7 +175,8 @@ def test_the_unix_socket_is_the_same_across_reloads_and_removed_at_stop(tmp_path
         proc.wait(timeout=10)
     log_text = (tmp_path / "log").read_text()
     assert log_text.count("reloaded: worker") == 2, log_text
-    assert not path.exists()
+    assert f"milter.socket changed from unix:{path} to unix:{tmp_path}/other.sock: a restart applies it" in log_text
+    assert not path.exists() and not (tmp_path / "other.sock").exists()
 
 
 def test_a_signal_sent_to_a_worker_itself_is_survived(tmp_path: Path, start_milter: Any) -> None:
