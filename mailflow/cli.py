@@ -76,17 +76,35 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-def run(config_file: str | None) -> None:
-    """Start the milter (validates the config before binding the socket)."""
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=30.0, show_default=True, metavar="SECONDS",
+              help="On stop or reload, how long sessions in progress may take to finish.")
+def run(config_file: str | None, drain_timeout: float) -> None:
+    """Start the milter (validates the config before binding the socket). SIGHUP reloads the
+    config; SIGTERM stops accepting and lets sessions in progress finish."""
     config = _load(config_file)
     _preflight(config)
     from mailflow.log import log, setup_logging
-    from mailflow.milter.server import serve
+    from mailflow.milter.supervisor import Supervisor, WorkerFailed
+
+    def warn(loaded: Config) -> None:
+        for warning in config_warnings(loaded, syslog=False):  # setup_logging said it of syslog
+            log.warning("config: %s", warning)
+
+    def reload() -> Config:
+        new = _load(config_file)
+        _preflight(new)
+        return new
+
+    def reloaded(new: Config) -> None:
+        setup_logging(new.log)
+        warn(new)
 
     setup_logging(config.log)
-    for warning in config_warnings(config, syslog=False):  # setup_logging said it of syslog
-        log.warning("config: %s", warning)
-    serve(config)
+    warn(config)
+    try:
+        Supervisor(config, reload, _failure, drain_timeout, on_reload=reloaded).run()
+    except WorkerFailed as exc:
+        _fail(str(exc), exc.code)
 
 
 @cli.command("check-config")
@@ -311,12 +329,20 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except Exception as exc:
-        if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
-            _fail(_describe(exc), EXIT_USAGE)
+        message, code = _failure(exc)
         # A bug: still one line (the cause, not hidden), the traceback on demand.
-        if os.environ.get("MAILFLOW_TRACEBACK"):
+        if code == EXIT_INTERNAL and os.environ.get("MAILFLOW_TRACEBACK"):
             raise
-        _fail(f"internal error: {_describe(exc)} (MAILFLOW_TRACEBACK=1 shows where)", EXIT_INTERNAL)
+        _fail(message, code)
+
+
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code for an error (also what a milter worker reports)."""
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), exc.exit_code
+    if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
+        return _describe(exc), EXIT_USAGE
+    return f"internal error: {_describe(exc)} (MAILFLOW_TRACEBACK=1 shows where)", EXIT_INTERNAL
 
 
 def _describe(exc: BaseException) -> str:

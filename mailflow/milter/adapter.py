@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -64,10 +65,15 @@ def _guarded(callback: Callable[..., int]) -> Callable[..., int]:
 
 
 class MailflowMilter(Milter.Base):
-    engine: Engine  # set on the class by server.serve()
+    engine: Engine  # set on the class by server.serve_worker()
+    live = 0  # connections open now (from negotiation to close): a stopping worker waits for none
+    _live_lock = threading.Lock()
 
     def __init__(self) -> None:
         self.conn_id = f"{next(_connection_ids):x}"
+        self._counted = True
+        with MailflowMilter._live_lock:
+            MailflowMilter.live += 1
         self.client: Client | None = None  # from CONNECT, or from the macros at the first MAIL
         self.message: Message | None = None
 
@@ -203,4 +209,7 @@ class MailflowMilter(Milter.Base):
         return Milter.CONTINUE
 
     def close(self) -> int:
+        with MailflowMilter._live_lock:
+            MailflowMilter.live -= self._counted  # once, whatever calls close
+            self._counted = False
         return Milter.CONTINUE

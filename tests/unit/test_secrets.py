@@ -235,19 +235,22 @@ def test_run_checks_the_key_once_a_store_that_was_down_answers(tmp_path: Path) -
                        '[suppression]\nhash_key_env = "MAILFLOW_SUPPRESSION_KEY"\n')
         os.kill(pid, signal.SIGSTOP)
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "mailflow", "run", "-c", str(cfg)], cwd=REPO,
-                                    env={**os.environ, "MAILFLOW_SUPPRESSION_KEY": KEY_B},
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            from tests.helpers.servers import wait_for_port
-
-            wait_for_port(milter_port, timeout=20, proc=None)
+            with open(tmp_path / "out", "wb") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "mailflow", "run", "-c", str(cfg)], cwd=REPO,
+                                        env={**os.environ, "MAILFLOW_SUPPRESSION_KEY": KEY_B}, stdout=out,
+                                        stderr=subprocess.STDOUT)
+            # The socket is open before a worker checks the store: wait until one serves without it.
+            deadline = time.monotonic() + 20
+            while b"ready" not in (tmp_path / "out").read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             os.kill(pid, signal.SIGCONT)
         try:
             code = proc.wait(timeout=20)
         finally:
             proc.kill()
-            output = proc.communicate(timeout=10)[0]
+            proc.wait(timeout=10)
+            output = (tmp_path / "out").read_text()
         client.close()
     assert "the suppression key is checked once it does" in output
     assert code == 2 and output.splitlines()[-1].startswith("mailflow: the suppression key differs"), output
