@@ -19,7 +19,7 @@ from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailb
 from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
-from mailflow.log import DECISIONS, log, log_decision
+from mailflow.log import DECISIONS, envelope_address, log, log_decision
 from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
@@ -29,6 +29,7 @@ from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
 from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
+from mailflow.why import why
 
 T = TypeVar("T")
 
@@ -103,8 +104,9 @@ class Engine:
 
     # -- stages ---------------------------------------------------------------------------
 
-    def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
-        message = Message(sender=sender)
+    def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "",
+             queue_id: str = "") -> tuple[Message, Decision]:
+        message = Message(sender=sender, queue_id=queue_id)
         if auth_login == UNREADABLE_MACRO:  # authenticated, but as whom cannot be read
             return message, self._finish("mail", client, message, UNREADABLE_LOGIN, conn_id=conn_id)
         identity, refusal, summary = self._judge_sender(self.ownership.checker(), client.policy_key, auth_login, sender)
@@ -393,13 +395,13 @@ class Engine:
         log_decision(
             logging.INFO,
             stage=stage,
-            qid=extra.pop("qid", None),
+            qid=extra.pop("qid", None) or message.queue_id,
             conn=extra.pop("conn_id", None),
             account=identity.account if identity else None,
             source=identity.source if identity else None,
             identity=identity.identity if identity else None,
             client=client.address,
-            sender=message.sender or "<>",
+            sender=envelope_address(message.sender),
             rcpt=extra.pop("rcpt", None),
             recipients=len(message.recipients) if stage == "eom" else None,
             refused=len(message.refused) if stage == "eom" and message.refused else None,
@@ -408,6 +410,7 @@ class Engine:
             mode="monitor" if self.monitor and decision.refuses else None,
             reason=decision.reason,
             reply=str(decision.reply) if decision.reply else None,
+            why=why(decision.reason, decision.refuses),
             forgery=extra.pop("forgery", None),
             removed=extra.pop("removed", None),
             php_script=message.php_script,
