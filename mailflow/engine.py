@@ -274,7 +274,8 @@ class Engine:
         own_bounce = message.on_msp_listener and self._is_own_bounce(message)
         if message.on_msp_listener:
             if not message.msp_user and not own_bounce:
-                refusal = MSP_BACKSCATTER if message.msp_dsn else NOT_FROM_MSP
+                backscatter = message.msp_dsn and not self._all_recipients_here(message)
+                refusal = MSP_BACKSCATTER if backscatter else NOT_FROM_MSP
                 return self._finish("eom", client, message, refusal, conn_id=conn_id, qid=queue_id)
             if not own_bounce:
                 identity = message.identity = accounts.refine_local_identity(self.config.accounts, message.msp_user or "")
