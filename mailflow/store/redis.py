@@ -20,7 +20,7 @@ from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
 from mailflow.ratelimit.recent import RecentLevels
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
-from mailflow.store.redis_pool import HotPool
+from mailflow.store.redis_pool import HotPool, admin_deadlines
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
 
@@ -73,6 +73,7 @@ class RedisStore:
         )
         self._password: str | None = self.client.connection_pool.connection_kwargs.get("password")
         self._hot_pool = HotPool(self.client, timeout_ms)
+        admin_deadlines(self.client)  # after the hot pool took the plain connection class
         self._debit_script = self.client.register_script(_lua("debit.lua"))
         self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))

@@ -398,3 +398,43 @@ def test_the_milter_rides_out_a_kill_9(start_milter: Callable[..., MilterProcess
               f"{server.clients_connected()} Redis clients after recovery")
     finally:
         server.kill()
+
+
+def test_a_trickling_reply_is_cut_at_the_timeout(tmp_path: Path, store_log: pytest.LogCaptureFixture) -> None:
+    """Redis (or a link) sending one byte per 150 ms, each inside the 200 ms timeout: the whole
+    call still ends within the timeout, on the hot path and on redis-py's own (admin) calls."""
+    server = RedisProcess(tmp_path).start()
+    proxy = CuttingProxy(server.port)
+    engine = make_engine(proxy.url, "tempfail")
+    store = engine.store
+    assert isinstance(store, RedisStore)
+    try:
+        assert send(engine)[0].reason == "ok"
+        store.ping()
+        proxy.trickle = 0.15
+        outcome = Timed()
+        for n in range(3):
+            outcome.add(*timed(lambda: send(engine, n)))
+        for call in (store.ping, store.domains, lambda: store.add_sent({(1, ACCOUNT): 1})):
+            outcome.add(*timed(lambda: _raised(call)))
+        proxy.trickle = None
+        decisions = [r[0] for r in outcome.results if isinstance(r, tuple)]
+        assert {d.reason for d in decisions} == {"store_error"}
+        assert {str(e) for e in outcome.results if isinstance(e, StoreError)} == {
+            f"redis: no answer within {TIMEOUT_MS} ms"}
+        assert outcome.worst < TIMEOUT_MS / 1000 + 0.1, f"a call took {outcome.worst * 1000:.0f} ms"
+        assert f"no answer within {TIMEOUT_MS} ms" in store_log.text
+        assert send(engine)[0].reason == "ok"  # trickling over: the next call is answered
+        store.ping()
+        print(f"trickle: worst call {outcome.worst * 1000:.0f} ms")
+    finally:
+        store.close()
+        proxy.close()
+        server.kill()
+
+
+def _raised(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except StoreError as exc:
+        return exc
