@@ -34,6 +34,7 @@ def serve(config: Config) -> None:
     key_refused: list[KeyMismatch] = []
     try:
         store.ping()
+        _check_suppression_key(config, store)  # a store that cannot be read or written: an outage too
     except StoreError as exc:  # the milter still starts: on_error covers an outage, and it recovers
         log.warning("store %s not answering at start (%s); on_error=%s applies until it does%s",
                     redact_url(config.store.url), exc, config.milter.on_error,
@@ -41,7 +42,6 @@ def serve(config: Config) -> None:
         if config.suppression.enabled:
             _watch_key(config, store, key_refused, KEY_RETRY_SECONDS)
     else:
-        _check_suppression_key(config, store)
         if config.suppression.enabled:
             _watch_key(config, store, key_refused, KEY_REFRESH_SECONDS)
     engine = MailflowMilter.engine = Engine(config, store)
@@ -68,7 +68,7 @@ def _check_suppression_key(config: Config, store: Store) -> None:
         return
     try:
         check_store_key(store, config.suppression.secret, key_check_scopes(config))
-    except BaseException:
+    except KeyMismatch:
         store.close()
         raise
 

@@ -357,29 +357,37 @@ def test_the_redis_py_errors_are_named_in_words() -> None:
     assert describe(ConnectionResetError(104, "Connection reset by peer"), 250).startswith("connection lost")
 
 
+def _milter_config(url: str) -> dict[str, object]:
+    return {"store": {"url": url, "timeout_ms": TIMEOUT_MS}, "accounts": {"identify": ["sasl"]},
+            "ratelimit": {"limits": ["1000/day"]}, "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}}
+
+
+def _milter_message(milter: MilterProcess) -> tuple[str, float]:
+    """One message through the real milter: the last reply ("continue" or the SMTP reply), the slowest step."""
+    auth = {"{auth_authen}": "bob@shop.example"}
+    worst = 0.0
+    with MilterClient(milter.socket) as c:
+        c.connect("mua.example", "198.51.100.20", 40000)
+        c.helo("mua.example")
+        for step in (lambda: c.mail("bob@shop.example", macros=auth), lambda: c.rcpt("a@dest.example")):
+            reply, seconds = timed(step)
+            worst = max(worst, seconds)
+            if reply.action != "continue":
+                return reply.smtp, worst
+        c.header("From", "bob@shop.example")
+        c.eoh()
+        reply, seconds = timed(lambda: c.eom(macros={"i": "4ABCDEF"}))
+        return reply.smtp, max(worst, seconds)
+
+
 def test_the_milter_rides_out_a_kill_9(start_milter: Callable[..., MilterProcess], tmp_path: Path) -> None:
     """Through the real milter over the milter protocol: Redis killed, mail deferred within the
     bound, one log line per few seconds, then mail flows on the first message after the restart."""
     server = RedisProcess(tmp_path, persist=True).start()
-    auth = {"{auth_authen}": "bob@shop.example"}
-    milter = start_milter({"store": {"url": server.url, "timeout_ms": TIMEOUT_MS},
-                           "accounts": {"identify": ["sasl"]}, "ratelimit": {"limits": ["1000/day"]},
-                           "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}})
+    milter = start_milter(_milter_config(server.url))
 
     def message() -> tuple[str, float]:
-        worst = 0.0
-        with MilterClient(milter.socket) as c:
-            c.connect("mua.example", "198.51.100.20", 40000)
-            c.helo("mua.example")
-            for step in (lambda: c.mail("bob@shop.example", macros=auth), lambda: c.rcpt("a@dest.example")):
-                reply, seconds = timed(step)
-                worst = max(worst, seconds)
-                if reply.action != "continue":
-                    return reply.smtp, worst
-            c.header("From", "bob@shop.example")
-            c.eoh()
-            reply, seconds = timed(lambda: c.eom(macros={"i": "4ABCDEF"}))
-            return reply.smtp, max(worst, seconds)
+        return _milter_message(milter)
 
     try:
         assert message()[0] == "continue"
@@ -438,3 +446,30 @@ def _raised(call: Callable[[], object]) -> object:
         return call()
     except StoreError as exc:
         return exc
+
+
+def test_the_milter_starts_on_a_full_or_read_only_store(start_milter: Callable[..., MilterProcess],
+                                                        tmp_path: Path) -> None:
+    """With suppression on, a store that refuses writes at start (OOM with the key's fingerprint
+    already there; a read-only replica without one) is an outage, never a refusal to start."""
+    server = RedisProcess(tmp_path, "--maxmemory-policy", "noeviction").start()
+    replica = RedisProcess(tmp_path, "--replicaof", "127.0.0.1", str(server.port)).start()
+    try:
+        assert _milter_message(start_milter(_milter_config(server.url), name="first"))[0] == "continue"
+        with server.client() as admin:
+            admin.config_set("maxmemory", 1)
+            full = start_milter(_milter_config(server.url), name="full")
+            assert _milter_message(full)[0][:9] == "451 4.3.0"
+            admin.config_set("maxmemory", 0)
+            assert _milter_message(full)[0] == "continue"
+            assert "fingerprint not refreshed: redis: out of memory" in full.log()
+            admin.delete("mailflow:suppression:key-fingerprint")  # the replica follows: no key yet
+        with replica.client() as reader:
+            _wait(lambda: reader.get("mailflow:suppression:key-fingerprint") is None)
+        on_replica = start_milter(_milter_config(replica.url), name="replica")
+        assert _milter_message(on_replica)[0][:9] == "451 4.3.0"
+        assert on_replica.proc is not None and on_replica.proc.poll() is None
+        assert "READONLY replica" in on_replica.log()
+    finally:
+        replica.kill()
+        server.kill()
