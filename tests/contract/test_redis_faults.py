@@ -473,3 +473,33 @@ def test_the_milter_starts_on_a_full_or_read_only_store(start_milter: Callable[.
     finally:
         replica.kill()
         server.kill()
+
+
+def test_a_store_failing_some_of_the_time_logs_a_count_not_a_line_per_failure(
+        tmp_path: Path, store_log: pytest.LogCaptureFixture) -> None:
+    """Every third Redis reply held past the timeout for 3 s: one degraded period, a line per
+    `every` (1 s here) with a count; the old throttle logged two lines per failed message."""
+    server = RedisProcess(tmp_path).start()
+    proxy = CuttingProxy(server.port)
+    engine = make_engine(proxy.url, "tempfail")
+    engine.store_health.every = 1.0
+    try:
+        assert send(engine)[0].reason == "ok"
+        proxy.delay, proxy.delay_every = 0.3, 3
+        reasons = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            reasons.append(send(engine, len(reasons))[0].reason)
+        proxy.delay_every = None
+        time.sleep(1.0)
+        assert send(engine)[0].reason == "ok"  # quiet for `every`: the period ends, with its count
+        failures = reasons.count("store_error")
+        lines = [r.getMessage() for r in store_log.records if r.name == "mailflow.store"]
+        assert failures >= 6 and "ok" in reasons, reasons
+        assert len(lines) <= 9, lines
+        assert any(" of " in line and "calls failed in the last" in line for line in lines), lines
+        print(f"flapping: {failures} of {len(reasons)} messages deferred, {len(lines)} log lines")
+    finally:
+        engine.store.close()
+        proxy.close()
+        server.kill()

@@ -97,8 +97,8 @@ class CuttingProxy:
     the command, the client sees a reply cut in the middle. A new connection's handshake (HELLO,
     CLIENT SETINFO) passes whole, so each cut falls on a command's own reply. While `trickle` is
     set, replies go out one byte every `trickle` seconds (a sick link or middlebox). While
-    `delay_every` is set, every that many-th reply is held `delay` seconds (a store failing some
-    of the time)."""
+    `delay_every` is set, every that many-th reply to a command is held `delay` seconds (a store
+    failing some of the time)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -155,15 +155,16 @@ class CuttingProxy:
                         # SO_LINGER 0: close with a reset, as a dying middlebox or peer would.
                         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         return
-                    if not self._pass_on(client, data):
+                    if not self._pass_on(client, data, handshake):
                         return
 
-    def _pass_on(self, client: socket.socket, data: bytes) -> bool:
+    def _pass_on(self, client: socket.socket, data: bytes, handshake: bool) -> bool:
         """A reply to the client, trickled or delayed as set; False once the client is gone."""
-        self._replies += 1  # a lost increment under threads only shifts which reply waits
         every = self.delay_every
-        if every and self._replies % every == 0:
-            self._stop.wait(self.delay)
+        if every and not handshake:
+            self._replies += 1  # a lost increment under threads only shifts which reply waits
+            if self._replies % every == 0:
+                self._stop.wait(self.delay)
         try:
             if not self.trickle:
                 client.sendall(data)
