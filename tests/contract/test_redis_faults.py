@@ -486,7 +486,7 @@ def test_a_store_failing_some_of_the_time_logs_a_count_not_a_line_per_failure(
     try:
         assert send(engine)[0].reason == "ok"
         proxy.delay, proxy.delay_every = 0.3, 3
-        reasons = []
+        reasons: list[str] = []
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             reasons.append(send(engine, len(reasons))[0].reason)
@@ -502,4 +502,31 @@ def test_a_store_failing_some_of_the_time_logs_a_count_not_a_line_per_failure(
     finally:
         engine.store.close()
         proxy.close()
+        server.kill()
+
+
+def test_a_domains_refresh_never_holds_a_message(tmp_path: Path) -> None:
+    """Owned domains are re-read in the background: with Redis stopped while a refresh is due,
+    a message meets one failing store call (the debit), not two."""
+    server = RedisProcess(tmp_path).start()
+    config = parse_config({
+        "store": {"url": server.url, "timeout_ms": TIMEOUT_MS}, "ratelimit": {"limits": ["1000/day"]},
+        "forgery": {"domains_refresh_seconds": 1}, "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
+    })
+    engine = Engine(config, RedisStore(server.url, timeout_ms=TIMEOUT_MS))
+    store = engine.store
+    assert isinstance(store, RedisStore)
+    try:
+        assert send(engine)[0].reason == "ok"
+        _wait(lambda: store.replica.ready)
+        store.add_domain("shop.example", "new-brand.example")
+        _wait(lambda: engine.ownership.checker().directory.owns_domain("shop.example", "new-brand.example"), seconds=3)
+        server.pause()
+        time.sleep(1.1)  # a refresh is due, and under way in the background
+        (decision, _, _), seconds = timed(lambda: send(engine))
+        assert decision.reason == "store_error"
+        assert seconds < TIMEOUT_MS / 1000 + 0.15, f"the message took {seconds * 1000:.0f} ms"
+    finally:
+        server.resume()
+        store.close()
         server.kill()
