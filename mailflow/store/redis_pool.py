@@ -4,7 +4,8 @@ Every message makes two calls (RCPT lookup, EOM debit). redis-py's client layers
 with a readiness select, retry wrapper, Script objects) cost about as much CPU as the rest of the
 milter, so these calls speak on plain connections kept here.
 
-A fixed number of slots: a caller takes an idle connection, else makes one while fewer than
+A fixed number of slots: a caller takes an idle connection (looked at for a close by Redis on
+every reuse: one poll), else makes one while fewer than
 `size` exist, else waits briefly when all are out (MAX_WAIT: a healthy Redis frees one within a millisecond,
 and the wait adds to the call's own timeout), and always puts it back, disconnected after a failure. However many calls fail, over however many outages, no slot is ever lost, at most
 `size` connections exist, and a disconnected one reconnects on its next use: the first call after
@@ -26,9 +27,6 @@ import redis
 from mailflow.store.base import StoreError
 
 SIZE = 64  # connections at most; a call holds one for one round trip, so few are ever open
-# A connection unused this long is checked for a close by Redis (restart, idle timeout) before
-# it is used: a cheap select, skipped while connections are in steady use.
-RECHECK_IDLE = 0.05
 MAX_WAIT_MS = 100  # for a free connection, at most; and at most half the store's timeout
 DEADLINE_SLACK = 0.01  # a read's timeout is lowered to what remains once it is this much shorter
 
@@ -40,12 +38,14 @@ class DeadlineSocket(socket.socket):
     reads (vDSO, no syscall) per call; the timeout is set (one setsockopt) only on a second read
     of a slow reply, and set back on the next request."""
 
-    __slots__ = ("budget", "kernel", "_deadline", "_timeout")
+    __slots__ = ("budget", "kernel", "poller", "received", "_deadline", "_timeout")
 
     budget: float
     kernel: bool  # the timeout lives in SO_RCVTIMEO (hot path), else in Python's settimeout
     _deadline: float
     _timeout: float  # the read timeout in force now
+    poller: select.poll  # this socket alone, for a look at a close before reuse (cheaper than select)
+    received: bool  # a byte (or EOF) came since the last request: see redis._exchange
 
     @classmethod
     def adopt(cls, sock: socket.socket, budget: float, kernel: bool) -> DeadlineSocket:
@@ -54,6 +54,9 @@ class DeadlineSocket(socket.socket):
         new = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
         new.settimeout(blocking_timeout)
         new.budget, new.kernel, new._deadline, new._timeout = budget, kernel, float("inf"), budget
+        new.received = False
+        new.poller = select.poll()
+        new.poller.register(new, select.POLLIN)
         return new
 
     def _set_timeout(self, seconds: float) -> None:
@@ -65,6 +68,7 @@ class DeadlineSocket(socket.socket):
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         self._deadline = time.monotonic() + self.budget
+        self.received = False
         if self._timeout != self.budget:
             self._set_timeout(self.budget)
         super().sendall(data, flags)
@@ -80,12 +84,17 @@ class DeadlineSocket(socket.socket):
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         self._before_read()
-        return super().recv_into(buffer, nbytes, flags)
+        count = super().recv_into(buffer, nbytes, flags)
+        self.received = True
+        return count
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:  # redis-py's parser without hiredis
-        if not flags:  # a MSG_PEEK for a close is no read of a reply
-            self._before_read()
-        return super().recv(bufsize, flags)
+        if flags:  # a MSG_PEEK for a close is no read of a reply
+            return super().recv(bufsize, flags)
+        self._before_read()
+        data = super().recv(bufsize, flags)
+        self.received = True
+        return data
 
 
 def _timeval(seconds: float) -> bytes:
@@ -142,10 +151,10 @@ class HotPool:
         self._kind, self._kwargs = _with(_KernelTimeouts, pool.connection_class), dict(pool.connection_kwargs)
         self.size = size
         self._wait_ms = min(MAX_WAIT_MS, timeout_ms // 2)
-        # Connections made, idle: (connection, when it was given back). A made connection is never
+        # Connections made, idle. A made connection is never
         # dropped (a broken one is disconnected and reconnects on its next use), so `_unmade`,
         # one token per connection still to make, and `_idle` together always hold `size` slots.
-        self._idle: queue.SimpleQueue[tuple[Any, float]] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._unmade: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(size):
             self._unmade.put(None)
@@ -153,7 +162,7 @@ class HotPool:
     def take(self) -> Any:
         """A connection for one round trip; give it back with `give`, whatever happens."""
         try:
-            conn, since = self._idle.get_nowait()
+            conn = self._idle.get_nowait()
         except queue.Empty:
             try:
                 self._unmade.get_nowait()
@@ -162,12 +171,17 @@ class HotPool:
             else:
                 return self._make()
             try:
-                conn, since = self._idle.get(timeout=self._wait_ms / 1000)
+                conn = self._idle.get(timeout=self._wait_ms / 1000)
             except queue.Empty:
                 raise StoreError(f"redis: all {self.size} connections busy for {self._wait_ms} ms") from None
-        if conn._sock is not None and time.monotonic() - since > RECHECK_IDLE:
+        sock = conn._sock
+        if sock is not None:
+            # Readable while idle: Redis closed it (restart, idle timeout, CLIENT KILL) or, never
+            # expected, stray bytes. Either way not for this call: it reconnects. On every reuse:
+            # a connection killed a millisecond ago must not fail a message.
+            poller = getattr(sock, "poller", None)
             try:
-                closed = bool(select.select([conn._sock], [], [], 0)[0])  # EOF: Redis closed it
+                closed = bool(poller.poll(0) if poller is not None else select.select([sock], [], [], 0)[0])
             except (OSError, ValueError):
                 closed = True
             if closed:
@@ -188,9 +202,9 @@ class HotPool:
             if broken:
                 conn.disconnect()
         finally:
-            self._idle.put((conn, time.monotonic()))
+            self._idle.put(conn)
 
-    def _drain(self) -> list[tuple[Any, float]]:
+    def _drain(self) -> list[Any]:
         slots = []
         try:
             while True:
@@ -203,10 +217,10 @@ class HotPool:
         slots = self._drain()
         for slot in slots:
             self._idle.put(slot)
-        return sum(1 for conn, _ in slots if conn._sock is not None)
+        return sum(1 for conn in slots if conn._sock is not None)
 
     def close(self) -> None:
         """Disconnect the idle connections (a later call reconnects)."""
-        for conn, since in self._drain():
+        for conn in self._drain():
             conn.disconnect()
-            self._idle.put((conn, since))
+            self._idle.put(conn)

@@ -8,6 +8,7 @@ fault ends (no restart), bounded connections, and bucket counts that make sense 
 from __future__ import annotations
 
 import logging
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -529,4 +530,30 @@ def test_a_domains_refresh_never_holds_a_message(tmp_path: Path) -> None:
     finally:
         server.resume()
         store.close()
+        server.kill()
+
+
+def test_connections_killed_by_redis_between_calls_defer_no_mail(tmp_path: Path) -> None:
+    """CLIENT KILL of every client ten times a second on a healthy Redis (from another process,
+    as an admin or a client timeout would): a pooled connection Redis closed is seen before reuse,
+    or its command goes once more on a fresh one when Redis never took it. (A kill between Redis
+    running a command and sending its reply still fails that one call.)"""
+    server = RedisProcess(tmp_path).start()
+    engine = make_engine(server.url, "tempfail")
+    kill_loop = (f"for i in $(seq 20); do redis-cli -p {server.port} CLIENT KILL TYPE normal SKIPME yes "
+                 ">/dev/null; sleep 0.1; done")
+    try:
+        assert send(engine)[0].reason == "ok"
+        killer = subprocess.Popen(["bash", "-c", kill_loop])
+        reasons: list[str] = []
+        deadline = time.monotonic() + 10
+        while killer.poll() is None and time.monotonic() < deadline:  # a few hundred messages a second
+            reasons.append(send(engine, len(reasons))[0].reason)
+            time.sleep(0.002)
+        assert killer.wait(timeout=10) == 0
+        deferred = reasons.count("store_error")
+        print(f"CLIENT KILL x20: {deferred} of {len(reasons)} messages deferred")
+        assert deferred <= 1, (deferred, len(reasons))
+    finally:
+        engine.store.close()
         server.kill()
