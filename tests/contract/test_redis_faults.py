@@ -557,3 +557,14 @@ def test_connections_killed_by_redis_between_calls_defer_no_mail(tmp_path: Path)
     finally:
         engine.store.close()
         server.kill()
+
+
+@pytest.mark.parametrize("option", ["socket_timeout=3", "socket_connect_timeout=3"])
+def test_a_timeout_in_the_url_is_refused(option: str) -> None:
+    """redis-py would let it win over [store] timeout_ms: each failed call 3 s while the error
+    says "no answer within 200 ms"."""
+    from mailflow.urls import store_url_problem
+
+    problem = store_url_problem(f"redis://127.0.0.1:6379/0?{option}")
+    assert problem is not None and f"unknown option {option.split('=')[0]!r}" in problem
+    assert store_url_problem("redis://127.0.0.1:6379/0?db=0") is None
