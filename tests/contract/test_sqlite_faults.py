@@ -263,3 +263,20 @@ def test_a_database_writable_again_is_written_without_a_restart(tmp_path: Path) 
         store.debit("shop.example", LIMITS, 1)
     assert level(db) == pytest.approx(4, abs=0.1)
     store.close()
+
+
+def test_an_admin_command_after_the_database_was_deleted_names_the_cause(tmp_path: Path) -> None:
+    """The milter still has the deleted file open (its -wal and -shm stay): an admin command says
+    so, in one line, and creates no empty database beside them."""
+    db = tmp_path / "state.db"
+    milter = open_store(f"sqlite://{db}")
+    milter.debit("shop.example", LIMITS, 1)
+    db.unlink()
+    with pytest.raises(StoreError) as caught:
+        open_store(f"sqlite://{db}")
+    assert "does not exist but state.db-wal and state.db-shm of a deleted database" in str(caught.value)
+    assert "remove state.db-wal and state.db-shm" in str(caught.value) and "disk I/O" not in str(caught.value)
+    with pytest.raises(StoreError, match="of a deleted database"):
+        check_store_path(f"sqlite://{db}")
+    assert not db.exists()
+    milter.close()
