@@ -23,7 +23,6 @@ from tests.helpers.servers import MilterProcess
 __all__ = ["store_log"]  # a fixture: imported for pytest to find it here
 
 
-
 def test_a_trickling_reply_is_cut_at_the_timeout(tmp_path: Path, store_log: pytest.LogCaptureFixture) -> None:
     """Redis (or a link) sending one byte per 150 ms, each inside the 200 ms timeout: the whole
     call still ends within the timeout, on the hot path and on redis-py's own (admin) calls."""
