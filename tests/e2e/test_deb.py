@@ -40,7 +40,11 @@ def _digest(path: Path) -> str:
 
 
 def test_install_run_upgrade_remove_purge(tmp_path: Path) -> None:
-    package = deb.build()
+    with deb.exclusive():
+        _install_run_upgrade_remove_purge(deb.build(), tmp_path)
+
+
+def _install_run_upgrade_remove_purge(package: Path, tmp_path: Path) -> None:
     if deb.known():  # a leftover of an interrupted run of this test (usable() checked the marker)
         deb.purge()
     milter: subprocess.Popen[bytes] | None = None

@@ -8,12 +8,15 @@ anyone else is never touched (the test is skipped).
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import shlex
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,6 +35,22 @@ def usable() -> str:
     if known() and not MARKER.exists():
         return "a mailflow package not installed by the tests is on this host: left alone"
     return ""
+
+
+@contextmanager
+def exclusive(timeout: float = 600) -> Iterator[None]:
+    """One package test at a time on this host (they share dpkg, /etc/mailflow and the user)."""
+    with open("/run/lock/mailflow-deb-test.lock", "w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("another package test holds /run/lock/mailflow-deb-test.lock") from None
+                time.sleep(1)
+        yield
 
 
 def run(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
