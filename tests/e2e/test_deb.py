@@ -41,12 +41,17 @@ def _digest(path: Path) -> str:
 
 def test_install_run_upgrade_remove_purge(tmp_path: Path) -> None:
     with deb.exclusive():
-        _install_run_upgrade_remove_purge(deb.build(), tmp_path)
+        package = deb.build()
+        if deb.known():  # a leftover of an interrupted run of this test (usable() checked the marker)
+            deb.purge()
+        before = deb.empty_dirs()
+        try:
+            _install_run_upgrade_remove_purge(package, tmp_path)
+        finally:
+            deb.put_back(before)
 
 
 def _install_run_upgrade_remove_purge(package: Path, tmp_path: Path) -> None:
-    if deb.known():  # a leftover of an interrupted run of this test (usable() checked the marker)
-        deb.purge()
     milter: subprocess.Popen[bytes] | None = None
     mta: PrivatePostfix | None = None
     joined = False

@@ -13,6 +13,7 @@ import grp
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "mailflow"
 MARKER = Path("/etc/mailflow/.installed-by-mailflow-tests")
 UNIT_DIR = Path("/lib/systemd/system")
+PACKAGE_DIRS = (Path("/etc/mailflow"), Path("/var/lib/mailflow"))
 
 
 def usable() -> str:
@@ -34,7 +36,24 @@ def usable() -> str:
             return f"{tool} is not installed"
     if known() and not MARKER.exists():
         return "a mailflow package not installed by the tests is on this host: left alone"
+    if not known():
+        for path in PACKAGE_DIRS:
+            if path.is_dir() and any(path.iterdir()):
+                return f"{path} holds files no test made (purge would remove them): left alone"
     return ""
+
+
+def empty_dirs() -> list[tuple[Path, int, int, int]]:
+    """The package's directories that exist, empty, before the test (a host may keep an empty
+    /var/lib/mailflow for `check-config`): purge removes them, so the test puts them back."""
+    return [(p, p.stat().st_uid, p.stat().st_gid, stat.S_IMODE(p.stat().st_mode)) for p in PACKAGE_DIRS if p.is_dir()]
+
+
+def put_back(dirs: list[tuple[Path, int, int, int]]) -> None:
+    for path, uid, gid, mode in dirs:
+        path.mkdir(exist_ok=True)
+        os.chown(path, uid, gid)
+        path.chmod(mode)
 
 
 @contextmanager
