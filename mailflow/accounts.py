@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import idna
 
-from mailflow.config import AccountSettings
+from mailflow.settings import AccountSettings
 from mailflow.model import Client, Identity
 
 NULL_SENDER_ACCOUNT = "local"  # locally generated bounces (<>) share one bucket

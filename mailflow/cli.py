@@ -12,8 +12,8 @@ from contextlib import contextmanager
 import click
 
 from mailflow import __version__
-from mailflow.config import Config, ConfigError, config_path, load_config
-from mailflow.store import DomainTaken, Store, StoreError, open_store, sqlite_path
+from mailflow.config import Config, ConfigError, config_path, config_warnings, load_config
+from mailflow.store import DomainTaken, Store, StoreError, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
 
@@ -24,7 +24,6 @@ MAX_MESSAGE = 1000
 _BAD_INPUT: tuple[type[BaseException], ...] = (ConfigError, StoreError, KeyFileError, KeyMismatch, OSError,
                                                UnicodeError, RecursionError, MemoryError)
 _BAD_INPUT_MODULES = ("redis", "sqlite3", "yaml", "milter")
-SQLITE_MAGIC = b"SQLite format 3\0"
 
 config_option = click.option(
     "-c",
@@ -38,47 +37,24 @@ config_option = click.option(
 def _load(config_file: str | None) -> Config:
     try:
         return load_config(config_path(config_file))
-    except ConfigError as exc:
-        raise click.UsageError(f"bad config: {exc}") from None
+    except ConfigError as exc:  # every error in the file, one line each, then exit 2
+        for error in exc.errors[:-1]:
+            _say(f"bad config: {error}")
+        raise click.UsageError(f"bad config: {exc.errors[-1]}") from None
 
 
 def _preflight(config: Config, socket: bool = True) -> None:
     """What would stop `run` beyond the config's syntax: files and directories."""
-    problems = [("store.url", store_file_problem(config.store.url))]
+    problems: list[tuple[str, str | None]] = []
+    try:
+        check_store_path(config.store.url, config.store.group)
+    except StoreError as exc:
+        problems.append(("store.url", str(exc)))
     if socket:
         problems.append(("milter.socket", _socket_problem(config.milter.socket)))
     for key, problem in problems:
         if problem:
             raise click.UsageError(f"bad config: {config.path}: {key}: {problem}")
-
-
-def store_file_problem(url: str) -> str | None:
-    """What `run` would trip over in the SQLite file a URL names: a directory, another kind of
-    file, a missing parent directory (never created for you)."""
-    if not url.startswith("sqlite://"):
-        return None
-    path = sqlite_path(url)
-    try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            return f"{path} is a directory; name a file in it, like {os.path.join(path, 'state.db')}"
-        if not stat.S_ISREG(info.st_mode):
-            return f"{path} is not a regular file"
-        with open(path, "rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-        if head and head != SQLITE_MAGIC:
-            return f"{path} is not an SQLite database (it does not start with 'SQLite format 3')"
-        if not os.access(path, os.W_OK):
-            return f"{path} is read-only for uid {os.geteuid()}; the milter writes to it"
-    except FileNotFoundError:
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            return f"directory {parent} does not exist; create it for the mailflow user (it is not created for you)"
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return f"{path} does not exist and uid {os.geteuid()} cannot create it in {parent}"
-    except OSError as exc:
-        return f"{path}: {exc.strerror}"
-    return None
 
 
 def _socket_problem(socket: str) -> str | None:
@@ -100,15 +76,35 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-def run(config_file: str | None) -> None:
-    """Start the milter (validates the config before binding the socket)."""
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=30.0, show_default=True, metavar="SECONDS",
+              help="On stop or reload, how long sessions in progress may take to finish.")
+def run(config_file: str | None, drain_timeout: float) -> None:
+    """Start the milter (validates the config before binding the socket). SIGHUP reloads the
+    config; SIGTERM stops accepting and lets sessions in progress finish."""
     config = _load(config_file)
     _preflight(config)
-    from mailflow.log import setup_logging
-    from mailflow.milter.server import serve
+    from mailflow.log import log, setup_logging
+    from mailflow.milter.supervisor import Supervisor, WorkerFailed
+
+    def warn(loaded: Config) -> None:
+        for warning in config_warnings(loaded, syslog=False):  # setup_logging said it of syslog
+            log.warning("config: %s", warning)
+
+    def reload() -> Config:
+        new = _load(config_file)
+        _preflight(new)
+        return new
+
+    def reloaded(new: Config) -> None:
+        setup_logging(new.log)
+        warn(new)
 
     setup_logging(config.log)
-    serve(config)
+    warn(config)
+    try:
+        Supervisor(config, reload, _failure, drain_timeout, on_reload=reloaded).run()
+    except WorkerFailed as exc:
+        _fail(str(exc), exc.code)
 
 
 @cli.command("check-config")
@@ -120,8 +116,11 @@ def check_config(config_file: str | None) -> None:
     click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
     from mailflow.rbl.zones import unwatched_summary
 
-    if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):  # a warning: the config still works
-        click.echo(f"mailflow: warning: rbl: {gap}", err=True)
+    warnings = config_warnings(config)  # the config still works: exit 0
+    if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):
+        warnings.append(f"rbl: {gap}")
+    for warning in warnings:
+        _say(f"warning: {warning}")
 
 
 @cli.group()
@@ -225,7 +224,7 @@ def domains_list(config_file: str | None, account: str) -> None:
 @contextmanager
 def _store(config: Config) -> Iterator[Store]:
     _preflight(config, socket=False)
-    store = open_store(config.store.url, config.store.timeout_ms)
+    store = open_store(config.store.url, config.store.timeout_ms, group=config.store.group)
     try:
         yield store
     except DomainTaken as exc:  # a refusal, not a fault: exit 1 (faults exit 2 in main)
@@ -330,12 +329,20 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except Exception as exc:
-        if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
-            _fail(_describe(exc), EXIT_USAGE)
+        message, code = _failure(exc)
         # A bug: still one line (the cause, not hidden), the traceback on demand.
-        if os.environ.get("MAILFLOW_TRACEBACK"):
+        if code == EXIT_INTERNAL and os.environ.get("MAILFLOW_TRACEBACK"):
             raise
-        _fail(f"internal error: {_describe(exc)} (MAILFLOW_TRACEBACK=1 shows where)", EXIT_INTERNAL)
+        _fail(message, code)
+
+
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code for an error (also what a milter worker reports)."""
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), exc.exit_code
+    if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
+        return _describe(exc), EXIT_USAGE
+    return f"internal error: {_describe(exc)} (MAILFLOW_TRACEBACK=1 shows where)", EXIT_INTERNAL
 
 
 def _describe(exc: BaseException) -> str:
@@ -353,8 +360,12 @@ def _describe(exc: BaseException) -> str:
 
 def _fail(message: str, code: int) -> None:
     """One line, whatever the message held: no newline, no password, bounded."""
+    _say(message)
+    sys.exit(code)
+
+
+def _say(message: str) -> None:
     line = " ".join(redact_text(message).split())
     if len(line) > MAX_MESSAGE:
         line = line[:MAX_MESSAGE] + "…"
     click.echo(f"mailflow: {line}", err=True)
-    sys.exit(code)

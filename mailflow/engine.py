@@ -19,15 +19,17 @@ from mailflow.forgery.addresses import AddressError, parse_single_mailbox
 from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
-from mailflow.log import DECISIONS, log, log_decision
+from mailflow.log import DECISIONS, envelope_address, log, log_decision
 from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
+from mailflow.store.health import StoreHealth
 from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
 from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
+from mailflow.why import why
 
 T = TypeVar("T")
 
@@ -63,6 +65,7 @@ class Engine:
         self.monitor = config.milter.mode == "monitor"
         self.ownership = Ownership(config, store)
         self.sent = SentCounter(store)
+        self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         suppression = config.suppression
         self.matcher = Matcher(
@@ -83,17 +86,23 @@ class Engine:
             return Decision(Verdict.CONTINUE, f"{what}_accepted")
         return Decision(Verdict.TEMPFAIL, what, STORE_DOWN_REPLY)
 
-    def _store_call(self, call: Callable[[], T]) -> T | Decision:
+    def _store_call(self, call: Callable[[], T], proves_up: bool = True) -> T | Decision:
+        """The call's answer, or on_error. A call the store may answer from memory (Redis: the
+        suppression replica, recent levels) says nothing of an outage's end: `proves_up=False`."""
         try:
-            return call()
+            result = call()
         except StoreError as exc:
-            log.warning("store unavailable, applying on_error=%s: %s", self.config.milter.on_error, exc)
+            self.store_health.failed(exc)
             return self.error_decision("store_error")
+        if proves_up:
+            self.store_health.succeeded()
+        return result
 
     # -- stages ---------------------------------------------------------------------------
 
-    def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
-        message = Message(sender=sender)
+    def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "",
+             queue_id: str = "") -> tuple[Message, Decision]:
+        message = Message(sender=sender, queue_id=queue_id)
         if auth_login == UNREADABLE_MACRO:  # authenticated, but as whom cannot be read
             return message, self._finish("mail", client, message, UNREADABLE_LOGIN, conn_id=conn_id)
         identity, refusal, summary = self._judge_sender(self.ownership.checker(), client.policy_key, auth_login, sender)
@@ -137,6 +146,9 @@ class Engine:
             message.recipients.append(recipient)
             return PASS
         refusal = self._suppression(message, recipient, conn_id)  # a suppression, or the store's on_error
+        if refusal is not None and not refusal.refuses:  # the store failed and on_error=accept: no
+            message.recipients.append(recipient)  # second call for levels; the debit at EOM decides
+            return refusal
         if refusal is not None and not client.is_postfix_pickup:
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, refusal, conn_id=conn_id, rcpt=recipient)
@@ -178,7 +190,7 @@ class Engine:
     def _read_levels(self, message: Message, account: str, policy: RatePolicy,
                      estimate: bool = False) -> tuple[float, ...] | Decision:
         """The buckets' levels (kept on the message), or the on_error decision."""
-        levels = self._store_call(lambda: self.store.levels(account, policy.limits, estimate))
+        levels = self._store_call(lambda: self.store.levels(account, policy.limits, estimate), not estimate)
         if not isinstance(levels, Decision):
             message.levels, message.levels_confirmed = levels, not estimate
         return levels
@@ -196,9 +208,9 @@ class Engine:
         policy = self.config.ratelimit.policy_for(identity.account)
         peek = policy.limits if message.levels is None and not policy.exempt else ()
         lookup = self._store_call(
-            lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek))
+            lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek), False)
         if isinstance(lookup, Decision):
-            return lookup if lookup.refuses else None
+            return lookup
         message.held = message.held or lookup.account_held
         if lookup.levels is not None:
             message.levels = lookup.levels
@@ -343,13 +355,13 @@ class Engine:
         log_decision(
             logging.INFO,
             stage=stage,
-            qid=extra.pop("qid", None),
+            qid=extra.pop("qid", None) or message.queue_id,
             conn=extra.pop("conn_id", None),
             account=identity.account if identity else None,
             source=identity.source if identity else None,
             identity=identity.identity if identity else None,
             client=client.address,
-            sender=message.sender or "<>",
+            sender=envelope_address(message.sender),
             rcpt=extra.pop("rcpt", None),
             recipients=len(message.recipients) if stage == "eom" else None,
             refused=len(message.refused) if stage == "eom" and message.refused else None,
@@ -358,6 +370,7 @@ class Engine:
             mode="monitor" if self.monitor and decision.refuses else None,
             reason=decision.reason,
             reply=str(decision.reply) if decision.reply else None,
+            why=why(decision.reason, decision.refuses),
             forgery=extra.pop("forgery", None),
             removed=extra.pop("removed", None),
             php_script=message.php_script,

@@ -142,6 +142,7 @@ class Message:
     """What the milter has gathered about the message in flight."""
 
     sender: str = ""
+    queue_id: str = ""  # the MTA's queue id, once it has given one (logged as qid=)
     identity: Identity | None = None
     recipients: list[str] = field(default_factory=list)  # accepted so far
     refused: list[str] = field(default_factory=list)

@@ -2,6 +2,7 @@
 
 Counted in memory and flushed to the store every `flush_every` seconds (one pipelined write),
 so counting costs no store round trip per message. A failed flush keeps the counts for the next.
+The flush runs on its own short-lived thread: no message waits for it, nor for a store that is down.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ class SentCounter:
             due = now - self._last_flush >= self.flush_every
             if due:
                 self._last_flush = now
-        if due:
-            self.flush()
+        if due:  # at most one flush thread per flush_every: the store call is bounded by its timeout
+            threading.Thread(target=self.flush, name="sent-flush", daemon=True).start()
 
     def flush(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ import urllib.request
 from email.message import EmailMessage
 from typing import Any
 
-from mailflow.config import RblSettings
+from mailflow.settings import RblSettings
 from mailflow.log import log_decision
 
 log = logging.getLogger("mailflow")

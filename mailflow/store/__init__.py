@@ -7,18 +7,29 @@ from mailflow.store.base import DomainTaken, Store, StoreError
 from mailflow.urls import STORE_SCHEMES as SCHEMES
 
 
-def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000) -> Store:
-    """Open the store a URL names. Connections are lazy: a down Redis fails per call, not here."""
+def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000, group: str = "") -> Store:
+    """Open the store a URL names. Connections are lazy: a down Redis fails per call, not here.
+    A SQLite file that cannot be used is a StoreError here, in one line. `group`: see [store]."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme == "sqlite":
         from mailflow.store.sqlite import SqliteStore
 
-        return SqliteStore(sqlite_path(url), timeout_ms=timeout_ms)
+        return SqliteStore(sqlite_path(url), timeout_ms=timeout_ms, group=group)
     if scheme in ("redis", "rediss", "unix"):
         from mailflow.store.redis import RedisStore
 
         return RedisStore(url, timeout_ms=timeout_ms, refresh_ms=refresh_ms)
     raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss:// or unix://)")
+
+
+def check_store_path(url: str, group: str = "") -> None:
+    """For check-config: StoreError (one line) if a sqlite:// URL's file cannot be used, or its
+    group does not exist. Creates nothing, opens no database; other URLs pass."""
+    if url.startswith("sqlite://"):
+        from mailflow.store.sqlite_file import check_path, group_id
+
+        check_path(sqlite_path(url))
+        group_id(group)
 
 
 def sqlite_path(url: str) -> str:
@@ -29,4 +40,4 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-__all__ = ["DomainTaken", "Store", "StoreError", "open_store", "SCHEMES"]
+__all__ = ["DomainTaken", "Store", "StoreError", "check_store_path", "open_store", "SCHEMES"]

@@ -8,10 +8,8 @@ one account in one Cluster slot, which a multi-key script needs.
 from __future__ import annotations
 
 import os
-import queue
-import socket
-import struct
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 from importlib.resources import files
 
@@ -21,6 +19,8 @@ from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
 from mailflow.ratelimit.recent import RecentLevels
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
+from mailflow.store.redis_pool import HotPool
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
 
@@ -54,36 +54,6 @@ def bucket_key(account: str, period: str) -> str:
     return f"{KEY_PREFIX}{{{account}}}:{period}"
 
 
-class _KernelTimeouts:
-    """Hot-path connections: the timeout lives in the kernel (SO_RCVTIMEO/SO_SNDTIMEO), the
-    Python socket is blocking. With a Python-level timeout every send and receive is a poll()
-    plus the call, each releasing and re-taking the GIL, which under libmilter's many threads
-    costs more CPU than the Redis call itself. A timed-out call raises OSError (EAGAIN), which
-    redis-py reports as a ConnectionError, like any other failure."""
-
-    socket_timeout: float | None
-
-    def _connect(self) -> socket.socket:
-        sock: socket.socket = super()._connect()  # type: ignore[misc]
-        timeout = self.socket_timeout or 0.0
-        seconds = int(timeout)
-        packed = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, packed)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, packed)
-        sock.settimeout(None)
-        return sock
-
-
-def _hot_path_pool(client: redis.Redis) -> redis.ConnectionPool:
-    """A pool like the client's, with kernel-level timeouts where the transport allows (TLS keeps
-    Python's own: an SSL socket must not see a bare EAGAIN)."""
-    pool = client.connection_pool
-    kind = pool.connection_class
-    if kind in (redis.Connection, redis.UnixDomainSocketConnection):
-        kind = type(f"KernelTimeout{kind.__name__}", (_KernelTimeouts, kind), {})
-    return redis.ConnectionPool(connection_class=kind, **pool.connection_kwargs)
-
-
 def _lua(name: str) -> str:
     return files("mailflow.store").joinpath(f"lua/{name}").read_text(encoding="utf-8")
 
@@ -101,16 +71,21 @@ class RedisStore:
             # Fail fast; the milter's on_error policy decides, and the pool reconnects by itself.
             retry=None,
         )
-        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()  # raw redis-py connections
-        self._hot_pool = _hot_path_pool(self.client)
+        self._password: str | None = self.client.connection_pool.connection_kwargs.get("password")
+        self._hot_pool = HotPool(self.client, timeout_ms)
         self._debit_script = self.client.register_script(_lua("debit.lua"))
         self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
         self._swap_script = self.client.register_script(_lua("swap_state.lua"))
         self._log_change_script = self.client.register_script(_lua("log_change.lua"))
         # RCPT without a round trip when the answer is known here (see redis_replica, recent).
-        self.replica = SuppressionReplica(self.client, suppression_key("*"), HELD_KEY, refresh_ms / 1000)
+        self.replica = SuppressionReplica(self.client, suppression_key("*"), HELD_KEY, refresh_ms / 1000,
+                                          timeout_ms)
         self._recent = RecentLevels()
+
+    def _errors(self) -> AbstractContextManager[None]:
+        """Any failure of redis-py or the socket inside: a StoreError naming the cause."""
+        return as_store_errors(self._timeout_ms, self._password)
 
     @staticmethod
     def _debit_call(account: str, limits: Sequence[Limit], cost: float, commit: bool) -> tuple[list[str], list[Any]]:
@@ -124,41 +99,37 @@ class RedisStore:
     def _debit_result(reply: Sequence[Any]) -> DebitResult:
         return DebitResult(bool(int(reply[0])), tuple(float(level) for level in reply[1:]))
 
-    # -- the hot path: one round trip on a pooled raw connection --------------------------
-    # Every message makes two calls (RCPT lookup, EOM debit). redis-py's client layers (pool
-    # checkout with a readiness select, retry wrapper, Script objects) cost about as much CPU as
-    # the rest of the milter, so these two speak on plain connections kept in a small pool.
-    # Any error discards the connection: a half-read reply never poisons the next caller.
+    # -- the hot path: one round trip on a pooled raw connection (redis_pool) ----------------
 
     def _roundtrip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._hot_pool.make_connection()
+        conn = self._hot_pool.take()
+        broken = True  # until every reply is read: a half-read connection must not be reused
         try:
             for attempt in (1, 2):
                 conn.send_packed_command(conn.pack_commands(commands))
-                replies, missing_script = [], False
+                replies: list[Any] = []
+                failed = False
                 for _ in commands:
                     try:
                         replies.append(conn.read_response())
-                    except redis.exceptions.NoScriptError:  # a restarted or flushed Redis
-                        missing_script = True
-                        replies.append(None)
-                if not missing_script:
+                    except redis.ResponseError as exc:  # one reply; the stream stays in step
+                        replies.append(exc)
+                        failed = True
+                if not failed or attempt == 2 or not any(
+                        isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
                     break
-                if attempt == 2:
-                    raise redis.exceptions.NoScriptError("debit script missing after loading it")
+                # A restarted or flushed Redis: nothing ran, so loading and sending again is safe.
                 conn.send_command("SCRIPT", "LOAD", self._debit_script.script)
                 conn.read_response()
-        except BaseException as exc:
-            conn.disconnect()
-            if isinstance(exc.__context__, BlockingIOError):  # the kernel timeout, see _KernelTimeouts
-                raise StoreError(f"redis: no answer within {self._timeout_ms} ms") from exc
-            if isinstance(exc, redis.RedisError):
-                raise StoreError(f"redis: {exc}") from exc
-            raise
-        self._idle.put(conn)
+            broken = False
+        except FAILURES as exc:
+            raise store_error(exc, self._timeout_ms, self._password) from exc
+        finally:
+            self._hot_pool.give(conn, broken)
+        if failed:
+            for reply in replies:
+                if isinstance(reply, redis.ResponseError):
+                    raise store_error(reply, self._timeout_ms, self._password) from reply
         return replies
 
     def _debit_command(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> list[Any]:
@@ -180,38 +151,30 @@ class RedisStore:
         return self._run(account, limits, cost, commit=True)
 
     def reset(self, account: str) -> None:
-        try:
+        with self._errors():
             self.client.delete(*(bucket_key(account, period) for period in PERIOD_SECONDS))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def domains(self) -> dict[str, str]:
-        try:
+        with self._errors():
             raw = self.client.hgetall(DOMAINS_KEY)
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return {str(domain): str(account) for domain, account in raw.items()}
 
     def add_domain(self, account: str, domain: str) -> None:
-        try:
+        with self._errors():
             if not self.client.hsetnx(DOMAINS_KEY, domain, account):
                 owner = str(self.client.hget(DOMAINS_KEY, domain) or "")
                 if owner != account:
                     raise DomainTaken(f"{domain} belongs to account {owner}")
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def remove_domain(self, account: str, domain: str) -> bool:
         # Delete only if this account owns it: check and delete in one script.
-        try:
+        with self._errors():
             return bool(self._remove_domain_script(keys=[DOMAINS_KEY], args=[domain, account]))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def add_suppressions(self, scope: str, entries: Sequence[Entry]) -> int:
         # HSETNX keeps what is stored already; pipelined in batches, one round trip each.
         added = 0
-        try:
+        with self._errors():
             for start in range(0, len(entries), IMPORT_BATCH):
                 pipe = self.client.pipeline(transaction=False)
                 batch = entries[start:start + IMPORT_BATCH]
@@ -222,15 +185,11 @@ class RedisStore:
                                         args=[" ".join(e.key for e in batch), LOG_LENGTH, os.urandom(8).hex()],
                                         client=pipe)
                 added += sum(pipe.execute()[:-1])
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return added
 
     def remove_suppressions(self, scope: str, keys: Sequence[str]) -> int:
-        try:
+        with self._errors():
             return int(self.client.hdel(suppression_key(scope), *keys)) if keys else 0
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str],
                           peek: Sequence[Limit] = ()) -> SuppressionLookup:
@@ -253,11 +212,9 @@ class RedisStore:
         return SuppressionLookup(matches, held, levels)
 
     def iter_suppressions(self, scope: str) -> Iterator[Entry]:
-        try:
+        with self._errors():
             for key, value in self.client.hscan_iter(suppression_key(scope), count=10_000):
                 yield Entry.from_value(str(key), str(value))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def suppression_scopes(self) -> dict[str, int]:
         prefix = suppression_key("")
@@ -272,80 +229,58 @@ class RedisStore:
         return {name[len(prefix):]: int(n) for name, n in zip(names, sizes) if n}
 
     def record_trap_hit(self, account: str) -> int:
-        try:
+        with self._errors():
             return int(self._trap_hit_script(keys=[trap_key(account)], args=[TRAP_WINDOW, os.urandom(8).hex()]))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def hold_account(self, account: str, reason: str) -> None:
-        try:
+        with self._errors():
             now = int(self.client.time()[0])
             self.client.hsetnx(HELD_KEY, account, f"{now}|{reason}")
             self.replica.note_held(account, str(self.client.hget(HELD_KEY, account)))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def release_account(self, account: str) -> bool:
-        try:
+        with self._errors():
             released = bool(self.client.hdel(HELD_KEY, account))
             self.client.delete(trap_key(account))
             return released
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def held_accounts(self) -> dict[str, str]:
-        try:
+        with self._errors():
             return {str(k): str(v) for k, v in self.client.hgetall(HELD_KEY).items()}
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def state_get(self, key: str) -> str | None:
-        try:
+        with self._errors():
             value = self.client.get(f"mailflow:{key}")
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return None if value is None else str(value)
 
     def state_swap(self, key: str, expected: str | None, new: str) -> bool:
-        try:
+        with self._errors():
             return bool(self._swap_script(keys=[f"mailflow:{key}"], args=[expected or "", new, STATE_TTL]))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def add_sent(self, counts: dict[tuple[int, str], int]) -> None:
         pipe = self.client.pipeline(transaction=False)
         for (hour, account), n in counts.items():
             pipe.zincrby(sent_key(hour), n, account)
             pipe.expire(sent_key(hour), SENT_TTL)
-        try:
+        with self._errors():
             pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def top_senders(self, hours: Sequence[int], limit: int) -> list[tuple[str, int]]:
         pipe = self.client.pipeline(transaction=False)
         for hour in hours:
             pipe.zrevrange(sent_key(hour), 0, limit * 4, withscores=True)
-        try:
+        with self._errors():
             totals: dict[str, int] = {}
             for ranked in pipe.execute():
                 for account, score in ranked:
                     totals[str(account)] = totals.get(str(account), 0) + int(score)
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
         return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
 
     def ping(self) -> None:
-        try:
+        with self._errors():
             self.client.ping()
-        except redis.RedisError as exc:
-            raise StoreError(f"redis: {exc}") from exc
 
     def close(self) -> None:
         self.replica.stop()
-        while True:
-            try:
-                self._idle.get_nowait().disconnect()
-            except queue.Empty:
-                break
+        self._hot_pool.close()
         self.client.close()

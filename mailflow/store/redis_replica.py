@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import redis
 
 from mailflow.store.base import SuppressionLookup
+from mailflow.store.redis_errors import describe
 from mailflow.suppression.keyfilter import KeyFilter
 
 log = logging.getLogger("mailflow.store")
@@ -34,8 +35,10 @@ STALE_AFTER = 5  # refresh intervals
 
 
 class SuppressionReplica:
-    def __init__(self, client: redis.Redis, scan_pattern: str, held_key: str, interval: float) -> None:
+    def __init__(self, client: redis.Redis, scan_pattern: str, held_key: str, interval: float,
+                 timeout_ms: int = 250) -> None:
         self.client = client
+        self.timeout_ms = timeout_ms
         self.scan_pattern = scan_pattern
         self.held_key = held_key
         self.interval = interval
@@ -93,7 +96,8 @@ class SuppressionReplica:
                 failing = False
             except (redis.RedisError, OSError, ValueError) as exc:
                 if not failing:  # one line per outage, not one per interval
-                    log.warning("suppression replica cannot refresh (%s); RCPT lookups go to Redis", exc)
+                    log.warning("suppression replica cannot refresh (redis: %s); RCPT lookups go to Redis",
+                                describe(exc, self.timeout_ms))
                 failing = True
             self._stop.wait(self.interval)
 

@@ -4,10 +4,19 @@ Connections are pooled, one per concurrent caller: libmilter may run one SMTP co
 callbacks on different threads, so thread-local connections are not safe. WAL lets readers run
 beside a writer; `BEGIN IMMEDIATE` serialises debits across threads and processes on one host.
 Time comes from the host clock, which every process on one host shares.
+
+The file is checked before it is opened and created private (sqlite_file.py). While open, the
+path is looked at again every CHECK_EVERY seconds (one stat). If the file there is no longer the
+one open (deleted, or replaced by a `mv`), every call fails (on_error applies) with one log line,
+until that same file is back at the path or mailflow is restarted. Not reopened on the new file:
+SQLite keeps the old database's -wal and -shm beside the path (it does not checkpoint a moved
+file), and a database opened there would read the old one's pages out of them; nor counting on in
+the old file while admin commands use the new one (a silent split).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sqlite3
@@ -15,11 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from urllib.parse import quote
 
 from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, seconds_until_empty, try_debit
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.store.sqlite_file import check_path, create_private, identity
 from mailflow.suppression.entries import Entry
+
+log = logging.getLogger("mailflow.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS buckets (
@@ -57,10 +70,12 @@ TRAP_WINDOW = 86400.0
 
 # Expired rows are swept every this many debits, keeping the table bounded by active accounts.
 _SWEEP_EVERY = 1000
+CHECK_EVERY = 1.0  # seconds between looks at the database file's identity (one stat)
 
 
 class SqliteStore:
-    def __init__(self, path: str, timeout_ms: int = 250, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, timeout_ms: int = 250, clock: Callable[[], float] = time.time,
+                 group: str = "") -> None:
         self.path = path
         self.timeout = timeout_ms / 1000
         self.clock = clock
@@ -68,31 +83,73 @@ class SqliteStore:
         self._debits = 0
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        parent = os.path.dirname(os.path.abspath(path))
-        try:
-            os.makedirs(parent, exist_ok=True)
-            with self._connection() as conn:
-                conn.executescript(_SCHEMA)
-        except OSError as exc:
-            raise StoreError(f"cannot create {parent}: {exc}") from exc
+        check_path(path)
+        create_private(path, group)
+        self._file = identity(path)  # the file opened: (device, inode)
+        self._moved = False
+        self._next_check = time.monotonic() + CHECK_EVERY
+        with self._connection() as conn:
+            conn.executescript(_SCHEMA)
+
+    def _check_file(self) -> None:
+        """StoreError unless the file at the path is still the one open (see the module's docstring)."""
+        now = time.monotonic()
+        with self._lock:
+            if now < self._next_check:
+                return
+            current = identity(self.path)
+            moved, was_moved = current != self._file, self._moved
+            self._moved = moved
+            # While moved, look at every call: a stat, and the file's return is seen at once.
+            self._next_check = now if moved else now + CHECK_EVERY
+        what = "deleted" if current is None else "replaced by another file"
+        if moved and not was_moved:
+            log.error("sqlite: %s was %s while open; store calls fail until it is back or mailflow restarts "
+                      "(remove the old %s-wal and -shm first)", self.path, what, os.path.basename(self.path))
+        elif was_moved and not moved:
+            log.warning("sqlite: %s is back; store calls resume", self.path)
+        if moved:
+            raise StoreError(f"sqlite: {self.path} was {what} while open; restart mailflow once the right file "
+                             "is in place")
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """Borrow an idle connection (or open one); sqlite3 errors become StoreError."""
+        if time.monotonic() >= self._next_check:
+            self._check_file()
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
-            with _sqlite_errors():
-                conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            with _sqlite_errors(self.timeout):
+                # mode=rw: never create a file here (create_private did, with its mode, at open).
+                conn = sqlite3.connect(f"file:{quote(os.path.abspath(self.path))}?mode=rw", uri=True,
+                                       timeout=self.timeout, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
             with self._lock:
                 self._connections.append(conn)
         try:
-            with _sqlite_errors():
+            with _sqlite_errors(self.timeout):
                 yield conn
         finally:
             self._idle.put(conn)
+
+    @contextmanager
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error. The error raised is the first one
+        (say "database or disk is full"), never the rollback's ("cannot rollback - no transaction
+        is active": SQLite may have rolled back itself)."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as rollback:
+                    log.warning("sqlite: rollback failed after %s: %s", exc, rollback)
+            raise
 
     def _read(self, conn: sqlite3.Connection, account: str, limits: Sequence[Limit]) -> list[BucketState | None]:
         rows = dict(
@@ -111,8 +168,7 @@ class SqliteStore:
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 now = self.clock()
                 result = try_debit(self._read(conn, account, limits), limits, cost, now)
                 if result.allowed:
@@ -124,10 +180,6 @@ class SqliteStore:
                         ],
                     )
                     self._sweep_now_and_then(conn, now)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return result
 
     def _sweep_now_and_then(self, conn: sqlite3.Connection, now: float) -> None:
@@ -145,16 +197,11 @@ class SqliteStore:
 
     def add_domain(self, account: str, domain: str) -> None:
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 row = conn.execute("SELECT account FROM domains WHERE domain = ?", (domain,)).fetchone()
                 if row and row[0] != account:
                     raise DomainTaken(f"{domain} belongs to account {row[0]}")
                 conn.execute("INSERT OR REPLACE INTO domains VALUES (?, ?)", (domain, account))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
 
     def remove_domain(self, account: str, domain: str) -> bool:
         with self._connection() as conn:
@@ -163,16 +210,11 @@ class SqliteStore:
 
     def add_suppressions(self, scope: str, entries: Sequence[Entry]) -> int:
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 before = conn.total_changes
                 conn.executemany("INSERT OR IGNORE INTO suppression VALUES (?, ?, ?)",
                                  [(scope, e.key, e.value()) for e in entries])
                 added = conn.total_changes - before
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return added
 
     def remove_suppressions(self, scope: str, keys: Sequence[str]) -> int:
@@ -208,15 +250,10 @@ class SqliteStore:
     def record_trap_hit(self, account: str) -> int:
         with self._connection() as conn:
             now = self.clock()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 conn.execute("DELETE FROM trap_hits WHERE account = ? AND at < ?", (account, now - TRAP_WINDOW))
                 conn.execute("INSERT INTO trap_hits VALUES (?, ?)", (account, now))
                 (count,) = conn.execute("SELECT COUNT(*) FROM trap_hits WHERE account = ?", (account,)).fetchone()
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return int(count)
 
     def hold_account(self, account: str, reason: str) -> None:
@@ -240,16 +277,11 @@ class SqliteStore:
 
     def state_swap(self, key: str, expected: str | None, new: str) -> bool:
         with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction(conn):
                 row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
                 swapped = (row[0] if row else None) == expected
                 if swapped:
                     conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, new))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
         return swapped
 
     def add_sent(self, counts: dict[tuple[int, str], int]) -> None:
@@ -284,9 +316,10 @@ class SqliteStore:
 
 
 @contextmanager
-def _sqlite_errors() -> Iterator[None]:
+def _sqlite_errors(timeout: float) -> Iterator[None]:
     """Turn sqlite3 errors (locked past the timeout, disk full, corrupt file) into StoreError."""
     try:
         yield
     except sqlite3.Error as exc:
-        raise StoreError(f"sqlite: {exc}") from exc
+        why = f" (another process held its write lock over {timeout * 1000:.0f} ms)" if "locked" in str(exc) else ""
+        raise StoreError(f"sqlite: {exc}{why}") from exc

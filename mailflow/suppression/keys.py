@@ -147,7 +147,8 @@ def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
             if first is not None and keyring.unseal(first.sealed) == SEALED_WITH_ANOTHER_KEY:
                 raise KeyMismatch(f"the suppression key differs from the one the {scope} list was made with "
                                   f"(its entries cannot be opened with key {mine[:12]}); restore the old key, "
-                                  "or export the lists with it and import them into an empty store")
+                                  "or re-key the lists to this one with the old key in the config "
+                                  "(mailflow suppress rekey)")
         if store.state_swap(FINGERPRINT_STATE, None, mine):
             return
         stored = store.state_get(FINGERPRINT_STATE)  # another process adopted a key first
@@ -163,4 +164,4 @@ def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
                           "it is accepted once that run has finished")
     raise KeyMismatch(f"the suppression key differs from the one this store's lists were made with "
                       f"(fingerprint {mine[:12]} vs {(stored or '?')[:12]}); restore the old key, "
-                      "or export the lists with it and import them into an empty store")
+                      "or re-key the lists to this one with the old key in the config (mailflow suppress rekey)")

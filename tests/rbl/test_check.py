@@ -130,7 +130,7 @@ def _v4_only(settings: Any) -> Any:
 def test_check_config_warns_about_unwatched_ips_and_still_exits_0(tmp_path: Path, ip: str, zones: list[Any],
                                                                   reason: str) -> None:
     cfg = tmp_path / "mailflow.toml"
-    cfg.write_text(tomli_w.dumps({"store": {"url": f"sqlite://{tmp_path}/state.db"},  # not the host's /var/lib
+    cfg.write_text(tomli_w.dumps({"store": {"url": f"sqlite://{tmp_path}/state.db"},
                                   "rbl": {"ips": ["192.0.2.1", ip], "use_default_zones": False, "zones": zones}}))
     text = run_mailflow("check-config", "-c", str(cfg))
     assert text.returncode == 0 and text.stdout.startswith(f"{cfg}: OK")
@@ -140,7 +140,7 @@ def test_check_config_warns_about_unwatched_ips_and_still_exits_0(tmp_path: Path
 
 def test_check_config_is_quiet_when_every_ip_is_watched(tmp_path: Path) -> None:
     cfg = tmp_path / "mailflow.toml"
-    cfg.write_text(tomli_w.dumps({"store": {"url": f"sqlite://{tmp_path}/state.db"},  # not the host's /var/lib
+    cfg.write_text(tomli_w.dumps({"store": {"url": f"sqlite://{tmp_path}/state.db"},
                                   "rbl": {"ips": ["192.0.2.1", V6]}}))  # the default zen.spamhaus.org lists IPv6
     text = run_mailflow("check-config", "-c", str(cfg))
     assert text.returncode == 0 and text.stderr == ""

@@ -25,7 +25,7 @@ STORE_COMMANDS = [
     ["domains", "add", "shop.example", "shop-news.example"], ["domains", "remove", "shop.example", "x.example"],
     ["domains", "list", "shop.example"], ["suppress", "add", "a@x.example"], ["suppress", "remove", "a@x.example"],
     ["suppress", "check", "a@x.example"], ["suppress", "list"], ["suppress", "export"],
-    ["suppress", "import", "IMPORT"], ["account", "hold", "a"], ["account", "release", "a"], ["account", "list"],
+    ["suppress", "import", "IMPORT"], ["suppress", "rekey", "--finish"], ["account", "hold", "a"], ["account", "release", "a"], ["account", "list"],
     ["rbl", "watch", "--cycles", "1"],
 ]
 ALL_COMMANDS = STORE_COMMANDS + [["rbl", "check"], ["replay", "--from-log", "tests/fixtures/mail.log"]]
@@ -91,7 +91,7 @@ BAD_CONFIGS: dict[str, tuple[Callable[[Path], Path], str]] = {
 
 BAD_STORES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "directory as the SQLite file": (lambda p: _config(p, f"sqlite://{p}"), "is a directory"),
-    "not a database": (lambda p: _config(p, f"sqlite://{_text_file(p)}"), "is not an SQLite database"),
+    "not a database": (lambda p: _config(p, f"sqlite://{_text_file(p)}"), "is not a SQLite database"),
     "missing parent directory": (lambda p: _config(p, f"sqlite://{p}/no/such/dir/s.db"), "does not exist"),
 }
 
@@ -246,5 +246,5 @@ def test_a_database_the_user_cannot_write_is_caught_by_check_config(exists: bool
                                 env={**os.environ, "HOME": "/nonexistent"})
     finally:
         shutil.rmtree(workdir)
-    needle = "is read-only for uid 65534" if exists else "uid 65534 cannot create it in"
+    needle = "is read-only for uid 65534" if exists else "is not writable for uid 65534"
     assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, needle)
