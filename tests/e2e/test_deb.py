@@ -76,7 +76,7 @@ def _install_run_upgrade_remove_purge(package: Path, tmp_path: Path) -> None:
         verify = deb.run("systemd-analyze", "verify", *(str(deb.UNIT_DIR / u) for u in UNITS))
         assert "mailflow" not in verify.stdout + verify.stderr
         checked = deb.run("runuser", "-u", "mailflow", "--", "mailflow", "check-config", "-c", str(CONFIG))
-        assert "OK" in checked.stdout and "unix:/run/mailflow/milter.sock" in checked.stdout
+        assert "OK" in checked.stdout and "unix:/run/mailflow/milter.sock" in checked.stdout and checked.stderr == ""
 
         # The unit's ExecStart as the service user; Postfix reaches the socket through group mailflow.
         joined = deb.join_group("postfix", "mailflow")
@@ -97,6 +97,19 @@ def _install_run_upgrade_remove_purge(package: Path, tmp_path: Path) -> None:
         line = next((t for t in log.read_text(errors="replace").splitlines() if decided in t), "")
         assert "account=shop.example" in line and "source=local" in line, log.read_text(errors="replace")
         assert _owner(STATE / "state.db")[0] == "mailflow"
+
+        # ExecReload (/bin/kill -HUP $MAINPID): the config is read again, mail flows on.
+        reload = next(line for line in (deb.UNIT_DIR / "mailflow.service").read_text().splitlines()
+                      if line.startswith("ExecReload="))
+        pid = deb.main_pid(milter)
+        deb.run(*reload.removeprefix("ExecReload=").replace("$MAINPID", str(pid)).split())
+        deadline = time.monotonic() + 20
+        while "reloaded" not in log.read_text(errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "reloaded" in log.read_text(errors="replace") and milter.poll() is None, log.read_text(errors="replace")
+        sent = mta.sendmail("alice@shop.example", ["bob@elsewhere.example"], message.replace("deb-1@", "deb-2@"))
+        assert sent.returncode == 0, sent.stderr
+        assert len(mta.wait_delivered(2)) == 2
         mta.stop()
         mta = None
         deb.stop(milter)

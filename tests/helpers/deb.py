@@ -127,6 +127,18 @@ def start_as_service(unit: str, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["runuser", "-u", PACKAGE, "--", *exec_start(unit)], stdout=out, stderr=subprocess.STDOUT)
 
 
+def main_pid(proc: subprocess.Popen[bytes]) -> int:
+    """What systemd would call $MAINPID: the command runuser started (its child, or itself)."""
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == proc.pid:
+            return int(stat_file.parent.name)
+    return proc.pid
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
