@@ -3,6 +3,7 @@
 #   README.md, "Containers": the docker run line, the key and the volume.
 FROM debian:12-slim AS build
 
+# DL3008: Debian 12's current packages (security updates), not versions pinned by hand.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc g++ pkg-config libicu-dev libmilter-dev \
