@@ -30,6 +30,9 @@ WHY: dict[str, str] = {
     "unreadable_login": "the SASL login is not valid UTF-8, so no account can be named from it",
     "not_from_msp": "mail on a listener named in accounts.msp_daemons did not come from the local submission "
                     "program (no \"(from USER@localhost)\" Received: header on top)",
+    "backscatter": "a delivery report of the local submission program to an address not here (not at "
+                   "accounts.local_names nor a hosted domain): it would carry refused mail out; the "
+                   "program reports to postmaster instead",
     "local_smtp": "unauthenticated SMTP from this host; accounts.local_smtp = \"refuse\": the program should "
                   "authenticate or submit with sendmail",
     "trusted_unmapped": "the client is in accounts.trusted_networks but has no [accounts.ip_map] entry and its "

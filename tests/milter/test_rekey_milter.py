@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mailflow.suppression.keygen import new_key, write_key_file
-from tests.helpers.servers import REPO, MilterProcess
+from tests.helpers.servers import REPO, MilterProcess, free_port
 from tests.milter.test_milter_protocol import AUTH, config, send
 
 RECIPIENTS = ["optout@dest.example", "Optout+news@Dest.example", "someone@mx.blocked.example", "free@dest.example"]
@@ -44,7 +44,10 @@ def test_milters_through_a_rekey(tmp_path: Path, store_url: str, start_milter: C
 
     new = start_milter(config(store_url, **settings, suppression={"hash_key_file": "new.key"}), name="new")
     assert replies(new) == SUPPRESSED
-    restarted = subprocess.run([sys.executable, "-m", "mailflow", "run", "-c", str(old.config_path)], cwd=REPO,
+    # The old milter started again (on a port of its own: the first still holds its port).
+    again = tmp_path / "old-again.toml"
+    again.write_text(old.config_path.read_text().replace(old.socket, f"inet:{free_port()}@127.0.0.1"))
+    restarted = subprocess.run([sys.executable, "-m", "mailflow", "run", "-c", str(again)], cwd=REPO,
                                capture_output=True, text=True, timeout=60)
     assert restarted.returncode == 2
     assert restarted.stderr.splitlines()[-1].startswith("mailflow: the suppression lists were re-keyed")
