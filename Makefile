@@ -4,7 +4,7 @@ VENV := .venv
 CONFIG ?= conf/dev.toml
 PYTEST_ARGS ?=
 
-.PHONY: run test bootstrap check-config bench clean
+.PHONY: run test bootstrap check-config bench clean deb
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -34,6 +34,10 @@ bench:
 	$(VENV)/bin/python -m bench.suppression
 	$(VENV)/bin/python -m bench.rbl
 	$(VENV)/bin/python -m bench.adversarial
+
+# dist/mailflow_VERSION_ARCH.deb (README, "Install"); rebuilt only when its sources changed.
+deb:
+	@scripts/build-deb.sh
 
 clean:
 	rm -rf var .pytest_cache .hypothesis

@@ -52,7 +52,7 @@ def available() -> bool:
 
 
 class PrivatePostfix:
-    def __init__(self, milter_port: int | None, sasl_users: dict[str, str] | None = None,
+    def __init__(self, milter_port: int | str | None, sasl_users: dict[str, str] | None = None,
                  sink_dump: bool = True) -> None:
         # pytest's tmp dirs are 0700; Postfix's own users must be able to search every parent.
         self.dir = Path(tempfile.mkdtemp(prefix="mailflow-postfix-"))
@@ -107,7 +107,8 @@ class PrivatePostfix:
             raise RuntimeError(f"postfix {' '.join(args)} failed: {result.stderr}\n{self.maillog()}")
 
     def _main_cf(self) -> str:
-        milter = f"inet:127.0.0.1:{self.milter_port}" if self.milter_port else ""
+        # A port on loopback, or Postfix's own spelling of a socket (unix:/run/mailflow/milter.sock).
+        milter = f"inet:127.0.0.1:{self.milter_port}" if isinstance(self.milter_port, int) else self.milter_port or ""
         return f"""\
 compatibility_level = 3.6
 queue_directory = {self.queue}
