@@ -82,6 +82,11 @@ class Engine:
         named = (*config.accounts.identity_map.values(), *(account for _, account in config.accounts.ip_map))
         self._account_orgs = {org for account in named if (org := organisational_domain(account))}
 
+    def close(self) -> None:
+        """Before the store closes: the background domain refresh stops, the sent counts are written."""
+        self.ownership.stop()
+        self.sent.flush()
+
     # -- what the MTA does when things break ---------------------------------------------
 
     def error_decision(self, what: str) -> Decision:

@@ -248,7 +248,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
 
     def finish() -> None:
         if engine is not None:
-            engine.sent.flush()
+            engine.close()
         store.close()
 
     stop = _Stopper(listener, drain_seconds, finish)

@@ -50,6 +50,7 @@ class SuppressionReplica:
         self._started = False
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         """Start refreshing in the background (once; later calls do nothing)."""
@@ -57,11 +58,17 @@ class SuppressionReplica:
             return
         with self._start_lock:
             if not self._started:
-                threading.Thread(target=self._run, name="suppression-replica", daemon=True).start()
+                self._thread = threading.Thread(target=self._run, name="suppression-replica", daemon=True)
+                self._thread.start()
                 self._started = True
 
     def stop(self) -> None:
+        """Stop refreshing, and wait (bounded) for a refresh in flight: the store closes the
+        client's connections next, and one closed under a running refresh fails in redis-py
+        with errors no store error covers."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=2 * self.timeout_ms / 1000 + 1)
 
     @property
     def ready(self) -> bool:
