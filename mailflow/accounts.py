@@ -92,10 +92,10 @@ def on_msp_listener(settings: AccountSettings, client: Client) -> bool:
 
 
 def identify(settings: AccountSettings, client: Client, auth_login: str | None, sender: str,
-             hosted: Callable[[str], bool] = lambda domain: False) -> Identity | Refusal | None:
+             owner: Callable[[str], str | None] = lambda domain: None) -> Identity | Refusal | None:
     """The first configured source that matches; a Refusal for a client of ours that no source
-    may attribute; None for mail that is not ours to police. `hosted(domain)`: is the domain
-    hosted here (any ownership source)?"""
+    may attribute; None for mail that is not ours to police. `owner(domain)`: the account that
+    owns the domain, hosted here (any ownership source), or None."""
     refusal: Refusal | None = None
     for source in settings.identify:
         if source == "sasl" and auth_login:
@@ -115,15 +115,19 @@ def identify(settings: AccountSettings, client: Client, auth_login: str | None, 
             if account is not None:
                 return Identity("trusted_ip", address, account)
             attributed = by_sender(settings, "trusted_ip", address, sender)
-            if _mapped(settings, sender) or hosted(domain_of(sender)):
+            if _mapped(settings, sender):
                 return attributed
+            if (owning := owner(domain_of(sender))) is not None:  # its owner pays, not the domain
+                return Identity("trusted_ip", attributed.identity, owning)
             refusal = refusal or Refusal(attributed, "trusted_unmapped", UNMAPPED_TEXT.format(address=address))
     return refusal
 
 
 def _in_trusted_networks(settings: AccountSettings, client: Client) -> bool:
+    """A client on this host is never trusted_ip, whatever trusted_networks lists (127.0.0.0/8,
+    ::1): any local process could send as anyone. `local` and local_smtp decide for it."""
     ip = client.ip
-    return ip is not None and any(ip in network for network in settings.trusted_networks)
+    return ip is not None and not client.on_this_host and any(ip in network for network in settings.trusted_networks)
 
 
 def _account_for_ip(settings: AccountSettings, client: Client) -> str | None:
