@@ -13,7 +13,8 @@ import click
 
 from mailflow import __version__
 from mailflow.config import Config, ConfigError, config_path, load_config
-from mailflow.store import DomainTaken, Store, StoreError, check_store_path, open_store
+from mailflow.groups import group_problem
+from mailflow.store import DomainTaken, Store, StoreError, check_store_group, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
 
@@ -44,12 +45,15 @@ def _load(config_file: str | None) -> Config:
 def _preflight(config: Config, socket: bool = True) -> None:
     """What would stop `run` beyond the config's syntax: files and directories."""
     problems: list[tuple[str, str | None]] = []
-    try:
-        check_store_path(config.store.url, config.store.group)
-    except StoreError as exc:
-        problems.append(("store.url", str(exc)))
+    for key, check in (("store.url", check_store_path), ("store.group", check_store_group)):
+        try:
+            check(config.store.url, config.store.group if key == "store.group" else "")
+        except StoreError as exc:
+            problems.append((key, str(exc)))
     if socket:
         problems.append(("milter.socket", _socket_problem(config.milter.socket)))
+        if config.milter.socket_group:
+            problems.append(("milter.socket_group", group_problem(config.milter.socket_group)))
     for key, problem in problems:
         if problem:
             raise click.UsageError(f"bad config: {config.path}: {key}: {problem}")

@@ -15,6 +15,7 @@ import logging
 import os
 import stat
 
+from mailflow.groups import group_problem
 from mailflow.store.base import StoreError
 
 log = logging.getLogger("mailflow.store")
@@ -27,13 +28,13 @@ def file_mode(group: str) -> int:
     return 0o640 if group else 0o600
 
 
-def group_id(group: str) -> int | None:
+def group_id(group: str, path: str) -> int | None:
+    """The gid to give the database at `path`; StoreError (naming the file) if this process may not."""
     if not group:
         return None
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise StoreError(f"sqlite: no group named {group!r} (store.group)") from None
+    if problem := group_problem(group):
+        raise StoreError(f"sqlite: cannot give {path} group {group} (store.group): {problem}")
+    return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 def check_path(path: str) -> None:
@@ -77,7 +78,7 @@ def check_path(path: str) -> None:
 def create_private(path: str, group: str) -> None:
     """Create the database file with its mode set (not left to the umask); keep an existing one,
     tightening a mode wider than ours (an older mailflow made them 0644)."""
-    mode, gid = file_mode(group), group_id(group)
+    mode, gid = file_mode(group), group_id(group, path)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, mode)
     except FileExistsError:
@@ -90,6 +91,9 @@ def create_private(path: str, group: str) -> None:
         os.fchmod(fd, mode)
         if gid is not None:
             os.fchown(fd, -1, gid)
+    except OSError as exc:  # no empty file left behind for the next start to trip over
+        os.unlink(path)
+        raise StoreError(f"sqlite: cannot set the mode {mode:04o} and group of {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
 
