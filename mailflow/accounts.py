@@ -6,6 +6,7 @@ README, "Whose mail is it", for what each source trusts.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import NamedTuple
@@ -25,7 +26,7 @@ _MSP_RECEIVED = re.compile(
     r"\(8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/Submit\) id [A-Za-z0-9]{1,40}"
     r"(?:\r?\n[ \t]+for [^;\r\n]{1,1000})?;\s")
 
-LOCAL_SMTP_TEXT = ("Unauthenticated SMTP from this host is not accepted for outbound mail; "
+LOCAL_SMTP_TEXT = ("Unauthenticated SMTP from this host is refused by the mail policy; "
                    "authenticate (SMTP AUTH) or submit with sendmail")
 UNMAPPED_TEXT = ("Client {address} is trusted but has no [accounts.ip_map] entry and the sender domain "
                  "is not hosted here; the administrator must add an ip_map entry for it")
@@ -128,6 +129,23 @@ def _in_trusted_networks(settings: AccountSettings, client: Client) -> bool:
     ::1): any local process could send as anyone. `local` and local_smtp decide for it."""
     ip = client.ip
     return ip is not None and not client.on_this_host and any(ip in network for network in settings.trusted_networks)
+
+
+def trusted_network_warnings(settings: AccountSettings) -> list[str]:
+    """For check-config: trusted_networks and ip_map entries that can never match."""
+    warnings = []
+    loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
+                ipaddress.ip_network("::ffff:127.0.0.0/104"))
+    for network in settings.trusted_networks:
+        if any(network.version == lo.version and network.overlaps(lo) for lo in loopback):
+            warnings.append(f"accounts.trusted_networks: {network} holds loopback addresses; a client on this host "
+                            "is never trusted_ip (any local process could send as anyone): local_smtp decides for it")
+    for network, account in settings.ip_map:
+        if not any(network.version == t.version and network.subnet_of(t)  # type: ignore[arg-type]
+                   for t in settings.trusted_networks):
+            warnings.append(f"accounts.ip_map.\"{network}\" ({account}): not inside trusted_networks, so never "
+                            "used; add it to trusted_networks or remove it")
+    return warnings
 
 
 def _account_for_ip(settings: AccountSettings, client: Client) -> str | None:

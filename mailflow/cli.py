@@ -100,6 +100,10 @@ def check_config(config_file: str | None) -> None:
 
     if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):  # a warning: the config still works
         click.echo(f"mailflow: warning: rbl: {gap}", err=True)
+    from mailflow.accounts import trusted_network_warnings
+
+    for warning in trusted_network_warnings(config.accounts):
+        click.echo(f"mailflow: warning: {warning}", err=True)
 
 
 @cli.group()

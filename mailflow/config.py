@@ -189,6 +189,9 @@ def load_config(path: str) -> Config:
             data = fh.read(MAX_CONFIG_BYTES + 1)
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a mailflow config")
+        if data.startswith(b"\xef\xbb\xbf"):
+            raise ConfigError(f"{path}: starts with a byte-order mark (BOM); remove the byte-order mark "
+                              "(save it as UTF-8 without BOM)")
         raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -273,6 +276,8 @@ def _store(t: _Table) -> StoreSettings:
 
 def _accounts(t: _Table, base_dir: str) -> AccountSettings:
     identify = t.texts("identify", list(IDENTITY_SOURCES))
+    if not identify:
+        raise t.error("identify", f"is empty, which would police no mail; list one or more of {', '.join(IDENTITY_SOURCES)}")
     for i, source in enumerate(identify):
         if source not in IDENTITY_SOURCES:
             raise t.error(f"identify[{i}]", f"{source!r} is not one of {', '.join(IDENTITY_SOURCES)}")

@@ -102,11 +102,14 @@ def store_url_problem(url: str) -> str | None:
         return f"{shown!r}: a store URL has no #fragment (percent-encode {_ENCODE_HINT})"
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError as exc:
         if "NFKC" in str(exc):  # a character like a full-width ＃ that urllib refuses
             return f"{shown!r}: the user or password holds a character that must be percent-encoded ({_ENCODE_HINT})"
-        return f"{shown!r}: the host is not a name, an IPv4 address or an [IPv6] address, or the port is not a number"
+        return f"{shown!r}: the host is not a name, an IPv4 address or an [IPv6] address in brackets"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
     if port == 0:
         return f"{shown!r}: the port is not a number from 1 to 65535"
     try:

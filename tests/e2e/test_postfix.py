@@ -148,7 +148,7 @@ def test_plain_smtp_from_this_host_without_auth_is_refused(rig: tuple[PrivatePos
                           FORGED_MSP + MESSAGE.format(sender="ceo@webhosting.example"))
     assert err.value.smtp_code == 550
     assert err.value.smtp_error.decode().startswith(
-        "5.7.1 Unauthenticated SMTP from this host is not accepted for outbound mail; "
+        "5.7.1 Unauthenticated SMTP from this host is refused by the mail policy; "
         "authenticate (SMTP AUTH) or submit with sendmail")
     refusals = lambda: [d for d in milter.decisions() if d.get("reason") == "local_smtp"]  # noqa: E731
     wait_for(lambda: bool(refusals()))

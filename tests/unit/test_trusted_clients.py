@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.accounts import Refusal, identify
+from mailflow.accounts import Refusal, identify, trusted_network_warnings
 from mailflow.config import parse_config
 from mailflow.model import Client, Identity
 from tests.unit.test_identity_engine import make_engine, transaction
@@ -67,3 +67,14 @@ def test_a_trusted_client_without_ip_map_is_charged_to_the_owning_account(tmp_pa
         mail, eom, message = transaction(engine, web, sender, [("From", sender)])
         assert not mail.refuses and eom is not None and not eom.refuses, sender
         assert message.identity == Identity("trusted_ip", "10.1.2.3", account), sender
+
+
+def test_check_config_warns_of_loopback_and_ip_map_entries_that_never_match() -> None:
+    settings = parse_config({"accounts": {"trusted_networks": ["10.0.0.0/8", "127.0.0.0/8", "::/0"],
+                                          "ip_map": {"10.1.0.0/16": "a.example", "192.168.1.0/24": "b.example"}}}).accounts
+    warnings = trusted_network_warnings(settings)
+    assert len(warnings) == 3, warnings
+    assert "127.0.0.0/8 holds loopback" in warnings[0] and "::/0 holds loopback" in warnings[1]
+    assert 'ip_map."192.168.1.0/24" (b.example): not inside trusted_networks' in warnings[2]
+    clean = parse_config({"accounts": {"trusted_networks": ["10.0.0.0/8"], "ip_map": {"10.1.0.0/16": "a.example"}}})
+    assert trusted_network_warnings(clean.accounts) == []
