@@ -111,11 +111,13 @@ def read_key_file(path: str) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         mode = stat.S_IMODE(info.st_mode)
         why = [text for bit, text in _REFUSED_BITS if mode & bit]
+        # Only the owner wrong: the mode is fine, so say chown, not a chmod to what it already is.
+        fix = "chmod 0640 (root:mailflow) or 0600" if why else \
+            "chown root:mailflow (group read needs a file root owns), or chmod 0600"
         if mode & 0o040 and info.st_uid != 0:
-            why.insert(0, "readable by group of a key root does not own")
+            why.insert(0, f"readable by group of a key root does not own (owner uid {info.st_uid})")
         if why:
-            raise KeyFileError(f"suppression key {path} is mode {mode:04o}: {', '.join(why)}; "
-                               "chmod 0640 (root:mailflow) or 0600")
+            raise KeyFileError(f"suppression key {path} is mode {mode:04o}: {', '.join(why)}; {fix}")
         secret = fh.read(MAX_KEY_FILE_BYTES + 1)
     if len(secret) > MAX_KEY_FILE_BYTES:
         raise KeyFileError(f"suppression key {path}: longer than {MAX_KEY_FILE_BYTES} bytes; not a key file")

@@ -32,3 +32,9 @@ def test_make_check_config_makes_the_dev_store_directory_like_make_run() -> None
                                check=True).stdout.splitlines()
         assert "mkdir -p var" in steps and steps.index("mkdir -p var") < next(
             i for i, step in enumerate(steps) if "bin/mailflow" in step), (target, steps)
+
+
+def test_the_postfix_example_keeps_root_and_postfix_free_to_send() -> None:
+    """Postfix's own local_login_sender_maps example starts with root and postfix = *."""
+    text = (REPO / "conf" / "postfix-main.cf").read_text()
+    assert "#   local_login_sender_maps = inline:{ { root = * }, { postfix = * } },\n#       hash:" in text
