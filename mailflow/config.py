@@ -150,6 +150,9 @@ class RblSettings:
     email_to: tuple[str, ...] = ()
     email_from: str = ""
     smtp_relay: tuple[str, int] | None = None
+    smtp_user: str = ""  # SMTP AUTH for alerts through smtp_relay (mailflow refuses loopback SMTP without it)
+    smtp_password: str = field(default="", repr=False)  # read from smtp_password_file
+    sendmail: str = ""  # or hand alerts to this program: local mail (Postfix pickup, Sendmail's MSP)
     suspects: int = 10
 
 
@@ -535,12 +538,35 @@ def _rbl(t: _Table) -> RblSettings:
         email_from=alerts.text("email_from", ""),
         smtp_relay=_hostport(alerts, "smtp_relay", relay, 25) if relay else None,
         suspects=alerts.integer("suspects", d.suspects, minimum=0),
+        **_alert_transport(alerts),
     )
-    if settings.email_to and settings.smtp_relay is None:
-        raise alerts.error("email_to", "e-mail alerts need smtp_relay")
+    if settings.email_to and (settings.smtp_relay is None) == (not settings.sendmail):
+        raise alerts.error("email_to", "e-mail alerts need exactly one of smtp_relay or sendmail")
     alerts.finish()
     t.finish()
     return settings
+
+
+def _alert_transport(alerts: _Table) -> dict[str, str]:
+    """[rbl.alerts] smtp_user + smtp_password_file (SMTP AUTH through smtp_relay), or sendmail."""
+    user, password_file = alerts.text("smtp_user", ""), alerts.text("smtp_password_file", "")
+    if bool(user) != bool(password_file):
+        raise alerts.error("smtp_user", "SMTP AUTH needs both smtp_user and smtp_password_file")
+    password = ""
+    if password_file:
+        if not os.path.isabs(password_file):
+            raise alerts.error("smtp_password_file", f"{password_file!r} is not an absolute path")
+        try:
+            password = read_key_file(password_file, "SMTP password file").decode("utf-8")
+        except (KeyFileError, UnicodeDecodeError) as exc:
+            raise alerts.error("smtp_password_file", str(exc) if isinstance(exc, KeyFileError) else
+                               f"{password_file} is not UTF-8") from None
+        if not password:
+            raise alerts.error("smtp_password_file", f"{password_file} is empty")
+    sendmail = alerts.text("sendmail", "")
+    if sendmail and not (os.path.isabs(sendmail) and os.path.isfile(sendmail) and os.access(sendmail, os.X_OK)):
+        raise alerts.error("sendmail", f"{sendmail!r} is not an executable file (e.g. /usr/sbin/sendmail)")
+    return {"smtp_user": user, "smtp_password": password, "sendmail": sendmail}
 
 
 def _log(t: _Table) -> LogSettings:

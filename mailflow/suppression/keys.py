@@ -98,16 +98,17 @@ _REFUSED_BITS = ((0o004, "readable by others"), (0o002, "writable by others"), (
                  (0o020, "writable by group"))
 
 
-def read_key_file(path: str) -> bytes:
-    """The suppression key from a file, refused (like OpenSSH) when others could read or change it."""
+def read_key_file(path: str, what: str = "suppression key") -> bytes:
+    """A secret (the suppression key, an SMTP password) from a file, refused (like OpenSSH) when
+    others could read or change it. `what` names it in errors."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
-        raise KeyFileError(f"suppression key {path}: {exc.strerror}") from None
+        raise KeyFileError(f"{what} {path}: {exc.strerror}") from None
     info = os.fstat(fd)  # of the file opened, not of a path swapped since
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise KeyFileError(f"suppression key {path} is not a regular file")
+        raise KeyFileError(f"{what} {path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
         mode = stat.S_IMODE(info.st_mode)
         why = [text for bit, text in _REFUSED_BITS if mode & bit]
@@ -117,10 +118,10 @@ def read_key_file(path: str) -> bytes:
         if mode & 0o040 and info.st_uid != 0:
             why.insert(0, f"readable by group of a key root does not own (owner uid {info.st_uid})")
         if why:
-            raise KeyFileError(f"suppression key {path} is mode {mode:04o}: {', '.join(why)}; {fix}")
+            raise KeyFileError(f"{what} {path} is mode {mode:04o}: {', '.join(why)}; {fix}")
         secret = fh.read(MAX_KEY_FILE_BYTES + 1)
     if len(secret) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"suppression key {path}: longer than {MAX_KEY_FILE_BYTES} bytes; not a key file")
+        raise KeyFileError(f"{what} {path}: longer than {MAX_KEY_FILE_BYTES} bytes; not a key file")
     return secret.strip()
 
 
