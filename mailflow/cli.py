@@ -95,6 +95,11 @@ def check_config(config_file: str | None) -> None:
     """Validate a config file; name the bad key and exit 2 on error."""
     config = _load(config_file)
     _preflight(config)
+    key_line = ""
+    if config.suppression.enabled:  # read only: a key run would refuse is refused here too
+        from mailflow.suppression.key_peek import compare_key_with_store
+
+        key_line = compare_key_with_store(config.store.url, config.suppression.secret, config.store.timeout_ms)
     click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
     from mailflow.rbl.zones import unwatched_summary
 
@@ -104,6 +109,8 @@ def check_config(config_file: str | None) -> None:
 
     for warning in trusted_network_warnings(config.accounts):
         click.echo(f"mailflow: warning: {warning}", err=True)
+    if key_line:
+        click.echo(key_line)
 
 
 @cli.group()

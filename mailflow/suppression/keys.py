@@ -155,6 +155,10 @@ def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
     if stored == mine:
         store.state_swap(FINGERPRINT_STATE, mine, mine)
         return
-    raise KeyMismatch(f"the suppression key differs from the one this store's lists were made with "
-                      f"(fingerprint {mine[:12]} vs {(stored or '?')[:12]}); restore the old key, "
-                      "or export the lists with it and import them into an empty store")
+    raise KeyMismatch(mismatch_message(mine, stored))
+
+
+def mismatch_message(mine: str, stored: str | None) -> str:
+    return (f"the suppression key differs from the one this store's lists were made with "
+            f"(fingerprint {mine[:12]} vs {(stored or '?')[:12]}); restore the old key, "
+            "or export the lists with it and import them into an empty store")
