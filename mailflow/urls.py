@@ -5,6 +5,7 @@ Nothing here ever puts a password into a message: errors about a URL quote it re
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix")
@@ -13,6 +14,7 @@ _REDIS_QUERY_KEYS = {"db", "password", "username", "socket_timeout", "socket_con
                      "client_name", "decode_responses", "encoding"}
 _SECRET_QUERY_KEYS = ("password=", "pass=", "pw=", "token=", "key=")
 _USERINFO_SPECIALS = "/?#@[]"
+_BRACKETED = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{0,5})?")
 _ENCODE_HINT = "/ as %2F, # as %23, ? as %3F, @ as %40, [ as %5B, ] as %5D"
 
 
@@ -100,6 +102,9 @@ def store_url_problem(url: str) -> str | None:
         return f"{shown!r}: the user or password holds a character that must be percent-encoded ({_ENCODE_HINT})"
     if "#" in rest:
         return f"{shown!r}: a store URL has no #fragment (percent-encode {_ENCODE_HINT})"
+    hostport = rest[len(userinfo):authority_end]
+    if ("[" in hostport or "]" in hostport) and not _BRACKETED.fullmatch(hostport):
+        return f"{shown!r}: the host is not a name, an IPv4 address or an [IPv6] address in brackets"
     try:
         parts = urlsplit(url)
     except ValueError as exc:

@@ -58,7 +58,7 @@ def test_the_percent_encoded_password_is_accepted_as_is(form: str, password: str
     assert parse_url(url)["password"] == password
 
 
-@pytest.mark.parametrize("url", ["redis://[zz]:6379/0", "redis://:hunter2@[::1:6379/0", "redis://:hunter2@::1]:6379/0",
+@pytest.mark.parametrize("url", ["redis://[zz]:6379/0", "redis://:hunter2@[::1]]:16399/0", "redis://[::1]x:1/0", "redis://:hunter2@[::1:6379/0", "redis://:hunter2@::1]:6379/0",
                                  "redis://:p\uff03w@h/0", "redis://h:99999/0", "redis://h:-1/0", "redis://h:0/0"])
 def test_a_bad_host_or_port_is_a_problem_not_an_exception(url: str) -> None:
     problem = store_url_problem(url)
