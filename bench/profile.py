@@ -28,7 +28,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.harness import python_process
+from bench.harness import children, python_process
 from bench.postfix import KEY, RESULTS, mailflow_config, run_through_postfix
 from tests.helpers.postfix import PrivatePostfix
 from tests.helpers.servers import free_port, redis_server, write_config
@@ -89,8 +89,9 @@ def summarise_stacks(stacks: list[tuple[list[str], int]], messages: int, top: in
 
 def profile(mta: PrivatePostfix, pid: int, messages: int, raw: Path) -> dict[str, Any]:
     run_through_postfix(mta, pid, 200)  # warm-up
+    worker = (children(pid) or [pid])[0]  # `mailflow run` serves in a forked worker
     spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
-                            "--pid", str(pid), "--gil", "--nonblocking", "--rate", str(SAMPLES_PER_SECOND),
+                            "--pid", str(worker), "--gil", "--nonblocking", "--rate", str(SAMPLES_PER_SECOND),
                             "--format", "raw", "--output", str(raw)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

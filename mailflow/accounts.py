@@ -13,18 +13,24 @@ from typing import NamedTuple
 
 import idna
 
-from mailflow.config import AccountSettings
+from mailflow.settings import AccountSettings
 from mailflow.model import Client, Identity
 
 NULL_SENDER_ACCOUNT = "local"  # locally generated bounces (<>) share one bucket
 
-# The header Sendmail's MSP (submit.cf) puts on top of what a local user submits, exactly:
-#   (from USER@localhost)\n\tby HOST (8.17.1.9/8.17.1.9/Submit) id QID[\n\tfor RCPT]; DATE
-# Bounded pieces, no nested repetition: linear in the header's length.
+# The header Sendmail's MSP (submit.cf, confRECEIVED_HEADER) puts on top of what it sends:
+#   [from HELO ](USER@localhost | from USER@localhost)\n\tby HOST (8.17.x/8.17.x/Submit)[ with PROTO] id QID[\n\tfor RCPT]; DATE
+# `from HELO (…)` when the user named a client host (`sendmail -bs` + HELO, `-p PROTO:HOST`),
+# `with PROTO` after `-bs`, `-p` or `-oMr`. The MSP's own delivery reports (DSNs) carry
+# `from localhost (localhost)`: no user. Bounded pieces, no nested repetition, each optional piece
+# starting with a fixed word the next piece cannot: linear in the header's length. USER is a Unix
+# login's characters only, so it names an account every store can hold.
+_MSP_BY = (r"\r?\n[ \t]+by [A-Za-z0-9.-]{1,253} "
+           r"\(8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/Submit\)"
+           r"(?: with [A-Za-z0-9]{1,20})? id [A-Za-z0-9]{1,40}(?:\r?\n[ \t]+for [^;\r\n]{1,1000})?;\s")
 _MSP_RECEIVED = re.compile(
-    r"\(from (?P<user>[^\s@()]{1,64})@localhost\)\r?\n[ \t]+by [A-Za-z0-9.-]{1,253} "
-    r"\(8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/8\.\d{1,3}\.\d{1,3}(?:\.\d{1,3})?/Submit\) id [A-Za-z0-9]{1,40}"
-    r"(?:\r?\n[ \t]+for [^;\r\n]{1,1000})?;\s")
+    r"(?:from [^\s()]{1,253} \(|\(from )(?P<user>[A-Za-z0-9._$-]{1,64})@localhost\)" + _MSP_BY)
+_MSP_DSN_RECEIVED = re.compile(r"from localhost \(localhost\)" + _MSP_BY)
 
 LOCAL_SMTP_TEXT = ("Unauthenticated SMTP from this host is refused by the mail policy; "
                    "authenticate (SMTP AUTH) or submit with sendmail")
@@ -136,9 +142,9 @@ def trusted_network_warnings(settings: AccountSettings) -> list[str]:
     warnings = []
     loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
                 ipaddress.ip_network("::ffff:127.0.0.0/104"))
-    for network in settings.trusted_networks:
+    for i, network in enumerate(settings.trusted_networks):
         if any(network.version == lo.version and network.overlaps(lo) for lo in loopback):
-            warnings.append(f"accounts.trusted_networks: {network} holds loopback addresses; a client on this host "
+            warnings.append(f"accounts.trusted_networks[{i}]: {network} holds loopback addresses; a client on this host "
                             "is never trusted_ip (any local process could send as anyone): local_smtp decides for it")
     for network, account in settings.ip_map:
         if not any(network.version == t.version and network.subnet_of(t)  # type: ignore[arg-type]
@@ -157,17 +163,22 @@ def _account_for_ip(settings: AccountSettings, client: Client) -> str | None:
 
 
 def msp_user(received_value: str) -> str | None:
-    """The local user in the header Sendmail's MSP adds, `(from alice@localhost) by …/Submit) id …`,
-    or None when the value is not exactly that."""
+    """The local user in the header Sendmail's MSP adds, `(from alice@localhost) by …/Submit) id …`
+    (or `from HOST (alice@localhost) by …`), or None when the value is not exactly that."""
     match = _MSP_RECEIVED.match(received_value)
     return match.group("user") if match else None
 
 
-def refine_local_identity(settings: AccountSettings, identity: Identity, unix_user: str) -> Identity:
-    """Sendmail's MSP names the submitting Unix user; the identity map decides its account.
-    A user the map does not know keeps the sender's account (the user is still logged)."""
-    account = settings.identity_map.get(unix_user.lower(), identity.account)
-    return Identity("local", unix_user, account)
+def is_msp_dsn(received_value: str) -> bool:
+    """Is it the header on the MSP's own delivery reports, `from localhost (localhost) by …/Submit) id …`?"""
+    return _MSP_DSN_RECEIVED.match(received_value) is not None
+
+
+def refine_local_identity(settings: AccountSettings, unix_user: str) -> Identity:
+    """Sendmail's MSP names the submitting Unix user; the identity map decides its account. A user
+    the map does not know is its own account (as a bare login is), owning no domain: never the
+    account of the sender domain it chose with -f."""
+    return Identity("local", unix_user, settings.identity_map.get(unix_user.lower(), unix_user.lower()))
 
 
 def is_users_host_address(settings: AccountSettings, unix_user: str, sender: str) -> bool:
@@ -178,7 +189,7 @@ def is_users_host_address(settings: AccountSettings, unix_user: str, sender: str
 
 
 def is_own_bounce(settings: AccountSettings, sender: str, author_local: str, author_domain: str) -> bool:
-    """A null-sender message signed by this host's MTA or MSP (MAILER-DAEMON@ or postmaster@ one
-    of its own names): a delivery report the MTA itself generated."""
+    """A null-sender message signed by this host's MSP (MAILER-DAEMON@ or postmaster@ one of its
+    own names)."""
     return (not strip_brackets(sender) and author_local.lower() in ("mailer-daemon", "postmaster")
             and canonical_domain(author_domain) in settings.local_names)

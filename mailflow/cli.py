@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import click
 
 from mailflow import __version__
-from mailflow.config import Config, ConfigError, config_path, load_config
+from mailflow.config import Config, ConfigError, config_path, config_warnings, load_config
 from mailflow.groups import group_problem
 from mailflow.store import DomainTaken, Store, StoreError, check_store_group, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
@@ -38,8 +38,10 @@ config_option = click.option(
 def _load(config_file: str | None) -> Config:
     try:
         return load_config(config_path(config_file))
-    except ConfigError as exc:
-        raise click.UsageError(f"bad config: {exc}") from None
+    except ConfigError as exc:  # every error in the file, one line each, then exit 2
+        for error in exc.errors[:-1]:
+            _say(f"bad config: {error}")
+        raise click.UsageError(f"bad config: {exc.errors[-1]}") from None
 
 
 def _preflight(config: Config, socket: bool = True) -> None:
@@ -78,15 +80,35 @@ def cli() -> None:
 
 @cli.command()
 @config_option
-def run(config_file: str | None) -> None:
-    """Start the milter (validates the config before binding the socket)."""
+@click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=30.0, show_default=True, metavar="SECONDS",
+              help="On stop or reload, how long sessions in progress may take to finish.")
+def run(config_file: str | None, drain_timeout: float) -> None:
+    """Start the milter (validates the config before binding the socket). SIGHUP reloads the
+    config; SIGTERM stops accepting and lets sessions in progress finish."""
     config = _load(config_file)
     _preflight(config)
-    from mailflow.log import setup_logging
-    from mailflow.milter.server import serve
+    from mailflow.log import log, setup_logging
+    from mailflow.milter.supervisor import Supervisor, WorkerFailed
+
+    def warn(loaded: Config) -> None:
+        for warning in config_warnings(loaded, syslog=False):  # setup_logging said it of syslog
+            log.warning("config: %s", warning)
+
+    def reload() -> Config:
+        new = _load(config_file)
+        _preflight(new)
+        return new
+
+    def reloaded(new: Config) -> None:
+        setup_logging(new.log)
+        warn(new)
 
     setup_logging(config.log)
-    serve(config)
+    warn(config)
+    try:
+        Supervisor(config, reload, _failure, drain_timeout, on_reload=reloaded).run()
+    except WorkerFailed as exc:
+        _fail(str(exc), exc.code)
 
 
 @cli.command("check-config")
@@ -103,12 +125,11 @@ def check_config(config_file: str | None) -> None:
     click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
     from mailflow.rbl.zones import unwatched_summary
 
-    if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):  # a warning: the config still works
-        click.echo(f"mailflow: warning: rbl: {gap}", err=True)
-    from mailflow.accounts import trusted_network_warnings
-
-    for warning in trusted_network_warnings(config.accounts):
-        click.echo(f"mailflow: warning: {warning}", err=True)
+    warnings = config_warnings(config)  # the config still works: exit 0
+    if gap := unwatched_summary(config.rbl.ips, config.rbl.zones):
+        warnings.append(f"rbl: {gap}")
+    for warning in warnings:
+        _say(f"warning: {warning}")
     if key_line:
         click.echo(key_line)
 
@@ -295,9 +316,10 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
 
 
 def _register_admin_groups() -> None:
-    from mailflow.suppression import admin
+    from mailflow.suppression import admin, keygen
 
     admin.register(cli, _load, _store, config_option)
+    keygen.register(cli)
 
 
 _register_admin_groups()
@@ -318,12 +340,20 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except Exception as exc:
-        if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
-            _fail(_describe(exc), EXIT_USAGE)
+        message, code = _failure(exc)
         # A bug: still one line (the cause, not hidden), the traceback on demand.
-        if os.environ.get("MAILFLOW_TRACEBACK"):
+        if code == EXIT_INTERNAL and os.environ.get("MAILFLOW_TRACEBACK"):
             raise
-        _fail(f"internal error: {_describe(exc)} (MAILFLOW_TRACEBACK=1 shows where)", EXIT_INTERNAL)
+        _fail(message, code)
+
+
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """The one line and exit code for an error (also what a milter worker reports)."""
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), exc.exit_code
+    if isinstance(exc, _BAD_INPUT) or type(exc).__module__.split(".")[0] in _BAD_INPUT_MODULES:
+        return _describe(exc), EXIT_USAGE
+    return f"internal error: {_describe(exc)} (MAILFLOW_TRACEBACK=1 shows where)", EXIT_INTERNAL
 
 
 def _describe(exc: BaseException) -> str:
@@ -341,8 +371,12 @@ def _describe(exc: BaseException) -> str:
 
 def _fail(message: str, code: int) -> None:
     """One line, whatever the message held: no newline, no password, bounded."""
+    _say(message)
+    sys.exit(code)
+
+
+def _say(message: str) -> None:
     line = " ".join(redact_text(message).split())
     if len(line) > MAX_MESSAGE:
         line = line[:MAX_MESSAGE] + "…"
     click.echo(f"mailflow: {line}", err=True)
-    sys.exit(code)

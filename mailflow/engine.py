@@ -15,11 +15,11 @@ from typing import TypeVar
 
 from mailflow import accounts
 from mailflow.config import Config, RatePolicy
-from mailflow.forgery.addresses import AddressError, parse_single_mailbox
+from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
 from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
-from mailflow.log import DECISIONS, log, log_decision
+from mailflow.log import DECISIONS, envelope_address, log, log_decision
 from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
@@ -29,6 +29,7 @@ from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
 from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
+from mailflow.why import why
 
 T = TypeVar("T")
 
@@ -37,6 +38,10 @@ STORE_DOWN_REPLY = Reply("451", "4.3.0", "Mail policy service temporarily unavai
 POLICY_HEADER = "X-Mailflow-Policy"
 NOT_FROM_MSP = Decision(Verdict.REJECT, "not_from_msp", Reply(
     "550", "5.7.1", "This listener takes only mail from the local submission program; submit with sendmail"))
+# The MSP's report on mail this milter refused, to an address not here: what spam sent with
+# `-f victim@elsewhere` would come back out as. The MSP then reports to postmaster here instead.
+MSP_BACKSCATTER = Decision(Verdict.REJECT, "backscatter", Reply(
+    "550", "5.7.1", "Delivery reports of the local submission program go only to addresses of this host"))
 # A macro whose value is not UTF-8 (pymilter decodes macros strictly and cannot hand over their
 # bytes): a NUL, which no macro can hold, marks it. A login that cannot be read names no account.
 UNREADABLE_MACRO = "\0unreadable"
@@ -102,8 +107,9 @@ class Engine:
 
     # -- stages ---------------------------------------------------------------------------
 
-    def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "") -> tuple[Message, Decision]:
-        message = Message(sender=sender)
+    def mail(self, client: Client, sender: str, auth_login: str | None, conn_id: str = "",
+             queue_id: str = "") -> tuple[Message, Decision]:
+        message = Message(sender=sender, queue_id=queue_id)
         if auth_login == UNREADABLE_MACRO:  # authenticated, but as whom cannot be read
             return message, self._finish("mail", client, message, UNREADABLE_LOGIN, conn_id=conn_id)
         identity, refusal, summary = self._judge_sender(self.ownership.checker(), client.policy_key, auth_login, sender)
@@ -114,7 +120,7 @@ class Engine:
             message.identity = None  # nothing later may take it to the store
             return message, self._finish("mail", client, message, UNNAMEABLE_ACCOUNT, conn_id=conn_id)
         message.on_msp_listener = identity.source == "local" and accounts.on_msp_listener(self.config.accounts, client)
-        if client.is_postfix_pickup:
+        if client.is_postfix_pickup or message.on_msp_listener:
             return message, PASS  # judged at end of message, like everything local
         if refusal is not None:
             return message, self._finish("mail", client, message, refusal, conn_id=conn_id, forgery=summary or None)
@@ -147,21 +153,18 @@ class Engine:
         if identity is None:
             message.recipients.append(recipient)
             return PASS
+        if message.on_msp_listener:  # whose mail it is shows only at EOM (the MSP's header): look there
+            message.recipients.append(recipient)
+            return PASS
+        if client.is_postfix_pickup:  # pickup turns a RCPT refusal into a deferral of the whole message
+            return self._local_recipient(message, recipient, conn_id)
         refusal = self._suppression(message, recipient, conn_id)  # a suppression, or the store's on_error
         if refusal is not None and not refusal.refuses:  # the store failed and on_error=accept: no
             message.recipients.append(recipient)  # second call for levels; the debit at EOM decides
             return refusal
-        if refusal is not None and not client.is_postfix_pickup:
+        if refusal is not None:
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, refusal, conn_id=conn_id, rcpt=recipient)
-        if refusal is not None and refusal.reason == "suppressed":
-            message.suppressed.append(recipient)  # local mail: removed at end of message, with a log line
-            return PASS
-        # Local mail meeting a store outage goes on to end of message, where the debit meets it too.
-        if client.is_postfix_pickup:
-            # Pickup turns a RCPT refusal into a deferral of the whole message: judge at EOM.
-            message.recipients.append(recipient)
-            return PASS
         policy = self.config.ratelimit.policy_for(identity.account)
         if policy.exempt:
             message.recipients.append(recipient)
@@ -188,6 +191,17 @@ class Engine:
             return self._finish("rcpt", client, message, decision, conn_id=conn_id, rcpt=recipient)
         message.recipients.append(recipient)
         return PASS
+
+    def _local_recipient(self, message: Message, recipient: str, conn_id: str) -> Decision:
+        """Local mail is judged whole at EOM: a suppressed recipient is kept aside, to be removed
+        then (with a log line); any other, also one meeting a store outage (the debit meets it
+        too), goes on. Pickup calls it at RCPT, the MSP listener at EOM once the account is settled."""
+        refusal = self._suppression(message, recipient, conn_id)
+        if refusal is not None and refusal.reason == "suppressed":
+            message.suppressed.append(recipient)
+            return PASS
+        message.recipients.append(recipient)
+        return refusal if refusal is not None and not refusal.refuses else PASS
 
     def _read_levels(self, message: Message, account: str, policy: RatePolicy,
                      estimate: bool = False) -> tuple[float, ...] | Decision:
@@ -253,6 +267,7 @@ class Engine:
             # Only the first header: the one the MSP put on top (Sendmail 8.17 does not show a
             # milter its own Received: for this hop). Any other Received: never names the user.
             message.msp_user = (accounts.msp_user(value) if lname == "received" else None) or ""
+            message.msp_dsn = lname == "received" and accounts.is_msp_dsn(value)
         if lname == "x-php-originating-script" and message.php_script is None:
             message.php_script = value.strip()
 
@@ -260,14 +275,18 @@ class Engine:
         identity = message.identity
         if identity is None:
             return PASS
-        # On the MSP listener a bounce is the MSP's own only if no user submitted it: the MSP's
-        # bounces carry `Received: from localhost (localhost) by …`, never `(from USER@localhost)`.
-        own_bounce = identity.source == "local" and not message.msp_user and self._is_own_bounce(message)
-        if message.on_msp_listener and not own_bounce:
-            if not message.msp_user:
-                return self._finish("eom", client, message, NOT_FROM_MSP, conn_id=conn_id, qid=queue_id)
-            identity = message.identity = accounts.refine_local_identity(self.config.accounts, identity,
-                                                                         message.msp_user)
+        own_bounce = message.on_msp_listener and self._is_own_bounce(message)
+        if message.on_msp_listener:
+            if not message.msp_user and not own_bounce:
+                backscatter = message.msp_dsn and not self._all_recipients_here(message)
+                refusal = MSP_BACKSCATTER if backscatter else NOT_FROM_MSP
+                return self._finish("eom", client, message, refusal, conn_id=conn_id, qid=queue_id)
+            if not own_bounce:
+                identity = message.identity = accounts.refine_local_identity(self.config.accounts, message.msp_user or "")
+            # Only now is the account known: its lists, its hold, its trap hits (as pickup at RCPT).
+            recipients, message.recipients = message.recipients, []
+            for recipient in recipients:
+                self._local_recipient(message, recipient, conn_id)
         # Order matters: refusals first (refused mail is never charged), then the one debit, then
         # what accepted mail still gets (hold, removed recipients, the policy header).
         # The MTA's own bounces owe no domain; a Unix user's account owns the envelope or not.
@@ -315,16 +334,30 @@ class Engine:
         return shortfall_refusal(policy, account, debit.levels, cost) or PASS
 
     def _is_own_bounce(self, message: Message) -> bool:
-        """Null sender and From: MAILER-DAEMON@ (or postmaster@) one of this host's names."""
-        if message.sender.strip().strip("<>"):
+        """A delivery report of Sendmail's MSP: its own header (no user named), null sender, From:
+        MAILER-DAEMON@ (or postmaster@) one of this host's names, and only to addresses here, so
+        that no user's refused mail comes back out as backscatter to a foreign address. (Postfix
+        and Sendmail's MTA never show a milter their own bounces.)"""
+        if not message.msp_dsn or message.sender.strip().strip("<>") or not self._all_recipients_here(message):
             return False
-        froms = [value for name, value in message.headers if name.lower() == "from"]
-        try:
-            author = parse_single_mailbox("From", froms[0]) if len(froms) == 1 else None
-        except AddressError:
-            return False
+        author = self._author(message)
         return author is not None and accounts.is_own_bounce(self.config.accounts, message.sender, author.local,
                                                              author.domain)
+
+    @staticmethod
+    def _author(message: Message) -> Mailbox | None:
+        """The one address of the one From: header, else None."""
+        froms = [value for name, value in message.headers if name.lower() == "from"]
+        try:
+            return parse_single_mailbox("From", froms[0]) if len(froms) == 1 else None
+        except AddressError:
+            return None
+
+    def _all_recipients_here(self, message: Message) -> bool:
+        """Is every recipient at one of this host's names or at a domain hosted here?"""
+        checker = self.ownership.checker()
+        return all(domain in self.config.accounts.local_names or (bool(domain) and self._owner(checker, domain) is not None)
+                   for domain in map(accounts.domain_of, message.recipients))
 
     def _forgery(self, client: Client, message: Message, envelope: bool = False) -> ForgeryVerdict:
         """The header checks; the envelope too for local mail, whose account is settled only now."""
@@ -339,11 +372,21 @@ class Engine:
         if (client.is_postfix_pickup or envelope) and not own_address and (
                 found := checker.envelope(identity.account, message.sender)):
             findings.insert(0, found)
+        if message.msp_user and self._from_own_address(message):  # cron's `From: root@HOST` to the admins
+            findings = [finding for finding in findings if finding.rule != "from_domain"]
         bulk = self.config.bulk.policy_for(identity.account)
         if bulk_problem := bulk_finding(facts.by_name, len(message.recipients), bulk.min_recipients):
             findings.append(bulk_problem)
         actions = {**self.config.forgery.actions_for(identity.account), "missing_unsubscribe": bulk.missing_unsubscribe}
         return judge_findings(findings, actions)
+
+    def _from_own_address(self, message: Message) -> bool:
+        """Is the From: the MSP user's own address on this host, and every recipient here? Such
+        mail names nobody else, and stays with this host's admins and customers."""
+        author = self._author(message)
+        return (author is not None and accounts.is_users_host_address(self.config.accounts, message.msp_user or "",
+                                                                      author.address)
+                and self._all_recipients_here(message))
 
     # -- one log line per decision --------------------------------------------------------
 
@@ -357,13 +400,13 @@ class Engine:
         log_decision(
             logging.INFO,
             stage=stage,
-            qid=extra.pop("qid", None),
+            qid=extra.pop("qid", None) or message.queue_id,
             conn=extra.pop("conn_id", None),
             account=identity.account if identity else None,
             source=identity.source if identity else None,
             identity=identity.identity if identity else None,
             client=client.address,
-            sender=message.sender or "<>",
+            sender=envelope_address(message.sender),
             rcpt=extra.pop("rcpt", None),
             recipients=len(message.recipients) if stage == "eom" else None,
             refused=len(message.refused) if stage == "eom" and message.refused else None,
@@ -372,6 +415,7 @@ class Engine:
             mode="monitor" if self.monitor and decision.refuses else None,
             reason=decision.reason,
             reply=str(decision.reply) if decision.reply else None,
+            why=why(decision.reason, decision.refuses),
             forgery=extra.pop("forgery", None),
             removed=extra.pop("removed", None),
             php_script=message.php_script,

@@ -93,6 +93,8 @@ def _parse_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | N
 @functools.lru_cache(maxsize=4096)
 def _is_loopback(address: str) -> bool:
     ip = _parse_ip(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1: Python 3.11 does not call it loopback
     return ip is not None and ip.is_loopback
 
 
@@ -142,6 +144,7 @@ class Message:
     """What the milter has gathered about the message in flight."""
 
     sender: str = ""
+    queue_id: str = ""  # the MTA's queue id, once it has given one (logged as qid=)
     identity: Identity | None = None
     recipients: list[str] = field(default_factory=list)  # accepted so far
     refused: list[str] = field(default_factory=list)
@@ -152,4 +155,5 @@ class Message:
     headers: list[tuple[str, str]] = field(default_factory=list)  # as the client sent them
     php_script: str | None = None  # X-PHP-Originating-Script (uid:script)
     msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"; "" when the first header is not that
+    msp_dsn: bool = False  # the first header is the one on the MSP's own delivery reports (no user)
     on_msp_listener: bool = False  # Sendmail's MSP connected on a listener named in msp_daemons

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -64,10 +65,15 @@ def _guarded(callback: Callable[..., int]) -> Callable[..., int]:
 
 
 class MailflowMilter(Milter.Base):
-    engine: Engine  # set on the class by server.serve()
+    engine: Engine  # set on the class by server.serve_worker()
+    live = 0  # connections open now (from negotiation to close): a stopping worker waits for none
+    _live_lock = threading.Lock()
 
     def __init__(self) -> None:
         self.conn_id = f"{next(_connection_ids):x}"
+        self._counted = True
+        with MailflowMilter._live_lock:
+            MailflowMilter.live += 1
         self.client: Client | None = None  # from CONNECT, or from the macros at the first MAIL
         self.message: Message | None = None
 
@@ -106,6 +112,11 @@ class MailflowMilter(Milter.Base):
             return self._ctx.getsymval(name)
         except UnicodeDecodeError:
             return UNREADABLE_MACRO
+
+    def _queue_id(self) -> str:
+        """The MTA's queue id (`i`), once it has one: logged as qid=, never judged."""
+        queue_id = self._macro("i")
+        return "" if queue_id is None or queue_id == UNREADABLE_MACRO else queue_id
 
     def apply(self, decision: Decision) -> int:
         if decision is PASS:  # nearly every answer: nothing to set or change
@@ -163,13 +174,15 @@ class MailflowMilter(Milter.Base):
         if self.client is None:
             self.client = self._client_from_macros()
         self.message, decision = self.engine.mail(self.client, sender, self._macro("{auth_authen}"),
-                                                  conn_id=self.conn_id)
+                                                  conn_id=self.conn_id, queue_id=self._queue_id())
         return self.apply(decision)
 
     @_guarded
     def envrcpt(self, recipient: str, *esmtp: str) -> int:
         if self.message is None or self.client is None:
             return Milter.CONTINUE
+        if not self.message.queue_id:  # Postfix names the queue file at the first RCPT, not at MAIL
+            self.message.queue_id = self._queue_id()
         return self.apply(self.engine.rcpt(self.client, self.message, recipient, conn_id=self.conn_id))
 
     @Milter.noreply
@@ -196,4 +209,7 @@ class MailflowMilter(Milter.Base):
         return Milter.CONTINUE
 
     def close(self) -> int:
+        with MailflowMilter._live_lock:
+            MailflowMilter.live -= self._counted  # once, whatever calls close
+            self._counted = False
         return Milter.CONTINUE

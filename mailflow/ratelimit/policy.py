@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mailflow.config import RatePolicy
+from mailflow.settings import RatePolicy
 from mailflow.model import Decision, Reply, Verdict
 from mailflow.ratelimit.bucket import first_shortfall, over_capacity
 

@@ -16,7 +16,7 @@ import urllib.request
 from email.message import EmailMessage
 from typing import Any
 
-from mailflow.config import RblSettings
+from mailflow.settings import RblSettings
 from mailflow.log import log_decision
 from mailflow.model import Client
 

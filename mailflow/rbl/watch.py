@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from mailflow.config import RblSettings
+from mailflow.settings import RblSettings
 from mailflow.log import log_decision
 from mailflow.rbl.alerts import Alerter
 from mailflow.rbl.query import Observation, Poll, make_resolver, poll

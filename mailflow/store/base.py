@@ -77,6 +77,10 @@ class Store(Protocol):
 
     def iter_suppressions(self, scope: str) -> Iterator[Entry]: ...
 
+    def suppression_scopes(self) -> dict[str, int]:
+        """Every list that holds entries (global, account:NAME) -> how many (`suppress rekey`)."""
+        ...
+
     def record_trap_hit(self, account: str) -> int:
         """Count a spam-trap hit; returns the account's hits in the last 24 hours."""
         ...

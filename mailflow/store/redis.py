@@ -216,6 +216,18 @@ class RedisStore:
             for key, value in self.client.hscan_iter(suppression_key(scope), count=10_000):
                 yield Entry.from_value(str(key), str(value))
 
+    def suppression_scopes(self) -> dict[str, int]:
+        prefix = suppression_key("")
+        try:
+            names = sorted({str(name) for name in self.client.scan_iter(match=suppression_key("*"), count=1000)})
+            pipe = self.client.pipeline(transaction=False)
+            for name in names:
+                pipe.hlen(name)
+            sizes = pipe.execute()
+        except redis.RedisError as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return {name[len(prefix):]: int(n) for name, n in zip(names, sizes) if n}
+
     def record_trap_hit(self, account: str) -> int:
         with self._errors():
             return int(self._trap_hit_script(keys=[trap_key(account)], args=[TRAP_WINDOW, os.urandom(8).hex()]))

@@ -243,6 +243,10 @@ class SqliteStore:
                 for key, value in rows:
                     yield Entry.from_value(key, value)
 
+    def suppression_scopes(self) -> dict[str, int]:
+        with self._connection() as conn:
+            return {str(scope): int(n) for scope, n in conn.execute("SELECT scope, COUNT(*) FROM suppression GROUP BY scope")}
+
     def record_trap_hit(self, account: str) -> int:
         with self._connection() as conn:
             now = self.clock()

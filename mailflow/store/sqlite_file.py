@@ -5,11 +5,16 @@
 - `create_private` makes the file 0600, or 0640 with the group the config names, whatever the
   umask. SQLite creates the -wal and -shm files with the database's own mode (and owner, when
   root opens it), so they follow.
+- `owner_for` keeps root (an admin command) from leaving files the service cannot write: run as
+  root, the database is created owned by the store directory's owner, and files root left
+  behind are given back to it. SQLite itself, run as root, gives -wal and -shm the database's
+  owner, so they follow the database.
 - `identity` lets SqliteStore notice the file deleted or replaced under a running process.
 """
 
 from __future__ import annotations
 
+import errno
 import grp
 import logging
 import os
@@ -75,21 +80,34 @@ def check_path(path: str) -> None:
             raise StoreError(f"sqlite: {parent} is not writable for {who}: SQLite keeps {os.path.basename(side)} there")
 
 
+def owner_for(path: str) -> tuple[int, int] | None:
+    """(uid, gid) the database's files must have when root opens them, else None (not root, or
+    root's own directory). The directory's owner is the service user: it is the one set-up step
+    the README asks of the admin (the Debian package makes /var/lib/mailflow mailflow's)."""
+    if os.geteuid() != 0:
+        return None
+    info = os.stat(os.path.dirname(os.path.abspath(path)))
+    return (info.st_uid, info.st_gid) if info.st_uid != 0 else None
+
+
 def create_private(path: str, group: str) -> None:
-    """Create the database file with its mode set (not left to the umask); keep an existing one,
-    tightening a mode wider than ours (an older mailflow made them 0644)."""
-    mode, gid = file_mode(group), group_id(group, path)
+    """Create the database file with its mode set (not left to the umask) and, run as root, owned
+    by the store directory's owner; keep an existing one, tightening a mode wider than ours (an
+    older mailflow made them 0644) and giving back to that owner what root made."""
+    mode, gid, owner = file_mode(group), group_id(group, path), owner_for(path)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, mode)
     except FileExistsError:
         for name in (path, *(path + suffix for suffix in SIDE_FILES)):
-            _tighten(name, mode, gid)
+            _tighten(name, mode, gid, owner)
         return
     except OSError as exc:
         raise StoreError(f"sqlite: cannot create {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, mode)
-        if gid is not None:
+        if owner is not None:
+            os.fchown(fd, owner[0], owner[1] if gid is None else gid)
+        elif gid is not None:
             os.fchown(fd, -1, gid)
     except OSError as exc:  # no empty file left behind for the next start to trip over
         os.unlink(path)
@@ -98,18 +116,33 @@ def create_private(path: str, group: str) -> None:
         os.close(fd)
 
 
-def _tighten(name: str, mode: int, gid: int | None) -> None:
+def _tighten(name: str, mode: int, gid: int | None, owner: tuple[int, int] | None) -> None:
+    # Through a descriptor opened without following links, and only a file with one link: root
+    # must not chmod/chown whatever a link the service user planted points to (/etc/shadow).
     try:
-        info = os.stat(name)
-        if info.st_mode & 0o777 & ~mode:
-            os.chmod(name, mode)
-            log.warning("sqlite: %s was mode %04o, now %04o", name, info.st_mode & 0o777, mode)
-        if gid is not None and info.st_gid != gid:
-            os.chown(name, -1, gid)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        pass
+        return
     except OSError as exc:
-        log.warning("sqlite: cannot set the mode of %s to %04o: %s", name, mode, exc.strerror)
+        why = "it is a symbolic link (left alone)" if exc.errno == errno.ELOOP else exc.strerror
+        log.warning("sqlite: cannot set the mode of %s to %04o: %s", name, mode, why)
+        return
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return
+        if info.st_mode & 0o777 & ~mode:
+            os.fchmod(fd, mode)
+            log.warning("sqlite: %s was mode %04o, now %04o", name, info.st_mode & 0o777, mode)
+        if owner is not None and info.st_uid == 0:  # root made it: the service could not write it
+            os.fchown(fd, owner[0], owner[1] if gid is None else gid)
+            log.warning("sqlite: %s was owned by root, now by uid %d (the store directory's owner)", name, owner[0])
+        elif gid is not None and info.st_gid != gid:
+            os.fchown(fd, -1, gid)
+    except OSError as exc:
+        log.warning("sqlite: cannot set the mode or owner of %s: %s", name, exc.strerror)
+    finally:
+        os.close(fd)
 
 
 def identity(path: str) -> tuple[int, int] | None:

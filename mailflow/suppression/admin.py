@@ -16,7 +16,9 @@ import click
 from mailflow.config import Config
 from mailflow.store.base import Store
 from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
-from mailflow.suppression.keys import Keyring, check_store_key
+from mailflow.suppression import rekey
+from mailflow.suppression.keygen import Refused
+from mailflow.suppression.keys import MIN_SECRET_BYTES, SEALED_WITH_ANOTHER_KEY, Keyring, check_store_key, read_key_file
 from mailflow.suppression.normalize import AddressForms
 
 CSV_HEADER = ["address", "reason", "added_at", "source"]
@@ -100,6 +102,47 @@ def _with_hash_prefix(text: str, hashed: str | None) -> str:
     return f"{hashed}:{text.lower()}" if hashed and ":" not in text else text
 
 
+def _opened(store: Store, matcher: Matcher, scope: str) -> Iterator[tuple[str, Entry]]:
+    """A list's entries with their text. While a re-key is under way every entry has a twin under
+    the other key: those are left out (and counted on stderr), not shown as unreadable."""
+    marker = rekey.rekey_marker(store)
+    twins = 0
+    for entry in store.iter_suppressions(scope):
+        text = matcher.keyring.unseal(entry.sealed)
+        if text == SEALED_WITH_ANOTHER_KEY and marker and marker[0] != "done":
+            twins += 1
+            continue
+        yield text, entry
+    if twins:
+        click.echo(f"({twins} entries under the other key of the re-key under way left out)", err=True)
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar on a terminal; elsewhere (cron, a log) nothing until the summary line."""
+    if not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    with click.progressbar(length=total, label="re-keying", file=sys.stderr) as bar:
+        yield bar.update
+
+
+def _report_copy(tally: rekey.Tally | None, new_key_file: str, seconds: float) -> None:
+    if tally is None:
+        click.echo("the lists already expect the new key: the copy is done")
+    else:
+        click.echo(f"{tally.rekeyed} entries re-keyed in {tally.lists} lists ({tally.already} by an earlier run), "
+                   f"{seconds:.1f}s; the store now expects the new key")
+        for count, what in ((tally.unreadable, "no key opens (left as they are)"),
+                            (tally.unkeyable, "are no longer an address, @domain or hash (left as they are)"),
+                            (tally.renormalised, "were stored under other address-form settings (re-keyed as the "
+                                                 "config reads them now)")):
+            if count:
+                click.echo(f"warning: {count} entries {what}", err=True)
+    click.echo(f"next: install {new_key_file} as the suppression key on every host (same mode and owner), restart "
+               "every milter, then run `mailflow suppress rekey --finish` with the new key in the config")
+
+
 def register(cli: click.Group, load: Callable[[str | None], Config],
              store_of: Callable[[Config], AbstractContextManager[Store]],
              config_option: Callable[[Callable[..., None]], Callable[..., None]]) -> None:
@@ -108,10 +151,15 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     account_option = click.option("--account", default=None, help="The account's list (omit for the global list).")
 
     @contextmanager
-    def lists_of(config: Config, account: str | None) -> Iterator[Store]:
-        """The store, once it is known to hold lists made with this key."""
+    def lists_of(config: Config, account: str | None, changes: bool = False) -> Iterator[Store]:
+        """The store, once it is known to hold lists made with this key (and, to change them, that
+        no re-key is copying them: a change made behind its copy would be lost at the switch)."""
         with store_of(config) as store:
             check_store_key(store, config.suppression.secret, key_check_scopes(config, account))
+            marker = rekey.rekey_marker(store) if changes else None
+            if marker and marker[0] == "copying":
+                raise click.UsageError("a re-key of the lists is under way; run `mailflow suppress rekey "
+                                       "--new-key-file FILE` to complete it, then change the lists")
             yield store
 
     @cli.group()
@@ -129,7 +177,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         matcher = matcher_for(config)
         entries = _each(addresses, lambda a: matcher.make_entry(a, reason, source, int(time.time())))
-        with lists_of(config, account) as store:
+        with lists_of(config, account, changes=True) as store:
             added = store.add_suppressions(scope_for(account), entries)
         click.echo(f"{added} added, {len(entries) - added} already listed ({scope_for(account)})")
 
@@ -142,7 +190,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         matcher = matcher_for(config)
         keys = _each(addresses, lambda a: matcher.entry_key(a)[0])
-        with lists_of(config, account) as store:
+        with lists_of(config, account, changes=True) as store:
             removed = store.remove_suppressions(scope_for(account), keys)
         click.echo(f"{removed} removed ({scope_for(account)})")
 
@@ -172,8 +220,8 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         matcher = matcher_for(config)
         with lists_of(config, account) as store:
-            for entry in store.iter_suppressions(scope_for(account)):
-                click.echo(f"{matcher.keyring.unseal(entry.sealed):<44} {entry.reason:<12} {_iso(entry.added_at)}  {entry.source}")
+            for address, entry in _opened(store, matcher, scope_for(account)):
+                click.echo(f"{address:<44} {entry.reason:<12} {_iso(entry.added_at)}  {entry.source}")
 
     @suppress.command("export")
     @config_option
@@ -189,8 +237,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
                 writer = csv.writer(out, lineterminator="\n")
                 if fmt == "csv":
                     writer.writerow(CSV_HEADER)
-                for entry in store.iter_suppressions(scope_for(account)):
-                    address = matcher.keyring.unseal(entry.sealed)
+                for address, entry in _opened(store, matcher, scope_for(account)):
                     if fmt == "csv":
                         writer.writerow([address, entry.reason, _iso(entry.added_at), entry.source])
                     else:
@@ -223,7 +270,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             bad += 1
             click.echo(f"{path}: {message}", err=True)
 
-        with lists_of(config, account) as store, open(path, encoding="utf-8", errors="replace") as fh, \
+        with lists_of(config, account, changes=True) as store, open(path, encoding="utf-8", errors="replace") as fh, \
                 click.progressbar(length=os.path.getsize(path), label="importing", file=sys.stderr) as bar:
             batch: list[Entry] = []
             for entry in read_entries(fh, matcher, reason, source or os.path.basename(path), hashed, report_bad, bar.update):
@@ -235,6 +282,40 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
                 added, total = added + store.add_suppressions(scope, batch), total + len(batch)
         click.echo(f"{path}: {total} entries read, {added} new, {total - added} already listed, {bad} bad lines "
                    f"skipped, {time.monotonic() - started:.1f}s ({scope})")
+
+    @suppress.command("rekey")
+    @config_option
+    @click.option("--new-key-file", metavar="FILE", default=None,
+                  help="Start (or resume) a re-key to this key; the config names the old one.")
+    @click.option("--finish", is_flag=True, help="Remove the old key's entries (the config names the new key).")
+    @click.option("--batch", type=click.IntRange(1, 100_000), default=BATCH, show_default=True,
+                  help="Entries per write: a stopped run loses at most one batch of work.")
+    def rekey_(config_file: str | None, new_key_file: str | None, finish: bool, batch: int) -> None:
+        """Re-key every list in place, resumably: rekey, install the key everywhere, --finish."""
+        config = load(config_file)
+        current = matcher_for(config)
+        if bool(new_key_file) == finish:
+            raise click.UsageError("give --new-key-file FILE (start or resume a re-key) or --finish")
+        started = time.monotonic()
+        with store_of(config) as store, _progress(sum(store.suppression_scopes().values())) as progress:
+            try:
+                if finish:
+                    removed = rekey.finish(store, current, config.suppression.secret, key_check_scopes(config),
+                                           batch, progress)
+                else:
+                    new_secret = read_key_file(new_key_file or "")
+                    if len(new_secret) < MIN_SECRET_BYTES:
+                        raise click.UsageError(f"{new_key_file}: the key must be at least {MIN_SECRET_BYTES} bytes")
+                    new = Matcher(current.forms, Keyring(new_secret))
+                    copied = rekey.start(store, current, config.suppression.secret, new, new_secret,
+                                         key_check_scopes(config), batch, progress)
+            except rekey.RekeyError as exc:
+                raise Refused(str(exc)) from None
+        if finish:
+            click.echo(f"{removed.removed} entries of the old key removed from {removed.lists} lists, "
+                       f"{time.monotonic() - started:.1f}s: the re-key is finished")
+        else:
+            _report_copy(copied, new_key_file or "", time.monotonic() - started)
 
     @cli.group()
     def account() -> None:

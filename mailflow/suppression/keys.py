@@ -25,6 +25,8 @@ MIN_SECRET_BYTES = 16
 MAX_KEY_FILE_BYTES = 4096
 SEALED_WITH_ANOTHER_KEY = "(sealed with another key)"
 FINGERPRINT_STATE = "suppression:key-fingerprint"
+# Written by `suppress rekey` (suppression/rekey.py): "STEP OLD NEW", the two keys' fingerprints.
+REKEY_STATE = "suppression:rekey"
 
 
 def wire_bytes(text: str) -> bytes:
@@ -148,17 +150,25 @@ def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
             if first is not None and keyring.unseal(first.sealed) == SEALED_WITH_ANOTHER_KEY:
                 raise KeyMismatch(f"the suppression key differs from the one the {scope} list was made with "
                                   f"(its entries cannot be opened with key {mine[:12]}); restore the old key, "
-                                  "or export the lists with it and import them into an empty store")
+                                  "or re-key the lists to this one with the old key in the config "
+                                  "(mailflow suppress rekey)")
         if store.state_swap(FINGERPRINT_STATE, None, mine):
             return
         stored = store.state_get(FINGERPRINT_STATE)  # another process adopted a key first
     if stored == mine:
         store.state_swap(FINGERPRINT_STATE, mine, mine)
         return
+    rekey = (store.state_get(REKEY_STATE) or "").split()
+    if len(rekey) == 3 and rekey[1:] == [mine, stored] and rekey[0] != "copying":
+        raise KeyMismatch(f"the suppression lists were re-keyed (mailflow suppress rekey) from this key {mine[:12]} to "
+                          f"{(stored or '?')[:12]}: install the new key file on this host, then restart")
+    if len(rekey) == 3 and rekey[1:] == [stored, mine] and rekey[0] == "copying":
+        raise KeyMismatch(f"the suppression lists are being re-keyed to this key {mine[:12]} (mailflow suppress rekey); "
+                          "it is accepted once that run has finished")
     raise KeyMismatch(mismatch_message(mine, stored))
 
 
 def mismatch_message(mine: str, stored: str | None) -> str:
     return (f"the suppression key differs from the one this store's lists were made with "
             f"(fingerprint {mine[:12]} vs {(stored or '?')[:12]}); restore the old key, "
-            "or export the lists with it and import them into an empty store")
+            "or re-key the lists to this one with the old key in the config (mailflow suppress rekey)")

@@ -264,3 +264,15 @@ def test_suppression_lookup_peeks_the_buckets_in_the_same_trip(store: Store, sto
     lookup = store.find_suppressions("p.example", ["global"], ["k"], peek=limits)
     assert lookup.levels is not None and lookup.levels[0] == pytest.approx(4, abs=0.01)
     assert store.find_suppressions("p.example", ["global"], ["k"]).levels is None
+
+
+def test_suppression_scopes_lists_every_list_with_its_size(store: Store) -> None:
+    assert store.suppression_scopes() == {}
+    store.add_suppressions("global", _entries(["a@x.example", "b@x.example", "@blocked.example"]))
+    store.add_suppressions("account:shop.example", _entries(["optout@dest.example"]))
+    store.add_suppressions("account:zeta*[x]", _entries(["c@x.example"]))  # glob characters are a name, not a pattern
+    store.state_swap("suppression:key-fingerprint", None, "f")  # state is not a list
+    store.hold_account("held.example", "why")
+    assert store.suppression_scopes() == {"global": 3, "account:shop.example": 1, "account:zeta*[x]": 1}
+    store.remove_suppressions("account:shop.example", [_entries(["optout@dest.example"])[0].key])
+    assert store.suppression_scopes() == {"global": 3, "account:zeta*[x]": 1}  # an emptied list is gone

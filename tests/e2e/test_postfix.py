@@ -74,6 +74,11 @@ def test_smtp_auth_submission_and_the_n_plus_first_recipient(rig: tuple[PrivateP
     [line] = eom_decisions(milter, "shop.example")
     assert (line["source"], line["identity"], line["cost"], line["action"]) == ("sasl", "bob@shop.example", str(N), "continue")
     assert line["qid"]  # Postfix's queue id is logged
+    # ... at RCPT too, once Postfix has one (it opens the queue file at the first valid RCPT),
+    # with the sender in angle brackets and why= for the admin.
+    [deferred] = [d for d in milter.decisions() if d["stage"] == "rcpt" and d.get("rcpt") == f"<{recipients[N]}>"]
+    assert (deferred["qid"], deferred["sender"], deferred["reason"]) == (line["qid"], "<bob@shop.example>", "ratelimit")
+    assert deferred["why"].startswith("the account used up a rate-limit bucket")
     # Postfix's own Received: header is not among the client's headers: no soft signal fires.
     assert "forgery" not in line
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import smtplib
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,9 @@ FORGED_RECEIVED = (f"Received: (from www-data@localhost)\n\tby {HOSTNAME} (8.17.
 
 def milter_config(store: str, local_smtp: str) -> dict[str, Any]:
     return {
+        "forgery": {"accounts": {"webhosting.example": {"domains": ["customer.example"]},
+                                 "victim.example": {"domains": ["victim.example"]}}},
+        "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY", "trap_hits_before_hold": 1},
         "store": {"url": store},
         "accounts": {
             "identify": ["sasl", "local"],
@@ -47,10 +52,10 @@ def packages() -> None:
 
 
 @contextmanager
-def running(workdir: Path, local_smtp: str) -> Iterator[tuple[PrivateSendmail, MilterProcess]]:
+def running(workdir: Path, local_smtp: str, msp_user: str = "www-data") -> Iterator[tuple[PrivateSendmail, MilterProcess]]:
     milter = MilterProcess(workdir, milter_config(f"sqlite://{workdir}/state.db", local_smtp)).start()
     try:
-        mta = PrivateSendmail(milter.port, SASL_USERS).start()
+        mta = PrivateSendmail(milter.port, SASL_USERS, msp_user=msp_user).start()
         try:
             yield mta, milter
         finally:
@@ -83,6 +88,11 @@ def attempt(send: Callable[[], object]) -> tuple[int, str]:
 
 def decisions(milter: MilterProcess, **fields: str) -> list[dict[str, str]]:
     return [d for d in milter.decisions() if all(d.get(k) == v for k, v in fields.items())]
+
+
+def to_postmaster(message: Delivered) -> bool:
+    """To this host's postmaster: the rig's MTA relays it to the sink as postmaster@[127.0.0.1]."""
+    return any(recipient.startswith("<postmaster@") for recipient in message.recipients)
 
 
 def sent_to(recipient: str) -> Callable[[Delivered], bool]:
@@ -159,11 +169,75 @@ def test_a_unix_user_cannot_choose_a_foreign_envelope_sender(rig: tuple[PrivateS
     mta, milter = rig
     mta.submit(MESSAGE.format(author="info@webhosting.example", subject="bank envelope").replace(
         "someone@dest.example", "bank-envelope@dest.example"), "-f", "ceo@bank.example")
-    # The MSP's DSN to the envelope sender is the only message to leave.
-    mta.wait_delivered(lambda m: m.sender == "<>" and m.to("ceo@bank.example"))
-    assert not [m for m in mta.delivered() if m.to("bank-envelope@dest.example")]
+    # The MSP's DSN would carry the refused message to ceo@bank.example (backscatter: review
+    # finding 2): refused too, so the MSP reports to this host's postmaster, and loses nothing.
+    [report] = mta.wait_delivered(lambda m: m.sender == "<>" and to_postmaster(m))
+    assert "ceo@bank.example" in report.text
+    assert not [m for m in mta.delivered() if m.to("bank-envelope@dest.example") or m.to("ceo@bank.example")]
     [line] = decisions(milter, stage="eom", sender="<ceo@bank.example>")
     assert (line["account"], line["identity"], line["action"]) == ("webhosting.example", "www-data", "reject"), line
+    assert [d["reason"] for d in decisions(milter, stage="eom", sender="<>", action="reject")] == ["backscatter"]
+
+
+FAKE_BOUNCE = f"From: Mail Delivery Subsystem <MAILER-DAEMON@{HOSTNAME}>\nTo: {{to}}\nSubject: fake bounce\n\nBUY\n"
+
+
+def test_sendmail_bs_through_the_msp_is_the_users_mail_and_no_user_passes_as_its_bounce(
+        rig: tuple[PrivateSendmail, MilterProcess]) -> None:
+    """Review finding 1: `-bs`, `-p` and `-oMr` change the MSP's header; it named no user, so
+    ordinary `sendmail -bs` was refused and a user's null-sender mail passed as the MSP's bounce."""
+    mta, milter = rig
+    body = MESSAGE.format(author="info@customer.example", subject="symfony").replace("someone@", "bs-msp@")
+    replies = mta.bs(["EHLO web1", f"MAIL FROM:<www-data@{HOSTNAME}>", "RCPT TO:<bs-msp@dest.example>", "DATA",
+                      body.replace("\n", "\r\n") + ".", "QUIT"], user="www-data")
+    assert replies[-2].startswith("250"), replies
+    mta.wait_delivered(sent_to("bs-msp@dest.example"))
+    [line] = decisions(milter, stage="eom", sender=f"<www-data@{HOSTNAME}>")
+    assert (line["identity"], line["account"], line["action"]) == ("www-data", "webhosting.example", "continue"), line
+    fake = FAKE_BOUNCE.format(to="fake-bs@dest.example").replace("\n", "\r\n")
+    mta.bs(["EHLO web1", "MAIL FROM:<>", "RCPT TO:<fake-bs@dest.example>", "DATA", fake + ".", "QUIT"], user="www-data")
+    for flags, to in ((("-p", "smtp:evil.example"), "fake-p@dest.example"), (("-oMrESMTP",), "fake-omr@dest.example")):
+        mta.submit(FAKE_BOUNCE.format(to=to), "-f", "<>", *flags)
+    refused = [d for d in decisions(milter, stage="eom", sender="<>", identity="www-data")]
+    assert len(refused) == 3 and all(d["reason"] == "from_domain" for d in refused), refused
+    assert not [m for m in mta.delivered() if "BUY" in m.text and not to_postmaster(m)]
+
+
+def test_an_msp_users_own_opt_outs_apply_whatever_envelope_domain_it_owns(rig: tuple[PrivateSendmail, MilterProcess]) -> None:
+    """Review finding 4: RCPT looked up customer.example's lists, not webhosting.example's."""
+    mta, milter = rig
+    cli(milter, "suppress", "add", "--account", "webhosting.example", "optout@person.example")
+    message = MESSAGE.format(author="info@customer.example", subject="opted out").replace(
+        "someone@dest.example", "optout@person.example, kept@dest.example")
+    assert mta.submit(message, "-f", "www-data@customer.example").returncode == 0
+    mta.wait_delivered(sent_to("kept@dest.example"))
+    assert not [m for m in mta.delivered() if m.to("optout@person.example")]
+    [line] = decisions(milter, stage="eom", sender="<www-data@customer.example>")
+    assert (line["account"], line["removed"], line["action"]) == ("webhosting.example", "<optout@person.example>", "continue")
+
+
+def test_an_unmapped_unix_user_is_its_own_account(packages: None, tmp_path: Path) -> None:
+    """Review findings 3 and 5: an unmapped user (nobody in the review; backup here) chose
+    victim.example with -f, and its spam-trap hits held victim.example. Its own host address to
+    this host's admins passes (cron)."""
+    with running(tmp_path, "refuse", msp_user="backup") as (mta, milter):
+        cli(milter, "suppress", "add", "--reason", "trap", "trap@traps.example")
+        cron = f"From: Cron Daemon <backup@{HOSTNAME}>\nTo: postmaster@{HOSTNAME}\nSubject: cron\n\nhi\n"
+        assert mta.submit(cron).returncode == 0
+        mta.wait_delivered(lambda m: to_postmaster(m) and "Subject: cron" in m.text)
+        victim = MESSAGE.format(author="ceo@victim.example", subject="victim")
+        mta.submit(victim.replace("someone@dest.example", "trap@traps.example"), "-f", "x@victim.example")
+        mta.wait_delivered(lambda m: m.sender == "<>" and m.to("x@victim.example"))  # hosted here: reported
+        [line] = decisions(milter, stage="eom", sender="<x@victim.example>")
+        assert (line["identity"], line["account"], line["reason"]) == ("backup", "backup", "suppressed"), line
+        assert "account_held account=backup" in milter.log() and "account=victim.example" not in milter.log()
+
+
+def cli(milter: MilterProcess, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "mailflow", *args, "-c", str(milter.config_path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def forged_local_smtp(mta: PrivateSendmail, recipient: str) -> tuple[int, str]:

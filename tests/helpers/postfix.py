@@ -195,15 +195,17 @@ maximal_backoff_time = 2s
         out: list[dict[str, object]] = []
         for path in sorted(self.sink_dir.glob("*")):
             text = path.read_text(errors="replace")
-            sender, recipients = "", []
+            sender, recipients, complete = "", [], False
             for line in text.splitlines():
                 if line.startswith("X-Mail-Args: "):
                     sender = line.split(" ", 1)[1].split()[0]
                 elif line.startswith("X-Rcpt-Args: "):
                     recipients.append(line.split(" ", 1)[1].split()[0])
                 elif not line.strip():
+                    complete = True
                     break
-            out.append({"sender": sender, "recipients": recipients, "text": text})
+            if complete:  # the sink may still be writing the file: its envelope lines end with a blank one
+                out.append({"sender": sender, "recipients": recipients, "text": text})
         return out
 
     def wait_delivered(self, count: int, timeout: float = 20) -> list[dict[str, object]]:

@@ -265,11 +265,14 @@ class PrivateSendmail:
         return subprocess.run(command, input=message.encode(), env=self.env(), capture_output=True, timeout=60,
                               cwd=self.dir)
 
-    def bs(self, commands: list[str], timeout: float = 30) -> list[str]:
-        """`sendmail -bs` as root with the MTA's configuration: SMTP on stdin/stdout. Each command
-        is sent after the previous reply; returns every reply (the greeting first). Killed after
-        `timeout` seconds, which ends every read."""
-        proc = subprocess.Popen([str(self.dir / "bin" / "sendmail"), "-C", str(self.dir / "mta.cf"), "-bs"],
+    def bs(self, commands: list[str], timeout: float = 30, user: str | None = None) -> list[str]:
+        """`sendmail -bs` as root with the MTA's configuration, or with `user` as that Unix user
+        through the MSP (Symfony Mailer's default): SMTP on stdin/stdout. Each command is sent
+        after the previous reply (a DATA body as one command ending in `.`); returns every reply
+        (the greeting first). Killed after `timeout` seconds, which ends every read."""
+        as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+        config = self.dir / ("submit.cf" if user else "mta.cf")
+        proc = subprocess.Popen([*as_user, str(self.dir / "bin" / "sendmail"), "-C", str(config), "-bs"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 env=self.env(), cwd=self.dir)
         assert proc.stdin is not None and proc.stdout is not None

@@ -74,8 +74,10 @@ def write_config(path: Path, config: dict[str, Any]) -> Path:
 class MilterProcess:
     """`python -m mailflow run` in a subprocess, with its log captured to a file."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], name: str = "milter") -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, config: dict[str, Any], name: str = "milter", port: int | None = None,
+                 args: tuple[str, ...] = ()) -> None:
+        self.port = port or free_port()
+        self.args = args
         self.socket = f"inet:{self.port}@127.0.0.1"
         config = {**config, "milter": {**config.get("milter", {}), "socket": self.socket}}
         self.config_path = write_config(workdir / f"{name}.toml", config)
@@ -85,7 +87,7 @@ class MilterProcess:
     def start(self) -> MilterProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailflow", "run", "-c", str(self.config_path)],
+            [sys.executable, "-m", "mailflow", "run", "-c", str(self.config_path), *self.args],
             stdout=log, stderr=log, cwd=REPO,
         )
         log.close()

@@ -34,7 +34,8 @@ def milter(start_milter: Callable[..., MilterProcess], store_url: str) -> Milter
 
 
 def session(milter: MilterProcess, client: tuple[str, str, int], sender: str, headers: Sequence[tuple[str, str]],
-            mail_macros: dict[str, str] | None = None, eom_macros: dict[str, str] | None = None) -> tuple[Response, str]:
+            mail_macros: dict[str, str] | None = None, eom_macros: dict[str, str] | None = None,
+            rcpt: str = "rcpt@dest.example") -> tuple[Response, str]:
     """MAIL (its reply), then one RCPT, the headers and end of message (its SMTP reply)."""
     with MilterClient(milter.socket) as c:
         c.connect(*client)
@@ -42,7 +43,7 @@ def session(milter: MilterProcess, client: tuple[str, str, int], sender: str, he
         mail = c.mail(sender, macros=mail_macros)
         if mail.action != "continue":
             return mail, ""
-        assert c.rcpt("rcpt@dest.example").action == "continue"
+        assert c.rcpt(rcpt).action == "continue"
         for name, value in headers:
             c.header(name, value)
         c.eoh()
@@ -94,13 +95,31 @@ def test_the_msps_bounce_passes_and_is_charged_to_local(milter: MilterProcess) -
                            "\n\tThu, 26 Nov 2026 15:58:16 GMT"),
               ("From", f"Mail Delivery Subsystem <MAILER-DAEMON@{HOST}>"), ("To", "reject@host.example"),
               ("Subject", "Returned mail: see transcript for details")]
-    mail, eom = session(milter, ("localhost", "127.0.0.1", 41001), "<>", bounce, MSP_LISTENER)
+    mail, eom = session(milter, ("localhost", "127.0.0.1", 41001), "<>", bounce, MSP_LISTENER, rcpt=f"postmaster@{HOST}")
     assert eom == "continue"
     line = milter.decisions()[-1]
     assert (line["source"], line["account"], line["sender"], line["action"]) == ("local", "local", "<>", "continue")
+    # To an address elsewhere it would be backscatter (review finding 2).
+    mail, eom = session(milter, ("localhost", "127.0.0.1", 41001), "<>", bounce, MSP_LISTENER, rcpt="t@gmail.example")
+    assert eom.startswith("550 5.7.1 Delivery reports of the local submission program go only to addresses"), eom
     # On the MTA's port the same bounce is plain unauthenticated loopback SMTP.
     mail, _ = session(milter, ("localhost", "127.0.0.1", 41002), "<>", bounce, {"{daemon_name}": "MTA-v4"})
     assert mail.smtp.startswith("550 5.7.1 Unauthenticated SMTP")
+
+
+def test_sendmail_bs_through_the_msp_names_the_user(milter: MilterProcess) -> None:
+    """Review finding 1: `from HELO (USER@localhost) … with ESMTP` named no user: not_from_msp."""
+    received = f"from web1 (www-data@localhost)\n\tby {HOST} (8.17.1.9/8.17.1.9/Submit) with ESMTP id 6AQ1;\n\tThu"
+    mail, eom = session(milter, ("localhost", "127.0.0.1", 41001), f"www-data@{HOST}",
+                        [("Received", received), ("From", "info@customer.example")], MSP_LISTENER)
+    assert eom == "continue"
+    assert (milter.decisions()[-1]["identity"], milter.decisions()[-1]["account"]) == ("www-data", "webhosting.example")
+
+
+def test_v4_mapped_loopback_smtp_is_this_hosts(milter: MilterProcess) -> None:
+    """Review finding 10: ::ffff:127.0.0.1 was judged inbound and accepted unpoliced."""
+    mail, _ = session(milter, ("localhost", "::ffff:127.0.0.1", 41000), "x@attacker.example", [], {"{daemon_name}": "MTA-v4"})
+    assert mail.smtp.startswith("550 5.7.1 Unauthenticated SMTP"), mail.smtp
 
 
 def test_sendmail_bs_is_local_mail(milter: MilterProcess) -> None:

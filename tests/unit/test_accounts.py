@@ -9,6 +9,7 @@ from mailflow.accounts import (
     Refusal,
     canonical_domain,
     identify,
+    is_msp_dsn,
     is_own_bounce,
     msp_user,
     refine_local_identity,
@@ -133,6 +134,7 @@ def test_order_of_sources_is_honoured() -> None:
                     {"b.example": "b.example"}.get) == Identity("trusted_ip", "10.1.2.3", "b.example")
 
 
+MSP_DSN = "from localhost (localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) id 6AQFwG9a011093;\n\tThu"
 MSP_RECEIVED = ("(from www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) id 6AQFw43Y010977"
                 "\n\tfor rcpt@dest.example; Thu, 26 Nov 2026 15:58:04 GMT")  # as Sendmail 8.17 hands it over
 
@@ -147,7 +149,17 @@ MSP_RECEIVED = ("(from www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/
         ("from mx.example (mx.example [192.0.2.1]) by h", None),
         ("(from alice@example.com) by h", None),
         # The MSP's own bounce: no user.
-        ("from localhost (localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) id 6AQFwG9a011093;\n\tThu", None),
+        (MSP_DSN, None),
+        # `sendmail -bs` (HELO web1), `-p smtp:evil.example`, `-oMrESMTP`: the user is still named.
+        ("from web1 (www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) with ESMTP id 6AQ1;"
+         "\n\tThu", "www-data"),
+        ("from evil.example (www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) with smtp"
+         " id 6AQ1\n\tfor a@dest.example; Thu", "www-data"),
+        ("(from www-data@localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) with ESMTP id 6AQ1; Thu",
+         "www-data"),
+        ("from a b (www-data@localhost)\n\tby h (8.17.1/8.17.1/Submit) id 3A; d", None),
+        ("(from w\udcff@localhost)\n\tby h (8.17.1/8.17.1/Submit) id 3A; d", None),  # not a Unix login
+        ("from localhost (localhost@localhost)\n\tby h (8.17.1/8.17.1/Submit) id 3A; d", "localhost"),
     ],
 )
 def test_sendmail_msp_received_header(value: str, user: str | None) -> None:
@@ -158,9 +170,16 @@ def test_the_msp_header_parser_is_linear() -> None:
     import time
     start = time.perf_counter()
     for value in ("(from " + "a" * 100_000, "(from a@localhost)\n\tby " + "h" * 100_000,
-                  MSP_RECEIVED.replace("for rcpt", "for " + "r " * 50_000)):
-        assert msp_user(value) is None
+                  MSP_RECEIVED.replace("for rcpt", "for " + "r " * 50_000), "from " + "h" * 100_000,
+                  "from " + "h " * 50_000, "from localhost (localhost)\n\tby " + "h" * 100_000):
+        assert msp_user(value) is None and not is_msp_dsn(value)
     assert time.perf_counter() - start < 0.1
+
+
+def test_the_msps_own_delivery_reports_name_no_user() -> None:
+    assert is_msp_dsn(MSP_DSN) and not is_msp_dsn(MSP_RECEIVED)
+    assert not is_msp_dsn(MSP_DSN.replace("(localhost)", "(www-data@localhost)"))
+    assert not is_msp_dsn(MSP_DSN.replace("/Submit", ""))
 
 
 def test_own_bounces_are_signed_with_this_hosts_names() -> None:
@@ -171,10 +190,10 @@ def test_own_bounces_are_signed_with_this_hosts_names() -> None:
     assert not is_own_bounce(SETTINGS, "<>", "ceo", "mx1.provider.example")
 
 
-def test_msp_user_maps_through_the_identity_map_or_keeps_the_sender_account() -> None:
-    identity = Identity("local", "x@blog.example", "blog.example")
-    assert refine_local_identity(SETTINGS, identity, "www-data") == Identity("local", "www-data", "hosting.example")
-    assert refine_local_identity(SETTINGS, identity, "carol") == Identity("local", "carol", "blog.example")
+def test_msp_user_maps_through_the_identity_map_or_is_its_own_account() -> None:
+    assert refine_local_identity(SETTINGS, "www-data") == Identity("local", "www-data", "hosting.example")
+    # Unmapped: its own account (owning no domain), never the sender domain it chose with -f.
+    assert refine_local_identity(SETTINGS, "Carol") == Identity("local", "Carol", "carol")
 
 
 @given(st.text(max_size=80))

@@ -25,7 +25,7 @@ STORE_COMMANDS = [
     ["domains", "add", "shop.example", "shop-news.example"], ["domains", "remove", "shop.example", "x.example"],
     ["domains", "list", "shop.example"], ["suppress", "add", "a@x.example"], ["suppress", "remove", "a@x.example"],
     ["suppress", "check", "a@x.example"], ["suppress", "list"], ["suppress", "export"],
-    ["suppress", "import", "IMPORT"], ["account", "hold", "a"], ["account", "release", "a"], ["account", "list"],
+    ["suppress", "import", "IMPORT"], ["suppress", "rekey", "--finish"], ["account", "hold", "a"], ["account", "release", "a"], ["account", "list"],
     ["rbl", "watch", "--cycles", "1"],
 ]
 ALL_COMMANDS = STORE_COMMANDS + [["rbl", "check"], ["replay", "--from-log", "tests/fixtures/mail.log"]]

@@ -1,10 +1,12 @@
+import os
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
 
-from mailflow.config import ConfigError, config_path, load_config, parse_config
+from mailflow.cli import main
+from mailflow.config import ConfigError, config_path, config_warnings, load_config, parse_config
 from mailflow.ratelimit.limits import parse_limit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,9 +43,40 @@ def test_the_documented_sample_is_accepted_as_it_stands() -> None:
     assert big.unit == "recipient"
 
 
-@pytest.mark.parametrize("name", ["mailflow.toml", "dev.toml"])
-def test_shipped_configs_are_valid(name: str) -> None:
-    load_config(str(REPO / "conf" / name))
+# The two lines debian/rules replaces in conf/mailflow.toml to make the package's conffile.
+PACKAGE_LINES = ('socket = "inet:8890@127.0.0.1"', 'hash_key_env = "MAILFLOW_SUPPRESSION_KEY"')
+
+
+def installed_config(tmp_path: Path) -> Path:
+    """conf/mailflow.toml as the Debian package installs it (a unix socket in its runtime
+    directory, the key file made at first install, the state directory), with those host paths
+    moved under tmp_path."""
+    key = tmp_path / "suppression.key"
+    key.write_bytes(os.urandom(32).hex().encode())
+    key.chmod(0o600)
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "run").mkdir()
+    lines = (REPO / "conf" / "mailflow.toml").read_text().splitlines()
+    assert all(line in lines for line in PACKAGE_LINES) and 'url = "sqlite:///var/lib/mailflow/state.db"' in lines
+    package = {PACKAGE_LINES[0]: f'socket = "unix:{tmp_path}/run/milter.sock"',
+               PACKAGE_LINES[1]: f'hash_key_file = "{key}"'}
+    text = "\n".join(package.get(line, line) for line in lines).replace("/var/lib/mailflow/", f"{tmp_path}/lib/")
+    path = tmp_path / "mailflow.toml"
+    path.write_text(text + "\n")
+    return path
+
+
+def test_shipped_configs_are_valid(tmp_path: Path) -> None:
+    load_config(str(installed_config(tmp_path)))
+    load_config(str(REPO / "conf" / "dev.toml"))
+
+
+def test_the_installed_config_passes_check_config_without_a_warning(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = installed_config(tmp_path)
+    main(["check-config", "-c", str(path)])  # returns: exit 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{path}: OK") and err == ""
 
 
 def test_defaults_without_a_file_body() -> None:
@@ -262,3 +295,94 @@ def test_toml_syntax_errors_name_the_line(tmp_path: Path) -> None:
     cfg.write_text('[milter]\nmode = "enforce"\ntimeout = = 3\n')
     with pytest.raises(ConfigError, match=r"not valid TOML: .*line 3"):
         load_config(str(cfg))
+
+
+# -- every error at once, warnings -----------------------------------------------------------
+
+MANY_ERRORS = """
+[milter]
+mode = "loud"
+timeout = 0
+[store]
+url = "mysql://x"
+[accounts]
+trusted_networks = ["10.0.0.0/33", "10.0.0.0/8"]
+[ratelimit]
+limits = ["600/fortnight", "5/hour", "6/hour"]
+[ratelimit.accounts."big.example"]
+limts = ["1/hour"]
+[forgery.rules]
+from_domain = "explode"
+no_such_rule = "tag"
+[rbl]
+interval = "often"
+[[rbl.zones]]
+name = "x.example"
+codes = { "10.0.0.1" = "bad" }
+[log]
+target = "file"
+[nonsense]
+a = 1
+"""
+
+
+def test_every_error_in_the_file_is_reported_each_with_its_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(MANY_ERRORS)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(path))
+    keys = [error.removeprefix(f"{path}: ").split(": ", 1)[0] for error in err.value.errors]
+    assert keys == ["milter.mode", "milter.timeout", "store.url", "accounts.trusted_networks[0]",
+                    "ratelimit.limits[0]", "ratelimit.limits[2]", 'ratelimit.accounts."big.example".limts',
+                    "forgery.rules.from_domain", "forgery.rules.no_such_rule",
+                    'rbl.zones[0].codes."10.0.0.1"', "rbl.interval", "log.target", "nonsense"]
+    assert str(err.value).count("\n") == len(keys) - 1
+
+
+def test_check_config_and_run_print_every_error_one_line_each_exit_2(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(MANY_ERRORS)
+    for command in ("check-config", "run"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "-c", str(path)])
+        assert exit_.value.code == 2
+        out, err = capsys.readouterr()
+        lines = err.splitlines()
+        assert out == "" and len(lines) == 13, err
+        assert all(line.startswith(f"mailflow: bad config: {path}: ") for line in lines)
+        assert "Traceback" not in err
+
+
+DANGEROUS = """
+[milter]
+on_error = "accept"
+[accounts]
+trusted_networks = ["10.0.0.0/8", "0.0.0.0/0", "64.0.0.0/7", "2001:db8::/48", "2000::/16"]
+local_smtp = "sender_domain"
+[rbl]
+ips = ["192.0.2.1"]
+interval = "30s"
+"""
+
+
+def test_dangerous_values_are_warnings_with_their_key() -> None:
+    warnings = config_warnings(parse_config(tomllib.loads(DANGEROUS)))
+    keys = [warning.split(": ", 1)[0] for warning in warnings]
+    assert keys == ["accounts.trusted_networks[1]", "accounts.trusted_networks[2]", "accounts.trusted_networks[4]",
+                    "accounts.trusted_networks[1]",  # 0.0.0.0/0 also holds loopback, which is never trusted_ip
+                    "accounts.local_smtp", "rbl.interval", "milter.on_error"]
+    assert "no [rbl.alerts] webhook or email_to" in warnings[-1] and "no metrics" in warnings[-1]
+    alerted = DANGEROUS + '[rbl.alerts]\nwebhook = "https://alerts.example/hook"\n'
+    assert not any(w.startswith("milter.on_error") for w in config_warnings(parse_config(tomllib.loads(alerted))))
+    assert config_warnings(parse_config({})) == []
+
+
+def test_check_config_prints_warnings_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "warn.toml"
+    path.write_text(DANGEROUS + f'[store]\nurl = "sqlite://{tmp_path}/state.db"\n')
+    main(["check-config", "-c", str(path)])
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{path}: OK")
+    lines = err.splitlines()
+    assert len(lines) == 7 and all(line.startswith("mailflow: warning: ") for line in lines), err

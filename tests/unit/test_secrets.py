@@ -204,10 +204,18 @@ def test_masking_keeps_what_is_no_secret() -> None:
     assert redact_url("redis://:s3cret@cache.internal:6380/2") == "redis://:***@cache.internal:6380/2"
     assert redact_url("sqlite:///var/lib/mail@flow/state.db") == "sqlite:///var/lib/mail@flow/state.db"
     assert redact_text("from=<a@b.example> no url here") == "from=<a@b.example> no url here"
-    long_line = "x" * 200_000 + "://" + "y" * 200_000
-    started = time.perf_counter()
-    redact_text(long_line * 5)
-    assert time.perf_counter() - started < 0.5  # linear: it also runs on log lines
+    # Linear: it also runs on log lines that carry client input. Four times the input may take
+    # about four times as long (a quadratic scan would take sixteen); best of three, against noise.
+    def best_time(copies: int) -> float:
+        line = ("x" * 20_000 + "://" + "y" * 20_000) * copies
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            redact_text(line)
+            timings.append(time.perf_counter() - started)
+        return min(timings)
+
+    assert best_time(8) < 8 * best_time(2)
 
 
 def test_run_checks_the_key_once_a_store_that_was_down_answers(tmp_path: Path) -> None:
@@ -227,19 +235,22 @@ def test_run_checks_the_key_once_a_store_that_was_down_answers(tmp_path: Path) -
                        '[suppression]\nhash_key_env = "MAILFLOW_SUPPRESSION_KEY"\n')
         os.kill(pid, signal.SIGSTOP)
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "mailflow", "run", "-c", str(cfg)], cwd=REPO,
-                                    env={**os.environ, "MAILFLOW_SUPPRESSION_KEY": KEY_B},
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            from tests.helpers.servers import wait_for_port
-
-            wait_for_port(milter_port, timeout=20, proc=None)
+            with open(tmp_path / "out", "wb") as out:
+                proc = subprocess.Popen([sys.executable, "-m", "mailflow", "run", "-c", str(cfg)], cwd=REPO,
+                                        env={**os.environ, "MAILFLOW_SUPPRESSION_KEY": KEY_B}, stdout=out,
+                                        stderr=subprocess.STDOUT)
+            # The socket is open before a worker checks the store: wait until one serves without it.
+            deadline = time.monotonic() + 20
+            while b"ready" not in (tmp_path / "out").read_bytes() and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
             os.kill(pid, signal.SIGCONT)
         try:
             code = proc.wait(timeout=20)
         finally:
             proc.kill()
-            output = proc.communicate(timeout=10)[0]
+            proc.wait(timeout=10)
+            output = (tmp_path / "out").read_text()
         client.close()
     assert "the suppression key is checked once it does" in output
     assert code == 2 and output.splitlines()[-1].startswith("mailflow: the suppression key differs"), output
