@@ -14,13 +14,10 @@ from mailflow.model import Client, Identity
 from tests.unit.test_identity_engine import make_engine, transaction
 
 LOOPBACK_LISTED = ["10.0.0.0/8", "127.0.0.0/8", "::1/128", "::ffff:0:0/96"]
-V4_MAPPED_LOOPBACK = pytest.param(
-    "::ffff:127.0.0.1", marks=pytest.mark.xfail(not Client(address="::ffff:127.0.0.1").on_this_host,
-                                                reason="model._is_loopback learns v4-mapped loopback on i13-fixmsp"))
 
 
 @pytest.mark.parametrize("identify_order", [["sasl", "local", "trusted_ip"], ["trusted_ip", "local"]])
-@pytest.mark.parametrize("address", ["127.0.0.1", "127.9.9.9", "::1", V4_MAPPED_LOOPBACK])
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"])
 def test_loopback_in_trusted_networks_is_still_refused(address: str, identify_order: list[str]) -> None:
     settings = parse_config({"accounts": {"identify": identify_order, "trusted_networks": LOOPBACK_LISTED,
                                           "ip_map": {"127.0.0.0/8": "farm.example"}}}).accounts
