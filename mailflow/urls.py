@@ -9,7 +9,7 @@ import re
 from urllib.parse import parse_qsl, urlsplit
 
 STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix")
-_REDIS_QUERY_KEYS = {"db", "password", "username", "socket_timeout", "socket_connect_timeout", "health_check_interval",
+_REDIS_QUERY_KEYS = {"db", "password", "username", "health_check_interval",
                      "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "protocol",
                      "client_name", "decode_responses", "encoding"}
 _SECRET_QUERY_KEYS = ("password=", "pass=", "pw=", "token=", "key=")

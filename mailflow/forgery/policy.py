@@ -1,17 +1,19 @@
 """From findings to one verdict, and the ownership data the checks need, kept fresh.
 
 The strongest action among the findings decides (reject > tempfail > hold > tag); every
-finding is logged. Ownership from the store is cached for `domains_refresh_seconds`, so the
-forgery checks add no store round trip per message; a failed refresh keeps the last good data.
+finding is logged. Ownership from the store is read at start, then every
+`domains_refresh_seconds` by a background thread: the forgery checks read the latest snapshot,
+never the store, so a message never waits on a refresh (nor on a failing store twice). A failed
+refresh keeps the last good data.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
+import weakref
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mailflow.accounts import resolve_account
@@ -57,27 +59,37 @@ def judge_findings(findings: Sequence[Finding], actions: Mapping[str, str]) -> F
 class Ownership:
     """The Checker for the current ownership data: config and map file, plus the store's domains."""
 
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.clock = clock
         self._lock = threading.Lock()
         self._static_domains, self._static_addresses = static_ownership(config)
         self._store_domains: dict[str, str] = {}
         self._checker = self._build()
-        self._loaded_at = float("-inf")
+        self._started = False
+        self._start_lock = threading.Lock()  # not _lock: a refresh under way must not hold a message
+        self._stop = threading.Event()
+        self.refresh()  # the first read, at start: never inside a milter callback
 
     def checker(self) -> Checker:
-        if self.clock() - self._loaded_at >= self.config.forgery.domains_refresh_seconds:
-            self.refresh()
+        """The latest snapshot; the first call starts the background refresh (like the replica's)."""
+        if not self._started:
+            self._start()
         return self._checker
 
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=_refresh_every, name="mailflow-domains", daemon=True,
+                         args=(weakref.ref(self), self.config.forgery.domains_refresh_seconds, self._stop)).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
     def refresh(self) -> None:
-        # One thread refreshes; the others keep using the current checker meanwhile.
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            self._loaded_at = self.clock()
+        with self._lock:
             try:
                 domains = self.store.domains()
             except StoreError as exc:
@@ -86,8 +98,6 @@ class Ownership:
             if domains != self._store_domains:
                 self._store_domains = domains
                 self._checker = self._build()
-        finally:
-            self._lock.release()
 
     def _build(self) -> Checker:
         domains: dict[str, set[str]] = defaultdict(set)
@@ -99,6 +109,16 @@ class Ownership:
         protected: list[tuple[str, str | None]] = [(brand, None) for brand in self.config.forgery.protected_brands]
         protected += list(directory.hosted_organisational_domains())
         return Checker(directory, LookalikeIndex(protected), self.config.forgery.max_date_skew_hours)
+
+
+def _refresh_every(ownership: weakref.ref[Ownership], seconds: float, stop: threading.Event) -> None:
+    """The background refresh; it ends with `stop` or once its Ownership is gone."""
+    while not stop.wait(seconds):
+        current = ownership()
+        if current is None:
+            return
+        current.refresh()
+        del current  # no strong reference while waiting
 
 
 def static_ownership(config: Config) -> tuple[dict[str, set[str]], dict[str, set[str]]]:

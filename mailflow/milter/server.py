@@ -265,6 +265,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
 
     try:
         store.ping()
+        _check_suppression_key(config, store)  # a store that cannot be read or written: an outage too
     except StoreError as exc:  # the milter still starts: on_error covers an outage, and it recovers
         log.warning("store %s not answering at start (%s); on_error=%s applies until it does%s",
                     redact_url(config.store.url), exc, config.milter.on_error,
@@ -272,7 +273,6 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
         if config.suppression.enabled:
             _watch_key(config, store, on_key_mismatch, KEY_RETRY_SECONDS)
     else:
-        _check_suppression_key(config, store)
         if config.suppression.enabled:
             _watch_key(config, store, on_key_mismatch, KEY_REFRESH_SECONDS)
     engine = MailflowMilter.engine = Engine(config, store)
@@ -304,7 +304,7 @@ def _check_suppression_key(config: Config, store: Store) -> None:
         return
     try:
         check_store_key(store, config.suppression.secret, key_check_scopes(config))
-    except BaseException:
+    except KeyMismatch:
         store.close()
         raise
 

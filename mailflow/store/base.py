@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
-from mailflow.suppression.entries import Entry
+
+if TYPE_CHECKING:  # annotations only: suppression/keys.py imports StoreError from here
+    from mailflow.suppression.entries import Entry
 
 
 class StoreError(Exception):

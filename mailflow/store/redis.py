@@ -20,7 +20,7 @@ from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
 from mailflow.ratelimit.recent import RecentLevels
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
-from mailflow.store.redis_pool import HotPool
+from mailflow.store.redis_pool import HotPool, admin_deadlines
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
 
@@ -73,6 +73,7 @@ class RedisStore:
         )
         self._password: str | None = self.client.connection_pool.connection_kwargs.get("password")
         self._hot_pool = HotPool(self.client, timeout_ms)
+        admin_deadlines(self.client)  # after the hot pool took the plain connection class
         self._debit_script = self.client.register_script(_lua("debit.lua"))
         self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
@@ -106,15 +107,8 @@ class RedisStore:
         broken = True  # until every reply is read: a half-read connection must not be reused
         try:
             for attempt in (1, 2):
-                conn.send_packed_command(conn.pack_commands(commands))
-                replies: list[Any] = []
-                failed = False
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except redis.ResponseError as exc:  # one reply; the stream stays in step
-                        replies.append(exc)
-                        failed = True
+                replies = self._exchange(conn, commands, reused=attempt == 1 and conn._sock is not None)
+                failed = any(isinstance(reply, redis.ResponseError) for reply in replies)
                 if not failed or attempt == 2 or not any(
                         isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
                     break
@@ -131,6 +125,36 @@ class RedisStore:
                 if isinstance(reply, redis.ResponseError):
                     raise store_error(reply, self._timeout_ms, self._password) from reply
         return replies
+
+    @staticmethod
+    def _exchange(conn: Any, commands: Sequence[Sequence[Any]], reused: bool) -> list[Any]:
+        """Send and read every reply (an error reply as a ResponseError in its place). A reused
+        connection Redis closed before it took the command (CLIENT KILL, idle timeout) is tried
+        once more on a fresh one: when the send fails, or a reset comes before any reply byte
+        (Redis resets a connection it closes with input unread). Never after a reply byte or a
+        plain close, when the command may have run: a debit must not run twice."""
+        packed = conn.pack_commands(commands)
+        while True:
+            sock = None
+            try:
+                conn.send_packed_command(packed)
+                sock = conn._sock
+                replies: list[Any] = []
+                for _ in commands:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # one reply; the stream stays in step
+                        replies.append(exc)
+                return replies
+            except redis.ConnectionError as exc:
+                cause = exc.__context__
+                if sock is None:  # the send failed; unless it timed out (Redis slow, not gone), nothing went
+                    untaken = not isinstance(cause, BlockingIOError)
+                else:
+                    untaken = isinstance(cause, ConnectionResetError) and not getattr(sock, "received", True)
+                if not (reused and untaken):
+                    raise
+                reused = False  # redis-py disconnected it: the next send reconnects
 
     def _debit_command(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> list[Any]:
         keys, args = self._debit_call(account, limits, cost, commit)

@@ -4,7 +4,8 @@ Every message makes two calls (RCPT lookup, EOM debit). redis-py's client layers
 with a readiness select, retry wrapper, Script objects) cost about as much CPU as the rest of the
 milter, so these calls speak on plain connections kept here.
 
-A fixed number of slots: a caller takes an idle connection, else makes one while fewer than
+A fixed number of slots: a caller takes an idle connection (looked at for a close by Redis on
+every reuse: one poll), else makes one while fewer than
 `size` exist, else waits briefly when all are out (MAX_WAIT: a healthy Redis frees one within a millisecond,
 and the wait adds to the call's own timeout), and always puts it back, disconnected after a failure. However many calls fail, over however many outages, no slot is ever lost, at most
 `size` connections exist, and a disconnected one reconnects on its next use: the first call after
@@ -13,6 +14,7 @@ Redis is back succeeds.
 
 from __future__ import annotations
 
+import errno
 import queue
 import select
 import socket
@@ -25,30 +27,120 @@ import redis
 from mailflow.store.base import StoreError
 
 SIZE = 64  # connections at most; a call holds one for one round trip, so few are ever open
-# A connection unused this long is checked for a close by Redis (restart, idle timeout) before
-# it is used: a cheap select, skipped while connections are in steady use.
-RECHECK_IDLE = 0.05
 MAX_WAIT_MS = 100  # for a free connection, at most; and at most half the store's timeout
+DEADLINE_SLACK = 0.01  # a read's timeout is lowered to what remains once it is this much shorter
 
 
-class _KernelTimeouts:
+class DeadlineSocket(socket.socket):
+    """A socket whose reply must arrive within `budget` seconds of the request, however it
+    trickles in: each read waits only what remains (a peer sending one byte per read timeout
+    would otherwise hold a call for seconds). The cost while Redis answers promptly: two clock
+    reads (vDSO, no syscall) per call; the timeout is set (one setsockopt) only on a second read
+    of a slow reply, and set back on the next request."""
+
+    __slots__ = ("budget", "kernel", "poller", "received", "_deadline", "_timeout")
+
+    budget: float
+    kernel: bool  # the timeout lives in SO_RCVTIMEO (hot path), else in Python's settimeout
+    _deadline: float
+    _timeout: float  # the read timeout in force now
+    poller: select.poll  # this socket alone, for a look at a close before reuse (cheaper than select)
+    received: bool  # a byte (or EOF) came since the last request: see redis._exchange
+
+    @classmethod
+    def adopt(cls, sock: socket.socket, budget: float, kernel: bool) -> DeadlineSocket:
+        """`sock`'s descriptor as a DeadlineSocket (`sock` is left detached)."""
+        blocking_timeout = sock.gettimeout()
+        new = cls(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        new.settimeout(blocking_timeout)
+        new.budget, new.kernel, new._deadline, new._timeout = budget, kernel, float("inf"), budget
+        new.received = False
+        new.poller = select.poll()
+        new.poller.register(new, select.POLLIN)
+        return new
+
+    def _set_timeout(self, seconds: float) -> None:
+        self._timeout = seconds
+        if self.kernel:
+            self.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(seconds))
+        else:
+            self.settimeout(seconds)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._deadline = time.monotonic() + self.budget
+        self.received = False
+        if self._timeout != self.budget:
+            self._set_timeout(self.budget)
+        super().sendall(data, flags)
+
+    def _before_read(self) -> None:
+        remaining = self._deadline - time.monotonic()
+        if remaining < self._timeout - DEADLINE_SLACK:
+            if remaining <= 0:  # as the timeout itself reports it (redis_errors: "no answer within")
+                if self.kernel:
+                    raise BlockingIOError(errno.EAGAIN, "no reply within the call's deadline")
+                raise socket.timeout("timed out")
+            self._set_timeout(remaining)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._before_read()
+        count = super().recv_into(buffer, nbytes, flags)
+        self.received = True
+        return count
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:  # redis-py's parser without hiredis
+        if flags:  # a MSG_PEEK for a close is no read of a reply
+            return super().recv(bufsize, flags)
+        self._before_read()
+        data = super().recv(bufsize, flags)
+        self.received = True
+        return data
+
+
+def _timeval(seconds: float) -> bytes:
+    """A struct timeval for SO_RCVTIMEO/SO_SNDTIMEO; never zero, which would mean no timeout."""
+    micros = max(1, round(seconds * 1_000_000))
+    return struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
+
+
+class _Deadlines:
+    """A connection whose socket is a DeadlineSocket (budget: the connection's socket_timeout)."""
+
+    socket_timeout: float | None
+    kernel_timeouts = False
+
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()  # type: ignore[misc]
+        timeout = self.socket_timeout
+        if not timeout:
+            return sock
+        if self.kernel_timeouts:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+            sock.settimeout(None)
+        return DeadlineSocket.adopt(sock, timeout, self.kernel_timeouts)
+
+
+class _KernelTimeouts(_Deadlines):
     """Hot-path connections: the timeout lives in the kernel (SO_RCVTIMEO/SO_SNDTIMEO), the
     Python socket is blocking. With a Python-level timeout every send and receive is a poll()
     plus the call, each releasing and re-taking the GIL, which under libmilter's many threads
     costs more CPU than the Redis call itself. A timed-out call raises OSError (EAGAIN), which
     redis-py reports as a ConnectionError whose context is a BlockingIOError (redis_errors)."""
 
-    socket_timeout: float | None
+    kernel_timeouts = True
 
-    def _connect(self) -> socket.socket:
-        sock: socket.socket = super()._connect()  # type: ignore[misc]
-        timeout = self.socket_timeout or 0.0
-        seconds = int(timeout)
-        packed = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, packed)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, packed)
-        sock.settimeout(None)
-        return sock
+
+_PLAIN = (redis.Connection, redis.UnixDomainSocketConnection)  # TLS keeps redis-py's own timeouts
+
+
+def _with(mixin: type, kind: type) -> type:
+    return type(f"{mixin.__name__.strip('_')}{kind.__name__}", (mixin, kind), {}) if kind in _PLAIN else kind
+
+
+def admin_deadlines(client: redis.Redis) -> None:
+    """The client's own (admin and background) calls get the same whole-reply deadline."""
+    client.connection_pool.connection_class = _with(_Deadlines, client.connection_pool.connection_class)
 
 
 class HotPool:
@@ -56,16 +148,13 @@ class HotPool:
         """Connections like the client's, with kernel-level timeouts where the transport allows
         (TLS keeps Python's own: an SSL socket must not see a bare EAGAIN)."""
         pool = client.connection_pool
-        kind = pool.connection_class
-        if kind in (redis.Connection, redis.UnixDomainSocketConnection):
-            kind = type(f"KernelTimeout{kind.__name__}", (_KernelTimeouts, kind), {})
-        self._kind, self._kwargs = kind, dict(pool.connection_kwargs)
+        self._kind, self._kwargs = _with(_KernelTimeouts, pool.connection_class), dict(pool.connection_kwargs)
         self.size = size
         self._wait_ms = min(MAX_WAIT_MS, timeout_ms // 2)
-        # Connections made, idle: (connection, when it was given back). A made connection is never
+        # Connections made, idle. A made connection is never
         # dropped (a broken one is disconnected and reconnects on its next use), so `_unmade`,
         # one token per connection still to make, and `_idle` together always hold `size` slots.
-        self._idle: queue.SimpleQueue[tuple[Any, float]] = queue.SimpleQueue()
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._unmade: queue.SimpleQueue[None] = queue.SimpleQueue()
         for _ in range(size):
             self._unmade.put(None)
@@ -73,7 +162,7 @@ class HotPool:
     def take(self) -> Any:
         """A connection for one round trip; give it back with `give`, whatever happens."""
         try:
-            conn, since = self._idle.get_nowait()
+            conn = self._idle.get_nowait()
         except queue.Empty:
             try:
                 self._unmade.get_nowait()
@@ -82,12 +171,17 @@ class HotPool:
             else:
                 return self._make()
             try:
-                conn, since = self._idle.get(timeout=self._wait_ms / 1000)
+                conn = self._idle.get(timeout=self._wait_ms / 1000)
             except queue.Empty:
                 raise StoreError(f"redis: all {self.size} connections busy for {self._wait_ms} ms") from None
-        if conn._sock is not None and time.monotonic() - since > RECHECK_IDLE:
+        sock = conn._sock
+        if sock is not None:
+            # Readable while idle: Redis closed it (restart, idle timeout, CLIENT KILL) or, never
+            # expected, stray bytes. Either way not for this call: it reconnects. On every reuse:
+            # a connection killed a millisecond ago must not fail a message.
+            poller = getattr(sock, "poller", None)
             try:
-                closed = bool(select.select([conn._sock], [], [], 0)[0])  # EOF: Redis closed it
+                closed = bool(poller.poll(0) if poller is not None else select.select([sock], [], [], 0)[0])
             except (OSError, ValueError):
                 closed = True
             if closed:
@@ -108,9 +202,9 @@ class HotPool:
             if broken:
                 conn.disconnect()
         finally:
-            self._idle.put((conn, time.monotonic()))
+            self._idle.put(conn)
 
-    def _drain(self) -> list[tuple[Any, float]]:
+    def _drain(self) -> list[Any]:
         slots = []
         try:
             while True:
@@ -123,10 +217,10 @@ class HotPool:
         slots = self._drain()
         for slot in slots:
             self._idle.put(slot)
-        return sum(1 for conn, _ in slots if conn._sock is not None)
+        return sum(1 for conn in slots if conn._sock is not None)
 
     def close(self) -> None:
         """Disconnect the idle connections (a later call reconnects)."""
-        for conn, since in self._drain():
+        for conn in self._drain():
             conn.disconnect()
-            self._idle.put((conn, since))
+            self._idle.put(conn)

@@ -131,8 +131,29 @@ class SqliteStore:
         try:
             with _sqlite_errors(self.timeout):
                 yield conn
-        finally:
+        except StoreError as exc:
+            if _keeps_connection(exc.__cause__):
+                self._idle.put(conn)
+            else:
+                self._drop(conn)
+            raise
+        except BaseException:
             self._idle.put(conn)
+            raise
+        else:
+            self._idle.put(conn)
+
+    def _drop(self, conn: sqlite3.Connection) -> None:
+        """Close a connection that hit an error other than a busy lock: one opened while the file
+        was not writable stays read-only for its whole life ("attempt to write a readonly
+        database" long after the file is writable again); the next call opens a fresh one."""
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
     @contextmanager
     def _transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
@@ -313,6 +334,16 @@ class SqliteStore:
                     pass
             self._connections.clear()
         self._idle = queue.SimpleQueue()
+
+
+_BUSY, _LOCKED = 5, 6  # SQLITE_BUSY, SQLITE_LOCKED: another writer, not this connection's fault
+
+
+def _keeps_connection(cause: BaseException | None) -> bool:
+    """Whether a connection is fine to reuse after this error: a busy lock, or not SQLite's."""
+    if not isinstance(cause, sqlite3.Error):
+        return True
+    return (getattr(cause, "sqlite_errorcode", 0) & 0xFF) in (_BUSY, _LOCKED)
 
 
 @contextmanager

@@ -1,7 +1,8 @@
 """The SQLite database as a file: checked before it is opened, created private, watched while open.
 
 - `check_path` says what is wrong with a path in one line (missing directory, a directory, not a
-  database, unreadable, read-only) and creates nothing: `check-config` can call it.
+  database, unreadable, read-only, the -wal/-shm of a deleted one) and creates nothing:
+  `check-config` can call it.
 - `create_private` makes the file 0600, or 0640 with the group the config names, whatever the
   umask. SQLite creates the -wal and -shm files with the database's own mode (and owner, when
   root opens it), so they follow.
@@ -54,6 +55,7 @@ def check_path(path: str) -> None:
     except FileNotFoundError:
         if not os.access(parent, os.W_OK | os.X_OK):
             raise StoreError(f"sqlite: cannot create {path}: {parent} is not writable for {who}") from None
+        _no_stale_side_files(path)
         return
     except OSError as exc:
         raise StoreError(f"sqlite: cannot open {path}: {exc.strerror}") from None
@@ -88,6 +90,17 @@ def owner_for(path: str) -> tuple[int, int] | None:
         return None
     info = os.stat(os.path.dirname(os.path.abspath(path)))
     return (info.st_uid, info.st_gid) if info.st_uid != 0 else None
+
+
+def _no_stale_side_files(path: str) -> None:
+    """A -wal or -shm without its database: the database was deleted (under a running mailflow,
+    whose connections keep those files), or lost. A database created beside them would open onto
+    the old one's pages ("disk I/O error"), so none is created."""
+    stale = [os.path.basename(path + suffix) for suffix in SIDE_FILES if os.path.lexists(path + suffix)]
+    if stale:
+        raise StoreError(f"sqlite: {path} does not exist but {' and '.join(stale)} of a deleted database "
+                         "are still beside it: put the database back, or stop every mailflow using it and "
+                         f"remove {' and '.join(stale)} to start afresh")
 
 
 def create_private(path: str, group: str) -> None:

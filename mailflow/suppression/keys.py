@@ -10,16 +10,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import os
 import stat
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-if TYPE_CHECKING:
-    from mailflow.store.base import Store
+from mailflow.store.base import Store, StoreError
+
+log = logging.getLogger("mailflow")
 
 MIN_SECRET_BYTES = 16
 MAX_KEY_FILE_BYTES = 4096
@@ -136,7 +137,8 @@ def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
     lookup misses and every list silently reads "not suppressed". A store without a fingerprint
     adopts this key, unless the first entry of one of `scopes` (lists made before fingerprints
     were kept) cannot be opened with it. The fingerprint is refreshed on every check (Redis
-    keeps state strings for 30 days)."""
+    keeps state strings for 30 days); a store refusing that write (full, read-only) is no reason
+    to refuse the key. StoreError when the store cannot be read, or cannot record a first key."""
     mine = fingerprint(secret)
     stored = store.state_get(FINGERPRINT_STATE)
     if stored is None:
@@ -156,7 +158,10 @@ def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
             return
         stored = store.state_get(FINGERPRINT_STATE)  # another process adopted a key first
     if stored == mine:
-        store.state_swap(FINGERPRINT_STATE, mine, mine)
+        try:
+            store.state_swap(FINGERPRINT_STATE, mine, mine)
+        except StoreError as exc:  # full (OOM) or read-only: the key is right; the refresh waits for the next check
+            log.warning("suppression key fingerprint not refreshed: %s", exc)
         return
     rekey = (store.state_get(REKEY_STATE) or "").split()
     if len(rekey) == 3 and rekey[1:] == [mine, stored] and rekey[0] != "copying":

@@ -357,29 +357,37 @@ def test_the_redis_py_errors_are_named_in_words() -> None:
     assert describe(ConnectionResetError(104, "Connection reset by peer"), 250).startswith("connection lost")
 
 
+def _milter_config(url: str) -> dict[str, object]:
+    return {"store": {"url": url, "timeout_ms": TIMEOUT_MS}, "accounts": {"identify": ["sasl"]},
+            "ratelimit": {"limits": ["1000/day"]}, "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}}
+
+
+def _milter_message(milter: MilterProcess) -> tuple[str, float]:
+    """One message through the real milter: the last reply ("continue" or the SMTP reply), the slowest step."""
+    auth = {"{auth_authen}": "bob@shop.example"}
+    worst = 0.0
+    with MilterClient(milter.socket) as c:
+        c.connect("mua.example", "198.51.100.20", 40000)
+        c.helo("mua.example")
+        for step in (lambda: c.mail("bob@shop.example", macros=auth), lambda: c.rcpt("a@dest.example")):
+            reply, seconds = timed(step)
+            worst = max(worst, seconds)
+            if reply.action != "continue":
+                return reply.smtp, worst
+        c.header("From", "bob@shop.example")
+        c.eoh()
+        reply, seconds = timed(lambda: c.eom(macros={"i": "4ABCDEF"}))
+        return reply.smtp, max(worst, seconds)
+
+
 def test_the_milter_rides_out_a_kill_9(start_milter: Callable[..., MilterProcess], tmp_path: Path) -> None:
     """Through the real milter over the milter protocol: Redis killed, mail deferred within the
     bound, one log line per few seconds, then mail flows on the first message after the restart."""
     server = RedisProcess(tmp_path, persist=True).start()
-    auth = {"{auth_authen}": "bob@shop.example"}
-    milter = start_milter({"store": {"url": server.url, "timeout_ms": TIMEOUT_MS},
-                           "accounts": {"identify": ["sasl"]}, "ratelimit": {"limits": ["1000/day"]},
-                           "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}})
+    milter = start_milter(_milter_config(server.url))
 
     def message() -> tuple[str, float]:
-        worst = 0.0
-        with MilterClient(milter.socket) as c:
-            c.connect("mua.example", "198.51.100.20", 40000)
-            c.helo("mua.example")
-            for step in (lambda: c.mail("bob@shop.example", macros=auth), lambda: c.rcpt("a@dest.example")):
-                reply, seconds = timed(step)
-                worst = max(worst, seconds)
-                if reply.action != "continue":
-                    return reply.smtp, worst
-            c.header("From", "bob@shop.example")
-            c.eoh()
-            reply, seconds = timed(lambda: c.eom(macros={"i": "4ABCDEF"}))
-            return reply.smtp, max(worst, seconds)
+        return _milter_message(milter)
 
     try:
         assert message()[0] == "continue"
@@ -398,3 +406,4 @@ def test_the_milter_rides_out_a_kill_9(start_milter: Callable[..., MilterProcess
               f"{server.clients_connected()} Redis clients after recovery")
     finally:
         server.kill()
+

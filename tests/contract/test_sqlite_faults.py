@@ -9,9 +9,11 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,46 @@ def test_a_replaced_database_is_refused_not_split(tmp_path: Path, monkeypatch: p
     assert decision.reason == "store_error" and seconds < BOUND
     with pytest.raises(StoreError, match="was replaced by another file while open"):
         milter.store.domains()
+
+
+@contextmanager
+def immutable(path: Path) -> Iterator[None]:
+    """`chattr +i`: not writable even by root, as after a read-only remount (skipped where unsupported)."""
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+def test_a_database_writable_again_is_written_without_a_restart(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    store = open_store(f"sqlite://{db}")
+    assert isinstance(store, SqliteStore)
+    store.debit("shop.example", LIMITS, 1)
+    with immutable(db):
+        with store._connection():  # one connection busy: the debit opens another, read-only now
+            with pytest.raises(StoreError, match="readonly database"):
+                store.debit("shop.example", LIMITS, 1)
+    for _ in range(3):  # every pooled connection can write again: the read-only one was dropped
+        store.debit("shop.example", LIMITS, 1)
+    assert level(db) == pytest.approx(4, abs=0.1)
+    store.close()
+
+
+def test_an_admin_command_after_the_database_was_deleted_names_the_cause(tmp_path: Path) -> None:
+    """The milter still has the deleted file open (its -wal and -shm stay): an admin command says
+    so, in one line, and creates no empty database beside them."""
+    db = tmp_path / "state.db"
+    milter = open_store(f"sqlite://{db}")
+    milter.debit("shop.example", LIMITS, 1)
+    db.unlink()
+    with pytest.raises(StoreError) as caught:
+        open_store(f"sqlite://{db}")
+    assert "does not exist but state.db-wal and state.db-shm of a deleted database" in str(caught.value)
+    assert "remove state.db-wal and state.db-shm" in str(caught.value) and "disk I/O" not in str(caught.value)
+    with pytest.raises(StoreError, match="of a deleted database"):
+        check_store_path(f"sqlite://{db}")
+    assert not db.exists()
+    milter.close()

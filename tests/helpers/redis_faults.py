@@ -95,12 +95,19 @@ class CuttingProxy:
     """A loopback TCP proxy in front of Redis. While `cut_after` is set, a data reply longer than
     that many bytes reaches the client only in part, then the connection is reset: Redis has run
     the command, the client sees a reply cut in the middle. A new connection's handshake (HELLO,
-    CLIENT SETINFO) passes whole, so each cut falls on a command's own reply."""
+    CLIENT SETINFO) passes whole, so each cut falls on a command's own reply. While `trickle` is
+    set, replies go out one byte every `trickle` seconds (a sick link or middlebox). While
+    `delay_every` is set, every that many-th reply to a command is held `delay` seconds (a store
+    failing some of the time)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.cut_after: int | None = None
         self.cuts = 0
+        self.trickle: float | None = None
+        self.delay_every: int | None = None
+        self.delay = 0.0
+        self._replies = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(0.1)
         self.port = int(self._listener.getsockname()[1])
@@ -148,7 +155,30 @@ class CuttingProxy:
                         # SO_LINGER 0: close with a reset, as a dying middlebox or peer would.
                         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                         return
-                    client.sendall(data)
+                    if not self._pass_on(client, data, handshake):
+                        return
+
+    def _pass_on(self, client: socket.socket, data: bytes, handshake: bool) -> bool:
+        """A reply to the client, trickled or delayed as set; False once the client is gone."""
+        every = self.delay_every
+        if every and not handshake:
+            self._replies += 1  # a lost increment under threads only shifts which reply waits
+            if self._replies % every == 0:
+                self._stop.wait(self.delay)
+        try:
+            if not self.trickle:
+                client.sendall(data)
+                return True
+            for at in range(len(data)):
+                gap = self.trickle
+                if self._stop.is_set() or not gap:  # trickling ended: the rest at once
+                    client.sendall(data[at:])
+                    break
+                client.sendall(data[at:at + 1])
+                self._stop.wait(gap)
+        except OSError:  # the client gave up on this reply and closed
+            return False
+        return True
 
     def close(self) -> None:
         self._stop.set()
