@@ -18,6 +18,7 @@ test: bootstrap
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 check-config: bootstrap
+	@mkdir -p var
 	$(VENV)/bin/mailflow check-config -c $(CONFIG)
 
 # Benchmarks are not tests: never part of `make test` or CI. Results go to bench/results/.

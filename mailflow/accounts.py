@@ -6,6 +6,7 @@ README, "Whose mail is it", for what each source trusts.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import NamedTuple
@@ -31,7 +32,7 @@ _MSP_RECEIVED = re.compile(
     r"(?:from [^\s()]{1,253} \(|\(from )(?P<user>[A-Za-z0-9._$-]{1,64})@localhost\)" + _MSP_BY)
 _MSP_DSN_RECEIVED = re.compile(r"from localhost \(localhost\)" + _MSP_BY)
 
-LOCAL_SMTP_TEXT = ("Unauthenticated SMTP from this host is not accepted for outbound mail; "
+LOCAL_SMTP_TEXT = ("Unauthenticated SMTP from this host is refused by the mail policy; "
                    "authenticate (SMTP AUTH) or submit with sendmail")
 UNMAPPED_TEXT = ("Client {address} is trusted but has no [accounts.ip_map] entry and the sender domain "
                  "is not hosted here; the administrator must add an ip_map entry for it")
@@ -98,10 +99,10 @@ def on_msp_listener(settings: AccountSettings, client: Client) -> bool:
 
 
 def identify(settings: AccountSettings, client: Client, auth_login: str | None, sender: str,
-             hosted: Callable[[str], bool] = lambda domain: False) -> Identity | Refusal | None:
+             owner: Callable[[str], str | None] = lambda domain: None) -> Identity | Refusal | None:
     """The first configured source that matches; a Refusal for a client of ours that no source
-    may attribute; None for mail that is not ours to police. `hosted(domain)`: is the domain
-    hosted here (any ownership source)?"""
+    may attribute; None for mail that is not ours to police. `owner(domain)`: the account that
+    owns the domain, hosted here (any ownership source), or None."""
     refusal: Refusal | None = None
     for source in settings.identify:
         if source == "sasl" and auth_login:
@@ -121,15 +122,36 @@ def identify(settings: AccountSettings, client: Client, auth_login: str | None, 
             if account is not None:
                 return Identity("trusted_ip", address, account)
             attributed = by_sender(settings, "trusted_ip", address, sender)
-            if _mapped(settings, sender) or hosted(domain_of(sender)):
+            if _mapped(settings, sender):
                 return attributed
+            if (owning := owner(domain_of(sender))) is not None:  # its owner pays, not the domain
+                return Identity("trusted_ip", attributed.identity, owning)
             refusal = refusal or Refusal(attributed, "trusted_unmapped", UNMAPPED_TEXT.format(address=address))
     return refusal
 
 
 def _in_trusted_networks(settings: AccountSettings, client: Client) -> bool:
+    """A client on this host is never trusted_ip, whatever trusted_networks lists (127.0.0.0/8,
+    ::1): any local process could send as anyone. `local` and local_smtp decide for it."""
     ip = client.ip
-    return ip is not None and any(ip in network for network in settings.trusted_networks)
+    return ip is not None and not client.on_this_host and any(ip in network for network in settings.trusted_networks)
+
+
+def trusted_network_warnings(settings: AccountSettings) -> list[str]:
+    """For check-config: trusted_networks and ip_map entries that can never match."""
+    warnings = []
+    loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
+                ipaddress.ip_network("::ffff:127.0.0.0/104"))
+    for i, network in enumerate(settings.trusted_networks):
+        if any(network.version == lo.version and network.overlaps(lo) for lo in loopback):
+            warnings.append(f"accounts.trusted_networks[{i}]: {network} holds loopback addresses; a client on this host "
+                            "is never trusted_ip (any local process could send as anyone): local_smtp decides for it")
+    for network, account in settings.ip_map:
+        if not any(network.version == t.version and network.subnet_of(t)  # type: ignore[arg-type]
+                   for t in settings.trusted_networks):
+            warnings.append(f"accounts.ip_map.\"{network}\" ({account}): not inside trusted_networks, so never "
+                            "used; add it to trusted_networks or remove it")
+    return warnings
 
 
 def _account_for_ip(settings: AccountSettings, client: Client) -> str | None:

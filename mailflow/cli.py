@@ -13,7 +13,8 @@ import click
 
 from mailflow import __version__
 from mailflow.config import Config, ConfigError, config_path, config_warnings, load_config
-from mailflow.store import DomainTaken, Store, StoreError, check_store_path, open_store
+from mailflow.groups import group_problem
+from mailflow.store import DomainTaken, Store, StoreError, check_store_group, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
 
@@ -46,12 +47,15 @@ def _load(config_file: str | None) -> Config:
 def _preflight(config: Config, socket: bool = True) -> None:
     """What would stop `run` beyond the config's syntax: files and directories."""
     problems: list[tuple[str, str | None]] = []
-    try:
-        check_store_path(config.store.url, config.store.group)
-    except StoreError as exc:
-        problems.append(("store.url", str(exc)))
+    for key, check in (("store.url", check_store_path), ("store.group", check_store_group)):
+        try:
+            check(config.store.url, config.store.group if key == "store.group" else "")
+        except StoreError as exc:
+            problems.append((key, str(exc)))
     if socket:
         problems.append(("milter.socket", _socket_problem(config.milter.socket)))
+        if config.milter.socket_group:
+            problems.append(("milter.socket_group", group_problem(config.milter.socket_group)))
     for key, problem in problems:
         if problem:
             raise click.UsageError(f"bad config: {config.path}: {key}: {problem}")
@@ -113,6 +117,11 @@ def check_config(config_file: str | None) -> None:
     """Validate a config file; name the bad key and exit 2 on error."""
     config = _load(config_file)
     _preflight(config)
+    key_line = ""
+    if config.suppression.enabled:  # read only: a key run would refuse is refused here too
+        from mailflow.suppression.key_peek import compare_key_with_store
+
+        key_line = compare_key_with_store(config.store.url, config.suppression.secret, config.store.timeout_ms)
     click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
     from mailflow.rbl.zones import unwatched_summary
 
@@ -121,6 +130,8 @@ def check_config(config_file: str | None) -> None:
         warnings.append(f"rbl: {gap}")
     for warning in warnings:
         _say(f"warning: {warning}")
+    if key_line:
+        click.echo(key_line)
 
 
 @cli.group()

@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Mapping
 from typing import Any
 
+from mailflow.accounts import trusted_network_warnings
 from mailflow.log import syslog_problem
 from mailflow.settings import (AccountSettings, BulkPolicy, BulkSettings, Config, ForgeryAccount, ForgerySettings,
                                LogSettings, MilterSettings, RateLimitSettings, RatePolicy, RblSettings, StoreSettings,
@@ -46,6 +47,9 @@ def load_config(path: str) -> Config:
             data = fh.read(MAX_CONFIG_BYTES + 1)
         if len(data) > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a mailflow config")
+        if data.startswith(b"\xef\xbb\xbf"):
+            raise ConfigError(f"{path}: starts with a byte-order mark (BOM); remove the byte-order mark "
+                              "(save it as UTF-8 without BOM)")
         raw = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -97,6 +101,7 @@ def config_warnings(config: Config, syslog: bool = True) -> list[str]:
             found.append(f"accounts.trusted_networks[{i}]: {net} trusts a large part of the Internet to send as any "
                          f"hosted domain; list only your own relays (IPv{net.version}: /{_WIDEST_TRUSTED[net.version]}"
                          " or narrower)")
+    found += trusted_network_warnings(config.accounts)  # loopback listed, ip_map outside trusted_networks
     if config.accounts.local_smtp == "sender_domain":
         found.append('accounts.local_smtp: "sender_domain" bills unauthenticated SMTP from this host to whatever '
                      "sender domain it gives: any local process can spend (or spoof) any account's mail")

@@ -78,9 +78,12 @@ class Engine:
         # A sender's MAIL FROM repeats message after message: who it is and whether its envelope
         # is its own are worked out once per (ownership data, Client.policy_key, login, sender).
         self._judge_sender = functools.lru_cache(maxsize=8192)(self._judge_sender_uncached)
-        # Accounts the identity and ip maps name: a domain among them is hosted here.
+        # Accounts the identity and ip maps name: a domain among them is hosted here, owned by it.
         named = (*config.accounts.identity_map.values(), *(account for _, account in config.accounts.ip_map))
-        self._account_orgs = {org for account in named if (org := organisational_domain(account))}
+        self._account_orgs: dict[str, str] = {}
+        for account in named:
+            if org := organisational_domain(account):
+                self._account_orgs.setdefault(org, account)
 
     def close(self) -> None:
         """Before the store closes: the background domain refresh stops, the sent counts are written."""
@@ -133,8 +136,8 @@ class Engine:
         """Who the sender is, and a refusal at MAIL (unattributable client, envelope not owned)."""
         address, pickup, daemon_name = client_key
         client = Client(address=address, port=0 if pickup else None, daemon_name=daemon_name)
-        hosted = functools.partial(self._hosted, checker)
-        identity = accounts.identify(self.config.accounts, client, auth_login, sender, hosted)
+        owner = functools.partial(self._owner, checker)
+        identity = accounts.identify(self.config.accounts, client, auth_login, sender, owner)
         if identity is None:
             return None, None, ""
         if isinstance(identity, accounts.Refusal):
@@ -144,10 +147,11 @@ class Engine:
         refuses = verdict.decision is not None and verdict.decision.verdict in (Verdict.REJECT, Verdict.TEMPFAIL)
         return identity, verdict.decision if refuses else None, verdict.summary
 
-    def _hosted(self, checker: Checker, domain: str) -> bool:
-        """Is the domain hosted here: owned by an account (config, login map, store) or an account itself?"""
+    def _owner(self, checker: Checker, domain: str) -> str | None:
+        """The account that owns a domain hosted here (config, login map, store, or an account named
+        after it), or None."""
         org = organisational_domain(domain)
-        return checker.directory.hosts(domain) or (org is not None and org in self._account_orgs)
+        return checker.directory.owner(domain) or (self._account_orgs.get(org) if org is not None else None)
 
     def rcpt(self, client: Client, message: Message, recipient: str, conn_id: str = "") -> Decision:
         identity = message.identity
@@ -357,7 +361,7 @@ class Engine:
     def _all_recipients_here(self, message: Message) -> bool:
         """Is every recipient at one of this host's names or at a domain hosted here?"""
         checker = self.ownership.checker()
-        return all(domain in self.config.accounts.local_names or (bool(domain) and self._hosted(checker, domain))
+        return all(domain in self.config.accounts.local_names or (bool(domain) and self._owner(checker, domain) is not None)
                    for domain in map(accounts.domain_of, message.recipients))
 
     def _forgery(self, client: Client, message: Message, envelope: bool = False) -> ForgeryVerdict:

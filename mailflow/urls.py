@@ -5,6 +5,7 @@ Nothing here ever puts a password into a message: errors about a URL quote it re
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, urlsplit
 
 STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix")
@@ -12,12 +13,19 @@ _REDIS_QUERY_KEYS = {"db", "password", "username", "health_check_interval",
                      "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "protocol",
                      "client_name", "decode_responses", "encoding"}
 _SECRET_QUERY_KEYS = ("password=", "pass=", "pw=", "token=", "key=")
+_USERINFO_SPECIALS = "/?#@[]"
+_BRACKETED = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{0,5})?")
+_ENCODE_HINT = "/ as %2F, # as %23, ? as %3F, @ as %40, [ as %5B, ] as %5D"
 
 
 def redact_url(url: str) -> str:
     """Logs and screens must not show a store password, however it is written: `user:pw@`,
-    unencoded `/`, `#` or `@` in the password, or `?password=`."""
-    return redact_text(url)
+    unencoded `/`, `#`, `?`, `@`, spaces or quotes in the password, or `?password=…`. The whole
+    string is the URL: nothing in it ends the userinfo but its last `@`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme == "sqlite":
+        return url
+    return f"{scheme}://{_redact_rest(rest, whole=True)}"
 
 
 def redact_text(text: str) -> str:
@@ -38,28 +46,44 @@ def redact_text(text: str) -> str:
     return "".join(out)
 
 
-def _redact_rest(rest: str) -> str:
-    """`rest` is what follows `scheme://` up to the next space or quote."""
+def _redact_rest(rest: str, whole: bool = False) -> str:
+    """`rest` is what follows `scheme://` (up to the next space or quote unless `whole`). A user
+    name stays only when it is plainly one; anything else before the last `@` is ***. With
+    `whole`, a `password=` value runs to the end (an unencoded `&` or `#` in it is no boundary),
+    and a URL where that value and the userinfo overlap is all ***."""
     at = rest.rfind("@")
-    if at >= 0:
-        userinfo = rest[:at]
-        user, colon, _ = userinfo.partition(":")
-        rest = (f"{user}:***" if colon else ("***" if "/" in userinfo else userinfo)) + rest[at:]
     lowered = rest.lower()
+    if whole and at >= min((i for i in (_secret_value(lowered, k, 0) for k in _SECRET_QUERY_KEYS) if i >= 0),
+                          default=len(rest)):
+        return "***"
+    if at >= 0:
+        user, colon, _ = rest[:at].partition(":")
+        plain = colon and not any(c in _USERINFO_SPECIALS for c in user)
+        rest = (f"{user}:***" if plain else "***") + rest[at:]
+        lowered = rest.lower()
     for key in _SECRET_QUERY_KEYS:
         start = 0
-        while (found := lowered.find(key, start)) >= 0:
-            start = found + len(key)
-            if found == 0 or lowered[found - 1] not in "?&;":
-                continue
-            stop = min((i for i in (rest.find("&", start), rest.find(";", start), rest.find("#", start)) if i >= 0),
-                       default=len(rest))
+        while (start := _secret_value(lowered, key, start)) >= 0:
+            stop = len(rest) if whole else min(
+                (i for i in (rest.find("&", start), rest.find(";", start)) if i >= 0), default=len(rest))
             rest, lowered = rest[:start] + "***" + rest[stop:], lowered[:start] + "***" + lowered[stop:]
+            start += 3
     return rest
 
 
+def _secret_value(lowered: str, key: str, start: int) -> int:
+    """Where the value of the next `?key=`/`&key=`/`;key=` from `start` begins, or -1."""
+    while (found := lowered.find(key, start)) >= 0:
+        start = found + len(key)
+        if found > 0 and lowered[found - 1] in "?&;":
+            return start
+    return -1
+
+
 def store_url_problem(url: str) -> str | None:
-    """What is wrong with a store URL's syntax, or None. The answer never quotes a password."""
+    """What is wrong with a store URL's syntax, or None. The answer quotes the URL redacted and never
+    a host or path when the userinfo may have spilt into them: a password is never shown, even
+    in part, and a URL redis-py would read with another host is refused, not guessed at."""
     shown = redact_url(url)
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in STORE_SCHEMES:
@@ -70,14 +94,27 @@ def store_url_problem(url: str) -> str | None:
         if not rest or rest.endswith("/"):
             return f"{shown!r}: names no database file (sqlite:///ABSOLUTE/PATH.db)"
         return None
-    parts = urlsplit(url)
-    if "@" in rest.split("?", 1)[0] and "@" not in parts.netloc and scheme != "unix":
-        return (f"{shown!r}: the user or password holds a character that must be percent-encoded "
-                "(/ as %2F, # as %23, ? as %3F, @ as %40)")
+    # urllib and redis-py end the authority at the first / ? or #, and the userinfo at its last @:
+    # an @ after that, or a second @, means a password with an unencoded special character.
+    authority_end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    userinfo = rest[:rest.rfind("@", 0, authority_end) + 1]
+    if "@" in rest[authority_end:] or userinfo.count("@") > 1 or "[" in userinfo or "]" in userinfo:
+        return f"{shown!r}: the user or password holds a character that must be percent-encoded ({_ENCODE_HINT})"
+    if "#" in rest:
+        return f"{shown!r}: a store URL has no #fragment (percent-encode {_ENCODE_HINT})"
+    hostport = rest[len(userinfo):authority_end]
+    if ("[" in hostport or "]" in hostport) and not _BRACKETED.fullmatch(hostport):
+        return f"{shown!r}: the host is not a name, an IPv4 address or an [IPv6] address in brackets"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        if "NFKC" in str(exc):  # a character like a full-width ＃ that urllib refuses
+            return f"{shown!r}: the user or password holds a character that must be percent-encoded ({_ENCODE_HINT})"
+        return f"{shown!r}: the host is not a name, an IPv4 address or an [IPv6] address in brackets"
     try:
         port = parts.port
     except ValueError:
-        return f"{shown!r}: the port is not a number from 1 to 65535"
+        port = 0
     if port == 0:
         return f"{shown!r}: the port is not a number from 1 to 65535"
     try:
@@ -86,7 +123,10 @@ def store_url_problem(url: str) -> str | None:
         return f"{shown!r}: the query is not name=value pairs"
     for name, value in query:
         if name not in _REDIS_QUERY_KEYS:
-            return f"{shown!r}: unknown option {name!r} (db, password, username, socket_timeout, …)"
+            # A name may be the tail of a password holding an unencoded & : only a plain one is quoted.
+            secret = any(k in parts.query.lower() for k in _SECRET_QUERY_KEYS)
+            named = f" {name!r}" if name.isidentifier() and name.isascii() and not secret else ""
+            return f"{shown!r}: unknown option{named} (db, password, username, socket_timeout, …)"
         if name == "db" and not value.isdigit():
             return f"{shown!r}: db must be a database number"
     if scheme == "unix":
@@ -97,5 +137,5 @@ def store_url_problem(url: str) -> str | None:
         return f"{shown!r}: names no host (redis://HOST:PORT/DB)"
     db = parts.path.lstrip("/")
     if db and not (db.isdigit() and db.isascii()):
-        return f"{shown!r}: the path must be a database number (redis://HOST:PORT/0), got /{db}"
+        return f"{shown!r}: the path must be a database number (redis://HOST:PORT/0)"
     return None

@@ -68,10 +68,10 @@ class DomainDirectory:
         _, _, domain = address.rpartition("@")
         return self.owns_domain(account, domain) or address.lower() in self._addresses.get(account, ())
 
-    def hosts(self, domain: str) -> bool:
-        """Does any account own this domain (its organisational domain)?"""
+    def owner(self, domain: str) -> str | None:
+        """The account that owns this domain (its organisational domain), or None."""
         org = organisational_domain(domain)
-        return org is not None and org in self._owner_of_org
+        return self._owner_of_org.get(org) if org is not None else None
 
     def hosted_organisational_domains(self) -> Iterable[tuple[str, str]]:
         """(organisational domain, owning account) for every domain hosted here."""

@@ -138,6 +138,9 @@ class RblSettings:
     email_to: tuple[str, ...] = ()
     email_from: str = ""
     smtp_relay: tuple[str, int] | None = None
+    smtp_user: str = ""  # SMTP AUTH for alerts through smtp_relay (mailflow refuses loopback SMTP without it)
+    smtp_password: str = field(default="", repr=False)  # read from smtp_password_file
+    sendmail: str = ""  # or hand alerts to this program: local mail (Postfix pickup, Sendmail's MSP)
     suspects: int = 10
 
 

@@ -11,6 +11,7 @@ from mailflow.rbl.zones import Zone, default_zones, expand_ips, merge_zones
 from mailflow.settings import (BulkPolicy, BulkSettings, ForgeryAccount, ForgerySettings, RateLimitSettings,
                                RatePolicy, RblSettings)
 from mailflow.settings.table import Table
+from mailflow.suppression.keys import KeyFileError, read_key_file
 
 def _rate_policy(t: Table, inherit: RatePolicy, per_account: bool) -> RatePolicy:
     """[ratelimit] itself and each [ratelimit.accounts."NAME"] share these keys; only an
@@ -208,9 +209,34 @@ def parse_rbl(t: Table) -> RblSettings:
         email_from=alerts.text("email_from", ""),
         smtp_relay=_hostport(alerts, "smtp_relay", relay, 25) if relay else None,
         suspects=alerts.integer("suspects", d.suspects, minimum=0),
+        **_alert_transport(alerts),
     )
-    if settings.email_to and not relay:
-        alerts.report("email_to", "e-mail alerts need smtp_relay")
+    if settings.email_to and (not relay) == (not settings.sendmail):
+        alerts.report("email_to", "e-mail alerts need exactly one of smtp_relay or sendmail")
     alerts.finish()
     t.finish()
     return settings
+
+
+def _alert_transport(alerts: Table) -> dict[str, str]:
+    """[rbl.alerts] smtp_user + smtp_password_file (SMTP AUTH through smtp_relay), or sendmail."""
+    user, password_file = alerts.text("smtp_user", ""), alerts.text("smtp_password_file", "")
+    if bool(user) != bool(password_file):
+        alerts.report("smtp_user", "SMTP AUTH needs both smtp_user and smtp_password_file")
+    password = ""
+    if password_file and not os.path.isabs(password_file):
+        alerts.report("smtp_password_file", f"{password_file!r} is not an absolute path")
+    elif password_file:
+        try:
+            password = read_key_file(password_file, "SMTP password file").decode("utf-8")
+        except KeyFileError as exc:
+            alerts.report("smtp_password_file", str(exc))
+        except UnicodeDecodeError:
+            alerts.report("smtp_password_file", f"{password_file} is not UTF-8")
+        else:
+            if not password:
+                alerts.report("smtp_password_file", f"{password_file} is empty")
+    sendmail = alerts.text("sendmail", "")
+    if sendmail and not (os.path.isabs(sendmail) and os.path.isfile(sendmail) and os.access(sendmail, os.X_OK)):
+        alerts.report("sendmail", f"{sendmail!r} is not an executable file (e.g. /usr/sbin/sendmail)")
+    return {"smtp_user": user, "smtp_password": password, "sendmail": sendmail}

@@ -61,6 +61,8 @@ def parse_store(t: Table) -> StoreSettings:
 
 def parse_accounts(t: Table, base_dir: str) -> AccountSettings:
     identify = t.texts("identify", list(IDENTITY_SOURCES))
+    if not identify:
+        t.report("identify", f"is empty, which would police no mail; list one or more of {', '.join(IDENTITY_SOURCES)}")
     for i, source in enumerate(identify):
         if source not in IDENTITY_SOURCES:
             t.report(f"identify[{i}]", f"{source!r} is not one of {', '.join(IDENTITY_SOURCES)}")

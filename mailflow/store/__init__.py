@@ -23,13 +23,21 @@ def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000, group: s
 
 
 def check_store_path(url: str, group: str = "") -> None:
-    """For check-config: StoreError (one line) if a sqlite:// URL's file cannot be used, or its
-    group does not exist. Creates nothing, opens no database; other URLs pass."""
+    """For check-config: StoreError (one line) if a sqlite:// URL's file cannot be used, or given
+    its group. Creates nothing, opens no database; other URLs pass."""
     if url.startswith("sqlite://"):
-        from mailflow.store.sqlite_file import check_path, group_id
+        from mailflow.store.sqlite_file import check_path
 
         check_path(sqlite_path(url))
-        group_id(group)
+        check_store_group(url, group)
+
+
+def check_store_group(url: str, group: str) -> None:
+    """StoreError, naming the file, if this process may not give a sqlite:// URL's files `group`."""
+    if url.startswith("sqlite://"):
+        from mailflow.store.sqlite_file import group_id
+
+        group_id(group, sqlite_path(url))
 
 
 def sqlite_path(url: str) -> str:
@@ -40,4 +48,4 @@ def sqlite_path(url: str) -> str:
     return path
 
 
-__all__ = ["DomainTaken", "Store", "StoreError", "check_store_path", "open_store", "SCHEMES"]
+__all__ = ["DomainTaken", "Store", "StoreError", "check_store_group", "check_store_path", "open_store", "SCHEMES"]

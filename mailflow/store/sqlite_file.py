@@ -21,6 +21,7 @@ import logging
 import os
 import stat
 
+from mailflow.groups import group_problem
 from mailflow.store.base import StoreError
 
 log = logging.getLogger("mailflow.store")
@@ -33,13 +34,13 @@ def file_mode(group: str) -> int:
     return 0o640 if group else 0o600
 
 
-def group_id(group: str) -> int | None:
+def group_id(group: str, path: str) -> int | None:
+    """The gid to give the database at `path`; StoreError (naming the file) if this process may not."""
     if not group:
         return None
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise StoreError(f"sqlite: no group named {group!r} (store.group)") from None
+    if problem := group_problem(group):
+        raise StoreError(f"sqlite: cannot give {path} group {group} (store.group): {problem}")
+    return grp.getgrgid(int(group)).gr_gid if group.isdigit() else grp.getgrnam(group).gr_gid
 
 
 def check_path(path: str) -> None:
@@ -106,7 +107,7 @@ def create_private(path: str, group: str) -> None:
     """Create the database file with its mode set (not left to the umask) and, run as root, owned
     by the store directory's owner; keep an existing one, tightening a mode wider than ours (an
     older mailflow made them 0644) and giving back to that owner what root made."""
-    mode, gid, owner = file_mode(group), group_id(group), owner_for(path)
+    mode, gid, owner = file_mode(group), group_id(group, path), owner_for(path)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, mode)
     except FileExistsError:
@@ -121,6 +122,9 @@ def create_private(path: str, group: str) -> None:
             os.fchown(fd, owner[0], owner[1] if gid is None else gid)
         elif gid is not None:
             os.fchown(fd, -1, gid)
+    except OSError as exc:  # no empty file left behind for the next start to trip over
+        os.unlink(path)
+        raise StoreError(f"sqlite: cannot set the mode {mode:04o} and group of {path}: {exc.strerror}") from None
     finally:
         os.close(fd)
 

@@ -101,27 +101,30 @@ _REFUSED_BITS = ((0o004, "readable by others"), (0o002, "writable by others"), (
                  (0o020, "writable by group"))
 
 
-def read_key_file(path: str) -> bytes:
-    """The suppression key from a file, refused (like OpenSSH) when others could read or change it."""
+def read_key_file(path: str, what: str = "suppression key") -> bytes:
+    """A secret (the suppression key, an SMTP password) from a file, refused (like OpenSSH) when
+    others could read or change it. `what` names it in errors."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError as exc:
-        raise KeyFileError(f"suppression key {path}: {exc.strerror}") from None
+        raise KeyFileError(f"{what} {path}: {exc.strerror}") from None
     info = os.fstat(fd)  # of the file opened, not of a path swapped since
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise KeyFileError(f"suppression key {path} is not a regular file")
+        raise KeyFileError(f"{what} {path} is not a regular file")
     with os.fdopen(fd, "rb") as fh:
         mode = stat.S_IMODE(info.st_mode)
         why = [text for bit, text in _REFUSED_BITS if mode & bit]
+        # Only the owner wrong: the mode is fine, so say chown, not a chmod to what it already is.
+        fix = "chmod 0640 (root:mailflow) or 0600" if why else \
+            "chown root:mailflow (group read needs a file root owns), or chmod 0600"
         if mode & 0o040 and info.st_uid != 0:
-            why.insert(0, "readable by group of a key root does not own")
+            why.insert(0, f"readable by group of a key root does not own (owner uid {info.st_uid})")
         if why:
-            raise KeyFileError(f"suppression key {path} is mode {mode:04o}: {', '.join(why)}; "
-                               "chmod 0640 (root:mailflow) or 0600")
+            raise KeyFileError(f"{what} {path} is mode {mode:04o}: {', '.join(why)}; {fix}")
         secret = fh.read(MAX_KEY_FILE_BYTES + 1)
     if len(secret) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"suppression key {path}: longer than {MAX_KEY_FILE_BYTES} bytes; not a key file")
+        raise KeyFileError(f"{what} {path}: longer than {MAX_KEY_FILE_BYTES} bytes; not a key file")
     return secret.strip()
 
 
@@ -167,6 +170,10 @@ def check_store_key(store: Store, secret: bytes, scopes: Iterable[str]) -> None:
     if len(rekey) == 3 and rekey[1:] == [stored, mine] and rekey[0] == "copying":
         raise KeyMismatch(f"the suppression lists are being re-keyed to this key {mine[:12]} (mailflow suppress rekey); "
                           "it is accepted once that run has finished")
-    raise KeyMismatch(f"the suppression key differs from the one this store's lists were made with "
-                      f"(fingerprint {mine[:12]} vs {(stored or '?')[:12]}); restore the old key, "
-                      "or re-key the lists to this one with the old key in the config (mailflow suppress rekey)")
+    raise KeyMismatch(mismatch_message(mine, stored))
+
+
+def mismatch_message(mine: str, stored: str | None) -> str:
+    return (f"the suppression key differs from the one this store's lists were made with "
+            f"(fingerprint {mine[:12]} vs {(stored or '?')[:12]}); restore the old key, "
+            "or re-key the lists to this one with the old key in the config (mailflow suppress rekey)")

@@ -28,8 +28,9 @@ def rig_config(store: str, **ratelimit: object) -> dict[str, Any]:
         "store": {"url": store},
         "accounts": {
             "identify": ["sasl", "trusted_ip", "local"],
-            "trusted_networks": ["127.0.0.2/32"],
-            "ip_map": {"127.0.0.2": "web.example"},
+            # 127.0.0.2 is listed to show that loopback never becomes trusted_ip.
+            "trusted_networks": ["127.0.0.2/32", "192.0.2.0/28"],
+            "ip_map": {"127.0.0.2": "web.example", "192.0.2.0/28": "web.example"},
         },
         "ratelimit": {"limits": [f"{N}/hour"], **ratelimit},
         # The web server relays for a customer's domain: web.example must own it.
@@ -91,12 +92,23 @@ def test_smtp_auth_submission_and_the_n_plus_first_recipient(rig: tuple[PrivateP
 def test_trusted_ip_submission(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
     mta, milter = rig
     recipients = [f"t{i}@dest.example" for i in range(N + 1)]
-    with mta.smtp(source_address="127.0.0.2") as smtp:
+    with mta.smtp_as("192.0.2.5", "web1.example") as smtp:
         refused = smtp.sendmail("app@customer.example", recipients, MESSAGE.format(sender="app@customer.example"))
     assert list(refused) == [recipients[N]] and refused[recipients[N]][0] == 451
     wait_for(lambda: any(m["sender"] == "<app@customer.example>" for m in mta.delivered()))
     [line] = eom_decisions(milter, "web.example")
-    assert (line["source"], line["identity"], line["client"]) == ("trusted_ip", "127.0.0.2", "127.0.0.2")
+    assert (line["source"], line["identity"], line["client"]) == ("trusted_ip", "192.0.2.5", "192.0.2.5")
+
+
+def test_loopback_listed_in_trusted_networks_is_still_refused(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
+    """Review P1.2: 127.0.0.2 in trusted_networks (and ip_map) must not let any local process send."""
+    mta, milter = rig
+    with mta.smtp(source_address="127.0.0.2") as smtp:
+        with pytest.raises(smtplib.SMTPSenderRefused) as err:
+            smtp.sendmail("ceo@customer.example", ["t@dest.example"], MESSAGE.format(sender="ceo@customer.example"))
+    assert err.value.smtp_code == 550 and b"authenticate (SMTP AUTH) or submit with sendmail" in err.value.smtp_error
+    wait_for(lambda: any(d.get("sender") == "<ceo@customer.example>" for d in milter.decisions()))
+    assert [d["reason"] for d in milter.decisions() if d.get("sender") == "<ceo@customer.example>"] == ["local_smtp"]
 
 
 def test_local_sendmail_submission_is_charged_then_deferred_in_maildrop(rig: tuple[PrivatePostfix, MilterProcess]) -> None:
@@ -153,9 +165,10 @@ def test_plain_smtp_from_this_host_without_auth_is_refused(rig: tuple[PrivatePos
                           FORGED_MSP + MESSAGE.format(sender="ceo@webhosting.example"))
     assert err.value.smtp_code == 550
     assert err.value.smtp_error.decode().startswith(
-        "5.7.1 Unauthenticated SMTP from this host is not accepted for outbound mail; "
+        "5.7.1 Unauthenticated SMTP from this host is refused by the mail policy; "
         "authenticate (SMTP AUTH) or submit with sendmail")
-    refusals = lambda: [d for d in milter.decisions() if d.get("reason") == "local_smtp"]  # noqa: E731
+    refusals = lambda: [d for d in milter.decisions()  # noqa: E731
+                        if d.get("reason") == "local_smtp" and d.get("sender") == "<x@attacker.example>"]
     wait_for(lambda: bool(refusals()))
     [line] = refusals()
     assert line["sender"] == "<x@attacker.example>", line

@@ -34,6 +34,9 @@ NOT_SMTP = {
     "sendmail-msp-user-is-charged",  # Sendmail's MSP listener and sendmail -bs: {daemon_name}, {client_addr}
     "sendmail-msp-user-account-is-full-at-end-of-message",
     "sendmail-bs-is-local-mail",
+    # A trusted server must be on another network: loopback is never trusted_ip.
+    "trusted-web-server-by-ip",
+    "trusted-web-server-account-comes-from-the-ip-map",
 }
 
 

@@ -122,7 +122,9 @@ alias_maps =
 alias_database =
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
+mynetworks = 127.0.0.0/8, 192.0.2.0/28
+# Tests play a client on another network (192.0.2.0/28) with XCLIENT (they talk only to 127.0.0.1).
+smtpd_authorized_xclient_hosts = 127.0.0.1
 relayhost = [127.0.0.1]:{self.sink_port}
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
@@ -167,6 +169,16 @@ maximal_backoff_time = 2s
     def smtp(self, source_address: str | None = None) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.port, source_address=(source_address, 0) if source_address else None,
                             timeout=30)
+
+    def smtp_as(self, address: str, name: str) -> smtplib.SMTP:
+        """A session Postfix (and so the milter) sees as coming from `address` (XCLIENT)."""
+        smtp = self.smtp()
+        smtp.ehlo()
+        code, reply = smtp.docmd("XCLIENT", f"ADDR={address} NAME={name}")
+        if code != 220:
+            raise RuntimeError(f"XCLIENT refused: {code} {reply!r}")
+        smtp.ehlo()
+        return smtp
 
     def sendmail(self, sender: str, recipients: list[str], message: str) -> subprocess.CompletedProcess[bytes]:
         """Local submission, as PHP mail() or cron would do it (goes through non_smtpd_milters)."""

@@ -56,7 +56,7 @@ def test_forged_msp_header_over_plain_loopback_smtp_is_refused(milter: MilterPro
     for client in (("localhost", "127.0.0.1", 41000), ("localhost", "::1", 41000)):
         mail, _ = session(milter, client, "x@attacker.example",
                           [("Received", FORGED), ("From", "ceo@webhosting.example")], {"{daemon_name}": "MTA-v4"})
-        assert mail.smtp.startswith("550 5.7.1 Unauthenticated SMTP from this host is not accepted for outbound mail; "
+        assert mail.smtp.startswith("550 5.7.1 Unauthenticated SMTP from this host is refused by the mail policy; "
                                     "authenticate (SMTP AUTH) or submit with sendmail"), mail.smtp
     assert {(d["stage"], d["reason"], d["account"]) for d in milter.decisions()} == {("mail", "local_smtp", "attacker.example")}
 

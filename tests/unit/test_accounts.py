@@ -66,15 +66,15 @@ def test_trusted_ip_longest_prefix_then_a_hosted_sender_domain() -> None:
     v6 = Client("web6", "2001:db8::25", 5000)
     assert identify(SETTINGS, web, None, "<a@x.example>") == Identity("trusted_ip", "10.1.2.3", "web.example")
     assert identify(SETTINGS, farm, None, "<a@x.example>") == Identity("trusted_ip", "10.9.9.9", "farm.example")
-    hosted = {"x.example"}.__contains__
-    assert identify(SETTINGS, v6, None, "<a@x.example>", hosted) == Identity("trusted_ip", "2001:db8::25", "x.example")
+    owner = {"x.example": "x.example"}.get
+    assert identify(SETTINGS, v6, None, "<a@x.example>", owner) == Identity("trusted_ip", "2001:db8::25", "x.example")
     # The identity map hosts its entries: the account comes from it.
     assert identify(SETTINGS, v6, None, "<a@news.example>") == Identity("trusted_ip", "2001:db8::25", "bigshop.example")
 
 
 def test_a_trusted_client_without_ip_map_entry_cannot_send_as_a_domain_not_hosted_here() -> None:
     """Finding 5: a 10.x host sending as service@paypal.com was account "paypal.com"."""
-    refused = identify(SETTINGS, Client("web", "192.0.2.9", 5000), None, "<service@paypal.com>", {"x.example"}.__contains__)
+    refused = identify(SETTINGS, Client("web", "192.0.2.9", 5000), None, "<service@paypal.com>", {"x.example": "x"}.get)
     assert isinstance(refused, Refusal) and refused.reason == "trusted_unmapped"
     assert "ip_map" in refused.text and "paypal" not in refused.text  # the reply never echoes the client's input
 
@@ -104,10 +104,11 @@ def test_local_smtp_sender_domain_is_the_spoofable_opt_in() -> None:
     assert identify(opted, LOOPBACK, None, "<a@b.example>") == Identity("local", "a@b.example", "b.example")
 
 
-def test_a_loopback_address_in_trusted_networks_is_attributed_by_ip() -> None:
+def test_a_loopback_address_in_trusted_networks_is_never_trusted_ip() -> None:
+    """Review P1.2: any local process may connect from 127.0.0.2; the local_smtp rule wins."""
     settings = parse_config({"accounts": {"trusted_networks": ["127.0.0.2/32"], "ip_map": {"127.0.0.2": "web.example"}}}).accounts
-    assert identify(settings, Client("web", "127.0.0.2", 5000), None, "<a@customer.example>") == Identity(
-        "trusted_ip", "127.0.0.2", "web.example")
+    refused = identify(settings, Client("web", "127.0.0.2", 5000), None, "<a@customer.example>")
+    assert isinstance(refused, Refusal) and refused.reason == "local_smtp"
 
 
 def test_msp_listener_pickup_and_sendmail_bs_are_local() -> None:
@@ -128,9 +129,9 @@ def test_inbound_mail_is_not_ours() -> None:
 
 
 def test_order_of_sources_is_honoured() -> None:
-    only_ip = parse_config(tomllib.loads('[accounts]\nidentify = ["trusted_ip"]\ntrusted_networks = ["127.0.0.0/8"]')).accounts
-    assert identify(only_ip, PICKUP, "bob@shop.example", "<a@b.example>", {"b.example"}.__contains__) == Identity(
-        "trusted_ip", "127.0.0.1", "b.example")
+    only_ip = parse_config(tomllib.loads('[accounts]\nidentify = ["trusted_ip"]\ntrusted_networks = ["10.0.0.0/8"]')).accounts
+    assert identify(only_ip, Client("web", "10.1.2.3", 5000), "bob@shop.example", "<a@b.example>",
+                    {"b.example": "b.example"}.get) == Identity("trusted_ip", "10.1.2.3", "b.example")
 
 
 MSP_DSN = "from localhost (localhost)\n\tby mx1.provider.example (8.17.1.9/8.17.1.9/Submit) id 6AQFwG9a011093;\n\tThu"

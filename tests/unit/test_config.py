@@ -370,6 +370,7 @@ def test_dangerous_values_are_warnings_with_their_key() -> None:
     warnings = config_warnings(parse_config(tomllib.loads(DANGEROUS)))
     keys = [warning.split(": ", 1)[0] for warning in warnings]
     assert keys == ["accounts.trusted_networks[1]", "accounts.trusted_networks[2]", "accounts.trusted_networks[4]",
+                    "accounts.trusted_networks[1]",  # 0.0.0.0/0 also holds loopback, which is never trusted_ip
                     "accounts.local_smtp", "rbl.interval", "milter.on_error"]
     assert "no [rbl.alerts] webhook or email_to" in warnings[-1] and "no metrics" in warnings[-1]
     alerted = DANGEROUS + '[rbl.alerts]\nwebhook = "https://alerts.example/hook"\n'
@@ -384,4 +385,4 @@ def test_check_config_prints_warnings_and_exits_0(tmp_path: Path, capsys: pytest
     out, err = capsys.readouterr()
     assert out.startswith(f"{path}: OK")
     lines = err.splitlines()
-    assert len(lines) == 6 and all(line.startswith("mailflow: warning: ") for line in lines), err
+    assert len(lines) == 7 and all(line.startswith("mailflow: warning: ") for line in lines), err

@@ -262,7 +262,11 @@ def test_group_read_is_allowed_only_on_a_key_root_owns(tmp_path: Path) -> None:
     owns itself, group read only widens who can read it."""
     cfg = _key_config(tmp_path, 0o640)
     os.chown(tmp_path / "suppression.key", 65534, 0)  # owned by nobody, not root
-    with pytest.raises(ConfigError, match="mode 0640: readable by group of a key root does not own"):
+    with pytest.raises(ConfigError, match="mode 0640: readable by group of a key root does not own") as refused:
+        load_config(str(cfg))
+    assert str(refused.value).endswith("; chown root:mailflow (group read needs a file root owns), or chmod 0600")
+    os.chmod(tmp_path / "suppression.key", 0o644)  # the mode wrong too: chmod is the fix
+    with pytest.raises(ConfigError, match="readable by others; chmod 0640"):
         load_config(str(cfg))
     os.chmod(tmp_path / "suppression.key", 0o600)
     assert load_config(str(cfg)).suppression.secret == KEY_A.encode()
