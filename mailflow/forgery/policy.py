@@ -108,7 +108,8 @@ class Ownership:
         directory = DomainDirectory(domains, self._static_addresses)
         protected: list[tuple[str, str | None]] = [(brand, None) for brand in self.config.forgery.protected_brands]
         protected += list(directory.hosted_organisational_domains())
-        return Checker(directory, LookalikeIndex(protected), self.config.forgery.max_date_skew_hours)
+        relaying = frozenset(name for name, settings in self.config.forgery.accounts.items() if settings.relays_others)
+        return Checker(directory, LookalikeIndex(protected), self.config.forgery.max_date_skew_hours, relaying)
 
 
 def _refresh_every(ownership: weakref.ref[Ownership], seconds: float, stop: threading.Event) -> None:

@@ -89,9 +89,11 @@ class AuthorHeaders(NamedTuple):
 class Checker:
     """The checks, bound to who owns what and what is worth protecting."""
 
-    def __init__(self, directory: DomainDirectory, lookalikes: LookalikeIndex, max_date_skew_hours: int = 24) -> None:
+    def __init__(self, directory: DomainDirectory, lookalikes: LookalikeIndex, max_date_skew_hours: int = 24,
+                 relaying: frozenset[str] = frozenset()) -> None:
         self.directory = directory
         self.lookalikes = lookalikes
+        self.relaying = relaying  # accounts that run lists or forwarders ([forgery.accounts] relays_others)
         self.max_skew = max_date_skew_hours * 3600
         # Per checker: new ownership data is a new checker, so nothing outlives what it was judged on.
         self._author_findings = functools.lru_cache(maxsize=8192)(self._judge_author)
@@ -157,7 +159,10 @@ class Checker:
             return None
 
     def _relays_others(self, account: str, sender: str, headers: AuthorHeaders) -> bool:
-        """List, resent or SRS-forwarded mail carries someone else's From: legitimately."""
+        """List, resent or SRS-forwarded mail carries someone else's From: legitimately, for an
+        account the admin says runs lists or forwarders: any customer can write a List-Id: header."""
+        if account not in self.relaying:
+            return False
         envelope = sender.strip().strip("<>")
         envelope_owned = bool(envelope) and self.directory.owns_address(account, envelope)
         if headers.listed and (envelope_owned or self._owned_header(account, headers.senders)):

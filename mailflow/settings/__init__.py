@@ -80,6 +80,8 @@ class RateLimitSettings:
 class ForgeryAccount:
     domains: tuple[str, ...] = ()
     actions: Mapping[str, str] = field(default_factory=dict)  # overrides only
+    # Runs mailing lists or forwarders: list, resent and SRS mail may carry others' From:.
+    relays_others: bool = False
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,7 @@ def parse_forgery(t: Table, base_dir: str) -> ForgerySettings:
         accounts[name.lower()] = ForgeryAccount(
             domains=tuple(x.lower() for x in sub.texts("domains", [])),
             actions=_rule_actions(sub.table("rules")),
+            relays_others=sub.flag("relays_others", False),
         )
         sub.finish()
     per_account.finish()

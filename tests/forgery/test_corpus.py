@@ -23,7 +23,7 @@ DIRECTORY = DomainDirectory({
 })
 LOOKALIKES = LookalikeIndex([("paypal.com", None), ("microsoft.com", None),
                              *DIRECTORY.hosted_organisational_domains()])
-CHECKER = Checker(DIRECTORY, LOOKALIKES)
+CHECKER = Checker(DIRECTORY, LOOKALIKES, relaying=frozenset({"shop.example"}))  # shop.example runs lists
 
 
 def test_the_corpus_is_big_enough() -> None:
