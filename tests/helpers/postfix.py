@@ -193,21 +193,8 @@ maximal_backoff_time = 2s
 
     def delivered(self) -> list[dict[str, object]]:
         """Messages the sink received: sender and recipients from its dump files."""
-        out: list[dict[str, object]] = []
-        for path in sorted(self.sink_dir.glob("*")):
-            text = path.read_text(errors="replace")
-            sender, recipients, complete = "", [], False
-            for line in text.splitlines():
-                if line.startswith("X-Mail-Args: "):
-                    sender = line.split(" ", 1)[1].split()[0]
-                elif line.startswith("X-Rcpt-Args: "):
-                    recipients.append(line.split(" ", 1)[1].split()[0])
-                elif not line.strip():
-                    complete = True
-                    break
-            if complete:  # the sink may still be writing the file: its envelope lines end with a blank one
-                out.append({"sender": sender, "recipients": recipients, "text": text})
-        return out
+        return [{"sender": sender, "recipients": list(recipients), "text": text}
+                for sender, recipients, text in sink_messages(self.sink_dir)]
 
     def wait_delivered(self, count: int, timeout: float = 20) -> list[dict[str, object]]:
         deadline = time.monotonic() + timeout
@@ -227,6 +214,28 @@ maximal_backoff_time = 2s
     def maillog(self) -> str:
         path = self.dir / "maillog"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+
+def sink_messages(directory: Path) -> list[tuple[str, tuple[str, ...], str]]:
+    """(sender, recipients, text) of each message smtp-sink dumped into `directory`, from its
+    X-Mail-Args and X-Rcpt-Args lines; a file the sink is still writing (its envelope lines not yet
+    ended by a blank line) is not a message yet."""
+    out = []
+    for path in sorted(directory.glob("*")):
+        text = path.read_text(errors="replace")
+        sender, recipients, complete = "", [], False
+        for line in text.splitlines():
+            if line.startswith("X-Mail-Args: "):
+                sender = line.split(" ", 1)[1].split()[0]
+            elif line.startswith("X-Rcpt-Args: "):
+                recipients.append(line.split(" ", 1)[1].split()[0])
+            elif not line.strip():
+                complete = True
+                break
+        if complete:
+            out.append((sender, tuple(recipients), text))
+    return out
 
 
 @contextmanager

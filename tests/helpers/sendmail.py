@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from tests.helpers.postfix import sink_messages
 from tests.helpers.servers import REPO, free_port, wait_for_port
 
 FIXTURES = REPO / "tests" / "fixtures" / "sendmail"
@@ -116,19 +117,7 @@ class Sink:
 
     def messages(self) -> list[Delivered]:
         """Each message received, from smtp-sink's dump files (X-Mail-Args, X-Rcpt-Args lines)."""
-        out = []
-        for path in sorted(self.dir.glob("*")):
-            text = path.read_text(errors="replace")
-            sender, recipients = "", []
-            for line in text.splitlines():
-                if line.startswith("X-Mail-Args: "):
-                    sender = line.split(" ", 1)[1].split()[0]
-                elif line.startswith("X-Rcpt-Args: "):
-                    recipients.append(line.split(" ", 1)[1].split()[0])
-                elif not line.strip():
-                    break
-            out.append(Delivered(sender, tuple(recipients), text))
-        return out
+        return [Delivered(*message) for message in sink_messages(self.dir)]
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
