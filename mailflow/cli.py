@@ -95,7 +95,12 @@ def run(config_file: str | None, drain_timeout: float) -> None:
             log.warning("config: %s", warning)
 
     def reload() -> Config:
-        new = _load(config_file)
+        try:
+            new = load_config(config_path(config_file))
+        except ConfigError as exc:  # every error into the log, each with its key; the last is the refusal's
+            for error in exc.errors[:-1]:
+                log.error("reload: bad config: %s", error)
+            raise click.UsageError(f"bad config: {exc.errors[-1]}") from None
         _preflight(new)
         return new
 

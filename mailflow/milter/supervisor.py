@@ -77,6 +77,7 @@ class Supervisor:
     def run(self) -> int:
         listener = open_listener(self.config.milter)
         self.listener: Listener = listener
+        self.listener_closed = False
         log.info("mailflow listening on %s (mode=%s, store=%s, on_error=%s, drain %gs)",
                  self.config.milter.socket, self.config.milter.mode, redact_url(self.config.store.url),
                  self.config.milter.on_error, self.drain_seconds)
@@ -99,7 +100,7 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(wake_r)
             os.close(wake_w)
-            close_listener(listener)
+            self._close_listener()
         log.info("mailflow stopped")
         if self.failure:
             raise self.failure
@@ -274,6 +275,15 @@ class Supervisor:
         log.info("stopping (%s): no new connections; open sessions get up to %gs", why, self.drain_seconds)
         for worker in self.workers:
             self._retire(worker)
+        # The workers let go of the socket as they retire; with ours closed too, the kernel refuses
+        # new connections at once (the MTA applies its milter_default_action now, not after its
+        # connect timeout on a backlog nobody serves).
+        self._close_listener()
+
+    def _close_listener(self) -> None:
+        if not self.listener_closed:
+            self.listener_closed = True
+            close_listener(self.listener)
 
     def _retire(self, worker: Worker) -> None:
         if worker.stopping_since is None:

@@ -75,8 +75,12 @@ def test_hup_reloads_a_valid_config_and_keeps_the_running_one_on_a_bad_file(
     assert milter.proc is not None and milter.proc.poll() is None  # HUP no longer stops it
     assert rcpt_replies(milter, "b@two.example", 4) == ["continue"] * 4  # the new limit, at once
 
-    text = reload(milter, config(store, "10/hour") | {"ratelimit": {"limits": ["ten per hour"]}}, 2)
-    assert re.search(r"ERROR reload refused, the running config stays: .*ratelimit\.limits\[0\]: 'ten per hour'", text)
+    two_errors = config(store, "10/hour") | {"ratelimit": {"limits": ["ten per hour"]}, "log": {"level": "loud"}}
+    text = reload(milter, two_errors, 2)
+    # Every error reaches the log as a log line, each with its key, not as bare text on stderr.
+    assert re.search(r"ERROR reload: bad config: .*ratelimit\.limits\[0\]: 'ten per hour'", text)
+    assert re.search(r"ERROR reload refused, the running config stays: .*log\.level: 'loud'", text)
+    assert not any(line.startswith("mailflow: bad config") for line in text.splitlines())
     assert rcpt_replies(milter, "c@three.example", 4) == ["continue"] * 4  # still 10/hour
 
     text = reload(milter, "[milter\n", 3)  # not TOML at all
@@ -106,6 +110,16 @@ def test_sessions_open_at_a_reload_or_a_stop_finish(tmp_path: Path, start_milter
         open_at_stop.mail("c@three.example", macros={"{auth_authen}": "c@three.example"})
         milter.proc.send_signal(signal.SIGTERM)
         wait_log(milter, r"worker stopping \(asked by the supervisor, or it is gone\): accepting no more connections; 1 open")
+        # New connections are refused within libmilter's 5 s listener poll, not queued for the
+        # whole drain on a backlog nobody serves (the MTA would wait its connect timeout each time).
+        deadline = time.monotonic() + 8
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", milter.port), timeout=0.5).close()
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "new connections still accepted while draining"
+            time.sleep(0.05)
         time.sleep(0.3)
         assert open_at_stop.rcpt("r@x.example").smtp == "continue"
         assert finish(open_at_stop, "c@three.example", "4LAST") == "continue"
