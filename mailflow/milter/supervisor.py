@@ -36,6 +36,7 @@ START_SECONDS = 30.0  # a worker not ready by then is killed (it has accepted no
 KILL_GRACE = 10.0  # beyond the drain: a stopping worker still there is killed
 MAX_PAUSE = 30.0  # between restarts of a worker that keeps dying young
 YOUNG = 10.0
+BAD_INPUT = 2  # the exit code `describe` gives a bad config, store or file (cli.EXIT_USAGE)
 SIGNALS = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
 
 
@@ -250,7 +251,10 @@ class Supervisor:
         try:
             new = self.reload_config()
         except Exception as exc:  # noqa: BLE001 - any bad file must leave the running milter as it is
-            log.error("reload refused, the running config stays: %s", self.describe(exc)[0])
+            message, code = self.describe(exc)
+            # A bad file is one line; anything else is a fault of ours: its traceback goes with it.
+            (log.error if code == BAD_INPUT else log.exception)("reload refused, the running config stays: %s",
+                                                                message)
             return
         old = self.config.milter
         if new.milter.socket != old.socket:
