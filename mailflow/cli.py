@@ -4,7 +4,6 @@ stderr and exit 2, never a traceback: `main` maps every such error in one place.
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ import click
 from mailflow import __version__
 from mailflow.config import Config, ConfigError, config_path, config_warnings, load_config
 from mailflow.groups import group_problem
+from mailflow.milter.socket_path import unix_socket_problem
 from mailflow.store import DomainTaken, Store, StoreError, check_store_group, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
@@ -53,23 +53,12 @@ def _preflight(config: Config, socket: bool = True) -> None:
         except StoreError as exc:
             problems.append((key, str(exc)))
     if socket:
-        problems.append(("milter.socket", _socket_problem(config.milter.socket)))
+        problems.append(("milter.socket", unix_socket_problem(config.milter.socket)))
         if config.milter.socket_group:
             problems.append(("milter.socket_group", group_problem(config.milter.socket_group)))
     for key, problem in problems:
         if problem:
             raise click.UsageError(f"bad config: {config.path}: {key}: {problem}")
-
-
-def _socket_problem(socket: str) -> str | None:
-    kind, _, path = socket.partition(":")
-    if kind not in ("unix", "local"):
-        return None
-    if not os.path.isdir(os.path.dirname(path) or "/"):
-        return f"directory {os.path.dirname(path)} does not exist; create it for the milter socket"
-    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
-        return f"{path} exists and is not a socket; libmilter will not replace it"
-    return None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

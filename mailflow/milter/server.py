@@ -50,6 +50,7 @@ import Milter
 from mailflow.config import Config, MilterSettings
 from mailflow.engine import Engine
 from mailflow.milter.adapter import MailflowMilter
+from mailflow.milter.socket_path import unix_socket_problem
 from mailflow.store import Store, StoreError, open_store
 from mailflow.suppression.admin import key_check_scopes
 from mailflow.suppression.keys import KeyMismatch, check_store_key
@@ -87,8 +88,8 @@ def open_listener(settings: MilterSettings) -> Listener:
     if unix and len(os.fsencode(path)) + 4 > UNIX_PATH_MAX:
         raise ListenError(f"cannot listen on {settings.socket}: the path is too long "
                           f"(at most {UNIX_PATH_MAX - 4} bytes; mailflow binds PATH.new and renames it)")
-    if unix and os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
-        raise ListenError(f"cannot listen on {settings.socket}: {path} exists and is not a socket")
+    if problem := unix_socket_problem(settings.socket):
+        raise ListenError(f"cannot listen on {settings.socket}: {problem}")
     before = _listening_fds()
     libmilter.setconn(conn)
     libmilter.register("mailflow")  # smfi_opensocket needs a registered filter; no thread starts
