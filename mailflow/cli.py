@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
@@ -47,9 +47,12 @@ def _load(config_file: str | None) -> Config:
 def _preflight(config: Config, socket: bool = True) -> None:
     """What would stop `run` beyond the config's syntax: files and directories."""
     problems: list[tuple[str, str | None]] = []
-    for key, check in (("store.url", check_store_path), ("store.group", check_store_group)):
+    checks: tuple[tuple[str, Callable[[], None]], ...] = (
+        ("store.url", lambda: check_store_path(config.store.url)),
+        ("store.group", lambda: check_store_group(config.store.url, config.store.group)))
+    for key, check in checks:
         try:
-            check(config.store.url, config.store.group if key == "store.group" else "")
+            check()
         except StoreError as exc:
             problems.append((key, str(exc)))
     if socket:
