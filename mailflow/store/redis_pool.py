@@ -6,8 +6,8 @@ milter, so these calls speak on plain connections kept here.
 
 A fixed number of slots: a caller takes an idle connection (looked at for a close by Redis on
 every reuse: one poll), else makes one while fewer than
-`size` exist, else waits briefly when all are out (MAX_WAIT: a healthy Redis frees one within a millisecond,
-and the wait adds to the call's own timeout), and always puts it back, disconnected after a failure. However many calls fail, over however many outages, no slot is ever lost, at most
+`size` exist, else waits briefly when all are out (MAX_WAIT: a healthy Redis frees one within a millisecond;
+the wait counts against the call's own timeout, except over TLS), and always puts it back, disconnected after a failure. However many calls fail, over however many outages, no slot is ever lost, at most
 `size` connections exist, and a disconnected one reconnects on its next use: the first call after
 Redis is back succeeds.
 """
@@ -73,6 +73,10 @@ class DeadlineSocket(socket.socket):
             self._set_timeout(self.budget)
         super().sendall(data, flags)
 
+    def shorten(self, seconds: float) -> None:
+        """The reply to the request just sent is due `seconds` sooner (spent waiting for this connection)."""
+        self._deadline -= seconds
+
     def _before_read(self) -> None:
         remaining = self._deadline - time.monotonic()
         if remaining < self._timeout - DEADLINE_SLACK:
@@ -129,6 +133,15 @@ class _KernelTimeouts(_Deadlines):
     redis-py reports as a ConnectionError whose context is a BlockingIOError (redis_errors)."""
 
     kernel_timeouts = True
+    waited = 0.0  # seconds the caller waited for this connection (HotPool.take): due from the reply's budget
+    _sock: socket.socket | None
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+        if self.waited:
+            if isinstance(self._sock, DeadlineSocket):
+                self._sock.shorten(self.waited)
+            self.waited = 0.0
 
 
 _PLAIN = (redis.Connection, redis.UnixDomainSocketConnection)  # TLS keeps redis-py's own timeouts
@@ -170,10 +183,12 @@ class HotPool:
                 pass
             else:
                 return self._make()
+            began = time.monotonic()
             try:
                 conn = self._idle.get(timeout=self._wait_ms / 1000)
             except queue.Empty:
                 raise StoreError(f"redis: all {self.size} connections busy for {self._wait_ms} ms") from None
+            conn.waited = time.monotonic() - began
         sock = conn._sock
         if sock is not None:
             # Readable while idle: Redis closed it (restart, idle timeout, CLIENT KILL) or, never
