@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 import click
 
-from mailflow import __version__
+from mailflow import __version__, audit
+from mailflow.audit import why_option
 from mailflow.config import Config, ConfigError, config_path, config_warnings, load_config
 from mailflow.groups import group_problem
 from mailflow.milter.socket_path import unix_socket_problem
@@ -158,13 +159,15 @@ def ratelimit_status(config_file: str | None, account: str) -> None:
 
 @ratelimit.command("reset")
 @config_option
+@why_option()
 @click.argument("account")
-def ratelimit_reset(config_file: str | None, account: str) -> None:
+def ratelimit_reset(config_file: str | None, why: str | None, account: str) -> None:
     """Refill every bucket of ACCOUNT."""
     config = _load(config_file)
     with _store(config) as store:
         store.reset(account.lower())
-    click.echo(f"account {account.lower()}: buckets refilled")
+        click.echo(f"account {account.lower()}: buckets refilled")
+        audit.record(store, "ratelimit reset", account.lower(), why=why)
 
 
 @cli.group()
@@ -184,27 +187,31 @@ def _domain_argument(domain: str) -> str:
 
 @domains.command("add")
 @config_option
+@why_option()
 @click.argument("account")
 @click.argument("domain")
-def domains_add(config_file: str | None, account: str, domain: str) -> None:
+def domains_add(config_file: str | None, why: str | None, account: str, domain: str) -> None:
     """Give DOMAIN (and its subdomains) to ACCOUNT."""
     config, domain = _load(config_file), _domain_argument(domain)
     with _store(config) as store:
         store.add_domain(account.lower(), domain)
-    click.echo(f"{domain}: owned by {account.lower()} (milters see it within {config.forgery.domains_refresh_seconds}s)")
+        click.echo(f"{domain}: owned by {account.lower()} (milters see it within {config.forgery.domains_refresh_seconds}s)")
+        audit.record(store, "domains add", account.lower(), domain, why)
 
 
 @domains.command("remove")
 @config_option
+@why_option()
 @click.argument("account")
 @click.argument("domain")
-def domains_remove(config_file: str | None, account: str, domain: str) -> None:
+def domains_remove(config_file: str | None, why: str | None, account: str, domain: str) -> None:
     """Take DOMAIN away from ACCOUNT."""
     config, domain = _load(config_file), _domain_argument(domain)
     with _store(config) as store:
         if not store.remove_domain(account.lower(), domain):
             raise click.ClickException(f"{domain} is not in the store for account {account.lower()}")
-    click.echo(f"{domain}: removed from {account.lower()}")
+        click.echo(f"{domain}: removed from {account.lower()}")
+        audit.record(store, "domains remove", account.lower(), domain, why)
 
 
 @domains.command("list")
@@ -313,9 +320,11 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
 
 
 def _register_admin_groups() -> None:
+    from mailflow import grants_admin
     from mailflow.suppression import admin, keygen
 
     admin.register(cli, _load, _store, config_option)
+    grants_admin.register(cli, _load, _store, config_option)
     keygen.register(cli)
 
 

@@ -21,6 +21,7 @@ from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, ju
 from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.log import DECISIONS, envelope_address, log, log_decision
 from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
+from mailflow.ratelimit.grants import GrantOverlay
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
@@ -68,6 +69,8 @@ class Engine:
         self.store = store
         self.monitor = config.milter.mode == "monitor"
         self.ownership = Ownership(config, store)
+        # The config's limits with the store's active grants laid over, refreshed in the background.
+        self.grants = GrantOverlay(config.ratelimit, store, config.store.refresh_ms / 1000)
         self.sent = SentCounter(store)
         self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
         self.clock = clock or (lambda: datetime.now(timezone.utc))
@@ -88,6 +91,7 @@ class Engine:
     def close(self) -> None:
         """Before the store closes: the background domain refresh stops, the sent counts are written."""
         self.ownership.stop()
+        self.grants.stop()
         self.sent.flush()
 
     # -- what the MTA does when things break ---------------------------------------------
@@ -170,13 +174,13 @@ class Engine:
         if refusal is not None:
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, refusal, conn_id=conn_id, rcpt=recipient)
-        policy = self.config.ratelimit.policy_for(identity.account)
+        policy = self.grants.policy_for(identity.account)
         if policy.exempt:
             message.recipients.append(recipient)
             return PASS
         account = identity.account
         levels: tuple[float, ...] | Decision | None = message.levels
-        if levels is None:
+        if levels is None or len(levels) != len(policy.limits):  # a grant added or dropped a period meanwhile
             levels = self._read_levels(message, account, policy, estimate=True)
         if isinstance(levels, Decision):
             return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
@@ -226,7 +230,7 @@ class Engine:
         account_scope = scope_for(identity.account)
         keys = self.matcher.recipient_keys(recipient)
         # The first RCPT also reads the buckets in the same round trip (rcpt() needs them next).
-        policy = self.config.ratelimit.policy_for(identity.account)
+        policy = self.grants.policy_for(identity.account)
         peek = policy.limits if message.levels is None and not policy.exempt else ()
         lookup = self._store_call(
             lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek), False)
@@ -296,7 +300,7 @@ class Engine:
         # what accepted mail still gets (hold, removed recipients, the policy header).
         # The MTA's own bounces owe no domain; a Unix user's account owns the envelope or not.
         forgery = NOTHING_FOUND if own_bounce else self._forgery(client, message, envelope=message.on_msp_listener)
-        policy = self.config.ratelimit.policy_for(identity.account)
+        policy = self.grants.policy_for(identity.account)
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
         if message.suppressed and not message.recipients:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from mailflow.forgery.lookalike import LookalikeIndex
 from mailflow.forgery.ownership import DomainDirectory, read_sender_login_map
 from mailflow.forgery.rules import Checker, Finding
 from mailflow.model import Decision, Reply, Verdict
+from mailflow.refresher import Refresher
 from mailflow.store.base import Store, StoreError
 
 log = logging.getLogger("mailflow")
@@ -66,27 +66,17 @@ class Ownership:
         self._static_domains, self._static_addresses = static_ownership(config)
         self._store_domains: dict[str, str] = {}
         self._checker = self._build()
-        self._started = False
-        self._start_lock = threading.Lock()  # not _lock: a refresh under way must not hold a message
-        self._stop = threading.Event()
+        self._refresher = Refresher(self, config.forgery.domains_refresh_seconds, "mailflow-domains")
         self.refresh()  # the first read, at start: never inside a milter callback
 
     def checker(self) -> Checker:
         """The latest snapshot; the first call starts the background refresh (like the replica's)."""
-        if not self._started:
-            self._start()
+        if not self._refresher.started:
+            self._refresher.start()
         return self._checker
 
-    def _start(self) -> None:
-        with self._start_lock:
-            if self._started:
-                return
-            self._started = True
-        threading.Thread(target=_refresh_every, name="mailflow-domains", daemon=True,
-                         args=(weakref.ref(self), self.config.forgery.domains_refresh_seconds, self._stop)).start()
-
     def stop(self) -> None:
-        self._stop.set()
+        self._refresher.stop()
 
     def refresh(self) -> None:
         with self._lock:
@@ -110,16 +100,6 @@ class Ownership:
         protected += list(directory.hosted_organisational_domains())
         relaying = frozenset(name for name, settings in self.config.forgery.accounts.items() if settings.relays_others)
         return Checker(directory, LookalikeIndex(protected), self.config.forgery.max_date_skew_hours, relaying)
-
-
-def _refresh_every(ownership: weakref.ref[Ownership], seconds: float, stop: threading.Event) -> None:
-    """The background refresh; it ends with `stop` or once its Ownership is gone."""
-    while not stop.wait(seconds):
-        current = ownership()
-        if current is None:
-            return
-        current.refresh()
-        del current  # no strong reference while waiting
 
 
 def static_ownership(config: Config) -> tuple[dict[str, set[str]], dict[str, set[str]]]:

@@ -111,6 +111,23 @@ class Store(Protocol):
         """Accounts that sent the most in these hours (unix time // 3600), most first."""
         ...
 
+    def grants(self) -> dict[str, str]:
+        """Every stored grant: account -> its value (ratelimit/grants.py reads it)."""
+        ...
+
+    def swap_grant(self, account: str, expected: str | None, new: str | None) -> bool:
+        """Set (or with None remove) an account's grant only if it still holds `expected` (None:
+        no grant); True if this caller did it."""
+        ...
+
+    def add_audit(self, value: str, keep: int) -> None:
+        """Append an audit entry, keeping only the newest `keep`."""
+        ...
+
+    def audit_entries(self, count: int) -> list[str]:
+        """The newest `count` audit entries, newest first."""
+        ...
+
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
         ...

@@ -13,6 +13,8 @@ from typing import TextIO, TypeVar
 
 import click
 
+from mailflow import audit
+from mailflow.audit import why_option
 from mailflow.config import Config
 from mailflow.store.base import Store
 from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
@@ -171,28 +173,35 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @account_option
     @click.option("--reason", type=click.Choice(REASONS), default="manual", show_default=True)
     @click.option("--source", default="cli", show_default=True, help="Where the entry came from.")
+    @why_option("--why")
     @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS|@DOMAIN|md5:HEX...")
-    def add(config_file: str | None, account: str | None, reason: str, source: str, addresses: tuple[str, ...]) -> None:
+    def add(config_file: str | None, account: str | None, reason: str, source: str, why: str | None,
+            addresses: tuple[str, ...]) -> None:
         """Suppress addresses or whole domains."""
         config = load(config_file)
         matcher = matcher_for(config)
         entries = _each(addresses, lambda a: matcher.make_entry(a, reason, source, int(time.time())))
         with lists_of(config, account, changes=True) as store:
             added = store.add_suppressions(scope_for(account), entries)
-        click.echo(f"{added} added, {len(entries) - added} already listed ({scope_for(account)})")
+            click.echo(f"{added} added, {len(entries) - added} already listed ({scope_for(account)})")
+            audit.record(store, "suppress add", account or "", f"{added} new of {len(entries)} in {scope_for(account)}",
+                         why, {"reason": reason, "source": source})
 
     @suppress.command("remove")
     @config_option
     @account_option
+    @why_option()
     @click.argument("addresses", nargs=-1, required=True, metavar="ADDRESS|@DOMAIN|md5:HEX...")
-    def remove(config_file: str | None, account: str | None, addresses: tuple[str, ...]) -> None:
+    def remove(config_file: str | None, account: str | None, why: str | None, addresses: tuple[str, ...]) -> None:
         """Lift suppressions (the exact entries; a family entry covers its variants)."""
         config = load(config_file)
         matcher = matcher_for(config)
         keys = _each(addresses, lambda a: matcher.entry_key(a)[0])
         with lists_of(config, account, changes=True) as store:
             removed = store.remove_suppressions(scope_for(account), keys)
-        click.echo(f"{removed} removed ({scope_for(account)})")
+            click.echo(f"{removed} removed ({scope_for(account)})")
+            audit.record(store, "suppress remove", account or "", f"{removed} of {len(keys)} in {scope_for(account)}",
+                         why)
 
     @suppress.command("check")
     @config_option
@@ -254,9 +263,10 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @click.option("--source", default=None, help="Where the list came from (default: the file name).")
     @click.option("--hashed", type=click.Choice(["md5", "sha256"]), default=None,
                   help="Lines are bare MD5/SHA-256 hex digests of addresses, as list brokers ship them.")
+    @why_option("--why")
     @click.argument("path", type=click.Path(exists=True, dir_okay=False))
     def import_(config_file: str | None, account: str | None, reason: str, source: str | None,
-                hashed: str | None, path: str) -> None:
+                hashed: str | None, why: str | None, path: str) -> None:
         """Import a CSV or plain list; bad lines are reported and skipped, nothing stored is lost."""
         import os
 
@@ -282,6 +292,9 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
                 added, total = added + store.add_suppressions(scope, batch), total + len(batch)
         click.echo(f"{path}: {total} entries read, {added} new, {total - added} already listed, {bad} bad lines "
                    f"skipped, {time.monotonic() - started:.1f}s ({scope})")
+        with store_of(config) as store:
+            audit.record(store, "suppress import", account or "", f"{added} new of {total} in {scope} from "
+                         f"{os.path.basename(path)}", why, {"reason": reason, "bad_lines": bad})
 
     @suppress.command("rekey")
     @config_option
@@ -324,24 +337,28 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @account.command("hold")
     @config_option
     @click.option("--reason", default="held by an admin", show_default=True)
+    @why_option("--why")
     @click.argument("name")
-    def hold(config_file: str | None, reason: str, name: str) -> None:
+    def hold(config_file: str | None, reason: str, why: str | None, name: str) -> None:
         """Hold every message of an account until released."""
         config = load(config_file)
         with store_of(config) as store:
             store.hold_account(name.lower(), reason)
-        click.echo(f"account {name.lower()}: held")
+            click.echo(f"account {name.lower()}: held")
+            audit.record(store, "account hold", name.lower(), f"reason={reason}", why or reason)
 
     @account.command("release")
     @config_option
+    @why_option()
     @click.argument("name")
-    def release(config_file: str | None, name: str) -> None:
+    def release(config_file: str | None, why: str | None, name: str) -> None:
         """Release a held account (and forget its trap hits). Held messages: postsuper -H."""
         config = load(config_file)
         with store_of(config) as store:
             if not store.release_account(name.lower()):
                 raise click.ClickException(f"account {name.lower()} is not held")
-        click.echo(f"account {name.lower()}: released; release its held mail with postsuper -H")
+            click.echo(f"account {name.lower()}: released; release its held mail with postsuper -H")
+            audit.record(store, "account release", name.lower(), why=why)
 
     @account.command("list")
     @config_option
