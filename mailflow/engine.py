@@ -180,7 +180,7 @@ class Engine:
             return PASS
         account = identity.account
         levels: tuple[float, ...] | Decision | None = message.levels
-        if levels is None or len(levels) != len(policy.limits):  # a grant added or dropped a period meanwhile
+        if message.levels is None or len(message.levels) != len(policy.limits):  # a grant added/ended a period
             levels = self._read_levels(message, account, policy, estimate=True)
         if isinstance(levels, Decision):
             return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
