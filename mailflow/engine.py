@@ -182,6 +182,7 @@ class Engine:
         levels: tuple[float, ...] | Decision | None = message.levels
         if message.levels is None or len(message.levels) != len(policy.limits):  # a grant added/ended a period
             levels = self._read_levels(message, account, policy, estimate=True)
+        assert levels is not None
         if isinstance(levels, Decision):
             return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
         # A recipient that does not fit is deferred, never rejected: the client retries it in a
