@@ -27,6 +27,9 @@ STORE_COMMANDS = [
     ["suppress", "check", "a@x.example"], ["suppress", "list"], ["suppress", "export"],
     ["suppress", "import", "IMPORT"], ["suppress", "rekey", "--finish"], ["account", "hold", "a"], ["account", "release", "a"], ["account", "list"],
     ["rbl", "watch", "--cycles", "1"],
+    ["ratelimit", "grant", "shop.example", "5/hour", "--for", "1h", "--reason", "x"],
+    ["ratelimit", "extend", "shop.example", "--for", "1h"], ["ratelimit", "revoke", "shop.example"],
+    ["ratelimit", "grants"], ["audit"],
 ]
 ALL_COMMANDS = STORE_COMMANDS + [["rbl", "check"], ["replay", "--from-log", "tests/fixtures/mail.log"]]
 
