@@ -100,12 +100,9 @@ def record(store: Store, action: str, account: str, what: str = "", why: str | N
 
 def entries(store: Store, account: str | None = None, count: int = 50) -> Iterator[AuditEntry]:
     """The newest entries first, of one account when given (searching the whole bounded log)."""
-    shown = 0
-    for value in store.audit_entries(KEEP if account else count):
-        entry = AuditEntry.from_value(value)
-        if entry is None or (account is not None and entry.account != account):
-            continue
-        yield entry
-        shown += 1
-        if shown >= count:
-            return
+    values = store.audit_entries(KEEP if account else count)
+    found = [entry for entry in map(AuditEntry.from_value, values)
+             if entry is not None and (account is None or entry.account == account)]
+    if account is None and len(found) < len(values):  # unreadable entries skipped: look further back
+        found = [entry for entry in map(AuditEntry.from_value, store.audit_entries(KEEP)) if entry is not None]
+    yield from found[:count]
