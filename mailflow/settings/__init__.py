@@ -36,7 +36,7 @@ class MilterSettings:
 class StoreSettings:
     url: str = "sqlite:///var/lib/mailflow/state.db"
     timeout_ms: int = 250
-    refresh_ms: int = 1000  # Redis: how often the milter's in-memory replica (redis_replica.py) refreshes
+    refresh_ms: int = 1000  # how often the milter's in-memory replica (Redis) and grants (both) refresh
     group: str = ""  # SQLite: files 0640 with this group, else 0600
 
 
