@@ -13,8 +13,8 @@ import click
 
 from mailflow import audit, events
 from mailflow.config import Config
-from mailflow.ratelimit.grants import (MAX_SECONDS, Grant, GrantError, check_account, overlay, parse_duration,
-                                       parse_grant_limits, read_grants, remove_expired)
+from mailflow.ratelimit.grants import (MAX_SECONDS, Grant, GrantError, active_grant, check_account, overlay,
+                                       parse_duration, parse_grant_limits, read_grants, remove_expired)
 from mailflow.store.base import Store
 
 TRIES = 5  # compare-and-swap attempts against admins changing the same grant at once
@@ -37,22 +37,10 @@ def _usage(call: Callable[[], object], hint: str) -> object:
         raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
-def _current(store: Store, account: str) -> tuple[str | None, Grant | None]:
-    """The account's active grant (an expired one is removed on the way, and is no grant)."""
-    found = read_grants(store).get(account)
-    if found is None:
-        return None, None
-    value, grant = found
-    if grant.until <= time.time():
-        remove_expired(store, account, value)
-        return None, None
-    return value, grant
-
-
 def _swap(store: Store, account: str, change: Callable[[Grant | None], Grant | None]) -> tuple[Grant | None, Grant | None]:
     """Apply `change` to the account's grant atomically: (before, after)."""
     for _ in range(TRIES):
-        value, before = _current(store, account)
+        value, before = active_grant(store, account)
         after = change(before)
         if store.swap_grant(account, value, after.value() if after else None):
             return before, after

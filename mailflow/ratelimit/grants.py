@@ -125,6 +125,20 @@ def read_grants(store: Store) -> dict[str, tuple[str, Grant]]:
     return found
 
 
+def active_grant(store: Store, account: str) -> tuple[str | None, Grant | None]:
+    """The account's active grant and its stored value, for admin commands (`ratelimit status`:
+    `overlay(settings.policy_for(account), grant)` are its limits). An expired one is removed on
+    the way, and is no grant."""
+    found = read_grants(store).get(account)
+    if found is None:
+        return None, None
+    value, grant = found
+    if grant.until <= time.time():
+        remove_expired(store, account, value)
+        return None, None
+    return value, grant
+
+
 class GrantOverlay:
     """The accounts' effective rate policies: the config's, with active grants laid over."""
 
@@ -135,6 +149,7 @@ class GrantOverlay:
         self.clock = clock
         self._lock = threading.Lock()
         self._known: dict[str, Grant] = {}  # active at the last refresh
+        self._failing = False
         # account -> (until, effective policy): built at refresh, so a lookup builds nothing.
         self._policies: dict[str, tuple[float, RatePolicy]] = {}
         self._refresher = Refresher(self, refresh_seconds, "mailflow-grants")
@@ -156,9 +171,14 @@ class GrantOverlay:
         with self._lock:
             try:
                 stored = read_grants(self.store)
-            except StoreError as exc:
-                log.warning("cannot refresh grants from the store, keeping the last ones: %s", exc)
+            except StoreError as exc:  # said once per outage: this runs every refresh_ms
+                if not self._failing:
+                    log.warning("cannot refresh grants from the store, keeping the last ones: %s", exc)
+                self._failing = True
                 return
+            if self._failing:
+                log.warning("grants read from the store again")
+                self._failing = False
             now = self.clock()
             for account, old in self._known.items():
                 if old.until <= now:  # it ran out while this milter knew it (a revoke is the CLI's event)
