@@ -31,9 +31,9 @@ MAX_FIELD = 500
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _bounded(text: str, limit: int = MAX_FIELD) -> str:
+def bounded(text: str, limit: int = MAX_FIELD) -> str:
     """One printable line of at most `limit` characters."""
-    line = "".join(c if c.isprintable() else "?" for c in " ".join(str(text).split()))
+    line = "".join(c if c.isprintable() else "?" for c in " ".join(str(text)[:limit * 4].split()))
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
@@ -43,7 +43,7 @@ def who_runs() -> str:
         user = pwd.getpwuid(uid).pw_name
     except KeyError:
         user = f"uid {uid}"
-    sudo = _bounded(os.environ.get("SUDO_USER", ""), 64)
+    sudo = bounded(os.environ.get("SUDO_USER", ""), 64)
     return f"{user} (sudo by {sudo})" if sudo and sudo != user else user
 
 
@@ -90,8 +90,8 @@ def record(store: Store, action: str, account: str, what: str = "", why: str | N
     after the action and its own output: the action is done either way."""
     if extra:
         what = " ".join([what, *(f"{key}={value}" for key, value in extra.items())]).strip()
-    entry = AuditEntry(time.time(), _bounded(who_runs(), 100), action, _bounded(account, 255), _bounded(what),
-                       _bounded(why or ""))
+    entry = AuditEntry(time.time(), bounded(who_runs(), 100), action, bounded(account, 255), bounded(what),
+                       bounded(why or ""))
     try:
         store.add_audit(entry.value(), KEEP)
     except StoreError as exc:

@@ -13,7 +13,7 @@ import click
 
 from mailflow import audit, events
 from mailflow.config import Config
-from mailflow.ratelimit.grants import (MAX_SECONDS, Grant, GrantError, active_grant, check_account, overlay,
+from mailflow.ratelimit.grants import (MAX_SECONDS, MAX_TEXT, Grant, GrantError, active_grant, check_account, overlay,
                                        parse_duration, parse_grant_limits, read_grants, remove_expired)
 from mailflow.store.base import Store
 
@@ -79,7 +79,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         assert isinstance(parsed, tuple) and isinstance(seconds, int)
         config = load(config_file)
         now = time.time()
-        new = Grant(parsed, now + seconds, why, audit.who_runs(), now)
+        new = Grant(parsed, now + seconds, audit.bounded(why, MAX_TEXT), audit.who_runs(), now)
         with store_of(config) as store:
             before, _ = _swap(store, name, lambda _: new)
             replaced = f"; replaces {before.limits_text()} until {_iso(before.until)}" if before else ""
