@@ -220,3 +220,24 @@ def test_an_audit_write_that_fails_says_the_action_is_done_and_exits_3(
     code, out, err = run(capsys, "ratelimit", "reset", "shop.example", "-c", config)
     assert code == 3 and "buckets refilled" in out
     assert err == "mailflow: ratelimit reset done, but NOT written to the audit log: sqlite: database or disk is full\n"
+
+
+def test_the_hot_path_never_reads_the_store(tmp_path: Path) -> None:
+    class Counting(SqliteStore):
+        reads = 0
+
+        def grants(self) -> dict[str, str]:
+            Counting.reads += 1
+            return super().grants()
+
+    store = Counting(str(tmp_path / "state.db"))
+    store.swap_grant("shop.example", None, grant("5/hour", until=NOW + 3600).value())
+    grants = GrantOverlay(SETTINGS, store, 3600, clock=lambda: NOW)
+    try:
+        for _ in range(1000):
+            grants.policy_for("shop.example")
+            grants.policy_for("other.example")
+        assert Counting.reads == 1  # the read at start; then only the background refresh (hourly here)
+    finally:
+        grants.stop()
+        store.close()
