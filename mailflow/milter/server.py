@@ -277,6 +277,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
         if config.suppression.enabled:
             _watch_key(config, store, on_key_mismatch, KEY_REFRESH_SECONDS)
     engine = MailflowMilter.engine = Engine(config, store)
+    engine.grants.start()  # a grant given before this worker's first message applies to that message
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect (SETSYMLIST: see adapter).
     Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT | Milter.SETSYMLIST)

@@ -164,6 +164,10 @@ class GrantOverlay:
             return granted[1]
         return self.settings.policy_for(account)
 
+    def start(self) -> None:
+        """Refresh from now on, before the first message (the milter worker calls it at start)."""
+        self._refresher.start()
+
     def stop(self) -> None:
         self._refresher.stop()
 
