@@ -3,6 +3,8 @@ applies to it; one that runs out is ignored at once, logged as expired once, rem
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -39,3 +41,21 @@ def test_a_grant_applies_from_the_first_message_and_expires_by_itself(
         assert milter.log().count("grant of shop.example (5/hour) expired") == 1
     finally:
         store.close()
+
+
+def test_one_grant_reaches_every_milter_of_a_fleet(start_milter: Callable[..., MilterProcess], redis_url: str) -> None:
+    """Two milters sharing Redis: one command, and both apply the grant to the one shared bucket."""
+    fleet = [start_milter(config(redis_url, store={"refresh_ms": REFRESH_MS}, ratelimit={"limits": ["2/hour"]}),
+                          name=f"milter{i}") for i in (1, 2)]
+    for milter in fleet:  # each has seen the account under the config's limit
+        send(milter, "bob@other.example", ["x@x.example"], {"{auth_authen}": "bob@other.example"})
+    given = subprocess.run([sys.executable, "-m", "mailflow", "ratelimit", "grant", "shop.example", "5/hour", "--for",
+                            "1h", "--reason", "fleet test", "-c", str(fleet[0].config_path)],
+                           capture_output=True, text=True, timeout=60)
+    assert given.returncode == 0, given.stderr
+    time.sleep(5 * REFRESH_MS / 1000)
+    assert send(fleet[0], "bob@shop.example", ["a@x.example", "b@x.example", "c@x.example"], AUTH) == (
+        ["continue"] * 3, "continue")
+    assert send(fleet[1], "bob@shop.example", ["d@x.example", "e@x.example"], AUTH) == (["continue"] * 2, "continue")
+    rcpt, eom = send(fleet[1], "bob@shop.example", ["f@x.example"], AUTH)  # the shared bucket is full
+    assert (rcpt[0] if rcpt[0] != "continue" else eom).startswith("451 4.7.1 Rate limit 5/hour for shop.example")
