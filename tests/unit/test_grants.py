@@ -41,9 +41,9 @@ def test_limits_and_accounts() -> None:
         with pytest.raises(GrantError):
             parse_grant_limits(bad)
     assert check_account(" Shop.Example ") == "shop.example"
-    for bad in ("", "a b", "a\nb", "a\x00", "x" * 256):
+    for name in ("", "a b", "a\nb", "a\x00", "x" * 256):
         with pytest.raises(GrantError):
-            check_account(bad)
+            check_account(name)
 
 
 def test_overlay_replaces_the_same_period_keeps_others_and_adds_new_ones() -> None:
