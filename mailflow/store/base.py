@@ -111,6 +111,11 @@ class Store(Protocol):
         """Accounts that sent the most in these hours (unix time // 3600), most first."""
         ...
 
+    def claim(self, account: str, key: str, ttl: int) -> bool:
+        """Mark `key` of `account` done for `ttl` seconds; True only for the first caller in the
+        fleet (the notifier sends each event once: store/redis_claims.py, sqlite_claims.py)."""
+        ...
+
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
         ...

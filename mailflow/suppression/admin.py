@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -14,6 +15,7 @@ from typing import TextIO, TypeVar
 import click
 
 from mailflow.config import Config
+from mailflow.events import ACCOUNT_HELD, ACCOUNT_RELEASED, Event, publish
 from mailflow.store.base import Store
 from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
 from mailflow.suppression import rekey
@@ -38,6 +40,16 @@ def matcher_for(config: Config) -> Matcher:
     if not settings.enabled:
         raise click.UsageError("suppression is not configured: add a [suppression] table to the config")
     return Matcher(AddressForms(settings.case_sensitive_local_part, settings.strip_subaddress), Keyring(settings.secret))
+
+
+def unix_user() -> str:
+    """Who runs this command, for notices: the Unix user of the process (its uid if unnamed)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _iso(ts: int) -> str:
@@ -330,6 +342,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         with store_of(config) as store:
             store.hold_account(name.lower(), reason)
+            publish(Event(ACCOUNT_HELD, name.lower(), {"reason": reason, "by": "admin", "user": unix_user()}))
         click.echo(f"account {name.lower()}: held")
 
     @account.command("release")
@@ -341,6 +354,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         with store_of(config) as store:
             if not store.release_account(name.lower()):
                 raise click.ClickException(f"account {name.lower()} is not held")
+            publish(Event(ACCOUNT_RELEASED, name.lower(), {"by": "admin", "user": unix_user()}))
         click.echo(f"account {name.lower()}: released; release its held mail with postsuper -H")
 
     @account.command("list")
