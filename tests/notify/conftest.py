@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailflow import events
+from tests.helpers.webhook_receiver import WebhookReceiver
+
+SECRET = b"webhook-test-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "webhook.key"
+    path.write_bytes(SECRET + b"\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_subscribers() -> Iterator[None]:
+    """A test's notifier must not hear the next test's events."""
+    before = list(events._subscribers)
+    yield
+    events._subscribers[:] = before
