@@ -35,7 +35,8 @@ log = logging.getLogger("mailflow")
 
 DROP_REPORT_SECONDS = 60.0
 STOP_SECONDS = 2.0  # a milter worker that stops waits this long for notices in flight
-CLI_SECONDS = 15.0  # an admin command waits this long for its notices (a webhook down: one line)
+CLI_SECONDS = 15.0
+_OWN_FIELDS = ("event", "kind", "account", "id", "dedup", "channels")  # a detail field never replaces these  # an admin command waits this long for its notices (a webhook down: one line)
 
 
 @dataclass
@@ -141,7 +142,7 @@ class Notifier:
         if key is not None and self.store is not None:
             try:
                 if not self.store.claim(event.account, key, payload.CLAIM_TTL):
-                    log.debug("notify: %s for %s (%s) sent by another milter", event.kind, event.account, key)
+                    log.info("notify: %s for %s (%s) sent by another milter", event.kind, event.account, key)
                     return
             except StoreError as exc:
                 dedup = "store_down"
@@ -154,8 +155,9 @@ class Notifier:
         channels = [name for name, on in (("webhook", self.webhook is not None), ("email", to_admins),
                                           ("customer", to_customer)) if on]
         log_decision(logging.WARNING if event.kind in (LIMIT_REFUSED, ACCOUNT_HELD) else logging.INFO,
-                     **{**event.detail, "event": "notice", "kind": event.kind, "account": event.account,
-                        "id": event_id, "dedup": dedup, "channels": ",".join(channels) or "log"})
+                     **{"event": "notice", "kind": event.kind, "account": event.account, "id": event_id,
+                        **{k: v for k, v in event.detail.items() if k not in _OWN_FIELDS},
+                        "dedup": dedup, "channels": ",".join(channels) or "log"})
         self.sent += 1
         if self.webhook is not None:
             self._attempt(_Delivery(event, event_id, payload.body(event, event_id, self.host), 0,

@@ -86,8 +86,8 @@ def check_notify_channel(top: Table, config: Config) -> None:
     """E-mail notices go out through the DNSBL watcher's alert channel: it must be set."""
     notify, rbl = config.notify, config.rbl
     if (notify.email_to or notify.contacts) and not (rbl.smtp_relay or rbl.sendmail):
-        top.report("notify.email_to" if notify.email_to else "notify.accounts",
-                   "e-mail notices go out through the [rbl.alerts] channel: set its smtp_relay or sendmail")
+        top.table("notify").report("email_to" if notify.email_to else "accounts",
+                                   "e-mail notices go out through the [rbl.alerts] channel: set its smtp_relay or sendmail")
 
 
 def _path(base_dir: str, path: str) -> str:
