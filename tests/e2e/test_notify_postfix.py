@@ -8,6 +8,7 @@ import smtplib
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,7 @@ import redis
 from tests.helpers import postfix
 from tests.helpers.postfix import running_rig, wait_for
 from tests.helpers.servers import MilterProcess
-from tests.helpers.webhook_receiver import WebhookReceiver
-from tests.notify.conftest import SECRET
+from tests.helpers.webhook_receiver import SECRET, WebhookReceiver, write_secret
 
 pytestmark = [
     pytest.mark.postfix,
@@ -29,15 +29,20 @@ USERS = {"bob@shop.example": "secret", "carol@trapped.example": "secret"}
 
 
 def notify_config(store: str, tmp_path: Path, receiver: WebhookReceiver) -> dict[str, Any]:
-    secret = tmp_path / "webhook.key"
-    secret.write_bytes(SECRET)
-    secret.chmod(0o600)
+    secret = write_secret(tmp_path)
     return {
         "store": {"url": store},
         "ratelimit": {"limits": ["2/hour"]},
         "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY", "trap_hits_before_hold": 1},
         "notify": {"webhook": receiver.url, "webhook_secret_file": str(secret), "webhook_backoff_ms": 100},
     }
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    server = WebhookReceiver()
+    yield server
+    server.close()
 
 
 def cli(milter: MilterProcess, *args: str) -> str:

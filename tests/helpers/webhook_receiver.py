@@ -9,12 +9,22 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from mailflow.notify.payload import verify
 
 MAX_BODY = 64 * 1024
+SECRET = b"webhook-test-secret-0123456789abcdef"  # what the tests' webhook_secret_file holds
+
+
+def write_secret(directory: Path) -> Path:
+    """A webhook_secret_file as mailflow accepts it (mode 0600)."""
+    path = directory / "webhook.key"
+    path.write_bytes(SECRET + b"\n")
+    path.chmod(0o600)
+    return path
 
 
 @dataclass

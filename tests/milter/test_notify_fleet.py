@@ -9,17 +9,25 @@ from pathlib import Path
 
 from mailflow.milter.client import MilterClient
 from tests.helpers.servers import MilterProcess
-from tests.helpers.webhook_receiver import WebhookReceiver
-from tests.notify.conftest import SECRET, receiver, secret_file  # noqa: F401 - fixtures
+from tests.helpers.webhook_receiver import SECRET, WebhookReceiver, write_secret
 
 LIMIT = 10
 MESSAGES = 16  # alternating: each milter sees >= 80 % (8, 9, 10) and refusals (11..16)
 
 
 def test_one_webhook_per_event_across_two_milters(start_milter: Callable[..., MilterProcess], redis_url: str,
-                                                  receiver: WebhookReceiver, secret_file: Path) -> None:  # noqa: F811
+                                                  tmp_path: Path) -> None:
+    receiver = WebhookReceiver()
+    try:
+        run_fleet(start_milter, redis_url, tmp_path, receiver)
+    finally:
+        receiver.close()
+
+
+def run_fleet(start_milter: Callable[..., MilterProcess], redis_url: str, tmp_path: Path,
+              receiver: WebhookReceiver) -> None:
     config = {"store": {"url": redis_url, "timeout_ms": 2000}, "ratelimit": {"limits": [f"{LIMIT}/hour"]},
-              "notify": {"webhook": receiver.url, "webhook_secret_file": str(secret_file)}}
+              "notify": {"webhook": receiver.url, "webhook_secret_file": str(write_secret(tmp_path))}}
     milters = [start_milter(config, name="mta1"), start_milter(config, name="mta2")]
     actions = []
     for i in range(MESSAGES):

@@ -6,17 +6,14 @@ from pathlib import Path
 import pytest
 
 from mailflow import events
-from tests.helpers.webhook_receiver import WebhookReceiver
+from tests.helpers.webhook_receiver import SECRET, WebhookReceiver, write_secret
 
-SECRET = b"webhook-test-secret-0123456789abcdef"
+__all__ = ["SECRET"]
 
 
 @pytest.fixture
 def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "webhook.key"
-    path.write_bytes(SECRET + b"\n")
-    path.chmod(0o600)
-    return path
+    return write_secret(tmp_path)
 
 
 @pytest.fixture
