@@ -21,17 +21,20 @@ from mailflow.events import (ACCOUNT_HELD, ACCOUNT_RELEASED, GRANT_ENDED, GRANT_
 SIGNATURE_HEADER = "X-Mailflow-Signature"
 VERSION = 1
 # Events several milters may see at once (a limit of the whole fleet) name their window in
-# detail["window"]: one claim per (kind, account, window) sends each once. Others are published
-# once by whoever acted (an admin's command, the store's atomic trap-hit count).
+# detail["window"]: one claim per (kind, account, window) sends each once; so does a grant's
+# expiry (its end). Others are published once by whoever acted (an admin's command, the store's
+# atomic trap-hit count).
 CLAIM_TTL = 2 * 86400  # longer than any window (a day), short enough to keep the store small
 
 
 def claim_key(event: Event) -> str | None:
     """The fleet-wide key of this event, or None when it needs no claim."""
-    window = event.detail.get("window")
-    if window is None:
-        return None
-    return f"{event.kind}:{event.detail.get('period', '')}:{window}"
+    detail = event.detail
+    if "window" in detail:
+        return f"{event.kind}:{detail.get('period', '')}:{detail['window']}"
+    if event.kind == GRANT_ENDED and detail.get("how") == "expired" and "until" in detail:
+        return f"{event.kind}:expired:{detail['until']}"  # every milter's grant refresh sees the expiry
+    return None
 
 
 def event_id(event: Event) -> str:

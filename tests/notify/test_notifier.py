@@ -57,6 +57,10 @@ def test_a_claimed_events_id_is_the_same_on_every_milter_and_others_are_unique()
     held = Event(events.ACCOUNT_HELD, "shop.example", {"reason": "x"})
     assert payload.claim_key(held) is None and payload.event_id(held) != payload.event_id(held)
     assert payload.claim_key(EVENT) == "limit_refused:hour:1795719600"
+    expired = Event(events.GRANT_ENDED, "shop.example", {"limits": "5000/day", "until": 1795720000, "how": "expired"})
+    assert payload.claim_key(expired) == "grant_ended:expired:1795720000"  # each milter's refresh sees it
+    revoked = Event(events.GRANT_ENDED, "shop.example", {"limits": "5000/day", "until": 1795720000, "how": "revoked"})
+    assert payload.claim_key(revoked) is None
 
 
 def test_the_backoff_doubles() -> None:
