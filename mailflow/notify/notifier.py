@@ -49,8 +49,9 @@ class _Delivery:
 
 
 class Notifier:
-    def __init__(self, config: Config, store: Store | None, host: str | None = None) -> None:
+    def __init__(self, config: Config, store: Store | None, host: str | None = None, quiet: bool = False) -> None:
         self.settings = config.notify
+        self.quiet = quiet  # notice lines at INFO: an admin command's stderr shows only failures
         self.store = store
         self._host = host
         self.mail = MailChannel(config.rbl)
@@ -154,7 +155,8 @@ class Notifier:
         to_admins = bool(self.settings.email_to) and event.kind in self.settings.email_events
         channels = [name for name, on in (("webhook", self.webhook is not None), ("email", to_admins),
                                           ("customer", to_customer)) if on]
-        log_decision(logging.WARNING if event.kind in (LIMIT_REFUSED, ACCOUNT_HELD) else logging.INFO,
+        loud = event.kind in (LIMIT_REFUSED, ACCOUNT_HELD) and not self.quiet
+        log_decision(logging.WARNING if loud else logging.INFO,
                      **{"event": "notice", "kind": event.kind, "account": event.account, "id": event_id,
                         **{k: v for k, v in event.detail.items() if k not in _OWN_FIELDS},
                         "dedup": dedup, "channels": ",".join(channels) or "log"})
@@ -193,14 +195,14 @@ def _nothing() -> None:
     pass
 
 
-def start_notifier(config: Config, store: Store | None) -> Notifier:
-    return Notifier(config, store).start()
+def start_notifier(config: Config, store: Store | None, quiet: bool = False) -> Notifier:
+    return Notifier(config, store, quiet=quiet).start()
 
 
 @contextmanager
 def notifying(config: Config, store: Store | None, timeout: float = CLI_SECONDS) -> Iterator[Notifier]:
     """For an admin command: the events it publishes are sent before it exits (bounded)."""
-    notifier = start_notifier(config, store)
+    notifier = start_notifier(config, store, quiet=True)
     try:
         yield notifier
     finally:
