@@ -36,6 +36,7 @@ log = logging.getLogger("mailflow")
 DROP_REPORT_SECONDS = 60.0
 STOP_SECONDS = 2.0  # a milter worker that stops waits this long for notices in flight
 CLI_SECONDS = 15.0
+IDLE_SECONDS = 5.0  # the thread's longest sleep: close() and new events wake it at once
 _OWN_FIELDS = ("event", "kind", "account", "id", "dedup", "channels")  # a detail field never replaces these  # an admin command waits this long for its notices (a webhook down: one line)
 
 
@@ -54,10 +55,11 @@ class Notifier:
         self.quiet = quiet  # notice lines at INFO: an admin command's stderr shows only failures
         self.store = store
         self._host = host
-        self.mail = MailChannel(config.rbl)
+        # Built only when e-mail is on: its default sender looks the host's name up (DNS).
+        self.mail = MailChannel(config.rbl) if self.settings.email_to or self.settings.contacts else None
         self.webhook = (Webhook(self.settings.webhook, self.settings.webhook_secret,
                                 self.settings.webhook_timeout_ms / 1000) if self.settings.webhook else None)
-        self._queue: queue.Queue[Event] = queue.Queue(maxsize=self.settings.queue_size)
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=self.settings.queue_size)  # None: wake up
         self._retries: list[tuple[float, int, _Delivery]] = []  # (due, tie-break, delivery)
         self._order = itertools.count()
         self._lock = threading.Lock()
@@ -106,9 +108,13 @@ class Notifier:
         self._unsubscribe()
         self._deadline = time.monotonic() + timeout
         self._closing.set()
+        try:
+            self._queue.put_nowait(None)  # wake the thread now (when full, it is busy and looks next)
+        except queue.Full:
+            pass
         if self._thread.is_alive():
             self._thread.join(timeout + 1)
-        lost = self._queue.qsize() + len(self._retries)
+        lost = sum(1 for event in list(self._queue.queue) if event is not None) + len(self._retries)
         if lost:
             log.warning("notify: %d notices not sent (queued or waiting for a webhook retry) when mailflow stopped",
                         lost)
@@ -120,12 +126,14 @@ class Notifier:
             now = time.monotonic()
             if self._closing.is_set() and (now >= self._deadline or (self._queue.empty() and not self._retries)):
                 return
-            wait = min(0.2, max(0.0, self._retries[0][0] - now)) if self._retries else 0.2
+            wait = max(0.0, self._retries[0][0] - now) if self._retries else IDLE_SECONDS
+            if self._closing.is_set():
+                wait = min(wait, max(0.0, self._deadline - now))
             try:
                 event = self._queue.get(timeout=wait)
             except queue.Empty:
-                pass
-            else:
+                event = None
+            if event is not None:
                 self._guarded(self._handle, event)
             while self._retries and self._retries[0][0] <= time.monotonic():
                 _, _, delivery = heapq.heappop(self._retries)
@@ -165,10 +173,10 @@ class Notifier:
             self._attempt(_Delivery(event, event_id, payload.body(event, event_id, self.host), 0,
                                     time.monotonic() + self.settings.webhook_max_seconds))
         subject = f"[mailflow] {payload.summary(event)}"
-        if to_admins:
+        if to_admins and self.mail is not None:
             self.mail.send(self.settings.email_to, subject, payload.details(event) + f"id: {event_id}\n",
                            what="notice e-mail")
-        if to_customer:
+        if to_customer and self.mail is not None:
             subject, text = customers.render(self.settings.customer_template, event, event_id, self.host)
             self.mail.send([contact], subject, text, what="customer notice")
 
