@@ -27,7 +27,7 @@ def notice_window(limit: Limit, now: float) -> int:
 
 class LimitNotices:
     def __init__(self, near_percent: int, monitor: bool = False, clock: Callable[[], float] = time.time) -> None:
-        self.near = near_percent / 100
+        self.near = near_percent
         self.monitor = monitor
         self.clock = clock
         self._seen: dict[tuple[str, str, str], int] = {}
@@ -44,7 +44,8 @@ class LimitNotices:
         if not self.near:
             return
         for level, limit in zip(levels, limits):
-            if level >= self.near * limit.capacity - 1e-9:
+            # Percent as shown (rounded): a level drains between debits, so 3 of 5 reads 2.9999.
+            if 100 * level >= (self.near - 0.5) * limit.capacity:
                 self._publish(events.LIMIT_NEAR, account, limit, level)
 
     def _publish(self, kind: str, account: str, limit: Limit, level: float, **extra: int) -> None:
