@@ -66,7 +66,8 @@ class Notifier:
         self.dropped = 0
         self._dropped_reported = 0
         self._next_drop_report = 0.0
-        self.sent = 0  # notices handled (claimed or unclaimed), for tests and the stop line
+        self.sent = 0  # notices sent: their claim won, or they needed none
+        self._store_down = False
         self._closing = threading.Event()
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._run, name="mailflow-notify", daemon=True)
@@ -150,13 +151,20 @@ class Notifier:
         dedup = None
         if key is not None and self.store is not None:
             try:
-                if not self.store.claim(event.account, key, payload.CLAIM_TTL):
+                claimed = self.store.claim(event.account, key, payload.CLAIM_TTL)
+            except StoreError as exc:  # each notice's line says dedup=store_down; this, once an outage
+                dedup = "store_down"
+                if not self._store_down:
+                    log.warning("notify: store unavailable for claims (%s); notices are sent anyway, other milters "
+                                "may send them too", exc)
+                self._store_down = True
+            else:
+                if self._store_down:
+                    log.warning("notify: store answers claims again")
+                self._store_down = False
+                if not claimed:
                     log.info("notify: %s for %s (%s) sent by another milter", event.kind, event.account, key)
                     return
-            except StoreError as exc:
-                dedup = "store_down"
-                log.warning("notify: store unavailable for the claim of %s for %s (%s); sending anyway, other "
-                            "milters may too", event.kind, event.account, exc)
         event_id = payload.event_id(event)
         contact = self.settings.contacts.get(event.account, "")
         to_customer = bool(contact) and event.kind in self.settings.customer_events
