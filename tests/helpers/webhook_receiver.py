@@ -61,6 +61,8 @@ class WebhookReceiver:
                     time.sleep(receiver.hold_seconds)
                     answer = "200"
                 headers = {"Retry-After": "0"} if answer == "429" else {}
+                if answer.startswith("3"):  # a client that followed it would come back here: recorded too
+                    headers["Location"] = "/elsewhere"
                 try:
                     self.send_response(int(answer))
                     for name, value in headers.items():
@@ -70,6 +72,8 @@ class WebhookReceiver:
                     self.wfile.write(b"ok")
                 except OSError:
                     pass  # the client gave up (its timeout)
+
+            do_GET = do_POST  # noqa: N815 - what a followed redirect turns a POST into
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
