@@ -122,20 +122,6 @@ def test_a_store_that_is_down_does_not_silence_a_notice(secret_file: Path, recei
     assert "notices are sent anyway" in caplog.text and "dedup=store_down" in caplog.text
 
 
-def test_claims_on_both_stores(store_url: str) -> None:
-    store: Store = open_store(store_url)
-    try:
-        assert store.claim("shop.example", "limit_refused:hour:1", 60)
-        assert not store.claim("shop.example", "limit_refused:hour:1", 60)
-        assert store.claim("other.example", "limit_refused:hour:1", 60)  # per account
-        assert store.claim("shop.example", "limit_refused:hour:2", 60)  # per window
-        assert store.claim("shop.example", "short", 1)
-        time.sleep(1.1)
-        assert store.claim("shop.example", "short", 1)  # expired: claimable again
-    finally:
-        store.close()
-
-
 def test_admin_and_customer_e_mail_through_the_alert_channel(tmp_path: Path) -> None:
     password = tmp_path / "smtp.pw"
     password.write_text("sink-password\n")
