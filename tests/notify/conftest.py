@@ -6,9 +6,7 @@ from pathlib import Path
 import pytest
 
 from mailflow import events
-from tests.helpers.webhook_receiver import SECRET, WebhookReceiver, write_secret
-
-__all__ = ["SECRET"]
+from tests.helpers.webhook_receiver import WebhookReceiver, write_secret
 
 
 @pytest.fixture

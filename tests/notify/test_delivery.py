@@ -16,11 +16,9 @@ from mailflow.config import parse_config
 from mailflow.events import ACCOUNT_HELD, LIMIT_REFUSED, Event
 from mailflow.notify.notifier import Notifier
 from mailflow.store import open_store
-from mailflow.store.base import Store
 from tests.helpers.servers import free_port
 from tests.helpers.smtp_sink import AuthSink
-from tests.helpers.webhook_receiver import WebhookReceiver
-from tests.notify.conftest import SECRET
+from tests.helpers.webhook_receiver import SECRET, WebhookReceiver
 
 REFUSED = Event(LIMIT_REFUSED, "shop.example", {"limit": "2/hour", "period": "hour", "window": 1795719600,
                                                 "capacity": 2, "used": 2.0, "percent": 100, "retry_after": 1800})

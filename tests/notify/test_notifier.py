@@ -20,8 +20,7 @@ from mailflow.notify.notifier import Notifier
 from mailflow.notify.webhook import backoff
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.ratelimit.notices import LimitNotices, notice_window
-from tests.helpers.webhook_receiver import WebhookReceiver
-from tests.notify.conftest import SECRET
+from tests.helpers.webhook_receiver import SECRET, WebhookReceiver
 
 EVENT = Event(LIMIT_REFUSED, "shop.example", {"limit": "600/hour", "period": "hour", "window": 1795719600,
                                               "capacity": 600, "used": 600.0, "percent": 100}, at=1795720645.25)
