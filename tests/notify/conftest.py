@@ -27,3 +27,11 @@ def no_leftover_subscribers() -> Iterator[None]:
     before = list(events._subscribers)
     yield
     events._subscribers[:] = before
+
+
+@pytest.fixture(autouse=True)
+def key_value_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decision lines as key=value, whatever format an earlier test's setup_logging left."""
+    from mailflow import log
+
+    monkeypatch.setattr(log._formatter, "json", False)
