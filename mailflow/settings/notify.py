@@ -7,6 +7,7 @@ to trust what it acts on); e-mail to the admins and to customers through the [rb
 from __future__ import annotations
 
 import os
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 CUSTOMER_EVENTS = (LIMIT_NEAR, LIMIT_REFUSED, ACCOUNT_HELD, ACCOUNT_RELEASED)
 MAX_TEMPLATE_BYTES = 64 * 1024
+_ADDRESS = re.compile(r"[^@\s<>,;]+@[^@\s<>,;]+")  # one bare address: nothing a header could be split on
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,12 @@ def parse_notify(t: Table, base_dir: str) -> NotifySettings:
         customer_events=_kinds(t, "customer_events", d.customer_events),
         customer_template=_template(t, base_dir),
     )
+    for account, address in contacts.items():
+        if address and not _ADDRESS.fullmatch(address):
+            t.report("contacts", f"{account}: {address!r} is not an e-mail address")
+    for i, address in enumerate(settings.email_to):
+        if not _ADDRESS.fullmatch(address):
+            t.report(f"email_to[{i}]", f"{address!r} is not an e-mail address")
     t.finish()
     return settings
 

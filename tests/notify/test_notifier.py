@@ -144,6 +144,9 @@ def test_limit_notices_once_per_account_limit_and_window() -> None:
     ({"email_to": ["postmaster@provider.example"]}, "through the \\[rbl.alerts\\] channel"),
     ({"accounts": {"shop.example": {"contact": "ops@shop.example"}}}, "notify.accounts: e-mail notices"),
     ({"bogus": 1}, "notify.bogus: unknown key"),
+    ({"accounts": {"shop.example": {"contact": "ops@shop.example\nBcc: x@evil.example"}}},
+     "notify.contacts: shop.example: .* is not an e-mail address"),
+    ({"email_to": ["postmaster"]}, r"notify.email_to\[0\]: 'postmaster' is not an e-mail address"),
 ])
 def test_notify_mistakes_are_named(secret_file: Path, notify: dict[str, Any], needle: str) -> None:
     if notify.get("webhook_secret_file") == "SECRET":
