@@ -45,7 +45,7 @@ class NotifySettings:
 def parse_notify(t: Table, base_dir: str) -> NotifySettings:
     d = NotifySettings()
     webhook = t.text("webhook", "")
-    if webhook and (urlsplit(webhook).scheme not in ("http", "https") or not urlsplit(webhook).hostname):
+    if webhook and not _http_url(webhook):
         t.report("webhook", f"{webhook!r} is not an http:// or https:// URL")
     secret = _secret(t, base_dir) if "webhook_secret_file" in t else b""
     if webhook and not secret and "webhook_secret_file" not in t:
@@ -96,6 +96,14 @@ def check_notify_channel(top: Table, config: Config) -> None:
     if (notify.email_to or notify.contacts) and not (rbl.smtp_relay or rbl.sendmail):
         top.table("notify").report("email_to" if notify.email_to else "accounts",
                                    "e-mail notices go out through the [rbl.alerts] channel: set its smtp_relay or sendmail")
+
+
+def _http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:  # "http://[::1", a port that is not a number
+        return False
 
 
 def _path(base_dir: str, path: str) -> str:

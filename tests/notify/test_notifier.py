@@ -139,6 +139,8 @@ def test_limit_notices_once_per_account_limit_and_window() -> None:
 @pytest.mark.parametrize("notify, needle", [
     ({"webhook": "http://127.0.0.1:9/h"}, "needs webhook_secret_file"),
     ({"webhook": "ftp://x/h", "webhook_secret_file": "SECRET"}, "not an http:// or https:// URL"),
+    ({"webhook": "http://[::1/h", "webhook_secret_file": "SECRET"}, "not an http:// or https:// URL"),
+    ({"webhook": "http://host:port/h", "webhook_secret_file": "SECRET"}, "not an http:// or https:// URL"),
     ({"near_limit": 101}, "0-100"),
     ({"email_events": ["limit_refused", "nope"]}, r"email_events\[1\]: 'nope' is not one of"),
     ({"email_to": ["postmaster@provider.example"]}, "through the \\[rbl.alerts\\] channel"),
