@@ -15,6 +15,7 @@ from mailflow.audit import why_option
 from mailflow.config import Config, ConfigError, config_path, config_warnings, load_config
 from mailflow.groups import group_problem
 from mailflow.milter.socket_path import unix_socket_problem
+from mailflow.notify.notifier import notifying
 from mailflow.store import DomainTaken, Store, StoreError, check_store_group, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
@@ -241,7 +242,8 @@ def _store(config: Config) -> Iterator[Store]:
     _preflight(config, socket=False)
     store = open_store(config.store.url, config.store.timeout_ms, group=config.store.group)
     try:
-        yield store
+        with notifying(config, store):  # what the command publishes (holds, grants) is sent before it exits
+            yield store
     except DomainTaken as exc:  # a refusal, not a fault: exit 1 (faults exit 2 in main)
         raise click.ClickException(str(exc)) from None
     finally:

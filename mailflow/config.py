@@ -19,6 +19,7 @@ from mailflow.log import syslog_problem
 from mailflow.settings import (AccountSettings, BulkPolicy, BulkSettings, Config, ForgeryAccount, ForgerySettings,
                                LogSettings, MilterSettings, RateLimitSettings, RatePolicy, RblSettings, StoreSettings,
                                SuppressionSettings, host_names)
+from mailflow.settings.notify import check_notify_channel, parse_notify
 from mailflow.settings.policies import parse_bulk, parse_forgery, parse_ratelimit, parse_rbl
 from mailflow.settings.sections import (parse_accounts, parse_log, parse_milter, parse_store, parse_suppression,
                                         read_map_file)
@@ -78,9 +79,11 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         bulk=parse_bulk(top.table("bulk")),
         rbl=parse_rbl(top.table("rbl")),
         log=parse_log(top.table("log")),
+        notify=parse_notify(top.table("notify"), base_dir),
         path=path,
     )
     top.finish()
+    check_notify_channel(top, config)
     top.check()  # every error in the file at once, each with its key
     return config
 

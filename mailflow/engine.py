@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from mailflow import accounts
 from mailflow.config import Config, RatePolicy
+from mailflow.events import ACCOUNT_HELD, Event, publish
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
 from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
@@ -22,6 +23,7 @@ from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.log import DECISIONS, envelope_address, log, log_decision
 from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.grants import GrantOverlay
+from mailflow.ratelimit.notices import LimitNotices
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
 from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
@@ -72,6 +74,7 @@ class Engine:
         # The config's limits with the store's active grants laid over, refreshed in the background.
         self.grants = GrantOverlay(config.ratelimit, store, config.store.refresh_ms / 1000)
         self.sent = SentCounter(store)
+        self.notices = LimitNotices(config.notify.near_limit, self.monitor)  # limit_refused, limit_near
         self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         suppression = config.suppression
@@ -197,6 +200,7 @@ class Engine:
                 return self._finish("rcpt", client, message, levels, conn_id=conn_id, rcpt=recipient)
             decision = shortfall_refusal(policy, account, levels, cost) or PASS
         if decision.refuses:
+            self.notices.refused(account, policy.limits, levels, cost)
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, decision, conn_id=conn_id, rcpt=recipient)
         message.recipients.append(recipient)
@@ -263,6 +267,9 @@ class Engine:
             if hits >= threshold and not lookup.account_held and not self.monitor:
                 self.store.hold_account(account, f"{hits} spam-trap hits in 24 hours")
                 log_decision(logging.WARNING, event="account_held", account=account, hits_24h=hits)
+                if hits == threshold:  # the store counts atomically: one milter of the fleet sees this
+                    publish(Event(ACCOUNT_HELD, account, {"reason": f"{hits} spam-trap hits in 24 hours",
+                                                          "by": "trap_hits", "hits_24h": hits}))
         except StoreError as exc:
             log.warning("could not count a spam-trap hit for %s: %s", account, exc)
 
@@ -340,7 +347,9 @@ class Engine:
         if isinstance(debit, Decision):
             return debit
         if debit.allowed:
+            self.notices.debited(account, policy.limits, debit.levels)
             return PASS
+        self.notices.refused(account, policy.limits, debit.levels, cost)
         return shortfall_refusal(policy, account, debit.levels, cost) or PASS
 
     def _is_own_bounce(self, message: Message) -> bool:

@@ -51,6 +51,7 @@ from mailflow.config import Config, MilterSettings
 from mailflow.engine import Engine
 from mailflow.milter.adapter import MailflowMilter
 from mailflow.milter.socket_path import unix_socket_problem
+from mailflow.notify.notifier import start_notifier
 from mailflow.store import Store, StoreError, open_store
 from mailflow.suppression.admin import key_check_scopes
 from mailflow.suppression.keys import KeyMismatch, check_store_key
@@ -246,10 +247,12 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
     """In a forked worker: validate what needs the store, then serve until told to stop."""
     store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group)
     engine: Engine | None = None
+    notifier = start_notifier(config, store)  # policy events: the log, webhook, e-mail (mailflow/notify)
 
     def finish() -> None:
         if engine is not None:
             engine.close()
+        notifier.close()
         store.close()
 
     stop = _Stopper(listener, drain_seconds, finish)

@@ -1,24 +1,20 @@
 """Tell the admins: a log line always, a JSON webhook POST and an e-mail when configured.
 
-A failing channel is logged and never stops the others or the watcher.
+E-mail goes through the one mail channel (mailflow/notify/mail.py). A failing channel is logged
+and never stops the others or the watcher.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import smtplib
-import socket
-import ssl
-import subprocess
 import urllib.error
 import urllib.request
-from email.message import EmailMessage
 from typing import Any
 
 from mailflow.settings import RblSettings
 from mailflow.log import log_decision
-from mailflow.model import Client
+from mailflow.notify.mail import MailChannel
 
 log = logging.getLogger("mailflow")
 
@@ -46,7 +42,7 @@ class Alerter:
     def __init__(self, settings: RblSettings, timeout: float = 10.0) -> None:
         self.settings = settings
         self.timeout = timeout
-        self.sender = settings.email_from or f"mailflow@{socket.getfqdn()}"
+        self.mail = MailChannel(settings, timeout)
 
     def send(self, alert: dict[str, Any]) -> None:
         log_decision(logging.WARNING, **{"event": f"rbl_{alert['event']}", **{
@@ -68,55 +64,4 @@ class Alerter:
             log.error("webhook %s failed for %s: %s", self.settings.webhook, subject_of(alert), exc)
 
     def _email(self, alert: dict[str, Any]) -> None:
-        message = EmailMessage()
-        message["From"] = self.sender
-        message["To"] = ", ".join(self.settings.email_to)
-        message["Subject"] = subject_of(alert)
-        message.set_content(body_of(alert))
-        if self.settings.sendmail:
-            self._sendmail(message, alert)
-            return
-        assert self.settings.smtp_relay is not None
-        host, port = self.settings.smtp_relay
-        try:
-            with smtplib.SMTP(host, port, timeout=self.timeout) as smtp:
-                if self.settings.smtp_user:
-                    smtp.ehlo()
-                    if smtp.has_extn("starttls"):
-                        smtp.starttls(context=_tls_context(host))
-                        smtp.ehlo()
-                    elif not _on_this_host(host):
-                        raise smtplib.SMTPException("the relay offers no STARTTLS; the password is not sent in clear")
-                    smtp.login(self.settings.smtp_user, self.settings.smtp_password)
-                smtp.send_message(message)
-        except (smtplib.SMTPException, OSError) as exc:
-            log.error("alert e-mail through %s:%s failed for %s: %s", host, port, subject_of(alert), exc)
-
-    def _sendmail(self, message: EmailMessage, alert: dict[str, Any]) -> None:
-        """Local submission: Postfix's sendmail (pickup) or Sendmail's (the MSP), as any local mail."""
-        sender = ["-f", self.settings.email_from] if self.settings.email_from else []
-        command = [self.settings.sendmail, "-oi", *sender, "--", *self.settings.email_to]
-        try:
-            done = subprocess.run(command, input=message.as_bytes(), capture_output=True, timeout=self.timeout,
-                                  check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.error("alert e-mail through %s failed for %s: %s", self.settings.sendmail, subject_of(alert), exc)
-            return
-        if done.returncode != 0:
-            said = " ".join(done.stderr.decode("utf-8", "replace").split())[:300]
-            log.error("alert e-mail through %s failed for %s: exit %d: %s", self.settings.sendmail,
-                      subject_of(alert), done.returncode, said)
-
-
-def _tls_context(host: str) -> ssl.SSLContext:
-    """Verified TLS, except to a relay on this host: its certificate names the host's public name,
-    not 127.0.0.1, and the password never leaves the machine."""
-    context = ssl.create_default_context()
-    if _on_this_host(host):
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _on_this_host(host: str) -> bool:
-    return host == "localhost" or Client(address=host).on_this_host
+        self.mail.send(self.settings.email_to, subject_of(alert), body_of(alert))

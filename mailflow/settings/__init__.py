@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from mailflow.forgery.names import DEFAULT_ACTIONS
 from mailflow.ratelimit.limits import Limit, parse_limit
 from mailflow.rbl.zones import Zone
+from mailflow.settings.notify import NotifySettings
 
 IDENTITY_SOURCES = ("sasl", "local", "trusted_ip")
 LOCAL_SMTP = ("refuse", "sender_domain")  # unauthenticated SMTP from loopback: refused, or by sender domain
@@ -166,4 +167,5 @@ class Config:
     bulk: BulkSettings = BulkSettings()
     rbl: RblSettings = RblSettings()
     log: LogSettings = LogSettings()
+    notify: NotifySettings = NotifySettings()
     path: str | None = None

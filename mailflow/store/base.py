@@ -128,6 +128,11 @@ class Store(Protocol):
         """The newest `count` audit entries, newest first."""
         ...
 
+    def claim(self, account: str, key: str, ttl: int) -> bool:
+        """Mark `key` of `account` done for `ttl` seconds; True only for the first caller in the
+        fleet (the notifier sends each event once: store/redis_claims.py, sqlite_claims.py)."""
+        ...
+
     def ping(self) -> None:
         """Raise StoreError unless the store answers."""
         ...

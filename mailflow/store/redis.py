@@ -18,6 +18,7 @@ import redis
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
 from mailflow.ratelimit.recent import RecentLevels
+from mailflow.store import redis_claims
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.redis_grants import RedisGrantsAudit
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
@@ -300,6 +301,10 @@ class RedisStore(RedisGrantsAudit):
                 for account, score in ranked:
                     totals[str(account)] = totals.get(str(account), 0) + int(score)
         return sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:limit]
+
+    def claim(self, account: str, key: str, ttl: int) -> bool:
+        with self._errors():
+            return redis_claims.claim(self.client, account, key, ttl)
 
     def ping(self) -> None:
         with self._errors():

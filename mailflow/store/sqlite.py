@@ -28,6 +28,7 @@ from urllib.parse import quote
 
 from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, seconds_until_empty, try_debit
 from mailflow.ratelimit.limits import Limit
+from mailflow.store import sqlite_claims
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.sqlite_grants import SCHEMA as GRANTS_SCHEMA, SqliteGrantsAudit
 from mailflow.store.sqlite_file import check_path, create_private, identity
@@ -90,7 +91,7 @@ class SqliteStore(SqliteGrantsAudit):
         self._moved = False
         self._next_check = time.monotonic() + CHECK_EVERY
         with self._connection() as conn:
-            conn.executescript(_SCHEMA + GRANTS_SCHEMA)
+            conn.executescript(_SCHEMA + GRANTS_SCHEMA + sqlite_claims.SCHEMA)
 
     def _check_file(self) -> None:
         """StoreError unless the file at the path is still the one open (see the module's docstring)."""
@@ -321,6 +322,11 @@ class SqliteStore(SqliteGrantsAudit):
                 f"SELECT account, SUM(count) AS n FROM sent WHERE hour IN ({marks}) GROUP BY account "
                 "ORDER BY n DESC, account LIMIT ?", (*hours, limit)).fetchall()
         return [(str(a), int(n)) for a, n in rows]
+
+    def claim(self, account: str, key: str, ttl: int) -> bool:
+        with self._connection() as conn:
+            with self._transaction(conn):
+                return sqlite_claims.claim(conn, account, key, ttl, self.clock())
 
     def ping(self) -> None:
         with self._connection() as conn:

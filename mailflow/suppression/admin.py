@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import click
 from mailflow import audit
 from mailflow.audit import why_option
 from mailflow.config import Config
+from mailflow.events import ACCOUNT_HELD, ACCOUNT_RELEASED, Event, publish
 from mailflow.store.base import Store
 from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
 from mailflow.suppression import rekey
@@ -345,6 +347,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         with store_of(config) as store:
             store.hold_account(name.lower(), reason)
             click.echo(f"account {name.lower()}: held")
+            publish(Event(ACCOUNT_HELD, name.lower(), {"reason": reason, "by": "admin", "user": audit.who_runs()}))
             audit.record(store, "account hold", name.lower(), f"reason={reason}", why or reason)
 
     @account.command("release")
@@ -358,6 +361,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             if not store.release_account(name.lower()):
                 raise click.ClickException(f"account {name.lower()} is not held")
             click.echo(f"account {name.lower()}: released; release its held mail with postsuper -H")
+            publish(Event(ACCOUNT_RELEASED, name.lower(), {"by": "admin", "user": audit.who_runs()}))
             audit.record(store, "account release", name.lower(), why=why)
 
     @account.command("list")

@@ -1,0 +1,91 @@
+"""The one way mailflow sends e-mail (DNSBL alerts, event notices): the [rbl.alerts] channel,
+SMTP with AUTH (STARTTLS first when offered, never a password in clear to another host) through
+`smtp_relay`, or local submission through `sendmail`. A failure is logged, never raised."""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import socket
+import ssl
+import subprocess
+from collections.abc import Sequence
+from email.message import EmailMessage
+
+from mailflow.model import Client, shown
+from mailflow.settings import RblSettings
+
+log = logging.getLogger("mailflow")
+
+
+class MailChannel:
+    def __init__(self, settings: RblSettings, timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.sender = settings.email_from or f"mailflow@{socket.getfqdn()}"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.settings.smtp_relay or self.settings.sendmail)
+
+    def message(self, to: Sequence[str], subject: str, body: str) -> EmailMessage:
+        message = EmailMessage()
+        message["From"] = self.sender
+        message["To"] = ", ".join(to)
+        message["Subject"] = shown(subject, 200)  # one printable line, whatever it names
+        message.set_content(body)
+        return message
+
+    def send(self, to: Sequence[str], subject: str, body: str, what: str = "alert e-mail") -> bool:
+        """Send one message; False (logged, naming `what` and the subject) when it could not go."""
+        message = self.message(to, subject, body)
+        if self.settings.sendmail:
+            return self._sendmail(message, to, what)
+        assert self.settings.smtp_relay is not None
+        host, port = self.settings.smtp_relay
+        try:
+            with smtplib.SMTP(host, port, timeout=self.timeout) as smtp:
+                if self.settings.smtp_user:
+                    smtp.ehlo()
+                    if smtp.has_extn("starttls"):
+                        smtp.starttls(context=_tls_context(host))
+                        smtp.ehlo()
+                    elif not _on_this_host(host):
+                        raise smtplib.SMTPException("the relay offers no STARTTLS; the password is not sent in clear")
+                    smtp.login(self.settings.smtp_user, self.settings.smtp_password)
+                smtp.send_message(message)
+        except (smtplib.SMTPException, OSError) as exc:
+            log.error("%s through %s:%s failed for %s: %s", what, host, port, message["Subject"], exc)
+            return False
+        return True
+
+    def _sendmail(self, message: EmailMessage, to: Sequence[str], what: str) -> bool:
+        """Local submission: Postfix's sendmail (pickup) or Sendmail's (the MSP), as any local mail."""
+        sender = ["-f", self.settings.email_from] if self.settings.email_from else []
+        command = [self.settings.sendmail, "-oi", *sender, "--", *to]
+        try:
+            done = subprocess.run(command, input=message.as_bytes(), capture_output=True, timeout=self.timeout,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.error("%s through %s failed for %s: %s", what, self.settings.sendmail, message["Subject"], exc)
+            return False
+        if done.returncode != 0:
+            said = " ".join(done.stderr.decode("utf-8", "replace").split())[:300]
+            log.error("%s through %s failed for %s: exit %d: %s", what, self.settings.sendmail, message["Subject"],
+                      done.returncode, said)
+            return False
+        return True
+
+
+def _tls_context(host: str) -> ssl.SSLContext:
+    """Verified TLS, except to a relay on this host: its certificate names the host's public name,
+    not 127.0.0.1, and the password never leaves the machine."""
+    context = ssl.create_default_context()
+    if _on_this_host(host):
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _on_this_host(host: str) -> bool:
+    return host == "localhost" or Client(address=host).on_this_host
