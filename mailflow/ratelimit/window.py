@@ -1,0 +1,91 @@
+"""Sliding-window limits: at most N in any window of the period ("600/hour sliding").
+
+A token bucket of 600/hour lets an idle account send 600 at once and then 600 more over the hour
+(about 1,200 in its first hour); an AUP's "600 emails/hour" reads as never more than 600 in any
+hour. A sliding window holds that exactly, with counts per slot of 1/SLOTS of the period (a
+minute for an hourly limit): a send at time s is allowed only when everything counted in the
+slots from SLOTS slots before s's slot up to s's slot, plus the send, is at most N. Those slots
+cover [s - period, s] whatever s is, so no window of the period ever holds more than N. The price
+of slots: a count leaves the window between one period and one period plus one slot after it was
+made (61 minutes for an hourly limit), so an account sending steadily at N per period is
+sometimes told to wait for up to one slot.
+
+The Redis Lua script (store/lua/debit.lua) mirrors `slot_of`, `slot_end` and `window_level`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
+
+SLOTS = 60  # slots per period; debit.lua has the same number
+
+
+def slot_of(limit: Limit, now: float) -> int:
+    """The slot `now` falls in (slots are counted from the epoch)."""
+    return math.floor(now * SLOTS / PERIOD_SECONDS[limit.period])
+
+
+def slot_end(limit: Limit, slot: int) -> float:
+    """When a slot's count stops being counted: SLOTS + 1 slots after the slot began."""
+    return (slot + SLOTS + 1) * PERIOD_SECONDS[limit.period] / SLOTS
+
+
+def first_counted(limit: Limit, now: float) -> int:
+    return slot_of(limit, now) - SLOTS
+
+
+class Window(float):
+    """A sliding window's level: the count in the window now. It is a float so it travels where a
+    bucket's level does (the stores' replies, the engine, the RCPT-stage memory in recent.py);
+    it also knows when each part of the count leaves the window, which "try again in" needs."""
+
+    expiries: tuple[tuple[float, float], ...]  # (seconds from the reading until it leaves, count), soonest first
+
+    def __new__(cls, expiries: tuple[tuple[float, float], ...] = ()) -> Window:
+        window = super().__new__(cls, sum(count for _, count in expiries))
+        window.expiries = expiries
+        return window
+
+    def aged(self, seconds: float) -> Window:
+        """The same window `seconds` later, with nothing sent meanwhile."""
+        return Window(tuple((left - seconds, count) for left, count in self.expiries if left - seconds > 0))
+
+    def seconds_until_room(self, excess: float) -> int:
+        """Whole seconds until `excess` has left the window (0 when there is nothing to wait for)."""
+        if excess <= 1e-9:
+            return 0
+        gone = 0.0
+        for left, count in self.expiries:
+            gone += count
+            if gone >= excess - 1e-9:
+                return max(1, math.ceil(left))
+        return max(1, math.ceil(self.expiries[-1][0])) if self.expiries else 1
+
+    def as_text(self) -> str:
+        """The wire form debit.lua answers with: LEVEL|LEFT:COUNT,..."""
+        return f"{float(self)!r}|" + ",".join(f"{left!r}:{count!r}" for left, count in self.expiries)
+
+    @classmethod
+    def from_text(cls, text: str) -> Window:
+        _, _, parts = text.partition("|")
+        expiries = []
+        for part in parts.split(",") if parts else ():
+            left, _, count = part.partition(":")
+            expiries.append((float(left), float(count)))
+        return cls(tuple(sorted(expiries)))
+
+
+def window_level(slots: Mapping[int, float], limit: Limit, now: float) -> Window:
+    """The window at `now` from its slots' counts (slot -> count; older slots are ignored, and a
+    slot ahead of `now`, written by a clock further on, is counted)."""
+    first = first_counted(limit, now)
+    return Window(tuple((slot_end(limit, slot) - now, count)
+                        for slot, count in sorted(slots.items()) if slot >= first and count > 0))
+
+
+def level_from_reply(text: str) -> float:
+    """A level as a store answered it: a bucket's number, or a window's LEVEL|LEFT:COUNT,..."""
+    return Window.from_text(text) if "|" in text else float(text)
