@@ -3,8 +3,9 @@
 A bucket is stored as the *level* already spent (0 = full bucket) and the time it was last
 written. The level drains at the limit's rate. Storing what was spent, rather than what is
 left, means raising a limit keeps the count already spent in that period. Lowering one clips the
-level to the new capacity: an account never waits longer than the new limit takes to refill a
-whole bucket (1000/hour spent, lowered to 100/hour: the next message fits within 36 s, not 9 h).
+level to the new capacity, as written, before it drains at the new rate: an account never waits
+longer than the new limit takes to refill a whole bucket (1000/hour spent, lowered to 100/hour:
+the next message fits within 36 s, not 9 h).
 The Redis Lua script (store/lua/debit.lua) mirrors `current_level` and `try_debit`.
 A sliding-window limit's level is a Window (ratelimit/window.py); `fits` and
 `seconds_until_fits` take either kind.
@@ -27,11 +28,12 @@ class BucketState:
 
 
 def current_level(state: BucketState | None, rate: float, now: float, capacity: float = math.inf) -> float:
-    """The spent level at `now`, after draining since the last write, at most `capacity`."""
+    """The spent level at `now`: as last written but at most `capacity` (a lowered limit), then
+    drained since. Clipped before draining, so the wait is one new token's, whenever it is read."""
     if state is None:
         return 0.0
     elapsed = max(0.0, now - state.updated)
-    return min(capacity, max(0.0, state.level - elapsed * rate))
+    return max(0.0, min(capacity, state.level) - elapsed * rate)
 
 
 def fits(level: float, cost: float, limit: Limit) -> bool:

@@ -31,8 +31,9 @@ for i, key in ipairs(KEYS) do
     local rate = tonumber(ARGV[3 * i + 1])
     local stored = redis.call('HMGET', key, 'level', 'ts')
     if stored[1] then
-      -- At most the capacity: a lowered limit never makes an account wait for more than it holds.
-      level = math.min(capacity, math.max(0, tonumber(stored[1]) - math.max(0, now - tonumber(stored[2])) * rate))
+      -- As written but at most the capacity (a lowered limit), then drained: never a longer wait
+      -- than the new limit takes to refill.
+      level = math.max(0, math.min(capacity, tonumber(stored[1])) - math.max(0, now - tonumber(stored[2])) * rate)
     end
   else
     local current = math.floor(now * SLOTS / period)
