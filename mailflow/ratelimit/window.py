@@ -40,21 +40,31 @@ def first_counted(limit: Limit, now: float) -> int:
 class Window(float):
     """A sliding window's level: the count in the window now. It is a float so it travels where a
     bucket's level does (the stores' replies, the engine, the RCPT-stage memory in recent.py);
-    it also knows when each part of the count leaves the window, which "try again in" needs."""
+    it also knows when each part of the count leaves the window, and when a count made now
+    would, which "try again in" needs."""
 
     expiries: tuple[tuple[float, float], ...]  # (seconds from the reading until it leaves, count), soonest first
+    current_end: float  # seconds from the reading until a count made then would leave
+    slot: float  # a slot's length in seconds
 
-    def __new__(cls, expiries: tuple[tuple[float, float], ...] = ()) -> Window:
+    def __new__(cls, expiries: tuple[tuple[float, float], ...] = (), current_end: float = 0.0,
+                slot: float = 0.0) -> Window:
         window = super().__new__(cls, sum(count for _, count in expiries))
-        window.expiries = expiries
+        window.expiries, window.current_end, window.slot = expiries, current_end, slot
         return window
 
     def aged(self, seconds: float) -> Window:
         """The same window `seconds` later, with nothing sent meanwhile."""
-        return Window(tuple((left - seconds, count) for left, count in self.expiries if left - seconds > 0))
+        end = self.current_end - seconds
+        if end <= 0 and self.slot > 0:  # a later slot is the current one by then
+            end += (math.floor(-end / self.slot) + 1) * self.slot
+        return Window(tuple((left - seconds, count) for left, count in self.expiries if left - seconds > 0),
+                      end, self.slot)
 
     def seconds_until_room(self, excess: float) -> int:
-        """Whole seconds until `excess` has left the window (0 when there is nothing to wait for)."""
+        """Whole seconds until `excess` has left the window (0 when there is nothing to wait for).
+        What the window does not hold yet (recipients of the message in flight, to be counted in
+        the current slot) leaves with the current slot."""
         if excess <= 1e-9:
             return 0
         gone = 0.0
@@ -62,20 +72,22 @@ class Window(float):
             gone += count
             if gone >= excess - 1e-9:
                 return max(1, math.ceil(left))
-        return max(1, math.ceil(self.expiries[-1][0])) if self.expiries else 1
+        return max(1, math.ceil(self.current_end))
 
     def as_text(self) -> str:
-        """The wire form debit.lua answers with: LEVEL|LEFT:COUNT,..."""
-        return f"{float(self)!r}|" + ",".join(f"{left!r}:{count!r}" for left, count in self.expiries)
+        """The wire form debit.lua answers with: LEVEL|CURRENT_END:SLOT|LEFT:COUNT,..."""
+        return (f"{float(self)!r}|{self.current_end!r}:{self.slot!r}|"
+                + ",".join(f"{left!r}:{count!r}" for left, count in self.expiries))
 
     @classmethod
     def from_text(cls, text: str) -> Window:
-        _, _, parts = text.partition("|")
+        _, current, parts = text.split("|", 2)
+        end, _, slot = current.partition(":")
         expiries = []
         for part in parts.split(",") if parts else ():
             left, _, count = part.partition(":")
             expiries.append((float(left), float(count)))
-        return cls(tuple(sorted(expiries)))
+        return cls(tuple(sorted(expiries)), float(end), float(slot))
 
 
 def window_level(slots: Mapping[int, float], limit: Limit, now: float) -> Window:
@@ -83,9 +95,10 @@ def window_level(slots: Mapping[int, float], limit: Limit, now: float) -> Window
     slot ahead of `now`, written by a clock further on, is counted)."""
     first = first_counted(limit, now)
     return Window(tuple((slot_end(limit, slot) - now, count)
-                        for slot, count in sorted(slots.items()) if slot >= first and count > 0))
+                        for slot, count in sorted(slots.items()) if slot >= first and count > 0),
+                  slot_end(limit, slot_of(limit, now)) - now, PERIOD_SECONDS[limit.period] / SLOTS)
 
 
 def level_from_reply(text: str) -> float:
-    """A level as a store answered it: a bucket's number, or a window's LEVEL|LEFT:COUNT,..."""
+    """A level as a store answered it: a bucket's number, or a window's (Window.as_text)."""
     return Window.from_text(text) if "|" in text else float(text)

@@ -92,6 +92,7 @@ def test_debit_lua_mirrors_window_py(redis_url: str) -> None:
     assert isinstance(level, Window) and level == expected == sum(range(1, SLOTS + 2))
     assert [count for _, count in level.expiries] == [count for _, count in expected.expiries]
     assert all(abs(a - b) < 0.5 for (a, _), (b, _) in zip(level.expiries, expected.expiries))
+    assert abs(level.current_end - expected.current_end) < 0.5 and level.slot == expected.slot == 60
     assert store.debit("mirror.example", (parse_limit("5000/hour sliding"),), 1).allowed
     assert len(client.hkeys(limit_key("mirror.example", parse_limit("5000/hour sliding")))) == SLOTS + 1  # stale slots gone
     assert 3660_000 < client.pttl(key.replace("1000", "5000")) <= 3662_000

@@ -151,7 +151,19 @@ def test_window_level_counts_slots_back_to_one_period_before_its_slot() -> None:
     assert window.seconds_until_room(7) == 30 and window.seconds_until_room(8) == 3570
     assert window.aged(31) == 3 and window.aged(31).expiries == ((3539.0, 1), (3599.0, 2))
     assert level_from_reply(window.as_text()) == window and level_from_reply(window.as_text()).expiries == window.expiries
-    assert level_from_reply("1.5") == 1.5 and isinstance(level_from_reply("0|"), Window)
+    assert level_from_reply("1.5") == 1.5 and isinstance(level_from_reply("0|1:60|"), Window)
+    # What the window does not hold yet (a message's recipients in flight) leaves with the current slot.
+    assert window.current_end == 3630.0 and window.seconds_until_room(11) == 3630
+    assert window.aged(3631).current_end == 59.0 and window.aged(3631).seconds_until_room(1) == 59
+
+
+def test_a_recipient_deferred_at_rcpt_waits_for_the_current_slot() -> None:
+    """The 3rd recipient of one message under 2/hour sliding: the first two will be counted in the
+    current slot at end of message, so the 3rd fits (in a later transaction) once that slot leaves."""
+    limit = parse_limit("2/hour sliding")
+    empty = window_level({}, limit, T0 + 20)
+    refusal = shortfall_refusal(RatePolicy((limit,)), "news.example", (empty,), 3)
+    assert refusal is not None and refusal.reply is not None and "try again in 3640 seconds" in refusal.reply.text
 
 
 def test_a_lowered_token_bucket_waits_one_new_token_not_the_old_excess(clocked: tuple[SqliteStore, Clock]) -> None:

@@ -9,8 +9,9 @@
 --           window, its period in seconds (0 = token bucket) of KEYS[i]
 --
 -- Returns { allowed (1|0), level_1, ..., level_n } with levels as strings (Lua numbers would
--- be truncated to integers); a window's level is LEVEL|LEFT:COUNT,... (seconds until each
--- slot's count leaves the window). Levels are after the debit when allowed, as found otherwise.
+-- be truncated to integers); a window's level is LEVEL|CURRENT_END:SLOT|LEFT:COUNT,...: seconds
+-- until a count made now would leave the window, a slot's length, and for each slot counted, the
+-- seconds until it leaves and its count (ratelimit/window.py, Window). Levels are after the debit when allowed, as found otherwise.
 -- Time comes from Redis TIME so every MTA of a fleet shares one clock. Mirrors
 -- mailflow/ratelimit/bucket.py (current_level, fits, try_debit) and window.py (slots).
 
@@ -94,7 +95,9 @@ for i, key in ipairs(KEYS) do
         parts[#parts + 1] = tostring((slot + SLOTS + 1) * window.period / SLOTS - now) .. ':' .. tostring(count)
       end
     end
-    reply[i + 1] = tostring(level) .. '|' .. table.concat(parts, ',')
+    local current_end = (window.current + SLOTS + 1) * window.period / SLOTS - now
+    reply[i + 1] = tostring(level) .. '|' .. tostring(current_end) .. ':' .. tostring(window.period / SLOTS) ..
+      '|' .. table.concat(parts, ',')
   else
     reply[i + 1] = tostring(level)
   end
