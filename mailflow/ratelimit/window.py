@@ -10,7 +10,8 @@ of slots: a count leaves the window between one period and one period plus one s
 made (61 minutes for an hourly limit), so an account sending steadily at N per period is
 sometimes told to wait for up to one slot.
 
-The Redis Lua script (store/lua/debit.lua) mirrors `slot_of`, `slot_end` and `window_level`.
+The Redis Lua script (store/lua/debit.lua) mirrors `slot_of` and which slots `window_level`
+counts; a slot's count leaves SLOTS + 1 slots after the slot began.
 """
 
 from __future__ import annotations
@@ -26,11 +27,6 @@ SLOTS = 60  # slots per period; debit.lua has the same number
 def slot_of(limit: Limit, now: float) -> int:
     """The slot `now` falls in (slots are counted from the epoch)."""
     return math.floor(now * SLOTS / PERIOD_SECONDS[limit.period])
-
-
-def slot_end(limit: Limit, slot: int) -> float:
-    """When a slot's count stops being counted: SLOTS + 1 slots after the slot began."""
-    return (slot + SLOTS + 1) * PERIOD_SECONDS[limit.period] / SLOTS
 
 
 def first_counted(limit: Limit, now: float) -> int:
@@ -74,29 +70,28 @@ class Window(float):
                 return max(1, math.ceil(left))
         return max(1, math.ceil(self.current_end))
 
-    def as_text(self) -> str:
-        """The wire form debit.lua answers with: LEVEL|CURRENT_END:SLOT|LEFT:COUNT,..."""
-        return (f"{float(self)!r}|{self.current_end!r}:{self.slot!r}|"
-                + ",".join(f"{left!r}:{count!r}" for left, count in self.expiries))
-
     @classmethod
     def from_text(cls, text: str) -> Window:
-        _, current, parts = text.split("|", 2)
-        end, _, slot = current.partition(":")
-        expiries = []
-        for part in parts.split(",") if parts else ():
-            left, _, count = part.partition(":")
-            expiries.append((float(left), float(count)))
-        return cls(tuple(sorted(expiries)), float(end), float(slot))
+        """debit.lua's answer: LEVEL|NOW:PERIOD|SLOT,COUNT,... (the slots it counted, as stored)."""
+        _, clock, stored = text.split("|", 2)
+        now, _, period = clock.partition(":")
+        values = stored.split(",") if stored else []
+        slots = {int(values[i]): float(values[i + 1]) for i in range(0, len(values) - 1, 2)}
+        return _from_slots(slots, float(period), float(now))
 
 
 def window_level(slots: Mapping[int, float], limit: Limit, now: float) -> Window:
     """The window at `now` from its slots' counts (slot -> count; older slots are ignored, and a
     slot ahead of `now`, written by a clock further on, is counted)."""
-    first = first_counted(limit, now)
-    return Window(tuple((slot_end(limit, slot) - now, count)
-                        for slot, count in sorted(slots.items()) if slot >= first and count > 0),
-                  slot_end(limit, slot_of(limit, now)) - now, PERIOD_SECONDS[limit.period] / SLOTS)
+    return _from_slots(slots, PERIOD_SECONDS[limit.period], now)
+
+
+def _from_slots(slots: Mapping[int, float], period: float, now: float) -> Window:
+    """Slot j's count leaves at (j + SLOTS + 1) slots from the epoch (see the module's docstring)."""
+    current = math.floor(now * SLOTS / period)
+    return Window(tuple(((slot + SLOTS + 1) * period / SLOTS - now, count)
+                        for slot, count in sorted(slots.items()) if slot >= current - SLOTS and count > 0),
+                  (current + SLOTS + 1) * period / SLOTS - now, period / SLOTS)
 
 
 def level_from_reply(text: str) -> float:

@@ -150,8 +150,9 @@ def test_window_level_counts_slots_back_to_one_period_before_its_slot() -> None:
     assert window.expiries == ((30.0, 7), (3570.0, 1), (3630.0, 2))  # slot j leaves at (j + 61) minutes
     assert window.seconds_until_room(7) == 30 and window.seconds_until_room(8) == 3570
     assert window.aged(31) == 3 and window.aged(31).expiries == ((3539.0, 1), (3599.0, 2))
-    assert level_from_reply(window.as_text()) == window and level_from_reply(window.as_text()).expiries == window.expiries
-    assert level_from_reply("1.5") == 1.5 and isinstance(level_from_reply("0|1:60|"), Window)
+    answer = level_from_reply(f"10|{now!r}:3600|{k - SLOTS - 1},5,{k - SLOTS},7,{k - 1},1,{k},2")  # as debit.lua
+    assert isinstance(answer, Window) and answer == window and answer.expiries == window.expiries
+    assert level_from_reply("1.5") == 1.5 and level_from_reply(f"0|{now!r}:60|") == 0
     # What the window does not hold yet (a message's recipients in flight) leaves with the current slot.
     assert window.current_end == 3630.0 and window.seconds_until_room(11) == 3630
     assert window.aged(3631).current_end == 59.0 and window.aged(3631).seconds_until_room(1) == 59

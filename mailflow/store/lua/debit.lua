@@ -9,9 +9,9 @@
 --           window, its period in seconds (0 = token bucket) of KEYS[i]
 --
 -- Returns { allowed (1|0), level_1, ..., level_n } with levels as strings (Lua numbers would
--- be truncated to integers); a window's level is LEVEL|CURRENT_END:SLOT|LEFT:COUNT,...: seconds
--- until a count made now would leave the window, a slot's length, and for each slot counted, the
--- seconds until it leaves and its count (ratelimit/window.py, Window). Levels are after the debit when allowed, as found otherwise.
+-- be truncated to integers); a window's level is LEVEL|NOW:PERIOD|SLOT,COUNT,SLOT,COUNT,... (the
+-- slots still counted, as stored; ratelimit/window.py, Window.from_text). Window counts are whole
+-- numbers (HINCRBY): costs are. Levels are after the debit when allowed, as found otherwise.
 -- Time comes from Redis TIME so every MTA of a fleet shares one clock. Mirrors
 -- mailflow/ratelimit/bucket.py (current_level, fits, try_debit) and window.py (slots).
 
@@ -38,20 +38,19 @@ for i, key in ipairs(KEYS) do
     end
   else
     local current = math.floor(now * SLOTS / period)
-    local slots, counts, stale = {}, {}, {}
+    local kept, stale = {}, {}
     local fields = redis.call('HGETALL', key)
     for f = 1, #fields, 2 do
-      local slot = tonumber(fields[f])
-      if slot >= current - SLOTS then  -- older slots have left the window
-        local count = tonumber(fields[f + 1])
-        slots[#slots + 1] = slot
-        counts[slot] = count
-        level = level + count
+      local slot = fields[f]
+      if tonumber(slot) >= current - SLOTS then  -- older slots have left the window
+        level = level + tonumber(fields[f + 1])
+        kept[#kept + 1] = slot
+        kept[#kept + 1] = fields[f + 1]
       else
-        stale[#stale + 1] = fields[f]
+        stale[#stale + 1] = slot
       end
     end
-    windows[i] = { current = current, slots = slots, counts = counts, stale = stale, period = period }
+    windows[i] = { current = current, kept = kept, stale = stale, period = period }
   end
   levels[i] = level
   if level + cost > capacity + 1e-9 then
@@ -63,42 +62,40 @@ local reply = { allowed }
 for i, key in ipairs(KEYS) do
   local level = levels[i]
   local window = windows[i]
-  if commit and allowed == 1 then
-    level = level + cost
-    if window then
-      local current = window.current
-      if window.counts[current] == nil then
-        window.slots[#window.slots + 1] = current
-        window.counts[current] = 0
+  if window then
+    local kept = window.kept
+    if commit and allowed == 1 then
+      level = level + cost
+      local current = tostring(window.current)
+      local count = redis.call('HINCRBY', key, current, cost)
+      for k = 1, #kept, 2 do  -- the current slot's count as it is now
+        if kept[k] == current then
+          kept[k + 1] = tostring(count)
+          count = nil
+        end
       end
-      window.counts[current] = window.counts[current] + cost
-      redis.call('HINCRBYFLOAT', key, tostring(current), tostring(cost))
+      if count then
+        kept[#kept + 1] = current
+        kept[#kept + 1] = tostring(count)
+      end
       if #window.stale > 0 then
         redis.call('HDEL', key, unpack(window.stale))
       end
       -- Kept until its newest slot leaves the window.
       redis.call('PEXPIRE', key, math.ceil(window.period * (SLOTS + 1) / SLOTS * 1000) + 1000)
-    else
+    end
+    -- The slots as stored: Python works out when each leaves (window.py, Window.from_text).
+    reply[i + 1] = tostring(level) .. '|' .. tostring(now) .. ':' .. tostring(window.period) .. '|' ..
+      table.concat(kept, ',')
+  else
+    if commit and allowed == 1 then
+      level = level + cost
       local rate = tonumber(ARGV[3 * i + 1])
       redis.call('HSET', key, 'level', tostring(level), 'ts', tostring(now))
       -- Keep the key only until the bucket would be full again: memory stays bounded by
       -- the accounts active in the last period.
       redis.call('PEXPIRE', key, math.ceil(level / rate * 1000) + 1000)
     end
-  end
-  if window then
-    table.sort(window.slots)
-    local parts = {}
-    for _, slot in ipairs(window.slots) do
-      local count = window.counts[slot]
-      if count > 0 then
-        parts[#parts + 1] = tostring((slot + SLOTS + 1) * window.period / SLOTS - now) .. ':' .. tostring(count)
-      end
-    end
-    local current_end = (window.current + SLOTS + 1) * window.period / SLOTS - now
-    reply[i + 1] = tostring(level) .. '|' .. tostring(current_end) .. ':' .. tostring(window.period / SLOTS) ..
-      '|' .. table.concat(parts, ',')
-  else
     reply[i + 1] = tostring(level)
   end
 end
