@@ -21,6 +21,4 @@ def count_fields(stage: str, decision: Decision, recipients: int) -> tuple[str, 
         return (REFUSED + decision.reason,)
     if stage != "eom":
         return None
-    if decision.verdict is Verdict.HOLD:
-        return (HELD,)
-    return (SENT,) if recipients else None
+    return (HELD,) if decision.verdict is Verdict.HOLD else (SENT,)

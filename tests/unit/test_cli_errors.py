@@ -26,7 +26,8 @@ STORE_COMMANDS = [
     ["domains", "list", "shop.example"], ["suppress", "add", "a@x.example"], ["suppress", "remove", "a@x.example"],
     ["suppress", "check", "a@x.example"], ["suppress", "list"], ["suppress", "export"],
     ["suppress", "import", "IMPORT"], ["suppress", "rekey", "--finish"], ["account", "hold", "a"], ["account", "release", "a"], ["account", "list"],
-    ["rbl", "watch", "--cycles", "1"],
+    ["rbl", "watch", "--cycles", "1"], ["top"], ["top", "--day", "--json"], ["near-limit"],
+    ["ratelimit", "status", "shop.example", "--json"],
 ]
 ALL_COMMANDS = STORE_COMMANDS + [["rbl", "check"], ["replay", "--from-log", "tests/fixtures/mail.log"]]
 
