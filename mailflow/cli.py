@@ -135,27 +135,7 @@ def check_config(config_file: str | None) -> None:
 
 @cli.group()
 def ratelimit() -> None:
-    """Inspect or reset an account's buckets."""
-
-
-@ratelimit.command("status")
-@config_option
-@click.argument("account")
-def ratelimit_status(config_file: str | None, account: str) -> None:
-    """Show how much of each limit ACCOUNT has spent."""
-    from mailflow.ratelimit.bucket import seconds_until_fits
-
-    config = _load(config_file)
-    account = account.lower()
-    policy = config.ratelimit.policy_for(account)
-    with _store(config) as store:
-        levels = store.levels(account, policy.limits)
-    click.echo(f"account {account}: unit={policy.unit}{' (exempt)' if policy.exempt else ''}")
-    for level, limit in zip(levels, policy.limits):
-        left = max(0.0, limit.capacity - level)
-        wait = seconds_until_fits(level, 1, limit)
-        note = f", next in {wait}s" if wait else ""
-        click.echo(f"  {str(limit):<24} spent {level:9.1f}  left {left:9.1f}{note}")
+    """Inspect or reset an account's buckets (`status`: mailflow/views/cli.py)."""
 
 
 @ratelimit.command("reset")
@@ -324,10 +304,12 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
 def _register_admin_groups() -> None:
     from mailflow import grants_admin
     from mailflow.suppression import admin, keygen
+    from mailflow.views import cli as views
 
     admin.register(cli, _load, _store, config_option)
     grants_admin.register(cli, _load, _store, config_option)
     keygen.register(cli)
+    views.register(cli, ratelimit, _load, _store, config_option)
 
 
 _register_admin_groups()

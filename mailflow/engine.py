@@ -414,6 +414,9 @@ class Engine:
         enforced = decision
         if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
+        if identity is not None:  # what happened, for `mailflow top` (monitor: refused recipients went too)
+            went = len(message.recipients) + (len(message.refused) if self.monitor else 0)
+            self.sent.note(identity.account, identity.source, stage, enforced, went)
         if not DECISIONS.isEnabledFor(logging.INFO):  # at level warning, skip gathering the fields
             return enforced
         log_decision(

@@ -1,8 +1,11 @@
-"""Per-account sent counts per hour, kept by the milter for the DNSBL watcher's suspect list.
+"""Per-account counts per hour, kept by the milter: sent counts for the DNSBL watcher's suspect
+list, and what the admin views (`mailflow top`, `ratelimit status`) show: messages and
+recipients sent, refusals by reason, holds, and the sources the mail came from.
 
-Counted in memory and flushed to the store every `flush_every` seconds (one pipelined write),
-so counting costs no store round trip per message. A failed flush keeps the counts for the next.
-The flush runs on its own short-lived thread: no message waits for it, nor for a store that is down.
+Counted in memory and written to the store at most `flush_every` seconds after a count was
+made (one pipelined write for all of them), so counting costs no store round trip per message.
+A failed flush keeps the counts for the next. The flush runs on its own short-lived thread: no
+message waits for it, nor for a store that is down.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from mailflow.model import Decision
 from mailflow.store.base import Store, StoreError
+from mailflow.views.fields import RECIPIENTS, SENT, SOURCE, count_fields
 
 log = logging.getLogger("mailflow")
 
@@ -24,27 +29,57 @@ class SentCounter:
         self.flush_every = flush_every
         self.clock = clock
         self._counts: Counter[tuple[int, str]] = Counter()
+        self._views: Counter[tuple[int, str, str]] = Counter()  # (hour, account, field) -> n
         self._lock = threading.Lock()
-        self._last_flush = clock()
+        self._timer: threading.Timer | None = None
 
     def add(self, account: str, amount: int) -> None:
-        now = self.clock()
+        hour = int(self.clock()) // 3600
         with self._lock:
-            self._counts[(int(now) // 3600, account)] += amount
-            due = now - self._last_flush >= self.flush_every
-            if due:
-                self._last_flush = now
-        if due:  # at most one flush thread per flush_every: the store call is bounded by its timeout
-            threading.Thread(target=self.flush, name="sent-flush", daemon=True).start()
+            self._counts[(hour, account)] += amount
+            self._schedule()
+
+    def note(self, account: str, source: str, stage: str, decision: Decision, recipients: int) -> None:
+        """Count an enforced decision for the views (see count_fields)."""
+        fields = count_fields(stage, decision, recipients)
+        if fields is None:
+            return
+        hour = int(self.clock()) // 3600
+        with self._lock:
+            for name in fields:
+                self._views[(hour, account, name)] += 1
+            if fields[0] == SENT:
+                self._views[(hour, account, RECIPIENTS)] += recipients
+            self._views[(hour, account, SOURCE + source)] += 1
+            self._schedule()
+
+    def _schedule(self) -> None:
+        """Under the lock: a flush within flush_every of the first count it will carry."""
+        if self._timer is None:
+            self._timer = threading.Timer(self.flush_every, self.flush)
+            self._timer.name, self._timer.daemon = "sent-flush", True
+            self._timer.start()
 
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, Counter()
-        if not counts:
-            return
-        try:
-            self.store.add_sent(dict(counts))
-        except StoreError as exc:
-            log.warning("could not record sent counts, keeping them for the next flush: %s", exc)
-            with self._lock:
-                self._counts.update(counts)
+            views, self._views = self._views, Counter()
+            if self._timer is not None:
+                self._timer.cancel()  # when called directly (engine.close); harmless from the timer itself
+                self._timer = None
+        if counts:
+            try:
+                self.store.add_sent(dict(counts))
+            except StoreError as exc:
+                log.warning("could not record sent counts, keeping them for the next flush: %s", exc)
+                with self._lock:
+                    self._counts.update(counts)
+                    self._schedule()
+        if views:
+            try:
+                self.store.add_counts(dict(views))
+            except StoreError as exc:
+                log.warning("could not record account counts, keeping them for the next flush: %s", exc)
+                with self._lock:
+                    self._views.update(views)
+                    self._schedule()

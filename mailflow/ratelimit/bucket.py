@@ -2,8 +2,13 @@
 
 A bucket is stored as the *level* already spent (0 = full bucket) and the time it was last
 written. The level drains at the limit's rate. Storing what was spent, rather than what is
-left, means raising or lowering a limit keeps the count already spent in that period.
+left, means raising a limit keeps the count already spent in that period. Lowering one clips the
+level to the new capacity, as written, before it drains at the new rate: an account never waits
+longer than the new limit takes to refill a whole bucket (1000/hour spent, lowered to 100/hour:
+the next message fits within 36 s, not 9 h).
 The Redis Lua script (store/lua/debit.lua) mirrors `current_level` and `try_debit`.
+A sliding-window limit's level is a Window (ratelimit/window.py); `fits` and
+`seconds_until_fits` take either kind.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mailflow.ratelimit.limits import Limit
+from mailflow.ratelimit.window import SLOTS, Window
 
 
 @dataclass(frozen=True)
@@ -21,12 +27,13 @@ class BucketState:
     updated: float
 
 
-def current_level(state: BucketState | None, rate: float, now: float) -> float:
-    """The spent level at `now`, after draining since the last write."""
+def current_level(state: BucketState | None, rate: float, now: float, capacity: float = math.inf) -> float:
+    """The spent level at `now`: as last written but at most `capacity` (a lowered limit), then
+    drained since. Clipped before draining, so the wait is one new token's, whenever it is read."""
     if state is None:
         return 0.0
     elapsed = max(0.0, now - state.updated)
-    return max(0.0, state.level - elapsed * rate)
+    return max(0.0, min(capacity, state.level) - elapsed * rate)
 
 
 def fits(level: float, cost: float, limit: Limit) -> bool:
@@ -34,10 +41,14 @@ def fits(level: float, cost: float, limit: Limit) -> bool:
 
 
 def seconds_until_fits(level: float, cost: float, limit: Limit) -> int:
-    """Whole seconds until `cost` fits into the bucket (0 when it fits now)."""
+    """Whole seconds until `cost` fits into the bucket or window (0 when it fits now)."""
     excess = level + cost - limit.capacity
     if excess <= 1e-9:
         return 0
+    if isinstance(level, Window):
+        return level.seconds_until_room(excess)
+    if limit.sliding:  # a window's level without its expiries (an estimate): the longest it can take
+        return math.ceil(limit.count / limit.rate * (SLOTS + 1) / SLOTS)
     return max(1, math.ceil(excess / limit.rate))
 
 
@@ -82,7 +93,12 @@ class DebitResult:
 def try_debit(
     states: Sequence[BucketState | None], limits: Sequence[Limit], cost: float, now: float
 ) -> DebitResult:
-    levels = tuple(current_level(s, limit.rate, now) for s, limit in zip(states, limits, strict=True))
-    if all(fits(level, cost, limit) for level, limit in zip(levels, limits)):
+    return debit_levels(tuple(current_level(s, limit.rate, now, limit.capacity)
+                              for s, limit in zip(states, limits, strict=True)), limits, cost)
+
+
+def debit_levels(levels: tuple[float, ...], limits: Sequence[Limit], cost: float) -> DebitResult:
+    """All or nothing over the levels now: each level plus `cost` when every limit has room."""
+    if all(fits(level, cost, limit) for level, limit in zip(levels, limits, strict=True)):
         return DebitResult(True, tuple(level + cost for level in levels))
     return DebitResult(False, levels)

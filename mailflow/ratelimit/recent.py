@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 from mailflow.ratelimit.bucket import BucketState, current_level
 from mailflow.ratelimit.limits import Limit
+from mailflow.ratelimit.window import Window
 
 MAX_AGE = 10.0  # seconds a remembered level stands in for the store's
 MAX_ACCOUNTS = 50_000  # past this, forget what is too old to use
@@ -44,7 +45,8 @@ class RecentLevels:
         at, seen_limits, levels = seen
         if seen_limits is not limits and seen_limits != tuple(limits):
             return None
-        return tuple(current_level(BucketState(level, at), limit.rate, now) for level, limit in zip(levels, limits))
+        return tuple(level.aged(now - at) if isinstance(level, Window) else
+                     current_level(BucketState(level, at), limit.rate, now) for level, limit in zip(levels, limits))
 
     def estimate(self, account: str, limits: Sequence[Limit]) -> tuple[float, ...]:
         """The recalled levels, or room in every bucket when there are none."""

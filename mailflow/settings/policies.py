@@ -6,7 +6,7 @@ import os
 import re
 
 from mailflow.forgery.names import ACTIONS, RULES
-from mailflow.ratelimit.limits import Limit, LimitSyntaxError, parse_limit
+from mailflow.ratelimit.limits import KINDS, Limit, LimitSyntaxError, parse_limit
 from mailflow.rbl.zones import Zone, default_zones, expand_ips, merge_zones
 from mailflow.settings import (BulkPolicy, BulkSettings, ForgeryAccount, ForgerySettings, RateLimitSettings,
                                RatePolicy, RblSettings)
@@ -26,7 +26,7 @@ def _rate_policy(t: Table, inherit: RatePolicy, per_account: bool) -> RatePolicy
 def _limits(t: Table) -> tuple[Limit, ...]:
     entries = t.raw("limits")
     if not isinstance(entries, list) or not entries:
-        t.report("limits", 'expected a non-empty list such as ["600/hour", "5000/day"]')
+        t.report("limits", 'expected a non-empty list such as ["600/hour", "5000/day sliding"]')
         return RateLimitSettings().default.limits
     limits: list[Limit] = []
     for i, entry in enumerate(entries):
@@ -34,7 +34,8 @@ def _limits(t: Table) -> tuple[Limit, ...]:
         try:
             if isinstance(entry, dict):
                 sub = t.child(entry, key)
-                limit = parse_limit(sub.text("limit", ""), burst=sub.integer("burst", None, minimum=1))
+                limit = parse_limit(sub.text("limit", ""), burst=sub.integer("burst", None, minimum=1),
+                                    kind=sub.choice("kind", "bucket", KINDS) if "kind" in sub else None)
                 sub.finish()
             else:
                 limit = parse_limit(entry)

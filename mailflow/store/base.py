@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -131,6 +131,23 @@ class Store(Protocol):
     def claim(self, account: str, key: str, ttl: int) -> bool:
         """Mark `key` of `account` done for `ttl` seconds; True only for the first caller in the
         fleet (the notifier sends each event once: store/redis_claims.py, sqlite_claims.py)."""
+        ...
+
+    # The views' counts (mailflow/sent.py, views/fields.py): store/redis_counts.py, sqlite_counts.py.
+    def add_counts(self, counts: Mapping[tuple[int, str, str], int]) -> None:
+        """Add (hour, account, field) -> n, as counted by a milter."""
+        ...
+
+    def active_accounts(self, hours: Sequence[int]) -> dict[str, int]:
+        """Every account with any count in these hours -> messages it sent in them."""
+        ...
+
+    def account_counts(self, accounts: Sequence[str], hours: Sequence[int]) -> dict[str, dict[str, int]]:
+        """Each account's counts summed over these hours, field -> n (an account without any: absent)."""
+        ...
+
+    def levels_of(self, accounts: Sequence[tuple[str, Sequence[Limit]]]) -> list[tuple[float, ...]]:
+        """What `levels` says of many accounts at once (the views; Redis: pipelined)."""
         ...
 
     def ping(self) -> None:

@@ -18,8 +18,10 @@ import redis
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
 from mailflow.ratelimit.recent import RecentLevels
+from mailflow.ratelimit.window import level_from_reply
 from mailflow.store import redis_claims
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.store.redis_counts import RedisCounts
 from mailflow.store.redis_grants import RedisGrantsAudit
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
 from mailflow.store.redis_pool import HotPool, admin_deadlines
@@ -56,11 +58,16 @@ def bucket_key(account: str, period: str) -> str:
     return f"{KEY_PREFIX}{{{account}}}:{period}"
 
 
+def limit_key(account: str, limit: Limit) -> str:
+    """A token bucket's key, or a sliding window's (its own: changing a limit's kind starts afresh)."""
+    return bucket_key(account, limit.period) + (":sliding" if limit.sliding else "")
+
+
 def _lua(name: str) -> str:
     return files("mailflow.store").joinpath(f"lua/{name}").read_text(encoding="utf-8")
 
 
-class RedisStore(RedisGrantsAudit):
+class RedisStore(RedisGrantsAudit, RedisCounts):  # grants and audit: redis_grants.py; the views' counts: redis_counts.py
     def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000) -> None:
         timeout = timeout_ms / 1000
         self._timeout_ms = timeout_ms
@@ -92,15 +99,15 @@ class RedisStore(RedisGrantsAudit):
 
     @staticmethod
     def _debit_call(account: str, limits: Sequence[Limit], cost: float, commit: bool) -> tuple[list[str], list[Any]]:
-        keys = [bucket_key(account, limit.period) for limit in limits]
+        keys = [limit_key(account, limit) for limit in limits]
         args: list[Any] = [repr(float(cost)), 1 if commit else 0]
         for limit in limits:
-            args += [limit.capacity, repr(limit.rate)]
+            args += [limit.capacity, repr(limit.rate), PERIOD_SECONDS[limit.period] if limit.sliding else 0]
         return keys, args
 
     @staticmethod
     def _debit_result(reply: Sequence[Any]) -> DebitResult:
-        return DebitResult(bool(int(reply[0])), tuple(float(level) for level in reply[1:]))
+        return DebitResult(bool(int(reply[0])), tuple(level_from_reply(level) for level in reply[1:]))
 
     # -- the hot path: one round trip on a pooled raw connection (redis_pool) ----------------
 
@@ -178,7 +185,8 @@ class RedisStore(RedisGrantsAudit):
 
     def reset(self, account: str) -> None:
         with self._errors():
-            self.client.delete(*(bucket_key(account, period) for period in PERIOD_SECONDS))
+            self.client.delete(*(bucket_key(account, period) + kind for period in PERIOD_SECONDS
+                                 for kind in ("", ":sliding")))
 
     def domains(self) -> dict[str, str]:
         with self._errors():

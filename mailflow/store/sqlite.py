@@ -26,9 +26,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import quote
 
-from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, seconds_until_empty, try_debit
+from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, debit_levels, seconds_until_empty
 from mailflow.ratelimit.limits import Limit
 from mailflow.store import sqlite_claims
+from mailflow.store import sqlite_window
+from mailflow.store.sqlite_counts import SCHEMA as COUNTS_SCHEMA, SqliteCounts
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.sqlite_grants import SCHEMA as GRANTS_SCHEMA, SqliteGrantsAudit
 from mailflow.store.sqlite_file import check_path, create_private, identity
@@ -75,7 +77,7 @@ _SWEEP_EVERY = 1000
 CHECK_EVERY = 1.0  # seconds between looks at the database file's identity (one stat)
 
 
-class SqliteStore(SqliteGrantsAudit):
+class SqliteStore(SqliteGrantsAudit, SqliteCounts):
     def __init__(self, path: str, timeout_ms: int = 250, clock: Callable[[], float] = time.time,
                  group: str = "") -> None:
         self.path = path
@@ -91,7 +93,7 @@ class SqliteStore(SqliteGrantsAudit):
         self._moved = False
         self._next_check = time.monotonic() + CHECK_EVERY
         with self._connection() as conn:
-            conn.executescript(_SCHEMA + GRANTS_SCHEMA + sqlite_claims.SCHEMA)
+            conn.executescript(_SCHEMA + GRANTS_SCHEMA + sqlite_claims.SCHEMA + sqlite_window.SCHEMA + COUNTS_SCHEMA)
 
     def _check_file(self) -> None:
         """StoreError unless the file at the path is still the one open (see the module's docstring)."""
@@ -183,25 +185,32 @@ class SqliteStore(SqliteGrantsAudit):
         )
         return [rows.get(limit.period) for limit in limits]
 
+    def _levels(self, conn: sqlite3.Connection, account: str, limits: Sequence[Limit], now: float) -> tuple[float, ...]:
+        states = self._read(conn, account, limits)
+        levels = tuple(current_level(s, limit.rate, now, limit.capacity) for s, limit in zip(states, limits))
+        windows = any(limit.sliding for limit in limits)
+        return sqlite_window.window_levels(conn, account, limits, levels, now) if windows else levels
+
     def levels(self, account: str, limits: Sequence[Limit], estimate: bool = False) -> tuple[float, ...]:
         with self._connection() as conn:
-            states = self._read(conn, account, limits)
-            now = self.clock()
-            return tuple(current_level(s, limit.rate, now) for s, limit in zip(states, limits))
+            return self._levels(conn, account, limits, self.clock())
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
         with self._connection() as conn:
             with self._transaction(conn):
                 now = self.clock()
-                result = try_debit(self._read(conn, account, limits), limits, cost, now)
+                result = debit_levels(self._levels(conn, account, limits, now), limits, cost)
                 if result.allowed:
                     conn.executemany(
                         "INSERT OR REPLACE INTO buckets VALUES (?, ?, ?, ?, ?)",
                         [
                             (account, limit.period, level, now, now + seconds_until_empty(level, limit))
-                            for level, limit in zip(result.levels, limits)
+                            for level, limit in zip(result.levels, limits) if not limit.sliding
                         ],
                     )
+                    if any(limit.sliding for limit in limits):
+                        sqlite_window.add(conn, account, limits, cost, now)
+                        result = DebitResult(True, sqlite_window.window_levels(conn, account, limits, result.levels, now))
                     self._sweep_now_and_then(conn, now)
             return result
 
@@ -209,10 +218,12 @@ class SqliteStore(SqliteGrantsAudit):
         self._debits += 1  # a lost increment under threads only delays a sweep
         if self._debits % _SWEEP_EVERY == 0:
             conn.execute("DELETE FROM buckets WHERE expires < ?", (now,))
+            sqlite_window.sweep(conn, now)
 
     def reset(self, account: str) -> None:
         with self._connection() as conn:
             conn.execute("DELETE FROM buckets WHERE account = ?", (account,))
+            conn.execute("DELETE FROM windows WHERE account = ?", (account,))
 
     def domains(self) -> dict[str, str]:
         with self._connection() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,11 +59,16 @@ def test_status_and_reset(tmp_path: Path) -> None:
     store.close()
     status = mailflow("ratelimit", "status", "-c", str(cfg), "Shop.Example")
     assert status.returncode == 0
-    hourly = next(line for line in status.stdout.splitlines() if "600/hour" in line).split()
+    hourly = next(line for line in status.stdout.splitlines() if line.startswith("    in use") and "of 600 " in line)
     # Spent 600 a moment ago: the bucket refills one token per 6 s while the CLI starts up.
-    assert float(hourly[hourly.index("left") + 1].rstrip(",")) < 1 and hourly[-1] in {f"{n}s" for n in range(1, 7)}
+    left = float(hourly.split("left ")[1].split(";")[0])
+    assert left < 1 and any(f"next recipient fits in {n} s" in hourly for n in range(1, 7)), hourly
+    assert "up to 1200 in its first hour" in status.stdout  # what a token bucket allows, said
+    assert "never seen" not in status.stdout  # its buckets are in use
     assert mailflow("ratelimit", "reset", "-c", str(cfg), "shop.example").returncode == 0
-    assert "left     600.0" in mailflow("ratelimit", "status", "-c", str(cfg), "shop.example").stdout
+    reset = json.loads(mailflow("ratelimit", "status", "--json", "-c", str(cfg), "shop.example").stdout)
+    assert [limit["left"] for limit in reset["limits"]] == [600, 5000] and reset["seen"] is False
+    assert "never seen" in mailflow("ratelimit", "status", "-c", str(cfg), "shop.example").stdout
 
 
 def test_store_url_passwords_are_not_shown() -> None:

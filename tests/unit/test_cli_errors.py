@@ -30,6 +30,8 @@ STORE_COMMANDS = [
     ["ratelimit", "grant", "shop.example", "5/hour", "--for", "1h", "--reason", "x"],
     ["ratelimit", "extend", "shop.example", "--for", "1h"], ["ratelimit", "revoke", "shop.example"],
     ["ratelimit", "grants"], ["audit"],
+    ["top"], ["top", "--day", "--json"], ["near-limit"],
+    ["ratelimit", "status", "shop.example", "--json"],
 ]
 ALL_COMMANDS = STORE_COMMANDS + [["rbl", "check"], ["replay", "--from-log", "tests/fixtures/mail.log"]]
 
