@@ -313,9 +313,11 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
 
 
 def _register_admin_groups() -> None:
+    from mailflow import holdqueue
     from mailflow.suppression import admin, keygen
 
     admin.register(cli, _load, _store, config_option)
+    holdqueue.register(cli, _load, _store, config_option)
     keygen.register(cli)
 
 

@@ -30,6 +30,7 @@ from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, s
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.sqlite_file import check_path, create_private, identity
+from mailflow.store.sqlite_held import SCHEMA as HELD_SCHEMA, SqliteHeldMail
 from mailflow.suppression.entries import Entry
 
 log = logging.getLogger("mailflow.store")
@@ -73,7 +74,7 @@ _SWEEP_EVERY = 1000
 CHECK_EVERY = 1.0  # seconds between looks at the database file's identity (one stat)
 
 
-class SqliteStore:
+class SqliteStore(SqliteHeldMail):
     def __init__(self, path: str, timeout_ms: int = 250, clock: Callable[[], float] = time.time,
                  group: str = "") -> None:
         self.path = path
@@ -89,7 +90,7 @@ class SqliteStore:
         self._moved = False
         self._next_check = time.monotonic() + CHECK_EVERY
         with self._connection() as conn:
-            conn.executescript(_SCHEMA)
+            conn.executescript(_SCHEMA + HELD_SCHEMA)
 
     def _check_file(self) -> None:
         """StoreError unless the file at the path is still the one open (see the module's docstring)."""
