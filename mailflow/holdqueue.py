@@ -29,7 +29,12 @@ MAX_OUTPUT_LINE = 1 << 16  # a postqueue -j line longer than this is not one of 
 
 
 class HoldQueueError(Exception):
-    """postsuper or postqueue could not be run, or failed: one line saying why."""
+    """postsuper or postqueue could not be run, or failed: one line saying why. `bad_config`:
+    the program is not where accounts.postsuper says."""
+
+    def __init__(self, text: str, bad_config: bool = False) -> None:
+        super().__init__(text)
+        self.bad_config = bad_config
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class PostfixHoldQueue:
             result = subprocess.run(command, input=stdin, capture_output=True, text=True, errors="replace",
                                     timeout=TIMEOUT, check=False)
         except FileNotFoundError:
-            raise HoldQueueError(f"{program} not found (accounts.postsuper)") from None
+            raise HoldQueueError(f"{program} not found (see accounts.postsuper)", bad_config=True) from None
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise HoldQueueError(f"{program}: {exc}") from None
         if result.returncode != 0:

@@ -78,7 +78,7 @@ def _run_what_if(config: Config, sessions: list[Session], details: bool) -> None
     _print_report(report, f"what-if of {len(sessions)} logged messages under {config.path}")
     bulk = sum(counts["bulk_not_judged"] for counts in report.values())
     click.echo(f"header rules (From:/Sender: checks, lookalikes, duplicate headers, bulk List-Unsubscribe): {NOT_JUDGED}"
-               + (f"; {bulk} messages had enough recipients for the bulk gate" if bulk else ""))
+               + (f"; {bulk} message{'s' * (bulk != 1)} had enough recipients for the bulk gate" if bulk else ""))
     if why_not:
         click.echo(f"suppression lists and held accounts: not judged ({why_not})")
 

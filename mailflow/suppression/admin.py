@@ -349,8 +349,9 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             try:  # after the account: no new mail is held once its held mail goes
                 mail = release_held_mail(config, store, name.lower(), drop)
             except HoldQueueError as exc:
-                raise click.ClickException(f"account {name.lower()}: {'released' if released else 'not held'}; its "
-                                           f"held messages were not released: {exc}") from None
+                error = click.UsageError if exc.bad_config else click.ClickException
+                raise error(f"account {name.lower()}: {'released' if released else 'not held'}; its held messages "
+                            f"were not released: {exc}") from None
         click.echo(f"account {name.lower()}: {'released' if released else 'not held'}; held messages: {mail}")
 
     @account.command("list")

@@ -3,6 +3,10 @@ before any program sees them, and the engine records what it holds (real SQLite 
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,37 @@ def test_the_engine_holds_with_words_and_records_the_queue_id(tmp_path: Path, mo
     assert (held.queue_id, held.reason, held.why, held.recipients, held.sender_domain) == (
         "4AB1C2D3E4", "account_held", "3 spam-trap hits", 2, "shop.example")
     store.close()
+
+
+def mailflow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mailflow", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_release_without_postsuper_is_one_line_and_keeps_the_records(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n'
+                      f'[accounts]\npostsuper = "{tmp_path}/no/postsuper"\npostfix_config_dir = "{tmp_path}"\n')
+    assert mailflow("account", "hold", "shop.example", "-c", str(config)).returncode == 0
+    store = SqliteStore(str(tmp_path / "s.db"))
+    store.add_held_messages([HeldMessage("shop.example", "4AB1C2D3E4", int(time.time()), "account_held", "x", 1)])
+    result = mailflow("account", "release", "shop.example", "-c", str(config))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "account shop.example: released; its held messages were not released" in result.stderr
+    assert "no/postqueue not found (see accounts.postsuper)" in result.stderr
+    assert [r.queue_id for r in store.held_messages("shop.example")] == ["4AB1C2D3E4"]  # for the next try
+    listing = mailflow("held", "--json", "-c", str(config))
+    assert json.loads(listing.stdout)["queue_id"] == "4AB1C2D3E4"
+    # Not held any more, but its held mail is still recorded: release may be run again.
+    again = mailflow("account", "release", "shop.example", "-c", str(config))
+    assert again.returncode == 2 and "account shop.example: not held;" in again.stderr
+    store.forget_held_messages("shop.example", ["4AB1C2D3E4"])
+    gone = mailflow("account", "release", "shop.example", "-c", str(config))
+    assert gone.returncode == 1 and "account shop.example is not held" in gone.stderr
+    store.close()
+
+
+def test_the_postsuper_keys_are_read() -> None:
+    accounts = parse_config({"accounts": {"postsuper": "/opt/postfix/sbin/postsuper",
+                                          "postfix_config_dir": "/etc/postfix-out"}}).accounts
+    assert (accounts.postsuper, accounts.postfix_config_dir) == ("/opt/postfix/sbin/postsuper", "/etc/postfix-out")
+    assert parse_config({}).accounts.postsuper == "/usr/sbin/postsuper"
