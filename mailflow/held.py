@@ -97,6 +97,7 @@ class HeldRecorder:
         self.clock = clock
         self._pending: list[HeldMessage] = []
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()
         self._timer: threading.Timer | None = None
         self._last_flush = clock() - flush_every
         self._stopped = False
@@ -124,18 +125,19 @@ class HeldRecorder:
         self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            records, self._pending = self._pending, []
-        if not records:
-            return
-        try:
-            self.store.add_held_messages(records)
-        except StoreError as exc:
-            log.warning("could not record %d held messages, keeping them for the next try: %s", len(records), exc)
+        with self._flushing:  # one at a time: stop() returns only once a timer's flush is written
             with self._lock:
-                self._pending[:0] = records[-PENDING_MAX:]
-                del self._pending[PENDING_MAX:]
-                self._schedule()
+                records, self._pending = self._pending, []
+            if not records:
+                return
+            try:
+                self.store.add_held_messages(records)
+            except StoreError as exc:
+                log.warning("could not record %d held messages, keeping them for the next try: %s", len(records), exc)
+                with self._lock:
+                    self._pending[:0] = records[-PENDING_MAX:]
+                    del self._pending[PENDING_MAX:]
+                    self._schedule()
 
     def stop(self) -> None:
         """Cancel the timer and write what is pending (engine close)."""

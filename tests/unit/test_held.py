@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 
 from mailflow.config import parse_config
 from mailflow.engine import Engine
-from mailflow.held import HeldMessage, hold_reply_text, parse_hold, valid_queue_id
+from mailflow.held import HeldMessage, HeldRecorder, hold_reply_text, parse_hold, valid_queue_id
 from mailflow.model import REPLY_TEXT_MAX, Client, Reply, Verdict
+from mailflow.store.base import Store, StoreError
 from mailflow.store.sqlite import SqliteStore
 
 
@@ -124,3 +126,28 @@ def test_the_postsuper_keys_are_read() -> None:
                                           "postfix_config_dir": "/etc/postfix-out"}}).accounts
     assert (accounts.postsuper, accounts.postfix_config_dir) == ("/opt/postfix/sbin/postsuper", "/etc/postfix-out")
     assert parse_config({}).accounts.postsuper == "/usr/sbin/postsuper"
+
+
+class _DownThenUp:
+    """A store that is down for its first write: the recorder must keep the records for the next."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.written: list[HeldMessage] = []
+
+    def add_held_messages(self, records: list[HeldMessage]) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise StoreError("redis: connection refused")
+        self.written += records
+
+
+def test_the_recorder_keeps_records_while_the_store_is_down() -> None:
+    store = _DownThenUp()
+    recorder = HeldRecorder(cast(Store, store), flush_every=0.05)
+    recorder.add(HeldMessage("shop.example", "4AB1C2D3E4", 1, "account_held", "x", 1))
+    deadline = time.monotonic() + 5
+    while not store.written and time.monotonic() < deadline:
+        time.sleep(0.02)
+    recorder.stop()
+    assert store.calls == 2 and [r.queue_id for r in store.written] == ["4AB1C2D3E4"]
