@@ -114,8 +114,10 @@ def _judge(engine: Engine, session: Session) -> tuple[str, str, str, int]:
     if decision.refuses:
         return account, _EOM_ACTION[decision.verdict], decision.reason, 0
     refusals: list[Decision] = [d for d in (engine.rcpt(client, message, r) for r in session.rcpt_to) if d.refuses]
+    if not message.recipients and not refusals:
+        return account, "deferred", "no recipients in the log", 0
     if not message.recipients:
-        last = refusals[-1] if refusals else Decision(Verdict.TEMPFAIL, "no_recipients")
+        last = refusals[-1]
         return account, "rejected" if last.verdict is Verdict.REJECT else "deferred", last.reason, len(refusals)
     for name, value in session.headers:
         engine.header(message, name, value)
