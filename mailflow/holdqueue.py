@@ -89,10 +89,15 @@ class PostfixHoldQueue:
         return Outcome(done, len(usable) - len(before), invalid)
 
 
+def account_hold_records(store: Store, account: str) -> list[HeldMessage]:
+    """The recorded messages held because the account was held (not those a rule held)."""
+    return [r for r in store.held_messages(account) if r.reason == "account_held"]
+
+
 def release_held_mail(config: Config, store: Store, account: str, drop: bool) -> str:
     """Release (or drop) the messages held because `account` was held; forget their records.
     Returns the sentence to show; HoldQueueError when Postfix could not be asked."""
-    records = [r for r in store.held_messages(account) if r.reason == "account_held"]
+    records = account_hold_records(store, account)
     if not records:
         return "no held messages recorded"
     queue = PostfixHoldQueue(config.accounts.postsuper, config.accounts.postfix_config_dir)

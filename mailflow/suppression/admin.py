@@ -339,12 +339,12 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @click.argument("name")
     def release(config_file: str | None, drop: bool, name: str) -> None:
         """Release a held account (and forget its trap hits), and its messages from Postfix's hold queue."""
-        from mailflow.holdqueue import HoldQueueError, release_held_mail
+        from mailflow.holdqueue import HoldQueueError, account_hold_records, release_held_mail
 
         config = load(config_file)
         with store_of(config) as store:
             released = store.release_account(name.lower())
-            if not released and not store.held_messages(name.lower()):
+            if not released and not account_hold_records(store, name.lower()):
                 raise click.ClickException(f"account {name.lower()} is not held")
             try:  # after the account: no new mail is held once its held mail goes
                 mail = release_held_mail(config, store, name.lower(), drop)
