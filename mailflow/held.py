@@ -33,6 +33,7 @@ ADMIN_HOLD = "held by an admin"  # `mailflow account hold`'s default reason
 HELD_TTL = 30 * 86400  # a held message's record is kept this long (Postfix's own default
 # maximal_queue_lifetime is 5 days: a record older than that names a message long gone)
 HELD_PER_ACCOUNT = 1000  # and at most this many per account, the newest
+FLUSH_EVERY = 1.0  # seconds: how late a milter may write a record (`account release` waits this)
 PENDING_MAX = 10_000  # records waiting for a flush while the store is down: the oldest go first
 # Postfix queue ids: hex (short ids) or [0-9A-Za-z] (enable_long_queue_ids); Sendmail's are
 # alphanumeric too. Anything else (`ALL`, `-`, an option, a path) never reaches postsuper.
@@ -91,7 +92,7 @@ class HeldMessage:
 class HeldRecorder:
     """Held messages, queued in memory and written to the store in the background."""
 
-    def __init__(self, store: Store, flush_every: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, flush_every: float = FLUSH_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.flush_every = flush_every
         self.clock = clock

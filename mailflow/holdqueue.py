@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 import click
 
 from mailflow.config import Config
-from mailflow.held import HeldMessage, valid_queue_id
+from mailflow.held import FLUSH_EVERY, HeldMessage, valid_queue_id
 from mailflow.store.base import Store
 
 TIMEOUT = 60  # seconds for one postqueue or postsuper run
@@ -94,9 +95,13 @@ def account_hold_records(store: Store, account: str) -> list[HeldMessage]:
     return [r for r in store.held_messages(account) if r.reason == "account_held"]
 
 
-def release_held_mail(config: Config, store: Store, account: str, drop: bool) -> str:
+def release_held_mail(config: Config, store: Store, account: str, drop: bool, just_released: bool) -> str:
     """Release (or drop) the messages held because `account` was held; forget their records.
-    Returns the sentence to show; HoldQueueError when Postfix could not be asked."""
+    Returns the sentence to show; HoldQueueError when Postfix could not be asked.
+    `just_released`: first wait until every milter has seen the release (Redis: its replica's
+    refresh) and written its last records, so no message held in between stays behind."""
+    if just_released:
+        time.sleep(config.store.refresh_ms / 1000 + FLUSH_EVERY + 0.5)
     records = account_hold_records(store, account)
     if not records:
         return "no held messages recorded"

@@ -347,7 +347,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             if not released and not account_hold_records(store, name.lower()):
                 raise click.ClickException(f"account {name.lower()} is not held")
             try:  # after the account: no new mail is held once its held mail goes
-                mail = release_held_mail(config, store, name.lower(), drop)
+                mail = release_held_mail(config, store, name.lower(), drop, released)
             except HoldQueueError as exc:
                 error = click.UsageError if exc.bad_config else click.ClickException
                 raise error(f"account {name.lower()}: {'released' if released else 'not held'}; its held messages "
