@@ -282,9 +282,10 @@ def rbl_watch(config_file: str | None, cycles: int | None) -> None:
 @click.option("--from-log", "logs", multiple=True, metavar="MAILLOG",
               help="Sessions from Postfix mail.log; with neither --milter nor --smtp, a what-if run of -c's policy.")
 @click.option("--year", type=int, default=None, help="Year of classic syslog stamps in --from-log (default: this year).")
+@click.option("--details", is_flag=True, help="What-if: one line per logged message (queue id, account, verdict, reason).")
 @config_option
 def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str | None, logs: tuple[str, ...],
-           year: int | None, config_file: str | None) -> None:
+           year: int | None, details: bool, config_file: str | None) -> None:
     """Replay recorded SMTP sessions and compare the replies with the expected ones.
 
     Exit 0 when every session got what it expected, 1 on any mismatch, 2 on a bad file.
@@ -298,16 +299,18 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
     if files and not (milter_socket or smtp_target):
         raise click.UsageError("session files need --milter SOCKET or --smtp HOST:PORT")
     sys.exit(run_replay(files, logs, milter_socket, smtp_target, year,
-                        _load(config_file) if logs and not (milter_socket or smtp_target) else None))
+                        _load(config_file) if logs and not (milter_socket or smtp_target) else None, details))
 
 
 def _register_admin_groups() -> None:
     from mailflow import grants_admin
+    from mailflow import holdqueue
     from mailflow.suppression import admin, keygen
     from mailflow.views import cli as views
 
     admin.register(cli, _load, _store, config_option)
     grants_admin.register(cli, _load, _store, config_option)
+    holdqueue.register(cli, _load, _store, config_option)
     keygen.register(cli)
     views.register(cli, ratelimit, _load, _store, config_option)
 

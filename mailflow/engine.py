@@ -20,6 +20,7 @@ from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailb
 from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
+from mailflow.held import HeldMessage, HeldRecorder, hold_reply_text, parse_hold
 from mailflow.log import DECISIONS, envelope_address, log, log_decision
 from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.grants import GrantOverlay
@@ -75,6 +76,7 @@ class Engine:
         self.grants = GrantOverlay(config.ratelimit, store, config.store.refresh_ms / 1000)
         self.sent = SentCounter(store)
         self.notices = LimitNotices(config.notify.near_limit, self.monitor)  # limit_refused, limit_near
+        self.held_mail = HeldRecorder(store)  # what `mailflow account release` releases
         self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         suppression = config.suppression
@@ -96,6 +98,7 @@ class Engine:
         self.ownership.stop()
         self.grants.stop()
         self.sent.flush()
+        self.held_mail.stop()
 
     # -- what the MTA does when things break ---------------------------------------------
 
@@ -325,7 +328,7 @@ class Engine:
             decision = forgery.decision  # a hold, once the message has been charged
         if decision.verdict is Verdict.CONTINUE and message.held:
             decision = Decision(Verdict.HOLD, "account_held",
-                                Reply("250", "2.7.0", f"account {shown(identity.account)} is held: {message.held}"))
+                                Reply("250", "2.7.0", hold_reply_text(identity.account, message.held)))
         if message.suppressed and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
@@ -334,7 +337,19 @@ class Engine:
                                 forgery=forgery.summary, removed=",".join(message.suppressed) or None)
         if enforced.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             self.sent.add(identity.account, cost)
+        if enforced.verdict is Verdict.HOLD:
+            self._record_hold(identity.account, message, enforced, queue_id)
         return enforced
+
+    def _record_hold(self, account: str, message: Message, decision: Decision, queue_id: str) -> None:
+        """Queue a record of a message going to the MTA's hold queue (written in the background)."""
+        if decision.reason == "account_held":
+            why = parse_hold(message.held)[1]
+        else:
+            why = decision.reply.text if decision.reply else decision.reason
+        self.held_mail.add(HeldMessage(account, shown(queue_id, 32), int(self.clock().timestamp()), decision.reason,
+                                       shown(why, 200), len(message.recipients),
+                                       shown(accounts.domain_of(message.sender), 100)))
 
     def _charge(self, policy: RatePolicy, account: str, cost: int) -> Decision:
         """Take the message's cost from every bucket of the account, or say why not."""

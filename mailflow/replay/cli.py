@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -14,13 +15,14 @@ from mailflow.milter.client import MilterClientError
 from mailflow.replay.postfix_log import sessions_from_log
 from mailflow.replay.runner import Outcome, ReplayError, mismatches, parse_hostport, replay_milter, replay_smtp
 from mailflow.replay.sessions import Session, SessionFileError, load_sessions
-from mailflow.replay.whatif import ACTIONS, what_if
+from mailflow.replay.whatif import ACTIONS, NOT_JUDGED, what_if
+from mailflow.store import Store, StoreError, open_store, sqlite_path
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def run_replay(files: Sequence[str], logs: Sequence[str], milter: str | None, smtp: str | None,
-               year: int | None, config: Config | None) -> int:
+               year: int | None, config: Config | None, details: bool = False) -> int:
     try:
         sessions = [s for path in files for s in load_sessions(path)]
         sessions += [s for path in logs for s in _log_sessions(path, year)]
@@ -29,7 +31,7 @@ def run_replay(files: Sequence[str], logs: Sequence[str], milter: str | None, sm
         click.echo(f"mailflow: {exc}", err=True)
         return EXIT_BAD_INPUT
     if config is not None:
-        _print_report(what_if(config, sessions), f"what-if of {len(sessions)} logged messages under {config.path}")
+        _run_what_if(config, sessions, details)
         return EXIT_OK
 
     passed = failed = skipped = 0
@@ -60,6 +62,36 @@ def run_replay(files: Sequence[str], logs: Sequence[str], milter: str | None, sm
         _print_report(by_account, "replies per account (account guessed from login or sender domain)")
     click.echo(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
     return EXIT_MISMATCH if failed else EXIT_OK
+
+
+def _run_what_if(config: Config, sessions: list[Session], details: bool) -> None:
+    """The what-if report; with `details`, first one line per message (queue id, account, action, reason)."""
+    def line(session: Session, account: str, action: str, reason: str) -> None:
+        click.echo(f"{session.queue_id or session.name:<16} {account:<32} {action:<9} {reason}")
+
+    real, why_not = _real_store(config)
+    try:
+        report = what_if(config, sessions, real, line if details else None)
+    finally:
+        if real is not None:
+            real.close()
+    _print_report(report, f"what-if of {len(sessions)} logged messages under {config.path}")
+    bulk = sum(counts["bulk_not_judged"] for counts in report.values())
+    click.echo(f"header rules (From:/Sender: checks, lookalikes, duplicate headers, bulk List-Unsubscribe): {NOT_JUDGED}"
+               + (f"; {bulk} message{'s' * (bulk != 1)} had enough recipients for the bulk gate" if bulk else ""))
+    if why_not:
+        click.echo(f"suppression lists and held accounts: not judged ({why_not})")
+
+
+def _real_store(config: Config) -> tuple[Store | None, str]:
+    """The config's store, read for its suppression lists and held accounts; never created here."""
+    url = config.store.url
+    if url.startswith("sqlite://") and not os.path.isfile(sqlite_path(url)):
+        return None, f"{sqlite_path(url)} does not exist"
+    try:
+        return open_store(url, config.store.timeout_ms, config.store.refresh_ms, config.store.group), ""
+    except (StoreError, ValueError) as exc:
+        return None, str(exc)
 
 
 def _log_sessions(path: str, year: int | None) -> list[Session]:

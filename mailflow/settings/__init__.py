@@ -56,6 +56,9 @@ class AccountSettings:
     local_smtp: str = "refuse"  # refuse | sender_domain (spoofable by any local process)
     msp_daemons: frozenset[str] = frozenset()  # Sendmail {daemon_name}s of the MSP's own listener
     local_names: frozenset[str] = field(default_factory=host_names)  # lower-case
+    # `mailflow account release`: Postfix's postsuper, and the instance's config dir ("": its default)
+    postsuper: str = "/usr/sbin/postsuper"
+    postfix_config_dir: str = ""
 
 
 @dataclass(frozen=True)

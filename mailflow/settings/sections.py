@@ -90,7 +90,9 @@ def parse_accounts(t: Table, base_dir: str) -> AccountSettings:
     local_names = frozenset(n.lower().rstrip(".") for n in t.texts("local_names", []) if n.strip()) or host_names()
     settings = AccountSettings(tuple(identify), networks, identity_map, tuple(ip_map),
                                local_smtp=t.choice("local_smtp", "refuse", LOCAL_SMTP),
-                               msp_daemons=frozenset(t.texts("msp_daemons", [])), local_names=local_names)
+                               msp_daemons=frozenset(t.texts("msp_daemons", [])), local_names=local_names,
+                               postsuper=t.text("postsuper", AccountSettings.postsuper),
+                               postfix_config_dir=t.text("postfix_config_dir", ""))
     t.finish()
     return settings
 

@@ -10,6 +10,7 @@ from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
 
 if TYPE_CHECKING:  # annotations only: suppression/keys.py imports StoreError from here
+    from mailflow.held import HeldMessage
     from mailflow.suppression.entries import Entry
 
 
@@ -93,6 +94,19 @@ class Store(Protocol):
 
     def held_accounts(self) -> dict[str, str]:
         """Held account -> why and since when."""
+        ...
+
+    def add_held_messages(self, records: Sequence[HeldMessage]) -> None:
+        """Record messages put in the MTA's hold queue; each account keeps its newest
+        HELD_PER_ACCOUNT for HELD_TTL (mailflow/held.py). Store-side: store/*_held.py."""
+        ...
+
+    def held_messages(self, account: str | None = None) -> list[HeldMessage]:
+        """Recorded held messages (of one account, or all), oldest first."""
+        ...
+
+    def forget_held_messages(self, account: str, queue_ids: Sequence[str]) -> int:
+        """Drop these records of an account (released or dropped); returns how many there were."""
         ...
 
     def state_get(self, key: str) -> str | None:

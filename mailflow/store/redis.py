@@ -24,6 +24,7 @@ from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.redis_counts import RedisCounts
 from mailflow.store.redis_grants import RedisGrantsAudit
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
+from mailflow.store.redis_held import RedisHeldMail
 from mailflow.store.redis_pool import HotPool, admin_deadlines
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
@@ -67,7 +68,7 @@ def _lua(name: str) -> str:
     return files("mailflow.store").joinpath(f"lua/{name}").read_text(encoding="utf-8")
 
 
-class RedisStore(RedisGrantsAudit, RedisCounts):  # grants and audit: redis_grants.py; the views' counts: redis_counts.py
+class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and audit, the views' counts, held mail: redis_*.py
     def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000) -> None:
         timeout = timeout_ms / 1000
         self._timeout_ms = timeout_ms

@@ -34,6 +34,7 @@ from mailflow.store.sqlite_counts import SCHEMA as COUNTS_SCHEMA, SqliteCounts
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.sqlite_grants import SCHEMA as GRANTS_SCHEMA, SqliteGrantsAudit
 from mailflow.store.sqlite_file import check_path, create_private, identity
+from mailflow.store.sqlite_held import SCHEMA as HELD_SCHEMA, SqliteHeldMail
 from mailflow.suppression.entries import Entry
 
 log = logging.getLogger("mailflow.store")
@@ -77,7 +78,7 @@ _SWEEP_EVERY = 1000
 CHECK_EVERY = 1.0  # seconds between looks at the database file's identity (one stat)
 
 
-class SqliteStore(SqliteGrantsAudit, SqliteCounts):
+class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail):
     def __init__(self, path: str, timeout_ms: int = 250, clock: Callable[[], float] = time.time,
                  group: str = "") -> None:
         self.path = path
@@ -93,7 +94,8 @@ class SqliteStore(SqliteGrantsAudit, SqliteCounts):
         self._moved = False
         self._next_check = time.monotonic() + CHECK_EVERY
         with self._connection() as conn:
-            conn.executescript(_SCHEMA + GRANTS_SCHEMA + sqlite_claims.SCHEMA + sqlite_window.SCHEMA + COUNTS_SCHEMA)
+            conn.executescript(_SCHEMA + GRANTS_SCHEMA + sqlite_claims.SCHEMA + sqlite_window.SCHEMA + COUNTS_SCHEMA
+                               + HELD_SCHEMA)
 
     def _check_file(self) -> None:
         """StoreError unless the file at the path is still the one open (see the module's docstring)."""

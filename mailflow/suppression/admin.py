@@ -18,6 +18,7 @@ from mailflow import audit
 from mailflow.audit import why_option
 from mailflow.config import Config
 from mailflow.events import ACCOUNT_HELD, ACCOUNT_RELEASED, Event, publish
+from mailflow.held import parse_hold
 from mailflow.store.base import Store
 from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
 from mailflow.suppression import rekey
@@ -353,16 +354,27 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @account.command("release")
     @config_option
     @why_option()
+    @click.option("--drop", is_flag=True, help="Delete the account's held messages instead of releasing them.")
     @click.argument("name")
-    def release(config_file: str | None, why: str | None, name: str) -> None:
-        """Release a held account (and forget its trap hits). Held messages: postsuper -H."""
+    def release(config_file: str | None, why: str | None, drop: bool, name: str) -> None:
+        """Release a held account (and forget its trap hits), and its messages from Postfix's hold queue."""
+        from mailflow.holdqueue import HoldQueueError, account_hold_records, release_held_mail
+
         config = load(config_file)
         with store_of(config) as store:
-            if not store.release_account(name.lower()):
+            released = store.release_account(name.lower())
+            if not released and not account_hold_records(store, name.lower()):
                 raise click.ClickException(f"account {name.lower()} is not held")
-            click.echo(f"account {name.lower()}: released; release its held mail with postsuper -H")
-            publish(Event(ACCOUNT_RELEASED, name.lower(), {"by": "admin", "user": audit.who_runs()}))
-            audit.record(store, "account release", name.lower(), why=why)
+            if released:
+                publish(Event(ACCOUNT_RELEASED, name.lower(), {"by": "admin", "user": audit.who_runs()}))
+                audit.record(store, "account release", name.lower(), "--drop" if drop else "", why=why)
+            try:  # after the account: no new mail is held once its held mail goes
+                mail = release_held_mail(config, store, name.lower(), drop, released)
+            except HoldQueueError as exc:
+                error = click.UsageError if exc.bad_config else click.ClickException
+                raise error(f"account {name.lower()}: {'released' if released else 'not held'}; its held messages "
+                            f"were not released: {exc}") from None
+        click.echo(f"account {name.lower()}: {'released' if released else 'not held'}; held messages: {mail}")
 
     @account.command("list")
     @config_option
@@ -372,7 +384,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         with store_of(config) as store:
             held = store.held_accounts()
         for name, value in sorted(held.items()):
-            since, _, why = value.partition("|")
-            click.echo(f"{name:<32} since {_iso(int(since or 0))}  {why}")
+            since, why = parse_hold(value)
+            click.echo(f"{name:<32} since {_iso(since) if since is not None else '(unknown)':<20}  {why}")
         if not held:
             click.echo("no account is held")

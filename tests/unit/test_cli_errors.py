@@ -26,6 +26,7 @@ STORE_COMMANDS = [
     ["domains", "list", "shop.example"], ["suppress", "add", "a@x.example"], ["suppress", "remove", "a@x.example"],
     ["suppress", "check", "a@x.example"], ["suppress", "list"], ["suppress", "export"],
     ["suppress", "import", "IMPORT"], ["suppress", "rekey", "--finish"], ["account", "hold", "a"], ["account", "release", "a"], ["account", "list"],
+    ["held"], ["held", "--json", "--account", "a"], ["account", "release", "--drop", "a"],
     ["rbl", "watch", "--cycles", "1"],
     ["ratelimit", "grant", "shop.example", "5/hour", "--for", "1h", "--reason", "x"],
     ["ratelimit", "extend", "shop.example", "--for", "1h"], ["ratelimit", "revoke", "shop.example"],
