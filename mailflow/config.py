@@ -17,15 +17,16 @@ from typing import Any
 from mailflow.accounts import trusted_network_warnings
 from mailflow.log import syslog_problem
 from mailflow.settings import (AccountSettings, BulkPolicy, BulkSettings, Config, ForgeryAccount, ForgerySettings,
-                               LogSettings, MilterSettings, RateLimitSettings, RatePolicy, RblSettings, StoreSettings,
+                               LogSettings, MetricsSettings, MilterSettings, RateLimitSettings, RatePolicy, RblSettings, StoreSettings,
                                SuppressionSettings, host_names)
+from mailflow.metrics.settings import parse_metrics
 from mailflow.settings.policies import parse_bulk, parse_forgery, parse_ratelimit, parse_rbl
 from mailflow.settings.sections import (parse_accounts, parse_log, parse_milter, parse_store, parse_suppression,
                                         read_map_file)
 from mailflow.settings.table import ConfigError, Table
 
 __all__ = ["AccountSettings", "BulkPolicy", "BulkSettings", "Config", "ConfigError", "ForgeryAccount",
-           "ForgerySettings", "LogSettings", "MilterSettings", "RateLimitSettings", "RatePolicy", "RblSettings",
+           "ForgerySettings", "LogSettings", "MetricsSettings", "MilterSettings", "RateLimitSettings", "RatePolicy", "RblSettings",
            "StoreSettings", "SuppressionSettings", "config_path", "host_names", "load_config", "parse_config",
            "read_map_file", "config_warnings"]
 
@@ -78,6 +79,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         bulk=parse_bulk(top.table("bulk")),
         rbl=parse_rbl(top.table("rbl")),
         log=parse_log(top.table("log")),
+        metrics=parse_metrics(top.table("metrics")),
         path=path,
     )
     top.finish()

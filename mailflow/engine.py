@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from mailflow import accounts
+from mailflow import accounts, metrics
 from mailflow.config import Config, RatePolicy
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
 from mailflow.forgery.ownership import organisational_domain
@@ -400,6 +400,7 @@ class Engine:
         enforced = decision
         if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
+        metrics.RECORDER.decision(stage, decision, enforced, message)
         if not DECISIONS.isEnabledFor(logging.INFO):  # at level warning, skip gathering the fields
             return enforced
         log_decision(

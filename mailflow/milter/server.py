@@ -49,6 +49,9 @@ import Milter
 
 from mailflow.config import Config, MilterSettings
 from mailflow.engine import Engine
+from mailflow.metrics.host import MetricsHost
+from mailflow.metrics.worker import Served
+from mailflow.metrics.worker import start as start_metrics
 from mailflow.milter.adapter import MailflowMilter
 from mailflow.milter.socket_path import unix_socket_problem
 from mailflow.store import Store, StoreError, open_store
@@ -242,10 +245,11 @@ class _Stopper:
 
 
 def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_seconds: float,
-                 describe: Describe) -> NoReturn:
+                 describe: Describe, metrics_host: MetricsHost | None = None) -> NoReturn:
     """In a forked worker: validate what needs the store, then serve until told to stop."""
     store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group)
     engine: Engine | None = None
+    served: Served | None = None
 
     def finish() -> None:
         if engine is not None:
@@ -256,6 +260,8 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
 
     def on_stop_request() -> None:
         link.wait_for_stop()
+        if served is not None:  # the next worker answers scrapes now (and counts on in the same files)
+            served.close()
         stop(0, "asked by the supervisor, or it is gone")
 
     def on_key_mismatch(exc: KeyMismatch) -> None:
@@ -277,6 +283,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
         if config.suppression.enabled:
             _watch_key(config, store, on_key_mismatch, KEY_REFRESH_SECONDS)
     engine = MailflowMilter.engine = Engine(config, store)
+    served = start_metrics(metrics_host, config, store, engine.store_health)
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect (SETSYMLIST: see adapter).
     Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT | Milter.SETSYMLIST)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import quote
 
+from mailflow import metrics
 from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, seconds_until_empty, try_debit
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
@@ -115,6 +116,7 @@ class SqliteStore:
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """Borrow an idle connection (or open one); sqlite3 errors become StoreError."""
+        started = time.perf_counter()
         if time.monotonic() >= self._next_check:
             self._check_file()
         try:
@@ -142,6 +144,8 @@ class SqliteStore:
             raise
         else:
             self._idle.put(conn)
+        finally:
+            metrics.RECORDER.store_latency(time.perf_counter() - started)
 
     def _drop(self, conn: sqlite3.Connection) -> None:
         """Close a connection that hit an error other than a busy lock: one opened while the file
