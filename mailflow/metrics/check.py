@@ -54,7 +54,8 @@ def fetch(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked above
             status, body = response.status, response.read(MAX_BODY + 1)
     except urllib.error.HTTPError as exc:  # 503 carries the report too
-        status, body = exc.code, exc.read(MAX_BODY + 1)
+        with exc:
+            status, body = exc.code, exc.read(MAX_BODY + 1)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise ValueError(f"no answer from {url}: {reason}") from None
