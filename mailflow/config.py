@@ -110,9 +110,10 @@ def config_warnings(config: Config, syslog: bool = True) -> list[str]:
     if config.rbl.interval < MIN_RBL_INTERVAL:
         found.append(f"rbl.interval: {config.rbl.interval} s is under {MIN_RBL_INTERVAL} s; DNSBLs block resolvers "
                      "that query this often")
-    if config.milter.on_error == "accept" and not (config.rbl.webhook or config.rbl.email_to):
+    if config.milter.on_error == "accept" and not (config.rbl.webhook or config.rbl.email_to or config.metrics.listen):
         found.append('milter.on_error: "accept" lets mail through unchecked while the store is down, and nothing '
-                     "here tells you: mailflow has no metrics yet and no [rbl.alerts] webhook or email_to is set; "
+                     "here tells you: no metrics to alert on ([metrics] listen) and no [rbl.alerts] webhook or "
+                     "email_to is set; "
                      "watch the log for \"store unavailable\" or use on_error = \"tempfail\"")
     if syslog and config.log.target == "syslog" and (problem := syslog_problem(config.log.syslog_socket)):
         found.append(f"log.target: syslog is unavailable ({problem}); mailflow will log to stderr")

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, values
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -22,6 +22,7 @@ from mailflow import __version__, metrics
 from mailflow.metrics.health import Health
 from mailflow.metrics.host import MetricsHost
 from mailflow.metrics.prom import PromRecorder
+from mailflow.metrics.publish import Publisher
 from mailflow.settings import Config
 from mailflow.store.base import Store, StoreError
 from mailflow.store.health import StoreHealth
@@ -96,29 +97,57 @@ class Served:
         server.socket.close()
         server.socket = sock  # this process's copy: closed with the server
         server.daemon_threads = True
-        self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       name="mailflow-metrics", daemon=True)
-        self.thread.start()
+        self.server: ThreadingHTTPServer | None = server
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="mailflow-metrics",
+                         daemon=True).start()
 
     def close(self) -> None:
         """Answer no more (another process may go on serving the same socket)."""
-        self.server.shutdown()
-        self.server.server_close()
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
 
 
-def start(host: MetricsHost | None, config: Config, store: Store, store_health: StoreHealth) -> Served | None:
+class Summed(Collector):
+    """Every worker's published counts, this one's brought up to date first."""
+
+    def __init__(self, publisher: Publisher, directory: str) -> None:
+        self.publisher = publisher
+        self.reader = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        self.publisher.publish()
+        yield from self.reader.collect()  # type: ignore[no-untyped-call]
+
+
+class WorkerMetrics:
+    def __init__(self, served: Served, publisher: Publisher) -> None:
+        self.served, self.publisher = served, publisher
+
+    def stop_serving(self) -> None:
+        """Asked to stop: the next worker answers scrapes (and sums what this one still counts)."""
+        self.served.close()
+
+    def close(self) -> None:
+        """Sessions drained: the last counts into the file, then no more."""
+        self.served.close()
+        self.publisher.close()
+        metrics.RECORDER = metrics.Recorder()
+
+
+def start(host: MetricsHost | None, config: Config, store: Store, store_health: StoreHealth) -> WorkerMetrics | None:
     """Count from now on and serve, when `[metrics] listen` is set; else nothing (RECORDER stays idle)."""
     if host is None or host.socket is None or host.directory is None:
         return None
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = host.directory
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]  # after the fork: this process's own files
-    metrics.RECORDER = PromRecorder()
+    recorder = PromRecorder()
+    publisher = Publisher(recorder.registry, host.directory)
+    metrics.RECORDER = recorder
     replica = getattr(store, "replica", None) if config.suppression.enabled else None
     health = Health(store, store_health, config.store.timeout_ms, config.path, host.generation,
                     (lambda: replica.age) if replica is not None else None,
                     replica.stale_after if replica is not None else 5.0)
     registry = CollectorRegistry(auto_describe=False)
-    MultiProcessCollector(registry, path=host.directory)  # type: ignore[no-untyped-call]
+    registry.register(Summed(publisher, host.directory))
     registry.register(MilterCollector(health, store))
-    return Served(host.socket, registry, health)
+    return WorkerMetrics(Served(host.socket, registry, health), publisher)

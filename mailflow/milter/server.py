@@ -50,7 +50,7 @@ import Milter
 from mailflow.config import Config, MilterSettings
 from mailflow.engine import Engine
 from mailflow.metrics.host import MetricsHost
-from mailflow.metrics.worker import Served
+from mailflow.metrics.worker import WorkerMetrics
 from mailflow.metrics.worker import start as start_metrics
 from mailflow.milter.adapter import MailflowMilter
 from mailflow.milter.socket_path import unix_socket_problem
@@ -249,19 +249,21 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
     """In a forked worker: validate what needs the store, then serve until told to stop."""
     store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group)
     engine: Engine | None = None
-    served: Served | None = None
+    served: WorkerMetrics | None = None
 
     def finish() -> None:
         if engine is not None:
             engine.close()
+        if served is not None:
+            served.close()
         store.close()
 
     stop = _Stopper(listener, drain_seconds, finish)
 
     def on_stop_request() -> None:
         link.wait_for_stop()
-        if served is not None:  # the next worker answers scrapes now (and counts on in the same files)
-            served.close()
+        if served is not None:  # the next worker answers scrapes now (and sums what this one still counts)
+            served.stop_serving()
         stop(0, "asked by the supervisor, or it is gone")
 
     def on_key_mismatch(exc: KeyMismatch) -> None:

@@ -3,7 +3,6 @@ SQLite store, a real listener on loopback), and put back to "off" afterwards."""
 
 from __future__ import annotations
 
-import os
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailflow import metrics
@@ -29,7 +27,7 @@ from tests.helpers.servers import free_port
 class Running:
     port: int
     engine: Engine
-    served: worker.Served
+    served: worker.WorkerMetrics
 
     def scrape(self) -> dict[str, float]:
         """Every sample of /metrics: `name{label="value",...}` (labels sorted) -> value."""
@@ -45,15 +43,14 @@ class Running:
 
 def engine_config(**extra: object) -> Config:
     return parse_config({"accounts": {"trusted_networks": ["192.0.2.0/28"], "ip_map": {"192.0.2.0/28": "web.example"}},
-                         "ratelimit": {"limits": ["3/hour"]}, "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"}, "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-                         **extra})
+                         "ratelimit": {"limits": ["3/hour"]}, "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
+                         "metrics": {"listen": f"127.0.0.1:{free_port()}"}, **extra})
 
 
 @contextmanager
 def started(store: Store) -> Iterator[Running]:
     config = engine_config()
     host = MetricsHost.open(config.metrics)
-    saved = values.ValueClass, metrics.RECORDER, os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     engine = Engine(config, store)
     served = worker.start(host, config, store, engine.store_health)
     assert served is not None and config.metrics.listen is not None
@@ -63,11 +60,7 @@ def started(store: Store) -> Iterator[Running]:
         served.close()
         host.close()
         store.close()
-        values.ValueClass, metrics.RECORDER = saved[0], saved[1]
-        if saved[2] is None:
-            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        else:
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = saved[2]
+    assert type(metrics.RECORDER) is metrics.Recorder  # off again
 
 
 @pytest.fixture

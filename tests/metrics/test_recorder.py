@@ -65,10 +65,20 @@ def test_store_errors_are_counted_and_shown_by_health(running: Running) -> None:
 
 
 def test_decision_series_are_bounded() -> None:
-    recorder = PromRecorder()  # plain (single-process) values: nothing served
+    recorder = PromRecorder()  # nothing served: read through its registry
     message = Message(sender="")
     for i in range(MAX_DECISION_SERIES + 50):
         recorder.decision("mail", Decision(Verdict.REJECT, f"rule{i}"), Decision(Verdict.REJECT, f"rule{i}"), message)
-    assert len(recorder._children) == MAX_DECISION_SERIES
-    other = recorder._decisions.labels("mail", "reject", "other")
-    assert other._value.get() == 50
+    decisions = [s for family in recorder.registry.collect() if family.name == "mailflow_decisions"
+                 for s in family.samples]
+    assert len(decisions) == MAX_DECISION_SERIES + 1
+    assert [s.value for s in decisions if s.labels["reason"] == "other"] == [50]
+
+
+def test_histogram_buckets_are_less_or_equal() -> None:
+    recorder = PromRecorder()
+    for seconds in (0.0005, 0.0006, 5.0):
+        recorder.store_latency(seconds)
+    [family] = [f for f in recorder.registry.collect() if f.name == "mailflow_store_roundtrip_seconds"]
+    buckets = {s.labels["le"]: s.value for s in family.samples if s.name.endswith("_bucket")}
+    assert (buckets["0.0005"], buckets["0.001"], buckets["1.0"], buckets["+Inf"]) == (1, 2, 2, 3)

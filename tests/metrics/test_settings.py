@@ -60,3 +60,11 @@ def test_run_refuses_a_metrics_port_in_use_in_one_line(tmp_path: Path) -> None:
     assert run.stderr.splitlines()[-1] == (f"mailflow: cannot listen for metrics on 127.0.0.1:{port}: Address already "
                                            "in use (in use, or no permission?)")
     assert "Traceback" not in run.stderr
+
+
+def test_metrics_silence_the_on_error_accept_warning() -> None:
+    from mailflow.config import config_warnings
+
+    unwatched = config_warnings(parse_config({"milter": {"on_error": "accept"}}))
+    assert unwatched and "no metrics to alert on ([metrics] listen)" in unwatched[0]
+    assert config_warnings(parse_config({"milter": {"on_error": "accept"}, "metrics": {"listen": "127.0.0.1:9358"}})) == []
