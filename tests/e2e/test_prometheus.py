@@ -44,7 +44,7 @@ def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Privat
                               "metrics": {"listen": f"127.0.0.1:{metrics_port}"}}
     milter = MilterProcess(tmp_path, config).start()
     try:
-        wait_for_port(metrics_port)
+        wait_for_port(metrics_port, timeout=30)
         mta = PrivatePostfix(milter.port, sasl_users=USERS).start()
         try:
             with prometheus.prometheus(tmp_path, {"mailflow": metrics_port}) as prom:
@@ -125,7 +125,7 @@ def test_prometheus_scrapes_the_dnsbl_watcher(tmp_path: Path) -> None:
             watcher = subprocess.Popen([sys.executable, "-m", "mailflow", "rbl", "watch", "-c", str(config)],
                                        stdout=subprocess.DEVNULL, stderr=log, cwd=REPO)
         try:
-            wait_for_port(port, proc=watcher)
+            wait_for_port(port, timeout=30, proc=watcher)
             with prometheus.prometheus(tmp_path, {"mailflow-rbl": port}) as prom:
                 prom.wait_for('mailflow_dnsbl_listed_ips{zone="zen.test"}', 1)
                 prom.wait_for('mailflow_dnsbl_zone_blind{zone="dead.test"}', 1)
