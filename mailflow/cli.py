@@ -266,13 +266,14 @@ def rbl_check(config_file: str | None, as_json: bool) -> None:
 def rbl_watch(config_file: str | None, cycles: int | None) -> None:
     """Poll every [rbl] interval; alert on listed, delisted, blind and recovered."""
     from mailflow.log import setup_logging
+    from mailflow.metrics.rbl import served_rbl_metrics
     from mailflow.rbl.alerts import Alerter
     from mailflow.rbl.watch import watch
 
     config = _rbl_settings(config_file)
     setup_logging(config.log)
-    with _store(config) as store:
-        watch(config.rbl, store, Alerter(config.rbl), cycles)
+    with _store(config) as store, served_rbl_metrics(config.metrics.rbl_listen) as polled:
+        watch(config.rbl, store, Alerter(config.rbl), cycles, polled)
 
 
 @cli.command()
@@ -305,6 +306,7 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
 def _register_admin_groups() -> None:
     from mailflow import grants_admin
     from mailflow import holdqueue
+    from mailflow.metrics import check
     from mailflow.suppression import admin, keygen
     from mailflow.views import cli as views
 
@@ -313,6 +315,7 @@ def _register_admin_groups() -> None:
     holdqueue.register(cli, _load, _store, config_option)
     keygen.register(cli)
     views.register(cli, ratelimit, _load, _store, config_option)
+    check.register(cli, config_option)
 
 
 _register_admin_groups()

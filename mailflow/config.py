@@ -17,16 +17,17 @@ from typing import Any
 from mailflow.accounts import trusted_network_warnings
 from mailflow.log import syslog_problem
 from mailflow.settings import (AccountSettings, BulkPolicy, BulkSettings, Config, ForgeryAccount, ForgerySettings,
-                               LogSettings, MilterSettings, RateLimitSettings, RatePolicy, RblSettings, StoreSettings,
+                               LogSettings, MetricsSettings, MilterSettings, RateLimitSettings, RatePolicy, RblSettings, StoreSettings,
                                SuppressionSettings, host_names)
 from mailflow.settings.notify import check_notify_channel, parse_notify
+from mailflow.metrics.settings import parse_metrics
 from mailflow.settings.policies import parse_bulk, parse_forgery, parse_ratelimit, parse_rbl
 from mailflow.settings.sections import (parse_accounts, parse_log, parse_milter, parse_store, parse_suppression,
                                         read_map_file)
 from mailflow.settings.table import ConfigError, Table
 
 __all__ = ["AccountSettings", "BulkPolicy", "BulkSettings", "Config", "ConfigError", "ForgeryAccount",
-           "ForgerySettings", "LogSettings", "MilterSettings", "RateLimitSettings", "RatePolicy", "RblSettings",
+           "ForgerySettings", "LogSettings", "MetricsSettings", "MilterSettings", "RateLimitSettings", "RatePolicy", "RblSettings",
            "StoreSettings", "SuppressionSettings", "config_path", "host_names", "load_config", "parse_config",
            "read_map_file", "config_warnings"]
 
@@ -80,6 +81,7 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         rbl=parse_rbl(top.table("rbl")),
         log=parse_log(top.table("log")),
         notify=parse_notify(top.table("notify"), base_dir),
+        metrics=parse_metrics(top.table("metrics")),
         path=path,
     )
     top.finish()
@@ -111,9 +113,10 @@ def config_warnings(config: Config, syslog: bool = True) -> list[str]:
     if config.rbl.interval < MIN_RBL_INTERVAL:
         found.append(f"rbl.interval: {config.rbl.interval} s is under {MIN_RBL_INTERVAL} s; DNSBLs block resolvers "
                      "that query this often")
-    if config.milter.on_error == "accept" and not (config.rbl.webhook or config.rbl.email_to):
+    if config.milter.on_error == "accept" and not (config.rbl.webhook or config.rbl.email_to or config.metrics.listen):
         found.append('milter.on_error: "accept" lets mail through unchecked while the store is down, and nothing '
-                     "here tells you: mailflow has no metrics yet and no [rbl.alerts] webhook or email_to is set; "
+                     "here tells you: no metrics to alert on ([metrics] listen) and no [rbl.alerts] webhook or "
+                     "email_to is set; "
                      "watch the log for \"store unavailable\" or use on_error = \"tempfail\"")
     if syslog and config.log.target == "syslog" and (problem := syslog_problem(config.log.syslog_socket)):
         found.append(f"log.target: syslog is unavailable ({problem}); mailflow will log to stderr")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from mailflow import accounts
+from mailflow import accounts, metrics
 from mailflow.config import Config, RatePolicy
 from mailflow.events import ACCOUNT_HELD, Event, publish
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
@@ -432,6 +432,7 @@ class Engine:
         if identity is not None:  # what happened, for `mailflow top` (monitor: refused recipients went too)
             went = len(message.recipients) + (len(message.refused) if self.monitor else 0)
             self.sent.note(identity.account, identity.source, stage, enforced, went)
+        metrics.RECORDER.decision(stage, decision, enforced, message)
         if not DECISIONS.isEnabledFor(logging.INFO):  # at level warning, skip gathering the fields
             return enforced
         log_decision(

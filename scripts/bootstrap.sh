@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libicu-dev, pkg-config and g++ build PyICU (UTS #39 confusable skeletons for the lookalike rule).
+# prometheus: tests/e2e/test_prometheus.py scrapes the milter with a private one; promtool checks the rules.
 # rbldnsd: the DNSBL tests also ask the server most DNSBLs run, on loopback (never its system service).
 # libdb5.3, libldap-2.5-0, libnsl2: what the unpacked Sendmail (scripts/sendmail-debs.sh) links to.
 # EXTRA_DEBS: more packages for one caller (make bench ANCHORS=rspamd adds rspamd).
 DEBS=(gcc g++ pkg-config libicu-dev python3-dev python3-venv libmilter-dev redis-server redis-tools postfix sasl2-bin libsasl2-modules
-      rbldnsd libdb5.3 libldap-2.5-0 libnsl2
+      rbldnsd libdb5.3 libldap-2.5-0 libnsl2 prometheus
       ${EXTRA_DEBS:-})
 PYTHON=${PYTHON:-python3}
 VENV=.venv

@@ -12,11 +12,13 @@ import functools
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import Milter
 
+from mailflow import metrics
 from mailflow.engine import UNREADABLE_MACRO, Engine
 from mailflow.model import GENERIC_TEXT, PASS, Client, Decision, Message, Reply, Verdict, shown
 
@@ -55,11 +57,28 @@ def _guarded(callback: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(callback)
     def wrapper(self: MailflowMilter, *args: Any) -> int:
+        started = time.perf_counter()
         try:
             return callback(self, *args)
         except Exception:
             log.exception("internal error in %s (conn=%s); applying on_error", callback.__name__, self.conn_id)
             return self.apply(self.engine.error_decision("internal_error"))
+        finally:
+            self.policy_seconds += time.perf_counter() - started
+
+    return wrapper
+
+
+def _ends_message(callback: Callable[..., int]) -> Callable[..., int]:
+    """Outside _guarded on eom: the message's policy time, its own end of message included."""
+
+    @functools.wraps(callback)
+    def wrapper(self: MailflowMilter, *args: Any) -> int:
+        try:
+            return callback(self, *args)
+        finally:
+            metrics.RECORDER.policy_time(self.policy_seconds)
+            self.policy_seconds = 0.0
 
     return wrapper
 
@@ -76,6 +95,7 @@ class MailflowMilter(Milter.Base):
             MailflowMilter.live += 1
         self.client: Client | None = None  # from CONNECT, or from the macros at the first MAIL
         self.message: Message | None = None
+        self.policy_seconds = 0.0  # spent in MAIL, RCPT and EOM of the message now (metrics)
 
     def negotiate(self, opts: list[int]) -> int:
         # Milter.Base.negotiate also looks up @symlist macro lists on every callback, for every
@@ -171,6 +191,7 @@ class MailflowMilter(Milter.Base):
 
     @_guarded
     def envfrom(self, sender: str, *esmtp: str) -> int:
+        self.policy_seconds = 0.0  # a message aborted before its end is not timed
         if self.client is None:
             self.client = self._client_from_macros()
         self.message, decision = self.engine.mail(self.client, sender, self._macro("{auth_authen}"),
@@ -194,6 +215,7 @@ class MailflowMilter(Milter.Base):
             log.exception("internal error in header (conn=%s); header ignored", self.conn_id)
         return Milter.CONTINUE
 
+    @_ends_message
     @_guarded
     def eom(self) -> int:
         message, self.message = self.message, None

@@ -49,6 +49,9 @@ import Milter
 
 from mailflow.config import Config, MilterSettings
 from mailflow.engine import Engine
+from mailflow.metrics.host import MetricsHost
+from mailflow.metrics.worker import WorkerMetrics
+from mailflow.metrics.worker import start as start_metrics
 from mailflow.milter.adapter import MailflowMilter
 from mailflow.milter.socket_path import unix_socket_problem
 from mailflow.notify.notifier import start_notifier
@@ -243,22 +246,27 @@ class _Stopper:
 
 
 def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_seconds: float,
-                 describe: Describe) -> NoReturn:
+                 describe: Describe, metrics_host: MetricsHost | None = None) -> NoReturn:
     """In a forked worker: validate what needs the store, then serve until told to stop."""
     store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group)
     engine: Engine | None = None
     notifier = start_notifier(config, store)  # policy events: the log, webhook, e-mail (mailflow/notify)
+    served: WorkerMetrics | None = None
 
     def finish() -> None:
         if engine is not None:
             engine.close()
         notifier.close()
+        if served is not None:
+            served.close()
         store.close()
 
     stop = _Stopper(listener, drain_seconds, finish)
 
     def on_stop_request() -> None:
         link.wait_for_stop()
+        if served is not None:  # the next worker answers scrapes now (and sums what this one still counts)
+            served.stop_serving()
         stop(0, "asked by the supervisor, or it is gone")
 
     def on_key_mismatch(exc: KeyMismatch) -> None:
@@ -281,6 +289,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
             _watch_key(config, store, on_key_mismatch, KEY_REFRESH_SECONDS)
     engine = MailflowMilter.engine = Engine(config, store)
     engine.grants.start()  # a grant given before this worker's first message applies to that message
+    served = start_metrics(metrics_host, config, store, engine.store_health)
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect (SETSYMLIST: see adapter).
     Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT | Milter.SETSYMLIST)

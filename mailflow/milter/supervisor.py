@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from mailflow.config import Config
+from mailflow.metrics.host import MetricsHost
 from mailflow.milter.server import (Describe, Listener, ListenError, WorkerLink, close_listener, open_listener,
                                     serve_worker, set_socket_permissions)
 from mailflow.urls import redact_url
@@ -79,6 +80,12 @@ class Supervisor:
         listener = open_listener(self.config.milter)
         self.listener: Listener = listener
         self.listener_closed = False
+        self.metrics = MetricsHost()
+        try:
+            self.metrics = MetricsHost.open(self.config.metrics)  # kept across reloads, as the socket
+        except OSError:
+            self._close_listener()
+            raise
         log.info("mailflow listening on %s (mode=%s, store=%s, on_error=%s, drain %gs)",
                  self.config.milter.socket, self.config.milter.mode, redact_url(self.config.store.url),
                  self.config.milter.on_error, self.drain_seconds)
@@ -256,7 +263,7 @@ class Supervisor:
             (log.error if code == BAD_INPUT else log.exception)("reload refused, the running config stays: %s",
                                                                 message)
             return
-        old = self.config.milter
+        old, old_metrics = self.config.milter, self.config.metrics
         if new.milter.socket != old.socket:
             log.warning("milter.socket changed from %s to %s: a restart applies it; still listening on %s",
                         old.socket, new.milter.socket, old.socket)
@@ -267,8 +274,11 @@ class Supervisor:
             except ListenError as exc:
                 log.error("reload refused, the running config stays: %s", exc)
                 return
+        if new.metrics.listen != old_metrics.listen:
+            log.warning("metrics.listen changed: a restart applies it; metrics stay as they are")
         if self.on_reload is not None:
             self.on_reload(new)
+        self.metrics.generation += 1
         self.starting = self._fork(new)
 
     def _stop(self, why: str) -> None:
@@ -288,6 +298,7 @@ class Supervisor:
         if not self.listener_closed:
             self.listener_closed = True
             close_listener(self.listener)
+            self.metrics.close()
 
     def _retire(self, worker: Worker) -> None:
         if worker.stopping_since is None:
@@ -301,7 +312,7 @@ class Supervisor:
             code = 70
             try:
                 self._become_worker(link)
-                serve_worker(config, self.listener, link, self.drain_seconds, self.describe)
+                serve_worker(config, self.listener, link, self.drain_seconds, self.describe, self.metrics)
             except BaseException as exc:  # noqa: BLE001 - reported to the supervisor, one line
                 message, code = self.describe(exc)
                 if os.environ.get("MAILFLOW_TRACEBACK"):

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -67,8 +68,9 @@ def _ip_alert(settings: RblSettings, store: Store, obs: Observation, event: str,
     return alert
 
 
-def watch(settings: RblSettings, store: Store, alerter: Alerter, cycles: int | None = None) -> None:
-    """Poll every `interval` seconds; `cycles` bounds the loop (tests, cron)."""
+def watch(settings: RblSettings, store: Store, alerter: Alerter, cycles: int | None = None,
+          polled: Callable[[Poll], None] | None = None) -> None:
+    """Poll every `interval` seconds; `cycles` bounds the loop (tests, cron); `polled` sees each poll (metrics)."""
     gap = unwatched_summary(settings.ips, settings.zones)
     if gap:  # said at start and again in every cycle's summary: an unwatched IP never reads as clean
         log_decision(logging.WARNING, event="rbl_unwatched", detail=gap)
@@ -78,6 +80,8 @@ def watch(settings: RblSettings, store: Store, alerter: Alerter, cycles: int | N
         result = run_poll(settings)
         apply_cycle(settings, store, alerter, result, int(time.time()))
         log_cycle(settings, result)
+        if polled is not None:
+            polled(result)
         done += 1
         if cycles is not None and done >= cycles:
             break

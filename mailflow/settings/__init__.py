@@ -160,6 +160,13 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: tuple[str, int] | None = None  # the milter's /metrics and /health; None: off
+    rbl_listen: tuple[str, int] | None = None  # `mailflow rbl watch`'s own /metrics
+    allow_remote: bool = False  # a listen address that is not loopback
+
+
+@dataclass(frozen=True)
 class Config:
     milter: MilterSettings = MilterSettings()
     store: StoreSettings = StoreSettings()
@@ -171,4 +178,5 @@ class Config:
     rbl: RblSettings = RblSettings()
     log: LogSettings = LogSettings()
     notify: NotifySettings = NotifySettings()
+    metrics: MetricsSettings = MetricsSettings()
     path: str | None = None

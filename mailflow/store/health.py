@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from mailflow import metrics
+
 log = logging.getLogger("mailflow.store")
 
 REPORT_EVERY = 5.0  # seconds between the lines of one outage or degraded period
@@ -35,6 +37,7 @@ class StoreHealth:
         self._last_failure = float("-inf")
         self._last_line = float("-inf")
         self._window_start, self._window_failed, self._window_calls = 0.0, 0, 0  # since the last line
+        self.last_error: tuple[str, float] | None = None  # its text and wall-clock time (/health)
 
     @property
     def down(self) -> bool:
@@ -52,7 +55,9 @@ class StoreHealth:
     def failed(self, error: object) -> None:
         """A store call failed (its StoreError, in words)."""
         now = self.clock()
+        metrics.RECORDER.store_error()
         with self._lock:
+            self.last_error = (str(error)[:300], time.time())
             if not self._watching:
                 self._watching, self._failing_since = True, now
                 self._window_start, self._window_failed, self._window_calls = now, 0, 0

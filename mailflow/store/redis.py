@@ -8,6 +8,7 @@ one account in one Cluster slot, which a multi-key script needs.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -15,6 +16,7 @@ from importlib.resources import files
 
 import redis
 
+from mailflow import metrics
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit
 from mailflow.ratelimit.recent import RecentLevels
@@ -113,6 +115,7 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
     # -- the hot path: one round trip on a pooled raw connection (redis_pool) ----------------
 
     def _roundtrip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        started = time.perf_counter()
         conn = self._hot_pool.take()
         broken = True  # until every reply is read: a half-read connection must not be reused
         try:
@@ -130,6 +133,7 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
             raise store_error(exc, self._timeout_ms, self._password) from exc
         finally:
             self._hot_pool.give(conn, broken)
+            metrics.RECORDER.store_latency(time.perf_counter() - started)
         if failed:
             for reply in replies:
                 if isinstance(reply, redis.ResponseError):

@@ -76,6 +76,15 @@ class SuppressionReplica:
         return self._filter is not None and time.monotonic() - self._refreshed <= STALE_AFTER * self.interval
 
     @property
+    def age(self) -> float | None:
+        """Seconds since the last refresh (inf: none yet); None while not started (metrics, /health)."""
+        return time.monotonic() - self._refreshed if self._started else None
+
+    @property
+    def stale_after(self) -> float:
+        return STALE_AFTER * self.interval
+
+    @property
     def filter_bytes(self) -> int:
         return self._filter.size // 8 if self._filter else 0
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import quote
 
+from mailflow import metrics
 from mailflow.ratelimit.bucket import BucketState, DebitResult, current_level, debit_levels, seconds_until_empty
 from mailflow.ratelimit.limits import Limit
 from mailflow.store import sqlite_claims
@@ -121,6 +122,7 @@ class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail):
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """Borrow an idle connection (or open one); sqlite3 errors become StoreError."""
+        started = time.perf_counter()
         if time.monotonic() >= self._next_check:
             self._check_file()
         try:
@@ -148,6 +150,8 @@ class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail):
             raise
         else:
             self._idle.put(conn)
+        finally:
+            metrics.RECORDER.store_latency(time.perf_counter() - started)
 
     def _drop(self, conn: sqlite3.Connection) -> None:
         """Close a connection that hit an error other than a busy lock: one opened while the file
