@@ -82,7 +82,13 @@ def test_limit_and_hold_notices_through_postfix(backend: str, tmp_path: Path, re
             smtp.sendmail("carol@trapped.example", ["spamtrap@traps.example", "friend@dest.example"],
                           message("carol@trapped.example"))
         wait_for(lambda: len(mta.hold()) == 1)
-        cli(milter, "account", "release", "trapped.example")  # the CLI sends its own notice before it exits
+        # The CLI sends its own notice before it exits; it releases the held message from this Postfix.
+        with_queue = milter.config_path.with_name("cli.toml")
+        with_queue.write_text(milter.config_path.read_text() + f'\n[accounts]\npostfix_config_dir = "{mta.etc}"\n')
+        result = subprocess.run([sys.executable, "-m", "mailflow", "account", "release", "trapped.example",
+                                 "-c", str(with_queue)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "1 released" in result.stdout
 
         wait_for(lambda: len(receiver.received) >= 4)
         time.sleep(1.0)  # room for any duplicate to arrive
