@@ -8,11 +8,14 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlsplit
 
-STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix")
+from mailflow.urls_sentinel import SENTINEL_SCHEMES, cluster_problem, parse_sentinel_url
+
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", *SENTINEL_SCHEMES)
 _REDIS_QUERY_KEYS = {"db", "password", "username", "health_check_interval",
                      "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "protocol",
                      "client_name", "decode_responses", "encoding"}
-_SECRET_QUERY_KEYS = ("password=", "pass=", "pw=", "token=", "key=")
+REDIS_QUERY_KEYS = frozenset(_REDIS_QUERY_KEYS)
+_SECRET_QUERY_KEYS = ("password=", "sentinel_password=", "pass=", "pw=", "token=", "key=")
 _USERINFO_SPECIALS = "/?#@[]"
 _BRACKETED = re.compile(r"\[[0-9A-Fa-f:.]{2,45}\](?::[0-9]{0,5})?")
 _ENCODE_HINT = "/ as %2F, # as %23, ? as %3F, @ as %40, [ as %5B, ] as %5D"
@@ -86,10 +89,17 @@ def store_url_problem(url: str) -> str | None:
     in part, and a URL redis-py would read with another host is refused, not guessed at."""
     shown = redact_url(url)
     scheme, sep, rest = url.partition("://")
+    refused = cluster_problem(scheme, rest.partition("?")[2]) if sep else None
+    if refused:
+        return f"{shown!r}: {refused}"
     if not sep or scheme not in STORE_SCHEMES:
-        return f"{shown!r}: expected sqlite:///PATH, redis://HOST:PORT/DB, rediss://… or unix:///PATH"
+        return (f"{shown!r}: expected sqlite:///PATH, redis://HOST:PORT/DB, rediss://…, unix:///PATH"
+                " or redis+sentinel://HOST:PORT,…/MASTER_NAME")
     if any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in url):
         return f"{shown!r}: a store URL has no spaces or control characters"
+    if scheme in SENTINEL_SCHEMES:
+        parsed = parse_sentinel_url(url, REDIS_QUERY_KEYS)
+        return f"{shown!r}: {parsed}" if isinstance(parsed, str) else None
     if scheme == "sqlite":
         if not rest or rest.endswith("/"):
             return f"{shown!r}: names no database file (sqlite:///ABSOLUTE/PATH.db)"

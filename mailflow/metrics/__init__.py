@@ -26,6 +26,9 @@ class Recorder:
     def store_error(self) -> None:
         """A store call failed (on_error applied)."""
 
+    def store_reset(self) -> None:
+        """The store's data set changed under the milter (a new epoch: see store/redis_sentinel)."""
+
     def policy_time(self, seconds: float) -> None:
         """The time mailflow spent on one message, MAIL to end of message."""
 

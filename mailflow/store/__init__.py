@@ -15,11 +15,11 @@ def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000, group: s
         from mailflow.store.sqlite import SqliteStore
 
         return SqliteStore(sqlite_path(url), timeout_ms=timeout_ms, group=group)
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
         from mailflow.store.redis import RedisStore
 
         return RedisStore(url, timeout_ms=timeout_ms, refresh_ms=refresh_ms)
-    raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss:// or unix://)")
+    raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss://, unix:// or redis+sentinel://)")
 
 
 def check_store_path(url: str, group: str = "") -> None:

@@ -28,6 +28,7 @@ from mailflow.store.redis_grants import RedisGrantsAudit
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
 from mailflow.store.redis_held import RedisHeldMail
 from mailflow.store.redis_pool import HotPool, admin_deadlines
+from mailflow.store.redis_sentinel import UNKNOWN, follow, sentinel_spec
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
 
@@ -74,8 +75,9 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
     def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000) -> None:
         timeout = timeout_ms / 1000
         self._timeout_ms = timeout_ms
+        sentinel = sentinel_spec(url)  # redis+sentinel://: the master the sentinels name (redis_sentinel)
         self.client = redis.Redis.from_url(
-            url,
+            sentinel.master_url(*UNKNOWN) if sentinel else url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry_on_timeout=False,
@@ -95,9 +97,12 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
         self.replica = SuppressionReplica(self.client, suppression_key("*"), HELD_KEY, refresh_ms / 1000,
                                           timeout_ms)
         self._recent = RecentLevels()
+        self._follower = follow(self.client, self._hot_pool, sentinel, timeout_ms) if sentinel else None
 
     def _errors(self) -> AbstractContextManager[None]:
         """Any failure of redis-py or the socket inside: a StoreError naming the cause."""
+        if self._follower is not None:
+            return self._follower.errors(self._timeout_ms, self._password)
         return as_store_errors(self._timeout_ms, self._password)
 
     @staticmethod
@@ -116,6 +121,9 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
 
     def _roundtrip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         started = time.perf_counter()
+        if self._follower is not None and self._follower.master is None:
+            self._follower.suspect()
+            raise StoreError(self._follower.last_error)
         conn = self._hot_pool.take()
         broken = True  # until every reply is read: a half-read connection must not be reused
         try:
@@ -130,6 +138,8 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
                 conn.read_response()
             broken = False
         except FAILURES as exc:
+            if self._follower is not None:
+                self._follower.suspect()
             raise store_error(exc, self._timeout_ms, self._password) from exc
         finally:
             self._hot_pool.give(conn, broken)
@@ -137,6 +147,8 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
         if failed:
             for reply in replies:
                 if isinstance(reply, redis.ResponseError):
+                    if self._follower is not None and isinstance(reply, redis.ReadOnlyError):
+                        self._follower.suspect()
                     raise store_error(reply, self._timeout_ms, self._password) from reply
         return replies
 
@@ -324,6 +336,8 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
             self.client.ping()
 
     def close(self) -> None:
+        if self._follower is not None:
+            self._follower.close()
         self.replica.stop()
         self._hot_pool.close()
         self.client.close()

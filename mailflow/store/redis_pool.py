@@ -163,6 +163,7 @@ class HotPool:
         pool = client.connection_pool
         self._kind, self._kwargs = _with(_KernelTimeouts, pool.connection_class), dict(pool.connection_kwargs)
         self.size = size
+        self._target: tuple[str, int] | None = None  # (host, port) once retarget() was called (Sentinel)
         self._wait_ms = min(MAX_WAIT_MS, timeout_ms // 2)
         # Connections made, idle. A made connection is never
         # dropped (a broken one is disconnected and reconnects on its next use), so `_unmade`,
@@ -189,6 +190,8 @@ class HotPool:
             except queue.Empty:
                 raise StoreError(f"redis: all {self.size} connections busy for {self._wait_ms} ms") from None
             conn.waited = time.monotonic() - began
+        if conn.target is not self._target:  # made before the master moved: reconnect to the new one
+            self._point(conn)
         sock = conn._sock
         if sock is not None:
             # Readable while idle: Redis closed it (restart, idle timeout, CLIENT KILL) or, never
@@ -205,7 +208,9 @@ class HotPool:
 
     def _make(self) -> Any:
         try:
-            return self._kind(**self._kwargs)  # connects on first use
+            conn = self._kind(**self._kwargs)  # connects on first use
+            conn.target = self._target
+            return conn
         except BaseException:
             self._unmade.put(None)  # the slot stays
             raise
@@ -233,6 +238,26 @@ class HotPool:
         for slot in slots:
             self._idle.put(slot)
         return sum(1 for conn in slots if conn._sock is not None)
+
+    def retarget(self, host: str, port: int) -> None:
+        """Talk to HOST:PORT from now on (the master moved): idle connections to the old one are
+        dropped now, those in use when they are next taken."""
+        self._target = (host, port)
+        self._kwargs = {**self._kwargs, "host": host, "port": port}
+        if "orig_host_address" in self._kwargs:  # redis-py 6+: where a connection goes back to
+            self._kwargs["orig_host_address"] = host
+        for conn in self._drain():
+            self._point(conn)
+            self._idle.put(conn)
+
+    def _point(self, conn: Any) -> None:
+        target = self._target
+        conn.disconnect()
+        if target is not None:
+            conn.host, conn.port = target
+            if hasattr(conn, "orig_host_address"):
+                conn.orig_host_address = target[0]
+        conn.target = target
 
     def close(self) -> None:
         """Disconnect the idle connections (a later call reconnects)."""
