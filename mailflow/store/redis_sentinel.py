@@ -98,12 +98,13 @@ class MasterFollower:
 
     @staticmethod
     def _sentinel_cause(exc: BaseException) -> str:
-        if isinstance(exc, redis.AuthenticationError) or getattr(exc, "status_code", None) == "NOAUTH":
-            return ("wrong sentinel password (sentinel_password= in the store URL)"
-                    if "without any password" not in str(exc) and "no password is set" not in str(exc)
-                    else "sentinel_password given, the sentinel has none set")
-        if isinstance(exc, redis.ResponseError) and "NOAUTH" in str(exc):
+        text = str(exc)
+        if getattr(exc, "status_code", None) == "NOAUTH" or "Authentication required" in text:
             return "the sentinel requires a password (sentinel_password= in the store URL)"
+        if isinstance(exc, redis.AuthenticationError):
+            if "without any password" in text or "no password is set" in text:
+                return "sentinel_password given, the sentinel has none set"
+            return "wrong sentinel password (sentinel_password= in the store URL)"
         return describe(exc, SENTINEL_TIMEOUT_MS)
 
     def _confirm(self, host: str, port: int) -> str | None:

@@ -30,6 +30,8 @@ def _stored_fingerprint(url: str, timeout_ms: int) -> tuple[str | None, str]:
     """(the fingerprint or None, "") or (None, why it could not be read without changing anything)."""
     if url.startswith("sqlite://"):
         return _sqlite_state(sqlite_path(url))
+    if "+sentinel://" in url.partition("?")[0]:  # finding the master writes its epoch (store/redis_sentinel)
+        return None, "a Sentinel store is compared when the milter or an admin command opens it"
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000,

@@ -44,7 +44,7 @@ class SentinelProcess:
 
     def master_port(self) -> int:
         with self.client() as c:
-            return int(c.execute_command("SENTINEL", "get-master-addr-by-name", SERVICE)[1])  # type: ignore[no-untyped-call]
+            return int(c.execute_command("SENTINEL", "get-master-addr-by-name", SERVICE)[1])
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -88,7 +88,7 @@ class SentinelSet:
                 return False
         for sentinel in self.sentinels:
             with sentinel.client() as c:
-                state = c.execute_command("SENTINEL", "MASTER", SERVICE)  # type: ignore[no-untyped-call]
+                state = c.execute_command("SENTINEL", "MASTER", SERVICE)
             fields = dict(zip(state[::2], state[1::2])) if isinstance(state, list) else dict(state)
             if int(fields["num-slaves"]) < 1 or int(fields["num-other-sentinels"]) < 2:
                 return False
@@ -100,7 +100,7 @@ class SentinelSet:
         while time.monotonic() < deadline:
             try:
                 with redis.Redis(host="127.0.0.1", port=port, decode_responses=True, socket_timeout=1) as c:
-                    if c.execute_command("ROLE")[0] == "master":  # type: ignore[no-untyped-call]
+                    if c.execute_command("ROLE")[0] == "master":
                         return time.monotonic()
             except redis.RedisError:
                 pass

@@ -1,0 +1,80 @@
+"""Sentinel store URLs (the `limits` library's spelling) read as written, Cluster URLs refused
+with the reason by config loading and check-config (exit 2, one line), passwords never shown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailflow.store.redis_sentinel import sentinel_spec
+from mailflow.urls import redact_url, store_url_problem
+from mailflow.urls_sentinel import SENTINEL_PORT, SentinelURL
+from tests.unit.test_cli_errors import _config, assert_one_line_exit_2, mailflow_subprocess
+
+SECRET = "S3cr%2Fet"  # percent-encoded "/"
+
+
+def spec(url: str) -> SentinelURL:
+    parsed = sentinel_spec(url)
+    assert parsed is not None
+    return parsed
+
+
+def test_a_sentinel_url_is_read_as_written() -> None:
+    s = spec(f"redis+sentinel://:{SECRET}@127.0.0.1:26379,[::1]:26380,sentinel.example/mymaster/3"
+             "?sentinel_password=sp&health_check_interval=5")
+    assert s.sentinels == (("127.0.0.1", 26379), ("::1", 26380), ("sentinel.example", SENTINEL_PORT))
+    assert (s.service, s.db, s.password, s.sentinel_password, s.tls) == ("mymaster", 3, "S3cr/et", "sp", False)
+    assert s.query == (("health_check_interval", "5"),)
+    assert s.master_url("10.0.0.7", 6380) == "redis://:S3cr%2Fet@10.0.0.7:6380/3?health_check_interval=5"
+    tls = spec("rediss+sentinel://u:p@127.0.0.1:26379/m?ssl_cert_reqs=none")
+    assert tls.tls and tls.db == 0 and tls.master_url("::1", 6379) == "rediss://u:p@[::1]:6379/0?ssl_cert_reqs=none"
+    assert sentinel_spec("redis://127.0.0.1:6379/0") is None
+
+
+@pytest.mark.parametrize("url, words", [
+    ("redis+sentinel://127.0.0.1:26379", "names no master"),
+    ("redis+sentinel://127.0.0.1:26379/", "names no master"),
+    ("redis+sentinel://127.0.0.1:26379/m/x", "database number"),
+    ("redis+sentinel://127.0.0.1:26379/m/0/1", "database number"),
+    ("redis+sentinel://127.0.0.1:0/m", "port 1-65535"),
+    ("redis+sentinel://127.0.0.1:26379,/m", "HOST[:PORT]"),
+    ("redis+sentinel://127.0.0.1:26379/m?nope=1", "unknown option"),
+    ("redis+sentinel://127.0.0.1:26379/m?db=2", "in the path"),
+    ("redis+sentinel://" + ",".join(["127.0.0.1:1"] * 17) + "/m", "more than 16"),
+    ("redis+sentinel://:p@ss@127.0.0.1:26379/m", "percent-encoded"),
+])
+def test_a_bad_sentinel_url_is_refused_with_the_reason(url: str, words: str) -> None:
+    problem = store_url_problem(url)
+    assert problem is not None and words in problem, problem
+    with pytest.raises(ValueError, match="redis\\+sentinel"):
+        sentinel_spec(url)
+
+
+def test_a_sentinel_url_is_linear_in_its_length() -> None:
+    assert store_url_problem("redis+sentinel://" + "a" * 100_000 + ":1/m") is not None
+    assert store_url_problem("redis+sentinel://127.0.0.1:1/m?" + "x=1&" * 20_000) is not None
+
+
+def test_sentinel_passwords_never_show() -> None:
+    url = "redis+sentinel://:MasterPw42@127.0.0.1:26379/m?sentinel_password=SentinelPw42"
+    assert store_url_problem(url) is None
+    shown = redact_url(url)
+    assert "MasterPw42" not in shown and "SentinelPw42" not in shown and "***" in shown
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "rediss+cluster://127.0.0.1:7000",
+                                 "redis://127.0.0.1:6379/0?cluster=true", "redis://127.0.0.1:6379/0?Cluster=1"])
+def test_cluster_urls_are_refused_by_config_loading_and_check_config(tmp_path: Path, url: str) -> None:
+    problem = store_url_problem(url)
+    assert problem is not None and "Redis Cluster is not supported yet:" in problem
+    result = mailflow_subprocess("check-config", "-c", str(_config(tmp_path, url)))
+    assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, "Redis Cluster is not supported yet")
+
+
+def test_check_config_accepts_a_sentinel_url_without_showing_passwords(tmp_path: Path) -> None:
+    url = "redis+sentinel://:MasterPw42@127.0.0.1:26379,127.0.0.1:26380/m/0?sentinel_password=SentinelPw42"
+    result = mailflow_subprocess("check-config", "-c", str(_config(tmp_path, url)))
+    assert result.returncode == 0, result.stderr
+    assert "MasterPw42" not in result.stdout + result.stderr and "SentinelPw42" not in result.stdout + result.stderr
