@@ -208,8 +208,9 @@ class HotPool:
 
     def _make(self) -> Any:
         try:
+            target = self._target  # read before the kwargs: retarget() writes them in the other order
             conn = self._kind(**self._kwargs)  # connects on first use
-            conn.target = self._target
+            conn.target = target
             return conn
         except BaseException:
             self._unmade.put(None)  # the slot stays
@@ -242,10 +243,11 @@ class HotPool:
     def retarget(self, host: str, port: int) -> None:
         """Talk to HOST:PORT from now on (the master moved): idle connections to the old one are
         dropped now, those in use when they are next taken."""
+        kwargs = {**self._kwargs, "host": host, "port": port}
+        if "orig_host_address" in kwargs:  # redis-py 6+: where a connection goes back to
+            kwargs["orig_host_address"] = host
+        self._kwargs = kwargs  # before the target: a connection made in between is re-pointed when next taken
         self._target = (host, port)
-        self._kwargs = {**self._kwargs, "host": host, "port": port}
-        if "orig_host_address" in self._kwargs:  # redis-py 6+: where a connection goes back to
-            self._kwargs["orig_host_address"] = host
         for conn in self._drain():
             self._point(conn)
             self._idle.put(conn)

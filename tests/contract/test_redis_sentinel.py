@@ -103,6 +103,8 @@ def test_the_milter_follows_a_failover_and_never_writes_to_a_replica(
         start_milter: Callable[..., MilterProcess], tmp_path: Path) -> None:
     with sentinel_set(tmp_path) as fleet:
         milter = start_milter(_config(fleet.url()))
+        admin = RedisStore(fleet.url(), timeout_ms=TIMEOUT_MS)  # the admin path (redis-py's own pool) follows too
+        admin.add_domain("ops.example", "before.example")
         outcomes: list[tuple[float, str]] = []
         for _ in range(LIMIT // 2):
             outcomes.append((time.monotonic(), _message(milter, "shop.example")))
@@ -128,20 +130,39 @@ def test_the_milter_follows_a_failover_and_never_writes_to_a_replica(
         assert follow <= FOLLOW_BOUND, f"followed {follow:.2f} s after the promotion"
         assert LIMIT <= accepted <= LIMIT + LOST_BOUND, accepted
         assert {o for _, o in outcomes} <= {"accepted", "store_error", "refused"}
-        # The old master back, empty: Sentinel makes it a replica of the new master; it is never written to.
+        admin_followed = False
+        for _ in range(40):  # the first call fails and makes it look again; bounded: 40 × 100 ms
+            try:
+                admin.add_domain("ops.example", "after.example")
+                admin_followed = True
+                break
+            except StoreError:
+                time.sleep(0.1)
+        admin.close()
+        assert admin_followed
+        with fleet.replica.client() as new_master:
+            assert new_master.hget("mailflow:domains", "after.example") == "ops.example"
+        # The old master back, empty and a master until Sentinel makes it a replica of the new one
+        # (within its 10 s INFO period): mail flows all along, and none of it reaches the old master.
         fleet.master.start()
-        deadline = time.monotonic() + 15
+        later: list[str] = []
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
+            later.append(_message(milter, f"a{len(later) % 50}.example"))
             with fleet.master.client() as old:
                 if old.info("replication").get("master_link_status") == "up":
                     break
-            time.sleep(0.1)
-        assert [_message(milter, "other.example") for _ in range(10)] == ["accepted"] * 10
+            time.sleep(0.05)
+        assert later and set(later) == {"accepted"}, later
         with fleet.master.client() as old:
             assert old.execute_command("ROLE")[0] == "slave"
+            assert "cmdstat_evalsha" not in old.info("commandstats")  # the milter's debits: none ran there
+        with fleet.replica.client() as new_master:
+            assert "cmdstat_evalsha" in new_master.info("commandstats")  # where they all ran
         assert readonly_errors(fleet.master) == 0 and readonly_errors(fleet.replica) == 0
         log = milter.log()
         assert log.count(f"store master for '{SERVICE}' moved") == 1 and "Traceback" not in log
         errors = sum(o == "store_error" for _, o in outcomes)
         print(f"sentinel failover: promoted {promoted[0] - killed:.2f} s after kill -9, milter followed "
-              f"{follow:.2f} s after the promotion; {errors} messages deferred, {accepted} accepted (limit {LIMIT})")
+              f"{follow:.2f} s after the promotion; {errors} messages deferred, {accepted} accepted (limit {LIMIT}); "
+              f"{len(later)} accepted while the old master came back")
