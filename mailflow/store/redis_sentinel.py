@@ -29,6 +29,7 @@ import redis
 
 from mailflow import metrics
 from mailflow.store.base import StoreError
+from mailflow.store.health import REPORT_EVERY
 from mailflow.store.redis_errors import FAILURES, as_store_errors, describe
 from mailflow.store.redis_pool import HotPool
 from mailflow.urls import REDIS_QUERY_KEYS, redact_url
@@ -50,7 +51,7 @@ class MasterFollower:
         self.master: tuple[str, int] | None = None
         self.epoch: str | None = None
         self.last_error = f"no master found yet for {spec.service!r}"
-        self._connect, self._on_master = connect, on_master
+        self._connect, self._on_master, self._timeout_ms = connect, on_master, timeout_ms
         timeout = min(timeout_ms, SENTINEL_TIMEOUT_MS) / 1000
         # The sentinels speak TLS too with rediss+sentinel://, with the URL's ssl_* options (as
         # redis-py reads them from a rediss:// URL). No retry: the next call asks again.
@@ -62,7 +63,7 @@ class MasterFollower:
         self._lock = threading.Lock()
         self._running = False
         self._last_try = float("-inf")
-        self._logged_error = ""
+        self._logged_error, self._logged_at = "", float("-inf")
 
     def _hide(self, text: str) -> str:
         for secret in (self.spec.password, self.spec.sentinel_password):
@@ -83,7 +84,11 @@ class MasterFollower:
             if not answer:
                 errors.append(f"{where} knows no master named {self.spec.service!r}")
                 continue
-            address = (str(answer[0]), int(answer[1]))
+            try:
+                address = (str(answer[0]), int(answer[1]))
+            except (TypeError, ValueError, IndexError):
+                errors.append(f"{where} gave an unreadable answer")
+                continue
             if address in tried:  # asked already this round, with no better answer
                 continue
             tried.add(address)
@@ -96,8 +101,7 @@ class MasterFollower:
             return address
         raise StoreError(self._hide("redis: no master: " + "; ".join(errors)))
 
-    @staticmethod
-    def _sentinel_cause(exc: BaseException) -> str:
+    def _sentinel_cause(self, exc: BaseException) -> str:
         text = str(exc)
         if getattr(exc, "status_code", None) == "NOAUTH" or "Authentication required" in text:
             return "the sentinel requires a password (sentinel_password= in the store URL)"
@@ -105,7 +109,7 @@ class MasterFollower:
             if "without any password" in text or "no password is set" in text:
                 return "sentinel_password given, the sentinel has none set"
             return "wrong sentinel password (sentinel_password= in the store URL)"
-        return describe(exc, SENTINEL_TIMEOUT_MS)
+        return describe(exc, min(self._timeout_ms, SENTINEL_TIMEOUT_MS))
 
     def _confirm(self, host: str, port: int) -> str | None:
         """None if HOST:PORT is a master (then its epoch is read, written first if absent)."""
@@ -120,14 +124,16 @@ class MasterFollower:
                 except redis.ResponseError as exc:  # READONLY to the SET of a replica: ROLE says why
                     replies.append(exc)
         except FAILURES as exc:
-            return f"cannot be used: {describe(exc, SENTINEL_TIMEOUT_MS)}"
+            return f"cannot be used: {describe(exc, self._timeout_ms)}"
         finally:
             conn.disconnect()
         role = replies[0][0] if isinstance(replies[0], list) and replies[0] else replies[0]
         role = role.decode() if isinstance(role, bytes) else str(role)
         if role != "master":
-            return f"is a {role}, not the master (ROLE)"
-        epoch = replies[2].decode() if isinstance(replies[2], bytes) else str(replies[2])
+            return f"is a {role[:60]}, not the master (ROLE)"
+        epoch = replies[2].decode() if isinstance(replies[2], bytes) else replies[2]
+        if not isinstance(epoch, str):  # not readable now (an error reply): compared next time
+            return None
         if self.epoch is not None and epoch != self.epoch:
             metrics.RECORDER.store_reset()
             log.warning("store reset: the master %s:%d holds another data set than before (epoch %s, was %s): "
@@ -140,12 +146,13 @@ class MasterFollower:
         try:
             address = self.discover()
         except StoreError as exc:
-            self.last_error = str(exc)
-            if self.last_error != self._logged_error:
-                self._logged_error = self.last_error
+            self.last_error, now = str(exc), time.monotonic()
+            # A new cause is logged, at most every REPORT_EVERY (the outage itself: store/health).
+            if self.last_error != self._logged_error and now - self._logged_at >= REPORT_EVERY:
+                self._logged_error, self._logged_at = self.last_error, now
                 log.warning("%s", self.last_error)
             return self.master is not None
-        self._logged_error = ""
+        self._logged_error, self._logged_at = "", float("-inf")
         if address != self.master:
             if self.master is not None:
                 log.warning("store master for %r moved from %s:%d to %s:%d", self.spec.service,

@@ -78,3 +78,31 @@ def test_check_config_accepts_a_sentinel_url_without_showing_passwords(tmp_path:
     result = mailflow_subprocess("check-config", "-c", str(_config(tmp_path, url)))
     assert result.returncode == 0, result.stderr
     assert "MasterPw42" not in result.stdout + result.stderr and "SentinelPw42" not in result.stdout + result.stderr
+
+
+def test_rediscovery_is_rate_limited_and_off_the_callers_thread() -> None:
+    """However many calls fail, the sentinels are asked at most once per REDISCOVER_EVERY, never
+    on the failing caller's thread."""
+    import threading
+    import time
+
+    from mailflow.store.base import StoreError
+    from mailflow.store.redis_sentinel import REDISCOVER_EVERY, MasterFollower
+    from tests.helpers.servers import free_port
+
+    threads: list[str] = []
+
+    class Counting(MasterFollower):
+        def discover(self) -> tuple[str, int]:
+            threads.append(threading.current_thread().name)
+            raise StoreError("redis: no master: (test)")
+
+    follower = Counting(spec(f"redis+sentinel://127.0.0.1:{free_port()}/m"), 200, lambda h, p: None, lambda h, p: None)
+    began = time.monotonic()
+    while time.monotonic() - began < 3 * REDISCOVER_EVERY:
+        follower.suspect()
+        time.sleep(0.001)
+    time.sleep(0.1)
+    assert 2 <= len(threads) <= 4, threads
+    assert threading.current_thread().name not in threads
+    follower.close()
