@@ -147,7 +147,7 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
         if failed:
             for reply in replies:
                 if isinstance(reply, redis.ResponseError):
-                    if self._follower is not None and isinstance(reply, redis.ReadOnlyError):
+                    if self._follower is not None:  # READONLY, however a script words it: a demoted master
                         self._follower.suspect()
                     raise store_error(reply, self._timeout_ms, self._password) from reply
         return replies

@@ -9,8 +9,9 @@ the data is not the fleet's (an old master back empty, a flushed Redis): a store
 WARNING line and `mailflow_store_resets_total`.
 
 Once at start (bounded: every sentinel's timeout), then again after a store call fails
-(`suspect`: connection refused or reset, timeout, READONLY), at most once per REDISCOVER_EVERY
-and always on a background thread, never a caller's. A new master is handed to `on_master`,
+(`suspect`: connection refused or reset, timeout, READONLY) or when the sentinel asked every
+WATCH_EVERY names another master (`watch`: a planned failover, where no call fails), at most once
+per REDISCOVER_EVERY and always on a background thread, never a caller's. A new master is handed to `on_master`,
 which points every connection at it and drops those to the old one.
 """
 
@@ -39,6 +40,7 @@ log = logging.getLogger("mailflow.store")
 
 STORE_EPOCH_KEY = "mailflow:store:epoch"
 REDISCOVER_EVERY = 0.5  # seconds between discoveries, at least: never a tight loop
+WATCH_EVERY = 1.0  # seconds between asking a sentinel whether the master moved, while all is well
 SENTINEL_TIMEOUT_MS = 500  # per sentinel, at most (the store's timeout_ms when shorter)
 UNKNOWN = ("127.0.0.1", 1)  # where the clients point before any master is known: refused at once
 
@@ -64,6 +66,7 @@ class MasterFollower:
         self._running = False
         self._last_try = float("-inf")
         self._logged_error, self._logged_at = "", float("-inf")
+        self._stop = threading.Event()
 
     def _hide(self, text: str) -> str:
         for secret in (self.spec.password, self.spec.sentinel_password):
@@ -153,6 +156,7 @@ class MasterFollower:
                 log.warning("%s", self.last_error)
             return self.master is not None
         self._logged_error, self._logged_at = "", float("-inf")
+        self._stop = threading.Event()
         if address != self.master:
             if self.master is not None:
                 log.warning("store master for %r moved from %s:%d to %s:%d", self.spec.service,
@@ -192,7 +196,27 @@ class MasterFollower:
             self.suspect()
             raise
 
+    def watch(self) -> None:
+        """Ask a sentinel every WATCH_EVERY whether the master moved, on a background thread. A
+        planned failover (SENTINEL FAILOVER) leaves the old master up and writable until Sentinel
+        demotes it, which can take its 10 s INFO period: no error would tell the milter, and
+        debits written there meanwhile would be lost."""
+        threading.Thread(target=self._watch, name="mailflow-sentinel-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_EVERY):
+            where, sentinel = self._sentinels[0]
+            try:
+                answer = sentinel.execute_command(  # type: ignore[no-untyped-call]
+                    "SENTINEL", "get-master-addr-by-name", self.spec.service)
+                named = (str(answer[0]), int(answer[1])) if answer else None
+            except (*FAILURES, TypeError, ValueError, IndexError):
+                named = None
+            if named != self.master:  # moved, or this sentinel is no help now: a full discovery
+                self.suspect()
+
     def close(self) -> None:
+        self._stop.set()
         for _, sentinel in self._sentinels:
             sentinel.close()
 
@@ -235,4 +259,5 @@ def follow(client: redis.Redis, hot_pool: HotPool, spec: SentinelURL, timeout_ms
 
     follower = MasterFollower(spec, timeout_ms, connect, on_master)
     follower.check()
+    follower.watch()
     return follower

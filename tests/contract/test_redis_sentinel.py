@@ -22,7 +22,7 @@ from mailflow.milter.client import MilterClient
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.store import StoreError
 from mailflow.store.redis import RedisStore, bucket_key
-from mailflow.store.redis_sentinel import STORE_EPOCH_KEY
+from mailflow.store.redis_sentinel import REDISCOVER_EVERY, STORE_EPOCH_KEY, WATCH_EVERY
 from tests.helpers.sentinel import SERVICE, readonly_errors, sentinel_set
 from tests.helpers.servers import MilterProcess
 
@@ -55,6 +55,25 @@ def test_discovery_epoch_and_sentinel_passwords(tmp_path: Path, caplog: pytest.L
             scraped = {s.name: s.value for f in recorder.registry.collect() for s in f.samples}
             assert scraped["mailflow_store_resets_total"] == 1
             assert readonly_errors(fleet.replica) == 0
+            # A planned failover (SENTINEL FAILOVER): the old master stays up, writable until
+            # Sentinel demotes it (its 10 s INFO period); the store follows the sentinels' word
+            # (asked every WATCH_EVERY) without waiting for an error.
+            with fleet.sentinels[0].client() as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+                for _ in range(200):  # until the sentinels name the new master (bounded: 200 × 25 ms)
+                    if int(sentinel.execute_command("SENTINEL", "get-master-addr-by-name", SERVICE)[1]) \
+                            == fleet.replica.port:
+                        break
+                    time.sleep(0.025)
+            switched = time.monotonic()
+            while store._follower.master != ("127.0.0.1", fleet.replica.port) and time.monotonic() - switched < 5:
+                time.sleep(0.02)
+            followed = time.monotonic() - switched
+            assert followed <= WATCH_EVERY + REDISCOVER_EVERY + 0.5, followed
+            print(f"planned failover: followed {followed:.2f} s after the sentinels named the new master")
+            assert store.debit("shop.example", limits, 1).allowed
+            with fleet.replica.client() as new_master:
+                assert new_master.exists(bucket_key("shop.example", "day"))
         finally:
             metrics.RECORDER = metrics.Recorder()
             store.close()
