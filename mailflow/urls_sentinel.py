@@ -110,3 +110,23 @@ def cluster_problem(scheme: str, query: str) -> str | None:
     if any(name.lower() == "cluster" for name, _ in parse_qsl(query, keep_blank_values=True)):
         return CLUSTER_REFUSED
     return None
+
+
+def add_passwords(url: str, password: str = "", sentinel_password: str = "") -> str:
+    """The store URL with passwords read from files ([store] password_file, sentinel_password_file)
+    put in, percent-encoded. ValueError if the URL gives that password already, or (for a
+    sentinel password) is not a Sentinel URL."""
+    scheme, _, rest = url.partition("://")
+    if password:
+        end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+        userinfo, at, hosts = rest[:end].rpartition("@")
+        if (at and ":" in userinfo) or "password=" in rest[end:].replace("sentinel_password=", ""):
+            raise ValueError("the URL gives a password already: give it in the URL or in password_file, not both")
+        rest = f"{userinfo if at else ''}:{quote(password, safe='')}@{hosts if at else rest[:end]}{rest[end:]}"
+    if sentinel_password:
+        if scheme not in SENTINEL_SCHEMES:
+            raise ValueError("sentinel_password_file is for a redis+sentinel:// URL")
+        if "sentinel_password=" in rest:
+            raise ValueError("the URL gives sentinel_password already: give it there or in the file, not both")
+        rest += ("&" if "?" in rest else "?") + "sentinel_password=" + quote(sentinel_password, safe="")
+    return f"{scheme}://{rest}"

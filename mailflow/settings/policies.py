@@ -10,8 +10,8 @@ from mailflow.ratelimit.limits import KINDS, Limit, LimitSyntaxError, parse_limi
 from mailflow.rbl.zones import Zone, default_zones, expand_ips, merge_zones
 from mailflow.settings import (BulkPolicy, BulkSettings, ForgeryAccount, ForgerySettings, RateLimitSettings,
                                RatePolicy, RblSettings)
+from mailflow.settings.sections import secret_file
 from mailflow.settings.table import Table
-from mailflow.suppression.keys import KeyFileError, read_key_file
 
 def _rate_policy(t: Table, inherit: RatePolicy, per_account: bool) -> RatePolicy:
     """[ratelimit] itself and each [ratelimit.accounts."NAME"] share these keys; only an
@@ -225,19 +225,7 @@ def _alert_transport(alerts: Table) -> dict[str, str]:
     user, password_file = alerts.text("smtp_user", ""), alerts.text("smtp_password_file", "")
     if bool(user) != bool(password_file):
         alerts.report("smtp_user", "SMTP AUTH needs both smtp_user and smtp_password_file")
-    password = ""
-    if password_file and not os.path.isabs(password_file):
-        alerts.report("smtp_password_file", f"{password_file!r} is not an absolute path")
-    elif password_file:
-        try:
-            password = read_key_file(password_file, "SMTP password file").decode("utf-8")
-        except KeyFileError as exc:
-            alerts.report("smtp_password_file", str(exc))
-        except UnicodeDecodeError:
-            alerts.report("smtp_password_file", f"{password_file} is not UTF-8")
-        else:
-            if not password:
-                alerts.report("smtp_password_file", f"{password_file} is empty")
+    password = secret_file(alerts, "smtp_password_file", "SMTP password file")
     sendmail = alerts.text("sendmail", "")
     if sendmail and not (os.path.isabs(sendmail) and os.path.isfile(sendmail) and os.access(sendmail, os.X_OK)):
         alerts.report("sendmail", f"{sendmail!r} is not an executable file (e.g. /usr/sbin/sendmail)")

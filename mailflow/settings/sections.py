@@ -11,6 +11,7 @@ from mailflow.settings import (IDENTITY_SOURCES, LOCAL_SMTP, SUPPRESSION_ACTIONS
 from mailflow.settings.table import Table
 from mailflow.suppression.keys import KeyFileError, read_key_file
 from mailflow.urls import store_url_problem
+from mailflow.urls_sentinel import add_passwords
 
 _SOCKET_RE = re.compile(r"^(unix|local):/[^\0]+|^inet6?:(\d{1,5})(@[^\s\0]+)?$")
 
@@ -52,11 +53,41 @@ def parse_store(t: Table) -> StoreSettings:
     problem = store_url_problem(url)
     if problem:
         t.report("url", problem)
+    # Redis passwords kept out of the config file (README, "Redis Sentinel"): put into the URL.
+    password, sentinel_password = secret_file(t, "password_file"), secret_file(t, "sentinel_password_file")
+    if not problem and (password or sentinel_password):
+        try:
+            url = add_passwords(url, password, sentinel_password)
+        except ValueError as exc:
+            t.report("password_file" if password else "sentinel_password_file", str(exc))
     settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
                              refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
                              group=t.text("group", d.group))  # checked by store.check_store_path
     t.finish()
     return settings
+
+
+def secret_file(t: Table, key: str, what: str = "") -> str:
+    """A password from the file `key` names (absolute path; refused, like OpenSSH, if others may
+    read it: suppression.keys.read_key_file), or "" when `key` is unset."""
+    path = t.text(key, "")
+    if not path:
+        return ""
+    what = what or key.replace("_", " ")
+    if not os.path.isabs(path):
+        t.report(key, f"{path!r} is not an absolute path")
+        return ""
+    try:
+        secret = read_key_file(path, what).decode("utf-8")
+    except KeyFileError as exc:
+        t.report(key, str(exc))
+    except UnicodeDecodeError:
+        t.report(key, f"{path} is not UTF-8")
+    else:
+        if secret:
+            return secret
+        t.report(key, f"{path} is empty")
+    return ""
 
 
 def parse_accounts(t: Table, base_dir: str) -> AccountSettings:

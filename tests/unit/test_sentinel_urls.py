@@ -106,3 +106,34 @@ def test_rediscovery_is_rate_limited_and_off_the_callers_thread() -> None:
     assert 2 <= len(threads) <= 4, threads
     assert threading.current_thread().name not in threads
     follower.close()
+
+
+def test_passwords_from_files_go_into_the_url_and_never_show(tmp_path: Path) -> None:
+    import os
+
+    from mailflow.urls_sentinel import add_passwords
+
+    master, sentinel = tmp_path / "redis.pw", tmp_path / "sentinel.pw"
+    for path, secret in ((master, "Mast/er#Pw42\n"), (sentinel, "Sent&inel Pw42")):
+        path.write_text(secret)
+        os.chmod(path, 0o600)
+    url = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/m/0"
+    extra = f'password_file = "{master}"\nsentinel_password_file = "{sentinel}"\n'
+    cfg = _config(tmp_path, url)
+    cfg.write_text(cfg.read_text().replace('[suppression]', extra + '[suppression]', 1))
+    result = mailflow_subprocess("check-config", "-c", str(cfg))
+    assert result.returncode == 0, result.stderr
+    assert "Pw42" not in result.stdout + result.stderr and "***" in result.stdout
+    parsed = spec(add_passwords(url, "Mast/er#Pw42", "Sent&inel Pw42"))
+    assert (parsed.password, parsed.sentinel_password, parsed.sentinels[1]) == (
+        "Mast/er#Pw42", "Sent&inel Pw42", ("127.0.0.1", 26380))
+    assert spec(add_passwords("redis+sentinel://u@127.0.0.1/m", "p")).username == "u"
+    for given, kwargs in (("redis+sentinel://:x@127.0.0.1/m", {"password": "p"}),
+                          ("redis://127.0.0.1:6379/0?password=x", {"password": "p"}),
+                          ("redis://127.0.0.1:6379/0", {"sentinel_password": "p"}),
+                          ("redis+sentinel://127.0.0.1/m?sentinel_password=x", {"sentinel_password": "p"})):
+        with pytest.raises(ValueError):
+            add_passwords(given, **kwargs)
+    os.chmod(master, 0o644)  # readable by others: refused in one line, exit 2
+    result = mailflow_subprocess("check-config", "-c", str(cfg))
+    assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, "password_file")
