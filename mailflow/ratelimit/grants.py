@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailflow import events
-from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit, LimitSyntaxError, parse_limit
+from mailflow.ratelimit.limits import KINDS, PERIOD_SECONDS, Limit, LimitSyntaxError, parse_limit
 from mailflow.refresher import Refresher
 from mailflow.settings import RateLimitSettings, RatePolicy
 from mailflow.store.base import Store, StoreError
@@ -52,9 +52,16 @@ def parse_duration(text: str) -> int:
 
 
 def parse_grant_limits(texts: Sequence[str]) -> tuple[Limit, ...]:
-    """Limits as the config writes them ("2000/hour", "20000/day"): one per period."""
-    limits: list[Limit] = []
+    """Limits as the config writes them ("2000/hour", "600/hour sliding", "20000/day"): one per
+    period. A kind may come as its own argument (`2000/hour sliding` unquoted on a command line)."""
+    joined: list[str] = []
     for text in texts:
+        if joined and text.strip().lower() in KINDS and " " not in joined[-1].strip():
+            joined[-1] = f"{joined[-1]} {text.strip()}"
+        else:
+            joined.append(text)
+    limits: list[Limit] = []
+    for text in joined:
         try:
             limit = parse_limit(text[:64])
         except LimitSyntaxError as exc:
@@ -84,7 +91,7 @@ class Grant:
     given: float
 
     def value(self) -> str:
-        return json.dumps({"limits": [f"{limit.count}/{limit.period}" for limit in self.limits],
+        return json.dumps({"limits": [str(limit) for limit in self.limits],
                            "until": self.until, "reason": self.reason[:MAX_TEXT], "by": self.by[:MAX_TEXT],
                            "given": self.given}, sort_keys=True, ensure_ascii=False)
 
@@ -99,7 +106,7 @@ class Grant:
             raise GrantError(f"not a grant: {exc}") from None
 
     def limits_text(self) -> str:
-        return " ".join(f"{limit.count}/{limit.period}" for limit in self.limits)
+        return ", ".join(str(limit) for limit in self.limits)
 
     def detail(self) -> dict[str, str | int | float]:
         """What an event says of it."""

@@ -46,6 +46,18 @@ def test_limits_and_accounts() -> None:
             check_account(name)
 
 
+def test_a_sliding_grant_keeps_its_kind_through_the_store_and_its_text() -> None:
+    given = grant("600/hour sliding 5000/day")  # the kind as its own argument, as a shell passes it
+    assert [limit.kind for limit in given.limits] == ["sliding", "bucket"]
+    back = Grant.from_value(given.value())
+    assert back.limits == given.limits
+    assert back.limits_text() == "600/hour sliding, 5000/day"
+    assert parse_grant_limits(["600/hour sliding"]) == (parse_limit("600/hour sliding"),)
+    for bad in (["sliding"], ["5/hour", "sliding", "sliding"], ["5/hour", "fast"]):
+        with pytest.raises(GrantError):
+            parse_grant_limits(bad)
+
+
 def test_overlay_replaces_the_same_period_keeps_others_and_adds_new_ones() -> None:
     assert overlay(BASE, grant("5/hour")).limits == (parse_limit("5/hour"), parse_limit("100/day"))
     assert overlay(BASE, grant("1/hour")).limits[0] == parse_limit("1/hour")  # lowering is allowed
