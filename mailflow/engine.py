@@ -274,7 +274,7 @@ class Engine:
                     publish(Event(ACCOUNT_HELD, account, {"reason": f"{hits} spam-trap hits in 24 hours",
                                                           "by": "trap_hits", "hits_24h": hits}))
         except StoreError as exc:
-            log.warning("could not count a spam-trap hit for %s: %s", account, exc)
+            log.warning("could not count a spam-trap hit for %s: %s", shown(account), exc)
 
     def header(self, message: Message, name: str, value: str) -> None:
         if message.identity is None:

@@ -23,6 +23,7 @@ import click
 
 from mailflow.config import Config
 from mailflow.held import FLUSH_EVERY, HeldMessage, valid_queue_id
+from mailflow.model import shown
 from mailflow.store.base import Store
 
 TIMEOUT = 60  # seconds for one postqueue or postsuper run
@@ -146,4 +147,4 @@ def _lines(records: Sequence[HeldMessage], as_json: bool) -> Iterator[str]:
     if not records:
         yield "no held messages recorded"
     for r in records:
-        yield f"{r.queue_id or '-':<16} {_iso(r.at)}  {r.account:<32} {r.recipients:>3} rcpt  {r.why}"
+        yield f"{r.queue_id or '-':<16} {_iso(r.at)}  {shown(r.account):<32} {r.recipients:>3} rcpt  {shown(r.why, 200)}"
