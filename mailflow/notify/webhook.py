@@ -3,12 +3,17 @@
 Retried: network errors, timeouts, 5xx, 408 and 429 (after Retry-After when it says seconds).
 Not retried: other 4xx (the receiver refuses this notice; sending it again changes nothing) and
 redirects (never followed: the signed body goes only where the config says).
+
+The timeout bounds the whole attempt, not each socket call: a receiver that trickles its answer
+a byte at a time would otherwise hold the notifier's one thread (and every notice behind it)
+for as long as it likes. At the deadline a watchdog shuts the attempt's socket down.
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -41,14 +46,83 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError with the 3xx
 
 
+class _Attempt:
+    """The sockets of one attempt, shut down by `cut` (the watchdog, at the attempt's deadline)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.cut_off = False
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        attempt = self
+
+        class Tracked(base):  # type: ignore[valid-type,misc]  # a class made per attempt
+            def connect(self) -> None:
+                super().connect()
+                attempt._opened(self.sock)
+
+        return Tracked
+
+    def _opened(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.cut_off:  # connected just as the deadline passed
+                _shut(sock)
+
+    def cut(self) -> None:
+        with self._lock:
+            self.cut_off = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once; the owner closes it
+    except OSError:
+        pass
+
+
+class _Http(urllib.request.HTTPHandler):
+    def __init__(self, attempt: _Attempt) -> None:
+        super().__init__()
+        self.attempt = attempt
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.attempt.connection(http.client.HTTPConnection), req)
+
+
+class _Https(urllib.request.HTTPSHandler):
+    def __init__(self, attempt: _Attempt) -> None:
+        super().__init__()
+        self.attempt = attempt
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.attempt.connection(http.client.HTTPSConnection), req)
+
+
 class Webhook:
     def __init__(self, url: str, secret: bytes, timeout: float) -> None:
         self.url = url
         self.secret = secret
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def post(self, raw_body: bytes, event_id: str, kind: str) -> Outcome:
+        attempt = _Attempt()
+        watchdog = threading.Timer(self.timeout, attempt.cut)
+        watchdog.name, watchdog.daemon = "mailflow-webhook-deadline", True
+        watchdog.start()
+        try:
+            outcome = self._post(urllib.request.build_opener(_NoRedirect, _Http(attempt), _Https(attempt)),
+                                 raw_body, event_id, kind)
+        finally:
+            watchdog.cancel()
+        if attempt.cut_off and not outcome.delivered:
+            return Outcome(False, True, f"no whole answer within {self.timeout:g}s (a receiver too slow, or trickling)")
+        return outcome
+
+    def _post(self, opener: urllib.request.OpenerDirector, raw_body: bytes, event_id: str, kind: str) -> Outcome:
         request = urllib.request.Request(self.url, data=raw_body, method="POST", headers={
             "Content-Type": "application/json",
             "User-Agent": f"mailflow/{__version__}",
@@ -57,7 +131,7 @@ class Webhook:
             "X-Mailflow-Delivery": event_id,
         })
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with opener.open(request, timeout=self.timeout) as response:
                 response.read(65536)  # bounded: a receiver's answer is not ours to keep
                 return Outcome(True, False, f"HTTP {response.status}")
         except urllib.error.HTTPError as exc:
