@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mailflow import events
 from mailflow.notify.notifier import Notifier
-from mailflow.notify.webhook import Webhook
+from mailflow.notify.webhook import Outcome, Webhook
 from tests.helpers.servers import free_port
 from tests.helpers.webhook_receiver import SECRET
 from tests.notify.test_delivery import REFUSED, notify_config
@@ -83,7 +83,7 @@ def test_a_receiver_that_never_answers_and_one_that_is_down() -> None:
     assert took < 2.0 and not outcome.delivered and outcome.retry and "refused" in outcome.why.lower()
 
 
-def _timed_post(url: str) -> tuple[object, float]:
+def _timed_post(url: str) -> tuple[Outcome, float]:
     started = time.monotonic()
     outcome = Webhook(url, SECRET, timeout=0.6).post(b"{}", "id-1", "limit_refused")
     return outcome, time.monotonic() - started
