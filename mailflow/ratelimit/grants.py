@@ -188,6 +188,9 @@ class GrantOverlay:
                 if old.until <= now:  # it ran out while this milter knew it (a revoke is the CLI's event)
                     log.info("grant of %s (%s) expired", account, old.limits_text())
                     events.publish(events.Event(events.GRANT_ENDED, account, {**old.detail(), "how": "expired"}))
+                elif account not in stored:  # the CLI's revoke said so; a Redis restarted empty did not
+                    log.info("grant of %s (%s) is no longer in the store (revoked, or the store lost its data): "
+                             "its configured limits apply", account, old.limits_text())
             for account, (value, grant) in stored.items():
                 if grant.until <= now:
                     remove_expired(self.store, account, value)

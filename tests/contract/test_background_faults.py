@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 
 from mailflow import held
+from mailflow.config import parse_config
+from mailflow.engine import Engine
 from mailflow.held import HeldMessage, HeldRecorder
+from mailflow.ratelimit.grants import Grant, GrantOverlay
+from mailflow.ratelimit.limits import parse_limit
+from mailflow.sent import SentCounter
 from mailflow.store.redis import RedisStore
 from tests.helpers.redis_faults import RedisProcess
 
@@ -102,3 +107,86 @@ def test_held_records_not_written_at_stop_are_said(server: RedisProcess, caplog:
         recorder.stop()
     store.close()
     assert any("1 held messages not recorded at stop" in r.getMessage() for r in caplog.records)
+
+
+SETTINGS = parse_config({"ratelimit": {"limits": ["100/hour"]}}).ratelimit
+
+
+def limits_of(overlay: GrantOverlay, account: str) -> list[str]:
+    return [str(limit) for limit in overlay.policy_for(account).limits]
+
+
+def test_a_grant_applies_and_expires_across_an_outage_and_a_restart_empty(
+        server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """Documented (README, store outages): an outage keeps the grants last read, each ending by
+    the milter's own clock; a Redis restarted empty has none, and the refresh says each is gone."""
+    now = [time.time()]
+    store = RedisStore(server.url, timeout_ms=TIMEOUT_MS)
+    for account, seconds in (("short.example", 60), ("long.example", 3600)):
+        grant = Grant((parse_limit("500/hour"),), now[0] + seconds, "launch", "root", now[0])
+        assert store.swap_grant(account, None, grant.value())
+    overlay = GrantOverlay(SETTINGS, store, 0.05, clock=lambda: now[0])
+    try:
+        overlay.start()
+        assert limits_of(overlay, "short.example") == limits_of(overlay, "long.example") == ["500/hour"]
+        with caplog.at_level(logging.INFO, logger="mailflow"):
+            server.kill()
+            time.sleep(0.5)  # ~10 refreshes fail
+            assert limits_of(overlay, "long.example") == ["500/hour"]  # kept through the outage
+            now[0] += 120
+            assert limits_of(overlay, "short.example") == ["100/hour"]  # ended by the clock, store down
+            server.start()  # empty: the long grant is gone from the store
+            assert wait_for(lambda: limits_of(overlay, "long.example") == ["100/hour"])
+            time.sleep(0.2)
+        lines = [r.getMessage() for r in caplog.records if "grant" in r.getMessage()]
+        assert sum("cannot refresh grants" in line for line in lines) == 1, lines  # once per outage
+        assert sum("read from the store again" in line for line in lines) == 1, lines
+        assert any("short.example (500/hour) expired" in line for line in lines), lines
+        # Before the fix the long grant vanished without a word.
+        assert any("long.example (500/hour) is no longer in the store" in line for line in lines), lines
+    finally:
+        overlay.stop()
+        store.close()
+
+
+def test_counts_made_during_an_outage_are_written_once_redis_is_back_empty(server: RedisProcess) -> None:
+    store = RedisStore(server.url, timeout_ms=TIMEOUT_MS)
+    counter = SentCounter(store, flush_every=0.1)
+    hour = int(time.time()) // 3600
+    try:
+        server.kill()
+        for _ in range(5):
+            counter.add("shop.example", 3)
+            time.sleep(0.15)  # a failed flush between each
+        server.start()
+        assert wait_for(lambda: store.top_senders([hour, hour - 1], 5) == [("shop.example", 15)])
+    finally:
+        counter.flush()
+        store.close()
+
+
+def test_engine_close_on_a_stopped_redis_is_bounded_and_ends_its_threads(
+        server: RedisProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("MAILFLOW_TEST_KEY", "k" * 32)
+    config = parse_config({"store": {"url": server.url, "timeout_ms": TIMEOUT_MS, "refresh_ms": 50},
+                           "ratelimit": {"limits": ["100/hour"]}, "suppression": {"hash_key_env": "MAILFLOW_TEST_KEY"}})
+    store = RedisStore(server.url, timeout_ms=TIMEOUT_MS, refresh_ms=50)
+    engine = Engine(config, store)
+    engine.grants.start()
+    engine.sent.add("shop.example", 1)
+    engine.held_mail.add(record(1))
+    server.pause()
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="mailflow"):
+            engine.close()  # the last counts and records meet a store that does not answer
+        assert time.monotonic() - started < 4 * TIMEOUT_MS / 1000 + 1
+        # Before the fix: "keeping them for the next flush", and a timer retrying every 10 s for ever.
+        assert "sent counts of 1 accounts lost at stop: redis: no answer within 200 ms" in caplog.text
+        assert "keeping them for the next flush" not in caplog.text
+        ours = ("mailflow-grants", "mailflow-domains", "sent-flush", "held-flush")
+        assert wait_for(lambda: not [t for t in threading.enumerate() if t.name in ours and t.is_alive()], 3), [
+            t.name for t in threading.enumerate()]
+    finally:
+        server.resume()
+        store.close()
