@@ -6,14 +6,13 @@ redirects (never followed: the signed body goes only where the config says).
 
 The timeout bounds the whole attempt, not each socket call: a receiver that trickles its answer
 a byte at a time would otherwise hold the notifier's one thread (and every notice behind it)
-for as long as it likes. At the deadline a watchdog shuts the attempt's socket down.
+for as long as it likes. At the deadline its socket is shut down (deadline.py).
 """
 
 from __future__ import annotations
 
 import http.client
 import socket
-import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from email.message import Message
 from typing import IO
 
 from mailflow import __version__
+from mailflow.notify.deadline import Deadline
 from mailflow.notify.payload import SIGNATURE_HEADER, signature
 
 RETRIED_4XX = (408, 429)
@@ -46,60 +46,31 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError with the 3xx
 
 
-class _Attempt:
-    """The sockets of one attempt, shut down by `cut` (the watchdog, at the attempt's deadline)."""
+def _watched(base: type[http.client.HTTPConnection], deadline: Deadline) -> type[http.client.HTTPConnection]:
+    class Watched(base):  # type: ignore[valid-type,misc]  # a class made per attempt
+        def connect(self) -> None:
+            super().connect()
+            deadline.watch(self.sock)
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self.cut_off = False
-
-    def connection(self, base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
-        attempt = self
-
-        class Tracked(base):  # type: ignore[valid-type,misc]  # a class made per attempt
-            def connect(self) -> None:
-                super().connect()
-                attempt._opened(self.sock)
-
-        return Tracked
-
-    def _opened(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            if self.cut_off:  # connected just as the deadline passed
-                _shut(sock)
-
-    def cut(self) -> None:
-        with self._lock:
-            self.cut_off = True
-            for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once; the owner closes it
-    except OSError:
-        pass
+    return Watched
 
 
 class _Http(urllib.request.HTTPHandler):
-    def __init__(self, attempt: _Attempt) -> None:
+    def __init__(self, deadline: Deadline) -> None:
         super().__init__()
-        self.attempt = attempt
+        self.deadline = deadline
 
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.attempt.connection(http.client.HTTPConnection), req)
+        return self.do_open(_watched(http.client.HTTPConnection, self.deadline), req)
 
 
 class _Https(urllib.request.HTTPSHandler):
-    def __init__(self, attempt: _Attempt) -> None:
+    def __init__(self, deadline: Deadline) -> None:
         super().__init__()
-        self.attempt = attempt
+        self.deadline = deadline
 
     def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.attempt.connection(http.client.HTTPSConnection), req)
+        return self.do_open(_watched(http.client.HTTPSConnection, self.deadline), req)
 
 
 class Webhook:
@@ -109,16 +80,10 @@ class Webhook:
         self.timeout = timeout
 
     def post(self, raw_body: bytes, event_id: str, kind: str) -> Outcome:
-        attempt = _Attempt()
-        watchdog = threading.Timer(self.timeout, attempt.cut)
-        watchdog.name, watchdog.daemon = "mailflow-webhook-deadline", True
-        watchdog.start()
-        try:
-            outcome = self._post(urllib.request.build_opener(_NoRedirect, _Http(attempt), _Https(attempt)),
+        with Deadline(self.timeout, "mailflow-webhook-deadline") as deadline:
+            outcome = self._post(urllib.request.build_opener(_NoRedirect, _Http(deadline), _Https(deadline)),
                                  raw_body, event_id, kind)
-        finally:
-            watchdog.cancel()
-        if attempt.cut_off and not outcome.delivered:
+        if deadline.cut_off and not outcome.delivered:
             return Outcome(False, True, f"no whole answer within {self.timeout:g}s (a receiver too slow, or trickling)")
         return outcome
 

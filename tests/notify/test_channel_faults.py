@@ -1,19 +1,26 @@
-"""A webhook endpoint that misbehaves at the socket level: it trickles its answer a byte at a
-time, accepts and never answers, or is not there. Each attempt ends within webhook_timeout_ms
-(the whole attempt, not each read), so the notifier's one thread is never held by a receiver."""
+"""A webhook endpoint or SMTP relay that misbehaves at the socket level: it trickles its answer
+a byte at a time, accepts and never answers, or is not there. Each webhook attempt ends within
+webhook_timeout_ms (the whole attempt, not each read), each e-mail within 3 times the channel's
+timeout, so the notifier's one thread is never held by a peer."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
 
 from mailflow import events
+from mailflow.notify.mail import DEADLINE_FACTOR, MailChannel
 from mailflow.notify.notifier import Notifier
 from mailflow.notify.webhook import Outcome, Webhook
+from mailflow.settings import RblSettings
 from tests.helpers.servers import free_port
 from tests.helpers.webhook_receiver import SECRET
 from tests.notify.test_delivery import REFUSED, notify_config
@@ -22,9 +29,10 @@ SERVE_SECONDS = 8.0  # the bad server gives up on its own after this: bounds eve
 
 
 @contextmanager
-def bad_server(how: str) -> Iterator[tuple[str, list[float]]]:
-    """An HTTP endpoint on 127.0.0.1 that reads each request and then, per `how`: "trickle"
-    (a 200 status line and headers, one byte every 0.2 s) or "silent" (never a byte)."""
+def bad_server(how: str, gap: float = 0.2) -> Iterator[tuple[str, list[float]]]:
+    """A TCP endpoint on 127.0.0.1 that, per `how`: "trickle" (reads a request, then answers a
+    200 status line and headers one byte every `gap` s), "silent" (reads, never a byte), or
+    "smtp-trickle" (a greeting of continuation lines, one byte every `gap` s, never ending)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
     stop = threading.Event()
@@ -35,13 +43,16 @@ def bad_server(how: str) -> Iterator[tuple[str, list[float]]]:
         with conn:
             conn.settimeout(1)
             try:
-                conn.recv(65536)
-                answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 2000 if how == "trickle" else b""
+                if how == "smtp-trickle":
+                    answer = b"220-mail.example slow\r\n" * 1000
+                else:
+                    conn.recv(65536)
+                    answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 2000 if how == "trickle" else b""
                 for byte in answer:
                     if stop.is_set() or time.monotonic() - started > SERVE_SECONDS:
                         return
                     conn.sendall(bytes([byte]))
-                    stop.wait(0.2)
+                    stop.wait(gap)
                 stop.wait(max(0.0, SERVE_SECONDS - (time.monotonic() - started)))
             except OSError:
                 return
@@ -58,7 +69,7 @@ def bad_server(how: str) -> Iterator[tuple[str, list[float]]]:
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook", accepted
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/hook", accepted  # its port: urlsplit(...).port
     finally:
         stop.set()
         thread.join(timeout=2)
@@ -106,3 +117,23 @@ def test_a_trickling_receiver_does_not_hold_the_notifier(secret_file: Path) -> N
     assert len(accepted) == 3, accepted  # three attempts in ~2 s; before the fix, one in 8 s
     assert accepted[-1] - accepted[0] < 4.0
     assert closed_in < 2.5
+
+
+@pytest.mark.parametrize("how", ["smtp-trickle", "silent", "down"])
+def test_an_smtp_relay_that_trickles_hangs_or_is_down_costs_a_bounded_time(
+        how: str, caplog: pytest.LogCaptureFixture) -> None:
+    """E-mail notices and DNSBL alerts share this channel; the notifier has one thread."""
+    with bad_server(how if how != "down" else "silent", gap=0.05) as (url, _):
+        port = urlsplit(url).port if how != "down" else free_port()
+        assert port is not None
+        channel = MailChannel(RblSettings(smtp_relay=("127.0.0.1", port), email_from="mailflow@mx1.example"),
+                              timeout=0.3)
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="mailflow"):
+            sent = channel.send(["postmaster@provider.example"], "limit refused", "body", what="notice e-mail")
+        took = time.monotonic() - started
+    assert not sent and took < 0.3 * DEADLINE_FACTOR + 0.7, took  # before the fix, a trickle: 8 s here
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"notice e-mail through 127.0.0.1:{port} failed for limit refused: ")
+    if how == "smtp-trickle":
+        assert line.endswith("no whole exchange within 0.9s")
