@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from mailflow.metrics import health
+from mailflow.model import Client
 from mailflow.store.redis import RedisStore
 from tests.helpers.redis_faults import RedisProcess
 from tests.helpers.servers import REPO
@@ -89,3 +90,27 @@ def test_health_names_a_password_redis_now_asks_for(redis_running: tuple[RedisPr
                                                   "URL gives none"]
     exit_code, line = nagios(run.port)
     assert exit_code == 2 and "password required" in line and "new-pw-1" not in line
+
+
+def test_an_idle_milter_is_not_critical_for_ever_after_an_outage(
+        redis_running: tuple[RedisProcess, Running], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its last RCPT failed during the outage; Redis is back; no mail since. Critical while that
+    failure is recent (the store may answer pings and still refuse writes: OOM, READONLY), then a
+    warning naming it. Before the fix: 503 until the next message, however long that took."""
+    monkeypatch.setattr(health, "FAILING_NOW", 1.0)
+    server, run = redis_running
+    url = f"http://127.0.0.1:{run.port}/health"
+    client = Client(hostname="mua.example", address="198.51.100.20", port=40000)
+    server.kill()
+    message, _ = run.engine.mail(client, "bob@shop.example", "bob@shop.example")
+    assert run.engine.rcpt(client, message, "r@dest.example").reason == "store_error"
+    server.start()
+    code, report = get(url)
+    assert code == 503 and report["problems"][0] == "store calls are failing (on_error applies)"
+    time.sleep(1.1)
+    code, report = get(url)
+    assert code == 200 and report["status"] == "warning" and not report["store"]["failing_now"], report
+    assert report["problems"][0].startswith("a store call failed 1 s ago: redis: cannot connect")
+    message, _ = run.engine.mail(client, "bob@shop.example", "bob@shop.example")
+    assert not run.engine.rcpt(client, message, "r@dest.example").refuses  # the next call ends the outage
+    assert get(url)[0] == 200
