@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 
 from mailflow.model import Client, shown
-from mailflow.notify.deadline import Deadline
+from mailflow.deadline import Deadline
 from mailflow.settings import RblSettings
 
 log = logging.getLogger("mailflow")

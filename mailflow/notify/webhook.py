@@ -6,7 +6,7 @@ redirects (never followed: the signed body goes only where the config says).
 
 The timeout bounds the whole attempt, not each socket call: a receiver that trickles its answer
 a byte at a time would otherwise hold the notifier's one thread (and every notice behind it)
-for as long as it likes. At the deadline its socket is shut down (deadline.py).
+for as long as it likes. At the deadline its socket is shut down (mailflow/deadline.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from email.message import Message
 from typing import IO
 
 from mailflow import __version__
-from mailflow.notify.deadline import Deadline
+from mailflow.deadline import Deadline
 from mailflow.notify.payload import SIGNATURE_HEADER, signature
 
 RETRIED_4XX = (408, 429)
@@ -46,33 +46,6 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None  # urllib then raises HTTPError with the 3xx
 
 
-def _watched(base: type[http.client.HTTPConnection], deadline: Deadline) -> type[http.client.HTTPConnection]:
-    class Watched(base):  # type: ignore[valid-type,misc]  # a class made per attempt
-        def connect(self) -> None:
-            super().connect()
-            deadline.watch(self.sock)
-
-    return Watched
-
-
-class _Http(urllib.request.HTTPHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_watched(http.client.HTTPConnection, self.deadline), req)
-
-
-class _Https(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(_watched(http.client.HTTPSConnection, self.deadline), req)
-
-
 class Webhook:
     def __init__(self, url: str, secret: bytes, timeout: float) -> None:
         self.url = url
@@ -81,7 +54,7 @@ class Webhook:
 
     def post(self, raw_body: bytes, event_id: str, kind: str) -> Outcome:
         with Deadline(self.timeout, "mailflow-webhook-deadline") as deadline:
-            outcome = self._post(urllib.request.build_opener(_NoRedirect, _Http(deadline), _Https(deadline)),
+            outcome = self._post(deadline.opener(_NoRedirect),
                                  raw_body, event_id, kind)
         if deadline.cut_off and not outcome.delivered:
             return Outcome(False, True, f"no whole answer within {self.timeout:g}s (a receiver too slow, or trickling)")

@@ -18,6 +18,7 @@ from mailflow.model import Client
 from mailflow.store.redis import RedisStore
 from tests.helpers.redis_faults import RedisProcess
 from tests.helpers.servers import REPO
+from tests.notify.test_channel_faults import bad_server
 from tests.metrics.conftest import Running, started
 from tests.metrics.test_health import get
 
@@ -114,3 +115,14 @@ def test_an_idle_milter_is_not_critical_for_ever_after_an_outage(
     message, _ = run.engine.mail(client, "bob@shop.example", "bob@shop.example")
     assert not run.engine.rcpt(client, message, "r@dest.example").refuses  # the next call ends the outage
     assert get(url)[0] == 200
+
+
+@pytest.mark.parametrize("how", ["trickle", "silent"])
+def test_mailflow_health_is_unknown_within_its_timeout_when_the_endpoint_trickles_or_hangs(how: str) -> None:
+    with bad_server(how, gap=0.05) as (url, _):
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "mailflow", "health", "--url", url, "--timeout", "1"],
+                              capture_output=True, text=True, timeout=30, cwd=REPO)
+        took = time.monotonic() - started
+    assert done.returncode == 3 and done.stdout.startswith("MAILFLOW UNKNOWN - no answer from "), done.stdout
+    assert took < 1 + 2.5, took  # before the fix, a trickle: as long as it lasted (8 s here)
