@@ -22,6 +22,7 @@ from mailflow.ratelimit.limits import parse_limit
 from mailflow.sent import SentCounter
 from mailflow.store.redis import RedisStore
 from tests.helpers.redis_faults import RedisProcess
+from tests.helpers.servers import free_port
 
 TIMEOUT_MS = 200
 
@@ -189,4 +190,33 @@ def test_engine_close_on_a_stopped_redis_is_bounded_and_ends_its_threads(
             t.name for t in threading.enumerate()]
     finally:
         server.resume()
+        store.close()
+
+
+def test_an_expired_grant_a_readonly_replica_will_not_delete_is_said_once(
+        server: RedisProcess, caplog: pytest.LogCaptureFixture) -> None:
+    """READONLY (a failover the URL did not follow): grants still read, their removal refused on
+    every refresh (refresh_ms). One line, and one when removals work again; the expired grant is
+    ignored all along."""
+    store = RedisStore(server.url, timeout_ms=TIMEOUT_MS)
+    now = time.time()
+    expired = Grant((parse_limit("500/hour"),), now - 10, "launch", "root", now - 3600)
+    assert store.swap_grant("shop.example", None, expired.value())
+    with server.client() as admin:
+        admin.replicaof("127.0.0.1", str(free_port()))  # a primary that is not there: the data stays
+    overlay = GrantOverlay(SETTINGS, store, 0.05)
+    try:
+        with caplog.at_level(logging.INFO, logger="mailflow"):
+            overlay.start()
+            time.sleep(0.6)  # ~12 refreshes
+            assert limits_of(overlay, "shop.example") == ["100/hour"]
+            with server.client() as admin:
+                admin.replicaof("NO", "ONE")
+            assert wait_for(lambda: store.grants() == {})
+        lines = [r.getMessage() for r in caplog.records if "grant" in r.getMessage()]
+        assert sum("cannot remove the expired grant" in line for line in lines) == 1, lines  # before: one a refresh
+        assert "READONLY" in lines[0]
+        assert any("expired grants removed again" in line for line in lines), lines
+    finally:
+        overlay.stop()
         store.close()
