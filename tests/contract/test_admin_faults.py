@@ -18,6 +18,7 @@ from mailflow.cli import main
 from mailflow.held import HeldMessage
 from mailflow.store.redis import RedisStore
 from tests.helpers.redis_faults import RedisProcess
+from tests.helpers.sqlite_faults import fill, tiny_filesystem
 
 ACCOUNT = "shop.example"
 COMMANDS = [
@@ -144,3 +145,21 @@ def test_a_release_whose_postsuper_fails_and_whose_audit_fails_says_both(
                         "postsuper failed (exit 1): postsuper: fatal: queue directory busy")
     assert [r.queue_id for r in store.held_messages(ACCOUNT)] == ["4AB1C2D3E4"]  # kept for the next try
     store.close()
+
+
+def test_admin_commands_on_a_full_disk_name_the_cause(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite on a filesystem that is full (a tmpfs this test fills): opening the WAL's -shm file
+    fails as "disk I/O error", which names no cause. Before the fix, that was the whole line."""
+    with tiny_filesystem(tmp_path / "tiny") as tiny:
+        config = tmp_path / "c.toml"
+        config.write_text(f'[store]\nurl = "sqlite://{tiny}/s.db"\ntimeout_ms = 200\n[ratelimit]\nlimits = ["100/hour"]\n')
+        assert run(capsys, "account", "hold", ACCOUNT, "-c", str(config))[0] == 0  # closed: no -wal, no -shm left
+        filler = fill(tiny)
+        try:
+            for command in COMMANDS:
+                code, out, err = run(capsys, *command, "-c", str(config))
+                assert code == 2 and err.count("\n") == 1, (command, err)
+                assert err == f"mailflow: sqlite: disk I/O error (no space left on the filesystem of {tiny})\n", err
+        finally:
+            filler.unlink()
+        assert run(capsys, "account", "list", "-c", str(config))[0] == 0  # room again: answered
