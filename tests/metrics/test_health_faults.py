@@ -125,4 +125,4 @@ def test_mailflow_health_is_unknown_within_its_timeout_when_the_endpoint_trickle
                               capture_output=True, text=True, timeout=30, cwd=REPO)
         took = time.monotonic() - started
     assert done.returncode == 3 and done.stdout.startswith("MAILFLOW UNKNOWN - no answer from "), done.stdout
-    assert took < 1 + 2.5, took  # before the fix, a trickle: as long as it lasted (8 s here)
+    assert took < 5, took  # a Python start under load, then 1 s; before the fix a trickle took as long as it lasted (8 s)
