@@ -97,7 +97,7 @@ class Engine:
         """Before the store closes: the background domain refresh stops, the sent counts are written."""
         self.ownership.stop()
         self.grants.stop()
-        self.sent.flush()
+        self.sent.stop()
         self.held_mail.stop()
 
     # -- what the MTA does when things break ---------------------------------------------

@@ -32,6 +32,7 @@ class SentCounter:
         self._views: Counter[tuple[int, str, str]] = Counter()  # (hour, account, field) -> n
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
+        self._stopped = False  # after stop(): no more timers (a failed last flush is said lost)
 
     def add(self, account: str, amount: int) -> None:
         hour = int(self.clock()) // 3600
@@ -55,10 +56,17 @@ class SentCounter:
 
     def _schedule(self) -> None:
         """Under the lock: a flush within flush_every of the first count it will carry."""
-        if self._timer is None:
+        if self._timer is None and not self._stopped:
             self._timer = threading.Timer(self.flush_every, self.flush)
             self._timer.name, self._timer.daemon = "sent-flush", True
             self._timer.start()
+
+    def stop(self) -> None:
+        """The last flush (engine close): what it cannot write is lost, and said so; no timer
+        is left retrying on a closed store."""
+        with self._lock:
+            self._stopped = True
+        self.flush()
 
     def flush(self) -> None:
         with self._lock:
@@ -71,15 +79,23 @@ class SentCounter:
             try:
                 self.store.add_sent(dict(counts))
             except StoreError as exc:
-                log.warning("could not record sent counts, keeping them for the next flush: %s", exc)
                 with self._lock:
-                    self._counts.update(counts)
-                    self._schedule()
+                    if not self._stopped:
+                        self._counts.update(counts)
+                        self._schedule()
+                if self._stopped:
+                    log.error("sent counts of %d accounts lost at stop: %s", len({key[1] for key in counts}), exc)
+                else:
+                    log.warning("could not record sent counts, keeping them for the next flush: %s", exc)
         if views:
             try:
                 self.store.add_counts(dict(views))
             except StoreError as exc:
-                log.warning("could not record account counts, keeping them for the next flush: %s", exc)
                 with self._lock:
-                    self._views.update(views)
-                    self._schedule()
+                    if not self._stopped:
+                        self._views.update(views)
+                        self._schedule()
+                if self._stopped:
+                    log.error("account counts of %d accounts lost at stop: %s", len({key[1] for key in views}), exc)
+                else:
+                    log.warning("could not record account counts, keeping them for the next flush: %s", exc)
