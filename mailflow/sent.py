@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from mailflow.model import Decision
 from mailflow.store.base import Store, StoreError
@@ -39,18 +40,23 @@ class SentCounter:
             self._counts[(hour, account)] += amount
             self._schedule()
 
-    def note(self, account: str, source: str, stage: str, decision: Decision, recipients: int) -> None:
-        """Count an enforced decision for the views (see count_fields)."""
+    def note(self, account: str, source: str, stage: str, decision: Decision, recipients: int, sent: int = 0) -> None:
+        """Count an enforced decision for the views (see count_fields) and, for a message that
+        goes on, its cost as sent: one lock, the engine's one call per decision."""
         fields = count_fields(stage, decision, recipients)
-        if fields is None:
+        if fields is None and not sent:
             return
         hour = int(self.clock()) // 3600
-        with self._lock:
-            for name in fields:
-                self._views[(hour, account, name)] += 1
-            if fields[0] == SENT:
-                self._views[(hour, account, RECIPIENTS)] += recipients
-            self._views[(hour, account, SOURCE + source)] += 1
+        views = self._views
+        with self._lock:  # Counter's += is a read then a write: pymilter calls from many threads
+            if sent:
+                self._counts[(hour, account)] += sent
+            if fields is not None:
+                for name in fields:
+                    views[(hour, account, name)] += 1
+                if fields[0] == SENT:
+                    views[(hour, account, RECIPIENTS)] += recipients
+                views[(hour, account, SOURCE + source)] += 1
             self._schedule()
 
     def _schedule(self) -> None:
@@ -67,19 +73,16 @@ class SentCounter:
             if self._timer is not None:
                 self._timer.cancel()  # when called directly (engine.close); harmless from the timer itself
                 self._timer = None
-        if counts:
+        batches: tuple[tuple[str, str, Counter[Any], Callable[[Any], None]], ...] = (
+            ("_counts", "sent counts", counts, self.store.add_sent),
+            ("_views", "account counts", views, self.store.add_counts))
+        for kept, what, batch, write in batches:
+            if not batch:
+                continue
             try:
-                self.store.add_sent(dict(counts))
+                write(dict(batch))
             except StoreError as exc:
-                log.warning("could not record sent counts, keeping them for the next flush: %s", exc)
+                log.warning("could not record %s, keeping them for the next flush: %s", what, exc)
                 with self._lock:
-                    self._counts.update(counts)
-                    self._schedule()
-        if views:
-            try:
-                self.store.add_counts(dict(views))
-            except StoreError as exc:
-                log.warning("could not record account counts, keeping them for the next flush: %s", exc)
-                with self._lock:
-                    self._views.update(views)
+                    getattr(self, kept).update(batch)
                     self._schedule()
