@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -29,13 +29,6 @@ from mailflow.store.sqlite import SqliteStore
 CLIENT = Client("client.example", "198.51.100.20", 40000)
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
 HOUR = int(time.time()) // 3600
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    store = SqliteStore(str(tmp_path / "s.db"))
-    yield store
-    store.close()
 
 
 @pytest.fixture
