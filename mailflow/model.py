@@ -7,6 +7,10 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailflow.settings import RatePolicy
 
 
 class Verdict(StrEnum):
@@ -157,3 +161,4 @@ class Message:
     msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"; "" when the first header is not that
     msp_dsn: bool = False  # the first header is the one on the MSP's own delivery reports (no user)
     on_msp_listener: bool = False  # Sendmail's MSP connected on a listener named in msp_daemons
+    rate: tuple[str, RatePolicy] | None = None  # (account, its rate policy): looked up once per message

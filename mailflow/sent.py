@@ -15,12 +15,27 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 from mailflow.model import Decision
 from mailflow.store.base import Store, StoreError
 from mailflow.views.fields import RECIPIENTS, SENT, SOURCE, count_fields
 
 log = logging.getLogger("mailflow")
+
+# Counts kept per kind while the store fails (an entry is an account's count for one hour and
+# field): a long outage with many senders, or a customer inventing sender domains, stays bounded.
+PENDING_MAX = 200_000
+
+
+def _bounded(counts: Counter[Any]) -> int:
+    """Drop the oldest hours' entries beyond PENDING_MAX; how many went."""
+    excess = len(counts) - PENDING_MAX
+    if excess <= 0:
+        return 0
+    for key in sorted(counts, key=lambda key: key[0])[:excess]:
+        del counts[key]
+    return excess
 
 
 class SentCounter:
@@ -40,18 +55,23 @@ class SentCounter:
             self._counts[(hour, account)] += amount
             self._schedule()
 
-    def note(self, account: str, source: str, stage: str, decision: Decision, recipients: int) -> None:
-        """Count an enforced decision for the views (see count_fields)."""
+    def note(self, account: str, source: str, stage: str, decision: Decision, recipients: int, sent: int = 0) -> None:
+        """Count an enforced decision for the views (see count_fields) and, for a message that
+        goes on, its cost as sent: one lock, the engine's one call per decision."""
         fields = count_fields(stage, decision, recipients)
-        if fields is None:
+        if fields is None and not sent:
             return
         hour = int(self.clock()) // 3600
-        with self._lock:
-            for name in fields:
-                self._views[(hour, account, name)] += 1
-            if fields[0] == SENT:
-                self._views[(hour, account, RECIPIENTS)] += recipients
-            self._views[(hour, account, SOURCE + source)] += 1
+        with self._lock:  # Counter's += is a read then a write: pymilter calls from many threads
+            views = self._views  # read under the lock: flush swaps it for a new one
+            if sent:
+                self._counts[(hour, account)] += sent
+            if fields is not None:
+                for name in fields:
+                    views[(hour, account, name)] += 1
+                if fields[0] == SENT:
+                    views[(hour, account, RECIPIENTS)] += recipients
+                views[(hour, account, SOURCE + source)] += 1
             self._schedule()
 
     def _schedule(self) -> None:
@@ -75,27 +95,26 @@ class SentCounter:
             if self._timer is not None:
                 self._timer.cancel()  # when called directly (engine.close); harmless from the timer itself
                 self._timer = None
-        if counts:
+        batches: tuple[tuple[str, str, Counter[Any], Callable[[Any], None]], ...] = (
+            ("_counts", "sent counts", counts, self.store.add_sent),
+            ("_views", "account counts", views, self.store.add_counts))
+        for kept, what, batch, write in batches:
+            if not batch:
+                continue
             try:
-                self.store.add_sent(dict(counts))
+                write(dict(batch))
             except StoreError as exc:
                 with self._lock:
-                    if not self._stopped:
-                        self._counts.update(counts)
+                    stopped = self._stopped
+                    if not stopped:
+                        kept_now: Counter[Any] = getattr(self, kept)
+                        kept_now.update(batch)
+                        dropped = _bounded(kept_now)
                         self._schedule()
-                if self._stopped:
-                    log.error("sent counts of %d accounts lost at stop: %s", len({key[1] for key in counts}), exc)
-                else:
-                    log.warning("could not record sent counts, keeping them for the next flush: %s", exc)
-        if views:
-            try:
-                self.store.add_counts(dict(views))
-            except StoreError as exc:
-                with self._lock:
-                    if not self._stopped:
-                        self._views.update(views)
-                        self._schedule()
-                if self._stopped:
-                    log.error("account counts of %d accounts lost at stop: %s", len({key[1] for key in views}), exc)
-                else:
-                    log.warning("could not record account counts, keeping them for the next flush: %s", exc)
+                if stopped:
+                    log.error("%s of %d accounts lost at stop: %s", what, len({key[1] for key in batch}), exc)
+                    continue
+                log.warning("could not record %s, keeping them for the next flush: %s", what, exc)
+                if dropped:
+                    log.error("%s: %d of the oldest dropped (more than %d kept while the store fails)",
+                              what, dropped, PENDING_MAX)

@@ -175,8 +175,8 @@ def test_engine_close_on_a_stopped_redis_is_bounded_and_ends_its_threads(
     before = set(threading.enumerate())  # other tests' engines may still refresh: only this one's count
     engine = Engine(config, store)
     engine.grants.start()
-    engine.sent.add("shop.example", 1)
-    engine.held_mail.add(record(1))
+    engine.aftermath.sent.add("shop.example", 1)
+    engine.aftermath.held_mail.add(record(1))
     server.pause()
     try:
         started = time.monotonic()

@@ -77,13 +77,6 @@ def test_a_grant_reads_back_as_stored_and_bounds_its_text() -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "state.db"))
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def published() -> Iterator[list[events.Event]]:
     seen: list[events.Event] = []
     stop = events.subscribe(seen.append)
