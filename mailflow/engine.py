@@ -211,15 +211,20 @@ class Engine:
         identity = message.identity
         assert identity is not None
         action = self.config.suppression.action_for(identity.account)
-        if self.matcher is None or action == "off":
-            return None
-        account_scope = scope_for(identity.account)
-        keys = self.matcher.recipient_keys(recipient)
         # The first RCPT also reads the buckets in the same round trip (rcpt() needs them next).
         policy = self._policy(message, identity.account)
         peek = policy.limits if message.levels is None and not policy.exempt else ()
+        account_scope, scopes, keys = scope_for(identity.account), [GLOBAL, scope_for(identity.account)], []
+        if self.matcher is None or action == "off":
+            # No lists to look in, but an admin's hold applies all the same: learn it with the
+            # levels rcpt() reads anyway (first recipient; on Redis from the replica).
+            if message.levels is not None:
+                return None
+            scopes = []
+        else:
+            keys = self.matcher.recipient_keys(recipient)
         lookup = self._store_call(
-            lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek), False)
+            lambda: self.store.find_suppressions(identity.account, scopes, keys, peek), False)
         if isinstance(lookup, Decision):
             return lookup
         message.held = message.held or lookup.account_held

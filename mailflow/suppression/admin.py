@@ -341,7 +341,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @config_option
     @click.option("--reason", default="held by an admin", show_default=True)
     @why_option("--why")
-    @click.argument("name")
+    @audit.account_argument("name")
     def hold(config_file: str | None, reason: str, why: str | None, name: str) -> None:
         """Hold every message of an account until released."""
         config = load(config_file)
@@ -355,7 +355,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @config_option
     @why_option()
     @click.option("--drop", is_flag=True, help="Delete the account's held messages instead of releasing them.")
-    @click.argument("name")
+    @audit.account_argument("name")
     def release(config_file: str | None, why: str | None, drop: bool, name: str) -> None:
         """Release a held account (and forget its trap hits), and its messages from Postfix's hold queue."""
         from mailflow.holdqueue import release_account

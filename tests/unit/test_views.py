@@ -77,7 +77,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("args", [["top", "-n", "0"], ["top", "--hour", "-n", "x"], ["near-limit", "--over", "0"],
-                                  ["near-limit", "--over", "101"], ["ratelimit", "status"]])
+                                  ["near-limit", "--over", "101"], ["ratelimit", "status"],
+                                  # an empty name was held (and looked up) as account "": found by a new admin
+                                  ["ratelimit", "status", ""], ["account", "hold", ""], ["account", "release", " "]])
 def test_bad_arguments_get_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     code, out, err = run(capsys, *args)
     assert code == 2 and err.startswith("mailflow: ") and err.count("\n") == 1 and "Traceback" not in err, err
