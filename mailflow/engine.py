@@ -216,8 +216,7 @@ class Engine:
         peek = policy.limits if message.levels is None and not policy.exempt else ()
         account_scope, scopes, keys = scope_for(identity.account), [GLOBAL, scope_for(identity.account)], []
         if self.matcher is None or action == "off":
-            # No lists to look in, but an admin's hold applies all the same: learn it with the
-            # levels rcpt() reads anyway (first recipient; on Redis from the replica).
+            # No lists, but an admin's hold applies: learn it with the levels (Redis: replica).
             if message.levels is not None:
                 return None
             scopes = []
