@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from mailflow.cli import main
 from mailflow.held import HeldMessage
 from mailflow.store.redis import RedisStore
 from tests.helpers.redis_faults import RedisProcess
 from tests.helpers.sqlite_faults import fill, tiny_filesystem
+from tests.helpers.cli import run_cli as run
 
 ACCOUNT = "shop.example"
 COMMANDS = [
@@ -40,16 +40,6 @@ if [ -e "{d}/FAIL" ]; then echo "postsuper: fatal: queue directory busy" >&2; ex
 ids=$(cat)
 for id in $ids; do grep -v "^$id\\$" "{d}/hold" > "{d}/hold.new"; mv "{d}/hold.new" "{d}/hold"; done
 """
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code: object = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture

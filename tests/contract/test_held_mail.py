@@ -10,6 +10,7 @@ import pytest
 from mailflow import held
 from mailflow.held import HeldMessage, HeldRecorder
 from mailflow.store import Store, open_store
+from tests.helpers.engine_run import send_through
 
 
 @pytest.fixture
@@ -71,18 +72,12 @@ def test_an_admin_hold_applies_without_suppression_lists(store: Store) -> None:
     """Found by a new admin: with no [suppression] table, `mailflow account hold` let mail flow."""
     from mailflow.config import parse_config
     from mailflow.engine import Engine
-    from mailflow.model import Client, Verdict
+    from mailflow.model import Verdict
 
     store.hold_account("shop.example", "held by an admin")
     engine = Engine(parse_config({"ratelimit": {"limits": ["100/hour"]}}), store)
     try:
-        client = Client("client.example", "192.0.2.1", 40000)
-        message, mail = engine.mail(client, "bob@shop.example", "bob@shop.example")
-        assert not mail.refuses
-        for rcpt in ("a@dest.example", "b@dest.example"):
-            assert not engine.rcpt(client, message, rcpt).refuses
-        engine.header(message, "From", "bob@shop.example")
-        decision = engine.eom(client, message, queue_id="4AB1C2D3E4")
+        decision = send_through(engine)
         assert decision.verdict is Verdict.HOLD and decision.reply is not None
         assert decision.reply.text == "account shop.example is held: held by an admin"
     finally:

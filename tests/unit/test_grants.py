@@ -11,12 +11,12 @@ import pytest
 
 from mailflow import events
 from mailflow.audit import AuditEntry, who_runs
-from mailflow.cli import main
 from mailflow.ratelimit.grants import (Grant, GrantError, GrantOverlay, check_account, overlay, parse_duration,
                                        parse_grant_limits)
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.settings import RateLimitSettings, RatePolicy
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.cli import run_cli as run
 
 BASE = RatePolicy((parse_limit("2/hour"), parse_limit("100/day")))
 SETTINGS = RateLimitSettings(default=BASE, accounts={"vip.example": RatePolicy(BASE.limits, exempt=True)})
@@ -152,16 +152,6 @@ def test_an_audit_entry_reads_back_and_junk_is_skipped() -> None:
     assert AuditEntry.from_value(entry.value()) == entry
     assert "why: campaign" in entry.line() and entry.line().startswith("2027-01-15T08:00:00Z  root  ratelimit grant")
     assert AuditEntry.from_value("[]") is None and AuditEntry.from_value("{") is None
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code: object = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from mailflow.config import parse_config
 from mailflow.engine import Engine
 from mailflow.held import HeldMessage, HeldRecorder, hold_reply_text, parse_hold, valid_queue_id
-from mailflow.model import REPLY_TEXT_MAX, Client, Reply, Verdict
+from mailflow.model import REPLY_TEXT_MAX, Reply, Verdict
 from mailflow.store.base import Store, StoreError
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.engine_run import send_through
 
 
 @pytest.mark.parametrize("value, parsed", [
@@ -78,13 +79,7 @@ def test_the_engine_holds_with_words_and_records_the_queue_id(tmp_path: Path, mo
     store = SqliteStore(str(tmp_path / "state.db"))
     store.hold_account("shop.example", "3 spam-trap hits")
     engine = Engine(config, store)
-    client = Client("client.example", "192.0.2.1", 40000)
-    message, mail = engine.mail(client, "bob@shop.example", "bob@shop.example")
-    assert not mail.refuses
-    for rcpt in ("a@dest.example", "b@dest.example"):
-        assert not engine.rcpt(client, message, rcpt).refuses
-    engine.header(message, "From", "bob@shop.example")
-    decision = engine.eom(client, message, queue_id="4AB1C2D3E4")
+    decision = send_through(engine)
     assert decision.verdict is Verdict.HOLD and decision.reply is not None
     assert decision.reply.text == "account shop.example is held: 3 spam-trap hits"
     engine.close()  # writes the pending record
