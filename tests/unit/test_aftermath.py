@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from mailflow import metrics
+from mailflow import metrics, sent
 from mailflow.aftermath import Aftermath
 from mailflow.config import parse_config
 from mailflow.decisions import NOT_FROM_MSP
@@ -170,3 +170,26 @@ def test_counts_from_many_threads_are_exact(store: SqliteStore) -> None:
     assert store.top_senders([HOUR], 10) == [("shop.example", total)]
     assert store.account_counts(["shop.example"], [HOUR]) == {
         "shop.example": {"sent": total, "rcpts": total, "src:sasl": total}}
+
+
+def test_counts_kept_through_an_outage_are_bounded_oldest_hour_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A customer inventing sender domains while the store is down: memory stays bounded."""
+    monkeypatch.setattr(sent, "PENDING_MAX", 50)
+    store = FailingOnce(str(tmp_path / "s.db"))
+    store.failures = 10**6
+    now = [HOUR * 3600.0]
+    counter = SentCounter(store, flush_every=3600, clock=lambda: now[0])
+    for n in range(40):
+        counter.add(f"old{n}.example", 1)
+    now[0] += 3600  # the next hour
+    for n in range(40):
+        counter.add(f"new{n}.example", 1)
+    with caplog.at_level(logging.ERROR, logger="mailflow"):
+        counter.flush()
+    kept = counter._counts
+    assert len(kept) == 50 and all(account.startswith("new") or hour == HOUR for hour, account in kept)
+    assert sum(account.startswith("new") for _, account in kept) == 40  # the oldest hour went first
+    assert "sent counts: 30 of the oldest dropped (more than 50 kept while the store fails)" in caplog.text
+    counter.stop()
+    store.close()
