@@ -48,8 +48,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def python_process(module: str, *args: str, port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env={**os.environ, **(env or {})},
+def python_process(module: str, *args: str, port: int, env: dict[str, str] | None = None,
+                   cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m module` run from `cwd` (default this repository: its code), killed afterwards."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd or REPO, env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc=proc)
