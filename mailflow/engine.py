@@ -216,8 +216,8 @@ class Engine:
         peek = policy.limits if message.levels is None and not policy.exempt else ()
         account_scope, scopes, keys = scope_for(identity.account), [GLOBAL, scope_for(identity.account)], []
         if self.matcher is None or action == "off":
-            # No lists, but an admin's hold applies: learn it with the levels (Redis: replica).
-            if message.levels is not None:
+            # No lists, but an admin's hold applies: learn it once, with the levels (Redis: replica).
+            if message.hold_known:
                 return None
             scopes = []
         else:
@@ -226,7 +226,7 @@ class Engine:
             lambda: self.store.find_suppressions(identity.account, scopes, keys, peek), False)
         if isinstance(lookup, Decision):
             return lookup
-        message.held = message.held or lookup.account_held
+        message.held, message.hold_known = message.held or lookup.account_held, True
         if lookup.levels is not None:
             message.levels = lookup.levels
         if not lookup.matches:

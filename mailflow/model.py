@@ -154,6 +154,7 @@ class Message:
     refused: list[str] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)  # local mail: removed at end of message
     held: str | None = None  # the account is held (spam traps): why
+    hold_known: bool = False  # the store was asked whether the account is held (once is enough)
     levels: tuple[float, ...] | None = None  # bucket levels read at the first RCPT
     levels_confirmed: bool = False  # read from the store itself, not an estimate
     headers: list[tuple[str, str]] = field(default_factory=list)  # as the client sent them

@@ -29,7 +29,8 @@ PENDING_MAX = 200_000
 
 
 def _bounded(counts: Counter[Any]) -> int:
-    """Drop the oldest hours' entries beyond PENDING_MAX; how many went."""
+    """Drop the oldest hours' entries beyond PENDING_MAX; how many went. (What the milter counted
+    since the failed flush began, at most flush_every seconds of it, comes on top.)"""
     excess = len(counts) - PENDING_MAX
     if excess <= 0:
         return 0
@@ -46,6 +47,7 @@ class SentCounter:
         self._counts: Counter[tuple[int, str]] = Counter()
         self._views: Counter[tuple[int, str, str]] = Counter()  # (hour, account, field) -> n
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flush at a time: stop() waits for a timer's write
         self._timer: threading.Timer | None = None
         self._stopped = False  # after stop(): no more timers (a failed last flush is said lost)
 
@@ -89,6 +91,10 @@ class SentCounter:
         self.flush()
 
     def flush(self) -> None:
+        with self._flushing:
+            self._flush()
+
+    def _flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, Counter()
             views, self._views = self._views, Counter()
@@ -104,12 +110,12 @@ class SentCounter:
             try:
                 write(dict(batch))
             except StoreError as exc:
+                dropped = _bounded(batch)  # outside the lock: the milter's threads count meanwhile
                 with self._lock:
                     stopped = self._stopped
                     if not stopped:
                         kept_now: Counter[Any] = getattr(self, kept)
                         kept_now.update(batch)
-                        dropped = _bounded(kept_now)
                         self._schedule()
                 if stopped:
                     log.error("%s of %d accounts lost at stop: %s", what, len({key[1] for key in batch}), exc)

@@ -193,3 +193,36 @@ def test_counts_kept_through_an_outage_are_bounded_oldest_hour_first(tmp_path: P
     assert "sent counts: 30 of the oldest dropped (more than 50 kept while the store fails)" in caplog.text
     counter.stop()
     store.close()
+
+
+class SlowWrites(SqliteStore):
+    """A store whose count write takes until `release` is set (a timer's flush mid-write)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.writing, self.release = threading.Event(), threading.Event()
+
+    def add_sent(self, counts: dict[tuple[int, str], int]) -> None:
+        self.writing.set()
+        self.release.wait(10)
+        super().add_sent(counts)
+
+
+def test_stop_waits_for_a_flush_already_writing(tmp_path: Path) -> None:
+    """Found in review: stop() returned while the timer's flush still wrote, and the caller then
+    closed the store under it."""
+    store = SlowWrites(str(tmp_path / "s.db"))
+    counter = SentCounter(store, flush_every=3600)
+    counter.add("shop.example", 1)
+    timer_flush = threading.Thread(target=counter.flush)
+    timer_flush.start()
+    assert store.writing.wait(10)
+    stopper = threading.Thread(target=counter.stop)
+    stopper.start()
+    stopper.join(0.3)
+    assert stopper.is_alive()  # waits for the write in progress
+    store.release.set()
+    stopper.join(10)
+    timer_flush.join(10)
+    assert not stopper.is_alive() and store.top_senders([HOUR], 10) == [("shop.example", 1)]
+    store.close()

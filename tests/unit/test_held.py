@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -70,6 +70,32 @@ def test_held_records_round_trip_and_bad_ones_never_raise() -> None:
     assert HeldMessage.from_value("shop.example", record.value()) == record
     for bad in ("", "not json", "[]", '{"at": "soon"}', '{"rcpts": null}', "null"):
         assert HeldMessage.from_value("x", bad).account == "x"
+
+
+class CountingStore(SqliteStore):
+    """SQLite, counting the lookups the engine makes at RCPT."""
+
+    lookups = 0
+
+    def find_suppressions(self, *args: Any, **kwargs: Any) -> Any:
+        self.lookups += 1
+        return super().find_suppressions(*args, **kwargs)
+
+
+@pytest.mark.parametrize("limits", [{"limits": ["100/hour"]}, {"limits": ["100/hour"], "exempt": True}])
+def test_without_lists_the_hold_is_asked_once_per_message_exempt_or_not(tmp_path: Path, limits: dict[str, Any]) -> None:
+    """No [suppression]: an admin's hold still applies (an exempt account too), learnt at the first
+    RCPT; the others ask nothing (an exempt account asked at every RCPT, found in review)."""
+    store = CountingStore(str(tmp_path / "state.db"))
+    engine = Engine(parse_config({"ratelimit": {"accounts": {"shop.example": limits}}}), store)
+    recipients = tuple(f"r{n}@dest.example" for n in range(5))
+    assert send_through(engine, recipients=recipients).verdict is Verdict.CONTINUE
+    assert store.lookups == 1
+    store.hold_account("shop.example", "held by an admin")
+    assert send_through(engine, recipients=recipients).verdict is Verdict.HOLD
+    assert store.lookups == 2
+    engine.close()
+    store.close()
 
 
 def test_the_engine_holds_with_words_and_records_the_queue_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
