@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from mailflow import held
 from mailflow.held import HeldMessage, HeldRecorder
-from mailflow.store import Store, open_store
+from mailflow.store import Store
 from tests.helpers.engine_run import send_through
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url, timeout_ms=1000)
-    yield s
-    s.close()
 
 
 def record(account: str, qid: str, at: int | None = None, reason: str = "account_held") -> HeldMessage:
