@@ -5,8 +5,10 @@ loopback -> the milter -> smtp-sink. Variants: Postfix without a milter, a null 
 reference policy milter (bench/reference_milter.py: "reference" is the lean floor, which answers
 nothing before end of message, and every ratio is against it; "reference_mail" is the earlier
 reference, which answers MAIL through pymilter's default negotiate), mailflow on SQLite and on Redis
-with rate limiting, forgery checks, suppression and the bulk gate all on and nothing refused,
-and with `--anchors rspamd` rspamd as a rate-limiting milter (bench/rspamd.py).
+with rate limiting, forgery checks, suppression and the bulk gate all on and nothing refused, and
+metrics on as an admin runs them ([metrics] listen, /metrics scraped every second for the whole
+run; "mailflow_redis_nometrics" is the same milter with metrics off), and with `--anchors rspamd`
+rspamd as a rate-limiting milter (bench/rspamd.py).
 Interleaved rounds in rotating order after a warm-up; medians with min-max. Milter CPU per
 message comes from /proc/PID/stat (live child processes included). The milter alone: the replay client as a load generator.
 
@@ -31,7 +33,7 @@ from typing import Any
 
 import redis
 
-from bench.harness import cpu_seconds, percentile, python_process, spread
+from bench.harness import SCRAPE_SECONDS, cpu_seconds, percentile, python_process, scraping, spread
 from bench.rspamd import rspamd_available, rspamd_milter
 from mailflow.milter.client import MilterClient
 from tests.helpers.postfix import PrivatePostfix
@@ -41,8 +43,11 @@ RESULTS = Path(__file__).parent / "results"
 KEY = "bench-suppression-key-0123456789"
 
 
-def mailflow_config(store_url: str, port: int) -> dict[str, Any]:
+def mailflow_config(store_url: str, port: int, metrics_port: int | None = None) -> dict[str, Any]:
+    """Everything on, nothing refused; with `metrics_port`, /metrics and /health served there
+    (the bench scrapes it every second: bench.harness.scraping)."""
     return {
+        **({"metrics": {"listen": f"127.0.0.1:{metrics_port}"}} if metrics_port else {}),
         "milter": {"socket": f"inet:{port}@127.0.0.1"},
         "store": {"url": store_url, "timeout_ms": 2000},
         # smtp-source speaks plain SMTP from 127.0.0.1: charge its sender's domain, as the
@@ -154,9 +159,15 @@ def main() -> None:
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform()}, "messages": args.messages}
     with redis_server(scratch) as (redis_url, redis_port):
-        ports = {name: free_port() for name in ("null", "reference", "reference_mail", "mailflow_sqlite", "mailflow_redis")}
-        cfg_sqlite = write_config(scratch / "sqlite.toml", mailflow_config(f"sqlite://{scratch}/state.db", ports["mailflow_sqlite"]))
-        cfg_redis = write_config(scratch / "redis.toml", mailflow_config(redis_url, ports["mailflow_redis"]))
+        ports = {name: free_port() for name in ("null", "reference", "reference_mail", "mailflow_sqlite", "mailflow_redis",
+                                                "mailflow_redis_nometrics", "metrics_sqlite", "metrics_redis")}
+        # mailflow as an admin runs it: metrics on, scraped every second (the nometrics row: off).
+        cfg_sqlite = write_config(scratch / "sqlite.toml", mailflow_config(
+            f"sqlite://{scratch}/state.db", ports["mailflow_sqlite"], ports["metrics_sqlite"]))
+        cfg_redis = write_config(scratch / "redis.toml", mailflow_config(redis_url, ports["mailflow_redis"],
+                                                                         ports["metrics_redis"]))
+        cfg_nometrics = write_config(scratch / "nometrics.toml", mailflow_config(redis_url,
+                                                                                 ports["mailflow_redis_nometrics"]))
         for cfg in (cfg_sqlite, cfg_redis):  # a few entries, so the suppression lookups do real work
             subprocess.run([sys.executable, "-m", "mailflow", "suppress", "add", "-c", str(cfg),
                             *(f"optout{n}@example.net" for n in range(10))], check=True, capture_output=True)
@@ -170,11 +181,16 @@ def main() -> None:
                                                            port=ports["mailflow_sqlite"]))
             mf_redis = stack.enter_context(python_process("mailflow", "run", "-c", str(cfg_redis),
                                                           port=ports["mailflow_redis"]))
+            mf_nometrics = stack.enter_context(python_process("mailflow", "run", "-c", str(cfg_nometrics),
+                                                              port=ports["mailflow_redis_nometrics"]))
+            scrapes = {name: stack.enter_context(scraping(ports[f"metrics_{name}"])) for name in ("sqlite", "redis")}
             pids = {"postfix_only": None, "null_milter": null.pid, "reference": ref.pid, "reference_mail": ref_mail.pid,
-                    "mailflow_sqlite": mf_sqlite.pid, "mailflow_redis": mf_redis.pid}
+                    "mailflow_sqlite": mf_sqlite.pid, "mailflow_redis": mf_redis.pid,
+                    "mailflow_redis_nometrics": mf_nometrics.pid}
             milter_ports = {"postfix_only": None, "null_milter": ports["null"], "reference": ports["reference"],
                             "reference_mail": ports["reference_mail"], "mailflow_sqlite": ports["mailflow_sqlite"],
-                            "mailflow_redis": ports["mailflow_redis"]}
+                            "mailflow_redis": ports["mailflow_redis"],
+                            "mailflow_redis_nometrics": ports["mailflow_redis_nometrics"]}
             if "rspamd" in anchors:
                 milter_ports["rspamd"], pids["rspamd"] = stack.enter_context(rspamd_milter(scratch, redis_port))
             mtas = {name: PrivatePostfix(port, sink_dump=False).start() for name, port in milter_ports.items()}
@@ -196,12 +212,16 @@ def main() -> None:
             results["through_postfix"] = through
             results["rounds"] = runs
             # Paired by round (each round runs every variant back to back): steadier on a noisy machine.
-            compared = [name for name in ("mailflow_sqlite", "mailflow_redis", "null_milter", "reference_mail", "rspamd")
+            compared = [name for name in ("mailflow_sqlite", "mailflow_redis", "mailflow_redis_nometrics", "null_milter",
+                                          "reference_mail", "rspamd")
                         if name in runs]
             results["paired_vs_reference"] = {name: paired(runs, name, "reference") for name in compared}
             # Against the earlier reference too, to compare with figures measured before the lean floor.
             results["paired_vs_reference_mail"] = {name: paired(runs, name, "reference_mail")
                                                    for name in ("mailflow_sqlite", "mailflow_redis")}
+            # What metrics cost: the same milter with and without them, round by round.
+            results["paired_metrics_on_vs_off"] = paired(runs, "mailflow_redis", "mailflow_redis_nometrics")
+            results["metrics"] = {"scrape_seconds": SCRAPE_SECONDS, "scrapes": {name: n[0] for name, n in scrapes.items()}}
             bases = ["postfix_only", "null_milter", "reference", "reference_mail"]
             if "rspamd" in runs:
                 bases.append("rspamd")
@@ -232,21 +252,28 @@ def main() -> None:
 
 def summarise(results: dict[str, Any], out: Path = RESULTS) -> None:
     through = results["through_postfix"]
-    lines = [f"{results['messages']} messages x rounds through Postfix (median, min-max):"]
+    scraped = results.get("metrics")  # results from before metrics were on in the bench have none
+    lines = [f"{results['messages']} messages x rounds through Postfix (median, min-max)"
+             + (f"; mailflow with metrics on, scraped every {scraped['scrape_seconds']:g} s "
+                "(mailflow_redis_nometrics: off):" if scraped else ":")]
     for name, metrics in through.items():
         acc, cpu = metrics["accepted_per_s"], metrics["cpu_ms_per_msg"]
-        lines.append(f"  {name:<16} accepted {acc['median']:7.1f} msg/s ({acc['min']:.0f}-{acc['max']:.0f})  "
+        lines.append(f"  {name:<24} accepted {acc['median']:7.1f} msg/s ({acc['min']:.0f}-{acc['max']:.0f})  "
                      f"e2e {metrics['e2e_per_s']['median']:7.1f} msg/s  milter CPU {cpu['median']:.2f} ms/msg")
     for name, ratios in results["ratios"].items():
-        lines.append(f"  {name:<16} " + "  ".join(f"{k} {v}" for k, v in ratios.items()))
+        lines.append(f"  {name:<24} " + "  ".join(f"{k} {v}" for k, v in ratios.items()))
     for base in ("reference", "reference_mail", "rspamd"):
         for name, pair in results.get(f"paired_vs_{base}", {}).items():
             acc, cpu = pair["accepted"], pair["cpu"]
-            lines.append(f"  {name:<16} per round vs {base}: throughput {acc['median']:.3f} ({acc['min']:.2f}-{acc['max']:.2f}), "
+            lines.append(f"  {name:<24} per round vs {base}: throughput {acc['median']:.3f} ({acc['min']:.2f}-{acc['max']:.2f}), "
                          f"CPU {cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})")
+    if "paired_metrics_on_vs_off" in results:
+        acc, cpu = results["paired_metrics_on_vs_off"]["accepted"], results["paired_metrics_on_vs_off"]["cpu"]
+        lines.append(f"  metrics on vs off (mailflow_redis per round): throughput {acc['median']:.3f} "
+                     f"({acc['min']:.2f}-{acc['max']:.2f}), CPU {cpu['median']:.2f} ({cpu['min']:.2f}-{cpu['max']:.2f})")
     for name, alone in results["milter_alone"].items():
         paced = alone["paced_200_per_s"]
-        lines.append(f"  milter alone {name:<16} {alone['decisions_per_s']} decisions/s, eom p50 {alone['eom_p50_ms']} ms "
+        lines.append(f"  milter alone {name:<24} {alone['decisions_per_s']} decisions/s, eom p50 {alone['eom_p50_ms']} ms "
                      f"p99 {alone['eom_p99_ms']} ms; at 200 msg/s eom p99 {paced['eom_p99_ms']} ms; "
                      f"redis commands/msg {alone['redis_commands_per_msg']}")
     text = "\n".join(lines)

@@ -2,6 +2,7 @@
 
 "reference" is the lean floor (bench/reference_milter.py: nothing answered before end of message),
 "reference_mail" the earlier reference that answers MAIL through pymilter's default negotiate.
+mailflow runs as the bench runs it: metrics on, /metrics scraped every second.
 
 `py-spy record --gil --nonblocking` samples, 1000 times a second and without pausing the milter,
 the thread holding the GIL: one sample is about a millisecond of Python running, so samples per
@@ -28,7 +29,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.harness import children, python_process
+from bench.harness import SCRAPE_SECONDS, children, python_process, scraping
 from bench.postfix import KEY, RESULTS, mailflow_config, run_through_postfix
 from tests.helpers.postfix import PrivatePostfix
 from tests.helpers.servers import free_port, redis_server, write_config
@@ -114,10 +115,12 @@ def main() -> None:
     os.environ["MAILFLOW_SUPPRESSION_KEY"] = KEY
     scratch = Path(tempfile.mkdtemp(prefix="mailflow-profile-"))
     args.results.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"messages": args.messages, "samples_per_second": SAMPLES_PER_SECOND}
+    results: dict[str, Any] = {"messages": args.messages, "samples_per_second": SAMPLES_PER_SECOND,
+                               "scrape_seconds": SCRAPE_SECONDS}
     with redis_server(scratch) as (redis_url, _), ExitStack() as stack:
         ports = {name: free_port() for name in NAMES}
-        config = write_config(scratch / "redis.toml", mailflow_config(redis_url, ports["mailflow_redis"]))
+        metrics_port = free_port()  # as the bench runs it: metrics on, scraped every second
+        config = write_config(scratch / "redis.toml", mailflow_config(redis_url, ports["mailflow_redis"], metrics_port))
         milters = {
             **{name: stack.enter_context(python_process("bench.reference_milter", str(ports[name]), redis_url, variant,
                                                         port=ports[name]))
@@ -125,6 +128,7 @@ def main() -> None:
             "mailflow_redis": stack.enter_context(python_process("mailflow", "run", "-c", str(config),
                                                                  port=ports["mailflow_redis"])),
         }
+        stack.enter_context(scraping(metrics_port))
         for name, proc in milters.items():
             mta = PrivatePostfix(ports[name], sink_dump=False).start()
             try:
@@ -137,7 +141,8 @@ def main() -> None:
 
 def report(results: dict[str, Any], out: Path = RESULTS) -> None:
     names = [name for name in NAMES if name in results]  # profiles made before reference_mail lack it
-    lines = [f"py-spy --gil, {results['messages']} messages through Postfix: Python ms per message",
+    scraped = f", mailflow with metrics on, scraped every {results['scrape_seconds']:g} s" if "scrape_seconds" in results else ""
+    lines = [f"py-spy --gil, {results['messages']} messages through Postfix{scraped}: Python ms per message",
              f"  {'':<22}" + "".join(f"{name:>16}" for name in names)]
     for key in ("python_ms_per_msg", "unattributed_ms_per_msg", "cpu_ms_per_msg"):
         lines.append(f"  {key:<22}" + "".join(f"{results[name][key]:>16.3f}" for name in names))

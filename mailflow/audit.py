@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import click
 
+from mailflow.ratelimit.grants import GrantError, check_account
 from mailflow.store.base import Store, StoreError
 
 KEEP = 10_000
@@ -78,6 +79,18 @@ def why_option(*names: str) -> Callable[[F], F]:
     """`--why TEXT` (and `--reason` where a command has no reason of its own): the audit's why."""
     return click.option(*(names or ("--reason", "--why")), "why", default=None, metavar="TEXT",
                         help="Why, for the audit log (`mailflow audit`).")
+
+
+def account_argument(name: str = "account") -> Callable[[F], F]:
+    """An ACCOUNT argument, checked and lower-cased as stored: an empty or blank name is one
+    line and exit 2, never an account "" held or looked up."""
+    def check(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+        try:
+            return check_account(value)
+        except GrantError as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+
+    return click.argument(name, metavar="ACCOUNT", callback=check)
 
 
 class AuditMissing(click.ClickException):

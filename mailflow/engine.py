@@ -13,57 +13,30 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TypeVar
 
-from mailflow import accounts, metrics
+from mailflow import accounts
+from mailflow.aftermath import Aftermath
 from mailflow.config import Config, RatePolicy
+from mailflow.decisions import (INBOUND, MSP_BACKSCATTER, NOT_FROM_MSP, POLICY_HEADER, STORE_DOWN_REPLY,
+                                UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE, suppressed_text)
 from mailflow.events import ACCOUNT_HELD, Event, publish
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
 from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
 from mailflow.forgery.rules import Checker, MessageFacts
-from mailflow.held import HeldMessage, HeldRecorder, hold_reply_text, parse_hold
-from mailflow.log import DECISIONS, envelope_address, log, log_decision
+from mailflow.held import hold_reply_text
+from mailflow.log import log, log_decision
 from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Verdict, nameable, shown
 from mailflow.ratelimit.grants import GrantOverlay
 from mailflow.ratelimit.notices import LimitNotices
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
-from mailflow.sent import SentCounter
 from mailflow.store.base import Store, StoreError, SuppressionLookup
 from mailflow.store.health import StoreHealth
 from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
 from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
-from mailflow.why import why
 
 T = TypeVar("T")
-
-INBOUND = Decision(Verdict.ACCEPT, "inbound")
-STORE_DOWN_REPLY = Reply("451", "4.3.0", "Mail policy service temporarily unavailable; try again later")
-POLICY_HEADER = "X-Mailflow-Policy"
-NOT_FROM_MSP = Decision(Verdict.REJECT, "not_from_msp", Reply(
-    "550", "5.7.1", "This listener takes only mail from the local submission program; submit with sendmail"))
-# The MSP's report on mail this milter refused, to an address not here: what spam sent with
-# `-f victim@elsewhere` would come back out as. The MSP then reports to postmaster here instead.
-MSP_BACKSCATTER = Decision(Verdict.REJECT, "backscatter", Reply(
-    "550", "5.7.1", "Delivery reports of the local submission program go only to addresses of this host"))
-# A macro whose value is not UTF-8 (pymilter decodes macros strictly and cannot hand over their
-# bytes): a NUL, which no macro can hold, marks it. A login that cannot be read names no account.
-UNREADABLE_MACRO = "\0unreadable"
-UNREADABLE_LOGIN = Decision(Verdict.REJECT, "unreadable_login", Reply(
-    "550", "5.7.1", "Your login name is not valid UTF-8, so mail from it cannot be attributed to an account"))
-UNNAMEABLE_ACCOUNT = Decision(Verdict.REJECT, "invalid_utf8", Reply(
-    "550", "5.1.7", "Sender address is not valid UTF-8, so mail from it cannot be attributed to an account"))
-# Local mail with a suppressed recipient that is not valid UTF-8: pymilter can name only UTF-8
-# recipients to the MTA (smfi_delrcpt), so it cannot be removed, and the message is refused.
-UNREMOVABLE = Decision(Verdict.REJECT, "suppressed", Reply(
-    "550", "5.7.1", "A suppressed recipient is not valid UTF-8 and cannot be removed; message refused"))
-
-
-def suppressed_text(recipients: list[str]) -> str:
-    """At most three recipients, each shown bounded, then how many more: any list fits a reply."""
-    listed = ", ".join(shown(r) for r in recipients[:3])
-    more = f" and {len(recipients) - 3} more" if len(recipients) > 3 else ""
-    return f"Every recipient is on a suppression list: {listed}{more}"
 
 
 class Engine:
@@ -74,11 +47,10 @@ class Engine:
         self.ownership = Ownership(config, store)
         # The config's limits with the store's active grants laid over, refreshed in the background.
         self.grants = GrantOverlay(config.ratelimit, store, config.store.refresh_ms / 1000)
-        self.sent = SentCounter(store)
         self.notices = LimitNotices(config.notify.near_limit, self.monitor)  # limit_refused, limit_near
-        self.held_mail = HeldRecorder(store)  # what `mailflow account release` releases
         self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
         self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.aftermath = Aftermath(store, self.clock, self.monitor)  # logs, metrics, counts, hold records
         suppression = config.suppression
         self.matcher = Matcher(
             AddressForms(suppression.case_sensitive_local_part, suppression.strip_subaddress), Keyring(suppression.secret)
@@ -97,8 +69,7 @@ class Engine:
         """Before the store closes: the background domain refresh stops, the sent counts are written."""
         self.ownership.stop()
         self.grants.stop()
-        self.sent.flush()
-        self.held_mail.stop()
+        self.aftermath.close()
 
     # -- what the MTA does when things break ---------------------------------------------
 
@@ -180,7 +151,7 @@ class Engine:
         if refusal is not None:
             message.refused.append(recipient)
             return self._finish("rcpt", client, message, refusal, conn_id=conn_id, rcpt=recipient)
-        policy = self.grants.policy_for(identity.account)
+        policy = self._policy(message, identity.account)
         if policy.exempt:
             message.recipients.append(recipient)
             return PASS
@@ -209,6 +180,13 @@ class Engine:
         message.recipients.append(recipient)
         return PASS
 
+    def _policy(self, message: Message, account: str) -> RatePolicy:
+        """The account's rate policy (grants laid over), looked up once per message; the MSP's
+        mail changes account at end of message, so the account keys it."""
+        if message.rate is None or message.rate[0] != account:
+            message.rate = (account, self.grants.policy_for(account))
+        return message.rate[1]
+
     def _local_recipient(self, message: Message, recipient: str, conn_id: str) -> Decision:
         """Local mail is judged whole at EOM: a suppressed recipient is kept aside, to be removed
         then (with a log line); any other, also one meeting a store outage (the debit meets it
@@ -233,18 +211,22 @@ class Engine:
         identity = message.identity
         assert identity is not None
         action = self.config.suppression.action_for(identity.account)
-        if self.matcher is None or action == "off":
-            return None
-        account_scope = scope_for(identity.account)
-        keys = self.matcher.recipient_keys(recipient)
         # The first RCPT also reads the buckets in the same round trip (rcpt() needs them next).
-        policy = self.grants.policy_for(identity.account)
+        policy = self._policy(message, identity.account)
         peek = policy.limits if message.levels is None and not policy.exempt else ()
+        account_scope, scopes, keys = scope_for(identity.account), [GLOBAL, scope_for(identity.account)], []
+        if self.matcher is None or action == "off":
+            # No lists, but an admin's hold applies: learn it once, with the levels (Redis: replica).
+            if message.hold_known:
+                return None
+            scopes = []
+        else:
+            keys = self.matcher.recipient_keys(recipient)
         lookup = self._store_call(
-            lambda: self.store.find_suppressions(identity.account, [GLOBAL, account_scope], keys, peek), False)
+            lambda: self.store.find_suppressions(identity.account, scopes, keys, peek), False)
         if isinstance(lookup, Decision):
             return lookup
-        message.held = message.held or lookup.account_held
+        message.held, message.hold_known = message.held or lookup.account_held, True
         if lookup.levels is not None:
             message.levels = lookup.levels
         if not lookup.matches:
@@ -274,7 +256,7 @@ class Engine:
                     publish(Event(ACCOUNT_HELD, account, {"reason": f"{hits} spam-trap hits in 24 hours",
                                                           "by": "trap_hits", "hits_24h": hits}))
         except StoreError as exc:
-            log.warning("could not count a spam-trap hit for %s: %s", account, exc)
+            log.warning("could not count a spam-trap hit for %s: %s", shown(account), exc)
 
     def header(self, message: Message, name: str, value: str) -> None:
         if message.identity is None:
@@ -311,7 +293,7 @@ class Engine:
         # what accepted mail still gets (hold, removed recipients, the policy header).
         # The MTA's own bounces owe no domain; a Unix user's account owns the envelope or not.
         forgery = NOTHING_FOUND if own_bounce else self._forgery(client, message, envelope=message.on_msp_listener)
-        policy = self.grants.policy_for(identity.account)
+        policy = self._policy(message, identity.account)
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
         if message.suppressed and not message.recipients:
@@ -333,23 +315,8 @@ class Engine:
             decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, add_headers=((POLICY_HEADER, " ".join(forgery.tags)),))
-        enforced = self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
-                                forgery=forgery.summary, removed=",".join(message.suppressed) or None)
-        if enforced.verdict in (Verdict.CONTINUE, Verdict.HOLD):
-            self.sent.add(identity.account, cost)
-        if enforced.verdict is Verdict.HOLD:
-            self._record_hold(identity.account, message, enforced, queue_id)
-        return enforced
-
-    def _record_hold(self, account: str, message: Message, decision: Decision, queue_id: str) -> None:
-        """Queue a record of a message going to the MTA's hold queue (written in the background)."""
-        if decision.reason == "account_held":
-            why = parse_hold(message.held)[1]
-        else:
-            why = decision.reply.text if decision.reply else decision.reason
-        self.held_mail.add(HeldMessage(account, shown(queue_id, 32), int(self.clock().timestamp()), decision.reason,
-                                       shown(why, 200), len(message.recipients),
-                                       shown(accounts.domain_of(message.sender), 100)))
+        return self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
+                            forgery=forgery.summary, removed=",".join(message.suppressed) or None)
 
     def _charge(self, policy: RatePolicy, account: str, cost: int) -> Decision:
         """Take the message's cost from every bucket of the account, or say why not."""
@@ -422,40 +389,14 @@ class Engine:
                                                                       author.address)
                 and self._all_recipients_here(message))
 
-    # -- one log line per decision --------------------------------------------------------
+    # -- every decision: enforced (monitor: logged only), then booked ------------------------
 
-    def _finish(self, stage: str, client: Client, message: Message, decision: Decision, **extra: object) -> Decision:
-        identity = message.identity
+    def _finish(self, stage: str, client: Client, message: Message, decision: Decision, conn_id: str = "",
+                qid: str = "", rcpt: str | None = None, cost: int | None = None, forgery: str | None = None,
+                removed: str | None = None) -> Decision:
         enforced = decision
         if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
-        if identity is not None:  # what happened, for `mailflow top` (monitor: refused recipients went too)
-            went = len(message.recipients) + (len(message.refused) if self.monitor else 0)
-            self.sent.note(identity.account, identity.source, stage, enforced, went)
-        metrics.RECORDER.decision(stage, decision, enforced, message)
-        if not DECISIONS.isEnabledFor(logging.INFO):  # at level warning, skip gathering the fields
-            return enforced
-        log_decision(
-            logging.INFO,
-            stage=stage,
-            qid=extra.pop("qid", None) or message.queue_id,
-            conn=extra.pop("conn_id", None),
-            account=identity.account if identity else None,
-            source=identity.source if identity else None,
-            identity=identity.identity if identity else None,
-            client=client.address,
-            sender=envelope_address(message.sender),
-            rcpt=extra.pop("rcpt", None),
-            recipients=len(message.recipients) if stage == "eom" else None,
-            refused=len(message.refused) if stage == "eom" and message.refused else None,
-            cost=extra.pop("cost", None),
-            action=decision.verdict.value,
-            mode="monitor" if self.monitor and decision.refuses else None,
-            reason=decision.reason,
-            reply=str(decision.reply) if decision.reply else None,
-            why=why(decision.reason, decision.refuses),
-            forgery=extra.pop("forgery", None),
-            removed=extra.pop("removed", None),
-            php_script=message.php_script,
-        )
+        self.aftermath.decided(stage, client, message, decision, enforced, conn_id or None, qid, rcpt, cost, forgery,
+                               removed)
         return enforced

@@ -153,7 +153,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
                     active.append((who, grant))
         if as_json:
             click.echo(json.dumps([{
-                "account": who, "limits": [f"{limit.count}/{limit.period}" for limit in grant.limits],
+                "account": who, "limits": [str(limit) for limit in grant.limits],
                 "effective_limits": [str(limit) for limit in overlay(config.ratelimit.policy_for(who), grant).limits],
                 "until": _iso(grant.until), "seconds_left": int(grant.until - now), "reason": grant.reason,
                 "by": grant.by, "given": _iso(grant.given)} for who, grant in active], indent=1))

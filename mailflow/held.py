@@ -35,6 +35,7 @@ HELD_TTL = 30 * 86400  # a held message's record is kept this long (Postfix's ow
 HELD_PER_ACCOUNT = 1000  # and at most this many per account, the newest
 FLUSH_EVERY = 1.0  # seconds: how late a milter may write a record (`account release` waits this)
 PENDING_MAX = 10_000  # records waiting for a flush while the store is down: the oldest go first
+DROP_LINE_SECONDS = 60.0  # a line saying how many were dropped, at most this often
 # Postfix queue ids: hex (short ids) or [0-9A-Za-z] (enable_long_queue_ids); Sendmail's are
 # alphanumeric too. Anything else (`ALL`, `-`, an option, a path) never reaches postsuper.
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]{6,32}")
@@ -102,13 +103,22 @@ class HeldRecorder:
         self._timer: threading.Timer | None = None
         self._last_flush = clock() - flush_every
         self._stopped = False
+        self._dropped = 0  # records dropped since the last line that said so
+        self._failing = False  # the last write failed: said once, and once when one succeeds again
+        self._next_drop_line = float("-inf")
 
     def add(self, record: HeldMessage) -> None:
         with self._lock:
             self._pending.append(record)
-            if len(self._pending) > PENDING_MAX:
-                del self._pending[0]
+            self._trim()
             self._schedule()
+
+    def _trim(self) -> None:
+        """At most PENDING_MAX waiting, the oldest dropped first and counted (under self._lock)."""
+        over = len(self._pending) - PENDING_MAX
+        if over > 0:
+            del self._pending[:over]
+            self._dropped += over
 
     def _schedule(self) -> None:
         """One timer at a time, due flush_every after the last flush (under self._lock)."""
@@ -134,11 +144,33 @@ class HeldRecorder:
             try:
                 self.store.add_held_messages(records)
             except StoreError as exc:
-                log.warning("could not record %d held messages, keeping them for the next try: %s", len(records), exc)
                 with self._lock:
-                    self._pending[:0] = records[-PENDING_MAX:]
-                    del self._pending[PENDING_MAX:]
+                    self._pending[:0] = records  # before the ones added meanwhile: the oldest go first
+                    self._trim()
+                    first, self._failing = not self._failing, True
+                    stopped = self._stopped
                     self._schedule()
+                if stopped:
+                    log.error("%d held messages not recorded at stop (`mailflow held` will not list them): %s",
+                              len(records), exc)
+                elif first:  # once per outage: this runs every flush_every while the store is down
+                    log.warning("could not record %d held messages, keeping up to %d for the next tries: %s",
+                                len(records), PENDING_MAX, exc)
+            else:
+                if self._failing:
+                    self._failing = False
+                    log.warning("held messages recorded again (%d written)", len(records))
+            self._report_drops()
+
+    def _report_drops(self) -> None:
+        """At most one line a minute, with the count since the last."""
+        now = self.clock()
+        with self._lock:
+            if not self._dropped or now < self._next_drop_line:
+                return
+            dropped, self._dropped, self._next_drop_line = self._dropped, 0, now + DROP_LINE_SECONDS
+        log.error("%d held-message records dropped, the oldest first: more than %d waited for a store that "
+                  "failed; `mailflow held` will not list them (postqueue -p does)", dropped, PENDING_MAX)
 
     def stop(self) -> None:
         """Cancel the timer and write what is pending (engine close)."""

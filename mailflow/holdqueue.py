@@ -21,9 +21,12 @@ from datetime import datetime, timezone
 
 import click
 
+from mailflow import audit, events
 from mailflow.config import Config
 from mailflow.held import FLUSH_EVERY, HeldMessage, valid_queue_id
-from mailflow.store.base import Store
+from mailflow.model import shown
+from mailflow.store.base import Store, StoreError
+from mailflow.urls import redact_text
 
 TIMEOUT = 60  # seconds for one postqueue or postsuper run
 MAX_OUTPUT_LINE = 1 << 16  # a postqueue -j line longer than this is not one of Postfix's records
@@ -115,6 +118,36 @@ def release_held_mail(config: Config, store: Store, account: str, drop: bool, ju
     return ", ".join(parts)
 
 
+def release_account(config: Config, store: Store, account: str, drop: bool, why: str | None) -> None:
+    """`mailflow account release`: the account, then its held mail, then what was done. An audit
+    entry that cannot be written stops nothing: it is said last (exit 3), or beside the error that
+    ends the command, so the held mail is released even when the audit log has a gap."""
+    released = store.release_account(account)
+    if not released and not account_hold_records(store, account):
+        raise click.ClickException(f"account {account} is not held")
+    gap: audit.AuditMissing | None = None
+    if released:
+        events.publish(events.Event(events.ACCOUNT_RELEASED, account, {"by": "admin", "user": audit.who_runs()}))
+        try:
+            audit.record(store, "account release", account, "--drop" if drop else "", why=why)
+        except audit.AuditMissing as exc:
+            gap = exc
+    try:
+        try:  # after the account: no new mail is held once its held mail goes
+            mail = release_held_mail(config, store, account, drop, released)
+        except HoldQueueError as exc:
+            error = click.UsageError if exc.bad_config else click.ClickException
+            raise error(f"account {account}: {'released' if released else 'not held'}; its held messages "
+                        f"were not released: {exc}") from None
+    except (click.ClickException, StoreError):
+        if gap is not None:
+            click.echo(f"mailflow: {redact_text(gap.format_message())}", err=True)  # as cli._say
+        raise
+    click.echo(f"account {account}: {'released' if released else 'not held'}; held messages: {mail}")
+    if gap is not None:
+        raise gap
+
+
 def _iso(ts: int) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -146,4 +179,4 @@ def _lines(records: Sequence[HeldMessage], as_json: bool) -> Iterator[str]:
     if not records:
         yield "no held messages recorded"
     for r in records:
-        yield f"{r.queue_id or '-':<16} {_iso(r.at)}  {r.account:<32} {r.recipients:>3} rcpt  {r.why}"
+        yield f"{r.queue_id or '-':<16} {_iso(r.at)}  {shown(r.account):<32} {r.recipients:>3} rcpt  {shown(r.why, 200)}"

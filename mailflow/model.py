@@ -7,6 +7,10 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailflow.settings import RatePolicy
 
 
 class Verdict(StrEnum):
@@ -150,6 +154,7 @@ class Message:
     refused: list[str] = field(default_factory=list)
     suppressed: list[str] = field(default_factory=list)  # local mail: removed at end of message
     held: str | None = None  # the account is held (spam traps): why
+    hold_known: bool = False  # the store was asked whether the account is held (once is enough)
     levels: tuple[float, ...] | None = None  # bucket levels read at the first RCPT
     levels_confirmed: bool = False  # read from the store itself, not an estimate
     headers: list[tuple[str, str]] = field(default_factory=list)  # as the client sent them
@@ -157,3 +162,4 @@ class Message:
     msp_user: str | None = None  # Sendmail MSP "(from user@localhost)"; "" when the first header is not that
     msp_dsn: bool = False  # the first header is the one on the MSP's own delivery reports (no user)
     on_msp_listener: bool = False  # Sendmail's MSP connected on a listener named in msp_daemons
+    rate: tuple[str, RatePolicy] | None = None  # (account, its rate policy): looked up once per message

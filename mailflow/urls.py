@@ -103,6 +103,8 @@ def store_url_problem(url: str) -> str | None:
     if scheme == "sqlite":
         if not rest or rest.endswith("/"):
             return f"{shown!r}: names no database file (sqlite:///ABSOLUTE/PATH.db)"
+        if rest.startswith("//"):  # SQLite would read the first path part as a host: "invalid uri authority"
+            return f"{shown!r}: one slash too many: an absolute path is sqlite:///ABSOLUTE/PATH.db (three)"
         return None
     # urllib and redis-py end the authority at the first / ? or #, and the userinfo at its last @:
     # an @ after that, or a second @, means a password with an unencoded special character.

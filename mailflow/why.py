@@ -18,8 +18,9 @@ WHY: dict[str, str] = {
                       "= \"tempfail\" defers it: report the traceback",
     "internal_error_accepted": "mailflow failed on this message (traceback just before); milter.on_error = "
                                "\"accept\" let it through unchecked",
-    "ratelimit": "the account used up a rate-limit bucket; the client retries later. Raise [ratelimit] limits "
-                 "(or [ratelimit.accounts.\"ACCOUNT\"]) if this is legitimate volume",
+    "ratelimit": "the account used up a rate-limit bucket; the client retries later. `mailflow ratelimit status "
+                 "ACCOUNT` shows its limits; if this is legitimate volume, `mailflow ratelimit grant` raises one "
+                 "for a while, or raise [ratelimit.accounts.\"ACCOUNT\"] limits",
     "over_capacity": "the message has more recipients than the account's bucket holds, so it can never pass; raise "
                      "the account's limit or burst, or the sender splits the message",
     "suppressed": "a recipient is on a suppression list (opt-out, complaint, trap or block); "

@@ -8,6 +8,7 @@ usual exit 2, which a monitoring system would read as CRITICAL.
 
 from __future__ import annotations
 
+import http.client
 import json
 import sys
 import urllib.error
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import click
 
 from mailflow.config import ConfigError, config_path, load_config
+from mailflow.deadline import Deadline
 from mailflow.urls import redact_text
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -50,15 +52,19 @@ def fetch(url: str, timeout: float) -> tuple[int, dict[str, Any]]:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--url {url!r}: expected http://HOST:PORT/health")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked above
-            status, body = response.status, response.read(MAX_BODY + 1)
-    except urllib.error.HTTPError as exc:  # 503 carries the report too
-        with exc:
-            status, body = exc.code, exc.read(MAX_BODY + 1)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+    try:  # --timeout bounds the whole exchange: an endpoint trickling its answer is cut there
+        with Deadline(timeout, "mailflow-health-deadline") as deadline:
+            try:
+                with deadline.opener().open(url, timeout=timeout) as response:
+                    status, body = response.status, response.read(MAX_BODY + 1)
+            except urllib.error.HTTPError as exc:  # 503 carries the report too
+                with exc:
+                    status, body = exc.code, exc.read(MAX_BODY + 1)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = f"no whole answer within {timeout:g} s" if deadline.cut_off else getattr(exc, "reason", exc)
         raise ValueError(f"no answer from {url}: {reason}") from None
+    if deadline.cut_off:  # cut while reading the body: what was read is not the report
+        raise ValueError(f"no answer from {url}: no whole answer within {timeout:g} s")
     try:
         report = json.loads(body[:MAX_BODY])
     except ValueError:

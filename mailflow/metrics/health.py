@@ -1,6 +1,8 @@
 """What /health answers: is the store reachable, the Redis replica fresh, which config runs.
 
-critical (HTTP 503): the store does not answer a ping (or the milter's calls fail right now).
+critical (HTTP 503): the store does not answer a ping, or the milter's calls fail right now (the
+last one failed, less than FAILING_NOW seconds ago: a milter that has had no mail since an
+outage ended answers pings again and is not critical for ever on a failure of long ago).
 warning (HTTP 200): the Redis suppression replica is stale (every RCPT asks Redis), or a store
 call failed in the last RECENT_ERROR seconds. ok (HTTP 200): none of these.
 The ping runs in a thread of its own, bounded by the store's timeout plus a margin, and its
@@ -21,6 +23,7 @@ from mailflow.store.health import StoreHealth
 
 PING_REUSE = 1.0
 RECENT_ERROR = 300.0
+FAILING_NOW = 30.0
 STATES = ("ok", "warning", "critical")
 
 
@@ -70,12 +73,13 @@ class Health:
         now = time.time()
         problems: list[tuple[str, str]] = []  # (state, text)
         up, why = self.store_up()
+        last = self.store_health.last_error
+        failing = self.store_health.down and (last is None or now - last[1] < FAILING_NOW)
         if not up:
             problems.append(("critical", f"store unreachable: {why}"))
-        elif self.store_health.down:
+        elif failing:
             problems.append(("critical", "store calls are failing (on_error applies)"))
-        last = self.store_health.last_error
-        if last is not None and now - last[1] < RECENT_ERROR and up and not self.store_health.down:
+        if last is not None and now - last[1] < RECENT_ERROR and up and not failing:
             problems.append(("warning", f"a store call failed {int(now - last[1])} s ago: {last[0]}"))
         replica: dict[str, Any] | None = None
         if self.replica_age is not None:  # None: not started (no RCPT looked up yet); inf: never refreshed
@@ -91,7 +95,7 @@ class Health:
         return {
             "status": STATES[state],
             "problems": [text for _, text in problems],
-            "store": {"reachable": up, "failing_now": self.store_health.down,
+            "store": {"reachable": up, "failing_now": failing,
                       "last_error": None if last is None else {"text": last[0], "at": iso(last[1]),
                                                                "age_seconds": int(now - last[1])}},
             "replica": replica,

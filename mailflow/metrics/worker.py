@@ -9,6 +9,7 @@ import os
 import platform
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -29,6 +30,11 @@ from mailflow.store.health import StoreHealth
 
 log = logging.getLogger("mailflow")
 HTTP_TIMEOUT = 5.0  # a client that sends its request slower than this is dropped
+# Any local process reaches a loopback listener (a shared host's customers too): each connection
+# is a thread in the milter worker, so at most this many at once (more are closed unanswered), and
+# each is cut this long after it came, however slowly it trickles its request or reads the answer.
+HTTP_DEADLINE = 10.0
+HTTP_MAX_CONNECTIONS = 8
 
 
 class MilterCollector(Collector):
@@ -89,11 +95,48 @@ def _handler(registry: CollectorRegistry, health: Health | None) -> type[BaseHTT
     return Handler
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """At most HTTP_MAX_CONNECTIONS at once, each for at most HTTP_DEADLINE seconds (the serving
+    loop checks between polls)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._open: dict[socket.socket, float] = {}  # connection -> monotonic deadline
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            full = len(self._open) >= HTTP_MAX_CONNECTIONS
+            if not full:
+                self._open[request] = time.monotonic() + HTTP_DEADLINE
+        if full:
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._open_lock:
+                self._open.pop(request, None)
+
+    def service_actions(self) -> None:
+        now = time.monotonic()
+        with self._open_lock:
+            late = [conn for conn, deadline in self._open.items() if deadline <= now]
+        for conn in late:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # its thread's blocked read or write returns at once
+            except OSError:
+                pass  # already closed by its thread
+
+
 class Served:
     """An HTTP server answering on an inherited listening socket, in a daemon thread."""
 
     def __init__(self, sock: socket.socket, registry: CollectorRegistry, health: Health | None) -> None:
-        server = ThreadingHTTPServer(sock.getsockname()[:2], _handler(registry, health), bind_and_activate=False)
+        server = _BoundedServer(sock.getsockname()[:2], _handler(registry, health), bind_and_activate=False)
         server.socket.close()
         server.socket = sock  # this process's copy: closed with the server
         server.daemon_threads = True

@@ -19,7 +19,8 @@ from typing import Any
 import Milter
 
 from mailflow import metrics
-from mailflow.engine import UNREADABLE_MACRO, Engine
+from mailflow.decisions import UNREADABLE_MACRO
+from mailflow.engine import Engine
 from mailflow.model import GENERIC_TEXT, PASS, Client, Decision, Message, Reply, Verdict, shown
 
 log = logging.getLogger("mailflow.milter")

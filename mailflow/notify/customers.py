@@ -11,7 +11,7 @@ from __future__ import annotations
 import string
 
 from mailflow.events import Event
-from mailflow.notify.payload import details, iso, summary
+from mailflow.notify.payload import details, iso, shown, summary
 
 DEFAULT_TEMPLATE = """Subject: [$host] $summary
 
@@ -37,7 +37,7 @@ def render(template: str, event: Event, event_id: str, host: str) -> tuple[str, 
         first, _, text = text.partition("\n")
         subject_template = first[len("Subject:"):].strip()
         text = text.lstrip("\n")
-    values = {key: str(value) for key, value in event.detail.items()}
+    values = {key: shown(key, value) for key, value in event.detail.items()}
     values.update(event=event.kind, account=event.account, summary=summary(event), details=details(event),
                   at=iso(event.at), host=host, id=event_id)
     subject = " ".join(string.Template(subject_template).safe_substitute(values).split())

@@ -1,6 +1,8 @@
 """The one way mailflow sends e-mail (DNSBL alerts, event notices): the [rbl.alerts] channel,
 SMTP with AUTH (STARTTLS first when offered, never a password in clear to another host) through
-`smtp_relay`, or local submission through `sendmail`. A failure is logged, never raised."""
+`smtp_relay`, or local submission through `sendmail`. A failure is logged, never raised.
+`timeout` bounds each SMTP read; DEADLINE_FACTOR times it bounds the whole submission, so a relay
+that trickles its replies cannot hold the caller (the notifier's one thread) for ever."""
 
 from __future__ import annotations
 
@@ -13,9 +15,22 @@ from collections.abc import Sequence
 from email.message import EmailMessage
 
 from mailflow.model import Client, shown
+from mailflow.deadline import Deadline
 from mailflow.settings import RblSettings
 
 log = logging.getLogger("mailflow")
+DEADLINE_FACTOR = 3
+
+
+class _SMTP(smtplib.SMTP):
+    """smtplib.SMTP whose socket the deadline shuts down when its time is up."""
+
+    def __init__(self, deadline: Deadline, host: str, port: int, timeout: float) -> None:
+        self._deadline = deadline  # before connecting: the greeting is read in the constructor
+        super().__init__(host, port, timeout=timeout)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return self._deadline.watch(super()._get_socket(host, port, timeout))  # type: ignore[misc]  # not in typeshed
 
 
 class MailChannel:
@@ -43,8 +58,9 @@ class MailChannel:
             return self._sendmail(message, to, what)
         assert self.settings.smtp_relay is not None
         host, port = self.settings.smtp_relay
+        deadline = Deadline(self.timeout * DEADLINE_FACTOR, "mailflow-mail-deadline")
         try:
-            with smtplib.SMTP(host, port, timeout=self.timeout) as smtp:
+            with deadline, _SMTP(deadline, host, port, self.timeout) as smtp:
                 if self.settings.smtp_user:
                     smtp.ehlo()
                     if smtp.has_extn("starttls"):
@@ -55,7 +71,8 @@ class MailChannel:
                     smtp.login(self.settings.smtp_user, self.settings.smtp_password)
                 smtp.send_message(message)
         except (smtplib.SMTPException, OSError) as exc:
-            log.error("%s through %s:%s failed for %s: %s", what, host, port, message["Subject"], exc)
+            why = f"no whole exchange within {self.timeout * DEADLINE_FACTOR:g}s" if deadline.cut_off else exc
+            log.error("%s through %s:%s failed for %s: %s", what, host, port, message["Subject"], why)
             return False
         return True
 

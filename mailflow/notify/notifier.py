@@ -25,6 +25,7 @@ from typing import Any
 from mailflow import events
 from mailflow.events import ACCOUNT_HELD, LIMIT_REFUSED, Event
 from mailflow.log import log_decision
+from mailflow.model import shown  # an account is named by a customer: no control character in a log line
 from mailflow.notify import customers, payload
 from mailflow.notify.mail import MailChannel
 from mailflow.notify.webhook import Webhook, backoff
@@ -102,7 +103,7 @@ class Notifier:
             count, self._dropped_reported = self.dropped - self._dropped_reported, self.dropped
         log.warning("notify: queue full (%d notices waiting): %d dropped since the last report, this one %s for %s;"
                     " the webhook or mail relay is slow or down", self.settings.queue_size, count, event.kind,
-                    event.account)
+                    shown(event.account))
 
     def close(self, timeout: float = STOP_SECONDS) -> None:
         """Stop taking events; send what is queued for up to `timeout` seconds; say what was lost."""
@@ -163,7 +164,7 @@ class Notifier:
                     log.warning("notify: store answers claims again")
                 self._store_down = False
                 if not claimed:
-                    log.info("notify: %s for %s (%s) sent by another milter", event.kind, event.account, key)
+                    log.info("notify: %s for %s (%s) sent by another milter", event.kind, shown(event.account), key)
                     return
         event_id = payload.event_id(event)
         contact = self.settings.contacts.get(event.account, "")
@@ -195,7 +196,7 @@ class Notifier:
         if outcome.delivered:
             if delivery.attempt > 1:
                 log.info("notify: webhook took %s %s for %s at attempt %d", delivery.event_id, delivery.event.kind,
-                         delivery.event.account, delivery.attempt)
+                         shown(delivery.event.account), delivery.attempt)
             return
         delay = max(backoff(delivery.attempt, self.settings.webhook_backoff_ms / 1000), outcome.retry_after)
         due = time.monotonic() + delay
@@ -204,7 +205,7 @@ class Notifier:
                      delivery.event_id, outcome.why, delay)
             heapq.heappush(self._retries, (due, next(self._order), delivery))
             return
-        log.error("notify: webhook gave up on %s %s for %s after %d attempts: %s", delivery.event_id, delivery.event.kind, delivery.event.account, delivery.attempt, outcome.why)
+        log.error("notify: webhook gave up on %s %s for %s after %d attempts: %s", delivery.event_id, delivery.event.kind, shown(delivery.event.account), delivery.attempt, outcome.why)
 
 
 def _nothing() -> None:

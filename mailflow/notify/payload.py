@@ -74,11 +74,22 @@ def summary(event: Event) -> str:
         LIMIT_NEAR: f"used {d.get('percent', '')}% of its limit {d.get('limit', '')}",
         ACCOUNT_HELD: f"is held: {d.get('reason', '')}",
         ACCOUNT_RELEASED: "is released",
-        GRANT_GIVEN: f"was granted {d.get('limit', d.get('limits', ''))}",
-        GRANT_ENDED: f"grant ended {d.get('limit', d.get('limits', ''))}",
+        GRANT_GIVEN: (f"{'grant extended' if d.get('how') == 'extended' else 'was granted'} "
+                      f"{d.get('limit', d.get('limits', ''))} until {shown('until', d.get('until', ''))}"),
+        GRANT_ENDED: f"grant of {d.get('limit', d.get('limits', ''))} ended ({d.get('how', '')})",
     }
     return f"account {event.account} {texts.get(event.kind, event.kind)}".rstrip()
 
 
+TIME_FIELDS = ("window", "until")  # unix seconds in the webhook's JSON; ISO 8601 UTC for people
+
+
+def shown(key: str, value: object) -> str:
+    """A detail value as people read it (e-mails, templates): times in ISO 8601 UTC."""
+    if key in TIME_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return iso(value)
+    return str(value)
+
+
 def details(event: Event) -> str:
-    return "".join(f"{key}: {value}\n" for key, value in sorted(event.detail.items()))
+    return "".join(f"{key}: {shown(key, value)}\n" for key, value in sorted(event.detail.items()))

@@ -3,6 +3,10 @@
 Retried: network errors, timeouts, 5xx, 408 and 429 (after Retry-After when it says seconds).
 Not retried: other 4xx (the receiver refuses this notice; sending it again changes nothing) and
 redirects (never followed: the signed body goes only where the config says).
+
+The timeout bounds the whole attempt, not each socket call: a receiver that trickles its answer
+a byte at a time would otherwise hold the notifier's one thread (and every notice behind it)
+for as long as it likes. At the deadline its socket is shut down (mailflow/deadline.py).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from email.message import Message
 from typing import IO
 
 from mailflow import __version__
+from mailflow.deadline import Deadline
 from mailflow.notify.payload import SIGNATURE_HEADER, signature
 
 RETRIED_4XX = (408, 429)
@@ -46,9 +51,16 @@ class Webhook:
         self.url = url
         self.secret = secret
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def post(self, raw_body: bytes, event_id: str, kind: str) -> Outcome:
+        with Deadline(self.timeout, "mailflow-webhook-deadline") as deadline:
+            outcome = self._post(deadline.opener(_NoRedirect),
+                                 raw_body, event_id, kind)
+        if deadline.cut_off and not outcome.delivered:
+            return Outcome(False, True, f"no whole answer within {self.timeout:g}s (a receiver too slow, or trickling)")
+        return outcome
+
+    def _post(self, opener: urllib.request.OpenerDirector, raw_body: bytes, event_id: str, kind: str) -> Outcome:
         request = urllib.request.Request(self.url, data=raw_body, method="POST", headers={
             "Content-Type": "application/json",
             "User-Agent": f"mailflow/{__version__}",
@@ -57,7 +69,7 @@ class Webhook:
             "X-Mailflow-Delivery": event_id,
         })
         try:
-            with self._opener.open(request, timeout=self.timeout) as response:
+            with opener.open(request, timeout=self.timeout) as response:
                 response.read(65536)  # bounded: a receiver's answer is not ours to keep
                 return Outcome(True, False, f"HTTP {response.status}")
         except urllib.error.HTTPError as exc:

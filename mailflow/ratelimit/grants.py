@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailflow import events
-from mailflow.ratelimit.limits import PERIOD_SECONDS, Limit, LimitSyntaxError, parse_limit
+from mailflow.ratelimit.limits import KINDS, PERIOD_SECONDS, Limit, LimitSyntaxError, parse_limit
 from mailflow.refresher import Refresher
 from mailflow.settings import RateLimitSettings, RatePolicy
 from mailflow.store.base import Store, StoreError
@@ -52,9 +52,16 @@ def parse_duration(text: str) -> int:
 
 
 def parse_grant_limits(texts: Sequence[str]) -> tuple[Limit, ...]:
-    """Limits as the config writes them ("2000/hour", "20000/day"): one per period."""
-    limits: list[Limit] = []
+    """Limits as the config writes them ("2000/hour", "600/hour sliding", "20000/day"): one per
+    period. A kind may come as its own argument (`2000/hour sliding` unquoted on a command line)."""
+    joined: list[str] = []
     for text in texts:
+        if joined and text.strip().lower() in KINDS and " " not in joined[-1].strip():
+            joined[-1] = f"{joined[-1]} {text.strip()}"
+        else:
+            joined.append(text)
+    limits: list[Limit] = []
+    for text in joined:
         try:
             limit = parse_limit(text[:64])
         except LimitSyntaxError as exc:
@@ -84,7 +91,7 @@ class Grant:
     given: float
 
     def value(self) -> str:
-        return json.dumps({"limits": [f"{limit.count}/{limit.period}" for limit in self.limits],
+        return json.dumps({"limits": [str(limit) for limit in self.limits],
                            "until": self.until, "reason": self.reason[:MAX_TEXT], "by": self.by[:MAX_TEXT],
                            "given": self.given}, sort_keys=True, ensure_ascii=False)
 
@@ -99,7 +106,7 @@ class Grant:
             raise GrantError(f"not a grant: {exc}") from None
 
     def limits_text(self) -> str:
-        return " ".join(f"{limit.count}/{limit.period}" for limit in self.limits)
+        return ", ".join(str(limit) for limit in self.limits)
 
     def detail(self) -> dict[str, str | int | float]:
         """What an event says of it."""
@@ -150,6 +157,7 @@ class GrantOverlay:
         self._lock = threading.Lock()
         self._known: dict[str, Grant] = {}  # active at the last refresh
         self._failing = False
+        self._removing_fails = False
         # account -> (until, effective policy): built at refresh, so a lookup builds nothing.
         self._policies: dict[str, tuple[float, RatePolicy]] = {}
         self._refresher = Refresher(self, refresh_seconds, "mailflow-grants")
@@ -188,17 +196,27 @@ class GrantOverlay:
                 if old.until <= now:  # it ran out while this milter knew it (a revoke is the CLI's event)
                     log.info("grant of %s (%s) expired", account, old.limits_text())
                     events.publish(events.Event(events.GRANT_ENDED, account, {**old.detail(), "how": "expired"}))
+                elif account not in stored:  # the CLI's revoke said so; a Redis restarted empty did not
+                    log.info("grant of %s (%s) is no longer in the store (revoked, or the store lost its data): "
+                             "its configured limits apply", account, old.limits_text())
+            failed = False  # a READONLY replica reads, and refuses each removal: said once, not every refresh
             for account, (value, grant) in stored.items():
-                if grant.until <= now:
-                    remove_expired(self.store, account, value)
+                if grant.until <= now and not remove_expired(self.store, account, value, say=not self._removing_fails):
+                    failed = self._removing_fails = True
+            if self._removing_fails and not failed:
+                log.warning("expired grants removed again")
+                self._removing_fails = False
             self._known = {account: grant for account, (_, grant) in stored.items() if grant.until > now}
             self._policies = {account: (grant.until, overlay(self.settings.policy_for(account), grant))
                               for account, grant in self._known.items()}
 
 
-def remove_expired(store: Store, account: str, value: str) -> None:
-    """Lazy removal; a failure only leaves it for the next look."""
+def remove_expired(store: Store, account: str, value: str, say: bool = True) -> bool:
+    """Lazy removal; a failure (said when `say`) only leaves it for the next look."""
     try:
         store.swap_grant(account, value, None)
     except StoreError as exc:
-        log.warning("cannot remove the expired grant of %s: %s", account[:80], exc)
+        if say:
+            log.warning("cannot remove the expired grant of %s (ignored meanwhile): %s", account[:80], exc)
+        return False
+    return True

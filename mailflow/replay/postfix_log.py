@@ -17,8 +17,9 @@ from mailflow.replay.sessions import ClientInfo, Session
 _LINE = re.compile(r"postfix(?:/[\w-]+)*/(?P<daemon>[\w-]+)\[\d+\]: (?P<qid>[0-9A-Za-z]{5,}): (?P<rest>.*)$")
 _CLIENT = re.compile(r"^client=(?P<name>[^\[\s]*)\[(?P<ip>[^\]]+)\](?::\d+)?")
 _SASL = re.compile(r"sasl_username=(?P<login>[^,\s]+)")
-_FROM = re.compile(r"from=<(?P<sender>[^>]*)>")
-_NRCPT = re.compile(r"nrcpt=(?P<n>\d+)")
+# qmgr's line. The sender is the client's, as written: it may hold `>, size=1, nrcpt=500` itself
+# (a quoted local part), so Postfix's own fields are the last ones (greedy match, linear).
+_QMGR = re.compile(r"^from=<(?P<sender>.*)>, size=\d+, nrcpt=(?P<n>\d+)")
 _TO = re.compile(r"^to=<(?P<rcpt>[^>]*)>")
 _UID = re.compile(r"^uid=(?P<uid>\d+)")
 _SYSLOG_STAMP = re.compile(r"^(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)")
@@ -65,10 +66,8 @@ def sessions_from_log(lines: Iterable[str], year: int | None = None) -> list[Ses
                 entry.login = sasl.group("login")
         elif daemon == "pickup" and _UID.match(rest):
             entry.client = ClientInfo(name="localhost", address="127.0.0.1", port=0)
-        elif daemon == "qmgr" and (sender := _FROM.search(rest)):
-            entry.sender = sender.group("sender")
-            if nrcpt := _NRCPT.search(rest):
-                entry.nrcpt = int(nrcpt.group("n"))
+        elif daemon == "qmgr" and (queued := _QMGR.match(rest)):
+            entry.sender, entry.nrcpt = queued.group("sender"), int(queued.group("n"))
         elif (to := _TO.match(rest)) and to.group("rcpt") not in entry.recipients:
             entry.recipients.append(to.group("rcpt"))
     sessions = []

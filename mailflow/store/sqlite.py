@@ -34,7 +34,7 @@ from mailflow.store import sqlite_window
 from mailflow.store.sqlite_counts import SCHEMA as COUNTS_SCHEMA, SqliteCounts
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.sqlite_grants import SCHEMA as GRANTS_SCHEMA, SqliteGrantsAudit
-from mailflow.store.sqlite_file import check_path, create_private, identity
+from mailflow.store.sqlite_file import check_path, create_private, identity, io_error_cause
 from mailflow.store.sqlite_held import SCHEMA as HELD_SCHEMA, SqliteHeldMail
 from mailflow.suppression.entries import Entry
 
@@ -128,7 +128,7 @@ class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail):
         try:
             conn = self._idle.get_nowait()
         except queue.Empty:
-            with _sqlite_errors(self.timeout):
+            with _sqlite_errors(self.timeout, self.path):
                 # mode=rw: never create a file here (create_private did, with its mode, at open).
                 conn = sqlite3.connect(f"file:{quote(os.path.abspath(self.path))}?mode=rw", uri=True,
                                        timeout=self.timeout, isolation_level=None, check_same_thread=False)
@@ -137,7 +137,7 @@ class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail):
             with self._lock:
                 self._connections.append(conn)
         try:
-            with _sqlite_errors(self.timeout):
+            with _sqlite_errors(self.timeout, self.path):
                 yield conn
         except StoreError as exc:
             if _keeps_connection(exc.__cause__):
@@ -371,10 +371,11 @@ def _keeps_connection(cause: BaseException | None) -> bool:
 
 
 @contextmanager
-def _sqlite_errors(timeout: float) -> Iterator[None]:
+def _sqlite_errors(timeout: float, path: str) -> Iterator[None]:
     """Turn sqlite3 errors (locked past the timeout, disk full, corrupt file) into StoreError."""
     try:
         yield
     except sqlite3.Error as exc:
         why = f" (another process held its write lock over {timeout * 1000:.0f} ms)" if "locked" in str(exc) else ""
+        why = why or io_error_cause(str(exc), path)
         raise StoreError(f"sqlite: {exc}{why}") from exc

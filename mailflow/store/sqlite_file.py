@@ -165,3 +165,21 @@ def identity(path: str) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return info.st_dev, info.st_ino
+
+
+FULL_BELOW = 1 << 20  # bytes free: less is a full filesystem for SQLite (its -shm alone is 32 KiB)
+
+
+def io_error_cause(text: str, path: str) -> str:
+    """What SQLite's "disk I/O error" hides when the database's filesystem is full (opening the
+    WAL's -shm file fails so): the cause an admin can act on, or ""."""
+    if "disk I/O error" not in text:
+        return ""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        usage = os.statvfs(directory)
+    except OSError:
+        return ""
+    if usage.f_bavail * usage.f_frsize >= FULL_BELOW:
+        return ""
+    return f" (no space left on the filesystem of {directory})"

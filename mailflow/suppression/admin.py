@@ -17,7 +17,7 @@ import click
 from mailflow import audit
 from mailflow.audit import why_option
 from mailflow.config import Config
-from mailflow.events import ACCOUNT_HELD, ACCOUNT_RELEASED, Event, publish
+from mailflow.events import ACCOUNT_HELD, Event, publish
 from mailflow.held import parse_hold
 from mailflow.store.base import Store
 from mailflow.suppression.entries import GLOBAL, REASONS, Entry, EntryError, Matcher, scope_for
@@ -341,7 +341,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @config_option
     @click.option("--reason", default="held by an admin", show_default=True)
     @why_option("--why")
-    @click.argument("name")
+    @audit.account_argument("name")
     def hold(config_file: str | None, reason: str, why: str | None, name: str) -> None:
         """Hold every message of an account until released."""
         config = load(config_file)
@@ -355,26 +355,14 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
     @config_option
     @why_option()
     @click.option("--drop", is_flag=True, help="Delete the account's held messages instead of releasing them.")
-    @click.argument("name")
+    @audit.account_argument("name")
     def release(config_file: str | None, why: str | None, drop: bool, name: str) -> None:
         """Release a held account (and forget its trap hits), and its messages from Postfix's hold queue."""
-        from mailflow.holdqueue import HoldQueueError, account_hold_records, release_held_mail
+        from mailflow.holdqueue import release_account
 
         config = load(config_file)
         with store_of(config) as store:
-            released = store.release_account(name.lower())
-            if not released and not account_hold_records(store, name.lower()):
-                raise click.ClickException(f"account {name.lower()} is not held")
-            if released:
-                publish(Event(ACCOUNT_RELEASED, name.lower(), {"by": "admin", "user": audit.who_runs()}))
-                audit.record(store, "account release", name.lower(), "--drop" if drop else "", why=why)
-            try:  # after the account: no new mail is held once its held mail goes
-                mail = release_held_mail(config, store, name.lower(), drop, released)
-            except HoldQueueError as exc:
-                error = click.UsageError if exc.bad_config else click.ClickException
-                raise error(f"account {name.lower()}: {'released' if released else 'not held'}; its held messages "
-                            f"were not released: {exc}") from None
-        click.echo(f"account {name.lower()}: {'released' if released else 'not held'}; held messages: {mail}")
+            release_account(config, store, name.lower(), drop, why)
 
     @account.command("list")
     @config_option

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from mailflow import audit
 from mailflow.config import Config
 from mailflow.store.base import Store
 from mailflow.views import report, text
@@ -30,11 +31,11 @@ def register(cli: click.Group, ratelimit: click.Group, load: Callable[[str | Non
     @ratelimit.command("status")
     @config_option
     @json_option
-    @click.argument("account")
+    @audit.account_argument()
     def status(config_file: str | None, as_json: bool, account: str) -> None:
         """What ACCOUNT sent this hour and in the last 24 hours, what is left under each limit,
         when the next message fits, its active grants."""
-        config, account = load(config_file), account.lower()
+        config = load(config_file)
         with store_of(config) as store:
             data = report.status(config, store, account, time.time())
         _show(as_json, data, lambda: text.status(data))

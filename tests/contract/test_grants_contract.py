@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from mailflow import audit
-from mailflow.store import Store, open_store
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url, timeout_ms=1000)
-    yield s
-    s.close()
+from mailflow.store import Store
 
 
 def test_swap_grant_sets_changes_and_removes_only_from_what_was_read(store: Store) -> None:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from mailflow import held
 from mailflow.held import HeldMessage, HeldRecorder
-from mailflow.store import Store, open_store
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url, timeout_ms=1000)
-    yield s
-    s.close()
+from mailflow.store import Store
+from tests.helpers.engine_run import send_through
 
 
 def record(account: str, qid: str, at: int | None = None, reason: str = "account_held") -> HeldMessage:
@@ -65,3 +58,19 @@ def test_recorder_writes_in_the_background(store: Store) -> None:
     recorder.add(record("blog.example", "5BC1C2D3E4"))
     recorder.stop()  # writes what is pending at once
     assert [r.queue_id for r in store.held_messages("blog.example")] == ["5BC1C2D3E4"]
+
+
+def test_an_admin_hold_applies_without_suppression_lists(store: Store) -> None:
+    """Found by a new admin: with no [suppression] table, `mailflow account hold` let mail flow."""
+    from mailflow.config import parse_config
+    from mailflow.engine import Engine
+    from mailflow.model import Verdict
+
+    store.hold_account("shop.example", "held by an admin")
+    engine = Engine(parse_config({"ratelimit": {"limits": ["100/hour"]}}), store)
+    try:
+        decision = send_through(engine)
+        assert decision.verdict is Verdict.HOLD and decision.reply is not None
+        assert decision.reply.text == "account shop.example is held: held by an admin"
+    finally:
+        engine.close()

@@ -6,7 +6,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -16,13 +15,6 @@ from mailflow.store import DomainTaken, Store, StoreError, open_store
 from mailflow.store.redis import bucket_key
 
 HOURLY = (parse_limit("5/hour"),)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url, timeout_ms=1000)
-    yield s
-    s.close()
 
 
 def test_a_new_account_has_full_buckets(store: Store) -> None:

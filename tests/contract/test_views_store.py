@@ -4,7 +4,6 @@ the same contract, and debit.lua agreeing with ratelimit/window.py."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -22,13 +21,6 @@ from mailflow.store.redis_counts import active_key, counts_key
 from mailflow.views import report
 
 SLIDING = (parse_limit("10/hour sliding"),)
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = open_store(store_url, timeout_ms=1000)
-    yield s
-    s.close()
 
 
 def test_a_sliding_window_counts_and_refuses_with_the_slot_wait(store: Store) -> None:

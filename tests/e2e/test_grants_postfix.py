@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
 from tests.helpers import postfix
-from tests.helpers.postfix import PrivatePostfix, running_rig
+from tests.helpers.postfix import PrivatePostfix, empty_store_url, running_rig
 from tests.helpers.servers import MilterProcess
 
 pytestmark = [
@@ -50,11 +49,7 @@ def send(mta: PrivatePostfix, n: int) -> int | None:
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_grant_raises_the_limit_fleet_wide_and_revoke_ends_it(tmp_path: Path, request: pytest.FixtureRequest,
                                                              backend: str) -> None:
-    if backend == "sqlite":
-        url = f"sqlite://{tmp_path}/state.db"
-    else:
-        url = request.getfixturevalue("redis_instance")[0]
-        redis.Redis.from_url(url).flushall()
+    url = empty_store_url(backend, tmp_path, request)
     config = {"store": {"url": url, "refresh_ms": REFRESH_MS}, "ratelimit": {"limits": ["2/hour"]}}
     with running_rig(tmp_path, config, USERS) as (mta, milter):
         assert [send(mta, 1), send(mta, 2), send(mta, 3)] == [None, None, 451]

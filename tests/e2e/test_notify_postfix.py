@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.helpers import postfix
-from tests.helpers.postfix import running_rig, wait_for
+from tests.helpers.postfix import empty_store_url, running_rig, wait_for
 from tests.helpers.servers import MilterProcess
 from tests.helpers.webhook_receiver import SECRET, WebhookReceiver, write_secret
 
@@ -59,11 +58,7 @@ def message(sender: str) -> str:
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_limit_and_hold_notices_through_postfix(backend: str, tmp_path: Path, receiver: WebhookReceiver,
                                                 request: pytest.FixtureRequest) -> None:
-    if backend == "sqlite":
-        store = f"sqlite://{tmp_path}/state.db"
-    else:
-        store = request.getfixturevalue("redis_instance")[0]
-        redis.Redis.from_url(store).flushall()
+    store = empty_store_url(backend, tmp_path, request)
     with running_rig(tmp_path, notify_config(store, tmp_path, receiver), USERS) as (mta, milter):
         cli(milter, "suppress", "add", "--reason", "trap", "spamtrap@traps.example")
         refused = 0

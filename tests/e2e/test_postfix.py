@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.helpers import postfix
-from tests.helpers.postfix import PrivatePostfix, running_rig, wait_for
+from tests.helpers.postfix import PrivatePostfix, empty_store_url, running_rig, wait_for
 from tests.helpers.servers import MilterProcess
 
 pytestmark = [
@@ -44,11 +43,7 @@ SASL_USERS = {"bob@shop.example": "secret"}
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
     workdir = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    if request.param == "sqlite":
-        store = f"sqlite://{workdir}/state.db"
-    else:
-        store = request.getfixturevalue("redis_instance")[0]
-        redis.Redis.from_url(store).flushall()  # buckets left by earlier test modules
+    store = empty_store_url(request.param, workdir, request)
     with running_rig(workdir, rig_config(store), SASL_USERS) as started:
         yield started
 

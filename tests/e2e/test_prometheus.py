@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import tomli_w
 
 from tests.helpers import postfix, prometheus
 from tests.helpers.dns_server import dns_server
-from tests.helpers.postfix import PrivatePostfix, wait_for
+from tests.helpers.postfix import PrivatePostfix, empty_store_url, wait_for
 from tests.helpers.prometheus import PrivatePrometheus
 from tests.helpers.servers import REPO, MilterProcess, free_port, wait_for_port
 
@@ -34,11 +33,7 @@ MESSAGE = "From: {sender}\nTo: someone@dest.example\nSubject: metrics\n\nhello\n
 
 @pytest.fixture(params=["sqlite", "redis"])
 def rig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[PrivatePostfix, MilterProcess, PrivatePrometheus, int]]:
-    if request.param == "sqlite":
-        store = f"sqlite://{tmp_path}/state.db"
-    else:
-        store = request.getfixturevalue("redis_instance")[0]
-        redis.Redis.from_url(store).flushall()
+    store = empty_store_url(request.param, tmp_path, request)
     metrics_port = free_port()
     config: dict[str, Any] = {"store": {"url": store}, "ratelimit": {"limits": [f"{LIMIT}/hour"]},
                               "metrics": {"listen": f"127.0.0.1:{metrics_port}"}}

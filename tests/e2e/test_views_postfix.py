@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.helpers import postfix
-from tests.helpers.postfix import PrivatePostfix, running_rig, wait_for
+from tests.helpers.postfix import PrivatePostfix, empty_store_url, running_rig, wait_for
 from tests.helpers.servers import MilterProcess
 
 pytestmark = [
@@ -42,11 +41,7 @@ def views_config(store: str) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def rig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostfix, MilterProcess]]:
     workdir = tmp_path_factory.mktemp(f"views-{request.param}")
-    if request.param == "sqlite":
-        store = f"sqlite://{workdir}/state.db"
-    else:
-        store = request.getfixturevalue("redis_instance")[0]
-        redis.Redis.from_url(store).flushall()
+    store = empty_store_url(request.param, workdir, request)
     with running_rig(workdir, views_config(store), SASL_USERS) as started:
         yield started
 

@@ -20,6 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+import redis
+
 from tests.helpers.servers import MilterProcess, free_port, wait_for_port
 
 _MASTER_CF = """\
@@ -236,6 +239,16 @@ def sink_messages(directory: Path) -> list[tuple[str, tuple[str, ...], str]]:
         if complete:
             out.append((sender, tuple(recipients), text))
     return out
+
+
+def empty_store_url(backend: str, workdir: Path, request: pytest.FixtureRequest) -> str:
+    """An empty store for one rig: a new SQLite file in `workdir`, or the session's Redis
+    (tests/conftest.py's redis_instance) flushed of what earlier test modules left in it."""
+    if backend == "sqlite":
+        return f"sqlite://{workdir}/state.db"
+    url: str = request.getfixturevalue("redis_instance")[0]
+    redis.Redis.from_url(url).flushall()
+    return url
 
 
 @contextmanager

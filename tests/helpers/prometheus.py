@@ -54,6 +54,21 @@ class PrivatePrometheus:
         raise AssertionError(f"{expr}: {seen}, expected {expected} within {timeout} s")
 
 
+def wait_until_ready(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Prometheus listens before its storage is open, and answers queries 503 until then: wait
+    for /-/ready (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # 503 (urllib's HTTPError is an OSError) or not answering yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"prometheus on port {port} not ready within {timeout} s (exit {proc.poll()})")
+
+
 @contextmanager
 def prometheus(workdir: Path, targets: dict[str, int], rule_files: tuple[Path, ...] = ()) -> Iterator[PrivatePrometheus]:
     """Prometheus scraping job -> 127.0.0.1:port every second, stopped afterwards."""
@@ -72,6 +87,7 @@ def prometheus(workdir: Path, targets: dict[str, int], rule_files: tuple[Path, .
     log.close()
     try:
         wait_for_port(port, timeout=30, proc=proc)
+        wait_until_ready(port, proc, timeout=30)
         yield PrivatePrometheus(port)
     finally:
         proc.terminate()

@@ -14,7 +14,7 @@ import pytest
 
 from mailflow import events
 from mailflow.config import ConfigError, parse_config
-from mailflow.events import LIMIT_NEAR, LIMIT_REFUSED, Event
+from mailflow.events import GRANT_GIVEN, LIMIT_NEAR, LIMIT_REFUSED, Event
 from mailflow.notify import customers, payload
 from mailflow.notify.notifier import Notifier
 from mailflow.notify.webhook import backoff
@@ -109,6 +109,12 @@ def test_a_customer_template_fills_placeholders_and_keeps_values_out_of_headers(
     subject, body = customers.render("", EVENT, "id1", "mx1")  # the built-in template
     assert subject == "[mx1] account shop.example reached its limit 600/hour; more mail is deferred"
     assert "Notice: id1" in body
+    # times as people read them, not unix seconds (found by a new admin: "window: 1795719600")
+    assert "window: 2026-11-26T19:00:00Z" in body and "1795719600" not in body
+    grant = Event(GRANT_GIVEN, "shop.example", {"limits": "2000/hour", "until": 1795806000, "how": "extended"})
+    subject, body = customers.render("Subject: $summary\n\nuntil $until\n$details", grant, "id2", "mx1")
+    assert subject == "account shop.example grant extended 2000/hour until 2026-11-27T19:00:00Z"
+    assert "until 2026-11-27T19:00:00Z" in body and "until: 2026-11-27T19:00:00Z" in body
 
 
 def test_limit_notices_once_per_account_limit_and_window() -> None:

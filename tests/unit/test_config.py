@@ -277,6 +277,7 @@ def test_rbl_errors_name_the_key(text: str, key: str) -> None:
     ("unix://", "names no socket"),
     ("sqlite://", "names no database file"),
     ("sqlite:///var/lib/mailflow/", "names no database file"),
+    ("sqlite:////var/lib/mailflow/state.db", "one slash too many"),  # run said "invalid uri authority: var"
     ("postgres://h/db", "expected sqlite:///PATH"),
 ])
 def test_store_url_syntax_is_checked_at_load(url: str, problem: str) -> None:

@@ -11,12 +11,12 @@ import pytest
 
 from mailflow import events
 from mailflow.audit import AuditEntry, who_runs
-from mailflow.cli import main
 from mailflow.ratelimit.grants import (Grant, GrantError, GrantOverlay, check_account, overlay, parse_duration,
                                        parse_grant_limits)
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.settings import RateLimitSettings, RatePolicy
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.cli import run_cli as run
 
 BASE = RatePolicy((parse_limit("2/hour"), parse_limit("100/day")))
 SETTINGS = RateLimitSettings(default=BASE, accounts={"vip.example": RatePolicy(BASE.limits, exempt=True)})
@@ -46,6 +46,18 @@ def test_limits_and_accounts() -> None:
             check_account(name)
 
 
+def test_a_sliding_grant_keeps_its_kind_through_the_store_and_its_text() -> None:
+    given = grant("600/hour sliding 5000/day")  # the kind as its own argument, as a shell passes it
+    assert [limit.kind for limit in given.limits] == ["sliding", "bucket"]
+    back = Grant.from_value(given.value())
+    assert back.limits == given.limits
+    assert back.limits_text() == "600/hour sliding, 5000/day"
+    assert parse_grant_limits(["600/hour sliding"]) == (parse_limit("600/hour sliding"),)
+    for bad in (["sliding"], ["5/hour", "sliding", "sliding"], ["5/hour", "fast"]):
+        with pytest.raises(GrantError):
+            parse_grant_limits(bad)
+
+
 def test_overlay_replaces_the_same_period_keeps_others_and_adds_new_ones() -> None:
     assert overlay(BASE, grant("5/hour")).limits == (parse_limit("5/hour"), parse_limit("100/day"))
     assert overlay(BASE, grant("1/hour")).limits[0] == parse_limit("1/hour")  # lowering is allowed
@@ -62,13 +74,6 @@ def test_a_grant_reads_back_as_stored_and_bounds_its_text() -> None:
     for junk in ("", "{}", "[1]", json.dumps({"limits": ["5/ever"], "until": 1, "reason": "", "by": "", "given": 1})):
         with pytest.raises(GrantError):
             Grant.from_value(junk)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(str(tmp_path / "state.db"))
-    yield s
-    s.close()
 
 
 @pytest.fixture
@@ -147,16 +152,6 @@ def test_an_audit_entry_reads_back_and_junk_is_skipped() -> None:
     assert AuditEntry.from_value(entry.value()) == entry
     assert "why: campaign" in entry.line() and entry.line().startswith("2027-01-15T08:00:00Z  root  ratelimit grant")
     assert AuditEntry.from_value("[]") is None and AuditEntry.from_value("{") is None
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code: object = 0
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return (code if isinstance(code, int) else 1), out, err
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from mailflow.config import parse_config
 from mailflow.engine import Engine
 from mailflow.held import HeldMessage, HeldRecorder, hold_reply_text, parse_hold, valid_queue_id
-from mailflow.model import REPLY_TEXT_MAX, Client, Reply, Verdict
+from mailflow.model import REPLY_TEXT_MAX, Reply, Verdict
 from mailflow.store.base import Store, StoreError
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.engine_run import send_through
 
 
 @pytest.mark.parametrize("value, parsed", [
@@ -71,6 +72,32 @@ def test_held_records_round_trip_and_bad_ones_never_raise() -> None:
         assert HeldMessage.from_value("x", bad).account == "x"
 
 
+class CountingStore(SqliteStore):
+    """SQLite, counting the lookups the engine makes at RCPT."""
+
+    lookups = 0
+
+    def find_suppressions(self, *args: Any, **kwargs: Any) -> Any:
+        self.lookups += 1
+        return super().find_suppressions(*args, **kwargs)
+
+
+@pytest.mark.parametrize("limits", [{"limits": ["100/hour"]}, {"limits": ["100/hour"], "exempt": True}])
+def test_without_lists_the_hold_is_asked_once_per_message_exempt_or_not(tmp_path: Path, limits: dict[str, Any]) -> None:
+    """No [suppression]: an admin's hold still applies (an exempt account too), learnt at the first
+    RCPT; the others ask nothing (an exempt account asked at every RCPT, found in review)."""
+    store = CountingStore(str(tmp_path / "state.db"))
+    engine = Engine(parse_config({"ratelimit": {"accounts": {"shop.example": limits}}}), store)
+    recipients = tuple(f"r{n}@dest.example" for n in range(5))
+    assert send_through(engine, recipients=recipients).verdict is Verdict.CONTINUE
+    assert store.lookups == 1
+    store.hold_account("shop.example", "held by an admin")
+    assert send_through(engine, recipients=recipients).verdict is Verdict.HOLD
+    assert store.lookups == 2
+    engine.close()
+    store.close()
+
+
 def test_the_engine_holds_with_words_and_records_the_queue_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILFLOW_TEST_KEY", "k" * 32)
     config = parse_config({"ratelimit": {"limits": ["100/hour"]},
@@ -78,13 +105,7 @@ def test_the_engine_holds_with_words_and_records_the_queue_id(tmp_path: Path, mo
     store = SqliteStore(str(tmp_path / "state.db"))
     store.hold_account("shop.example", "3 spam-trap hits")
     engine = Engine(config, store)
-    client = Client("client.example", "192.0.2.1", 40000)
-    message, mail = engine.mail(client, "bob@shop.example", "bob@shop.example")
-    assert not mail.refuses
-    for rcpt in ("a@dest.example", "b@dest.example"):
-        assert not engine.rcpt(client, message, rcpt).refuses
-    engine.header(message, "From", "bob@shop.example")
-    decision = engine.eom(client, message, queue_id="4AB1C2D3E4")
+    decision = send_through(engine)
     assert decision.verdict is Verdict.HOLD and decision.reply is not None
     assert decision.reply.text == "account shop.example is held: 3 spam-trap hits"
     engine.close()  # writes the pending record

@@ -12,7 +12,7 @@ import Milter
 import pytest
 from Milter import testctx
 
-from mailflow.engine import UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE
+from mailflow.decisions import UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE
 from mailflow.forgery.addresses import MAX_ADDRESS_HEADER, AddressError, domains_in_text, parse_mailboxes
 from mailflow.milter.adapter import MTA_HEADER_CUT, MailflowMilter
 from mailflow.model import REPLY_TEXT_MAX, Decision, Reply, Verdict, shown

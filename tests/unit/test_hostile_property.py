@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailflow.engine import UNREADABLE_MACRO
+from mailflow.decisions import UNREADABLE_MACRO
 from mailflow.model import Client, Decision, nameable
 from tests.helpers.adversarial import rig, reply_problems, wire
 

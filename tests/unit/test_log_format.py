@@ -168,3 +168,8 @@ def test_a_sender_that_is_not_utf8_still_reaches_syslog(tmp_path: Path, form: st
         daemon.close()
     assert "\\udcff@shop.example" in received and "reason" in received
     assert "warning" not in captured.readouterr().err
+
+
+def test_a_rate_limit_refusal_points_at_status_and_grants() -> None:
+    """A new admin reading the log line should find the command that raises a limit for a day."""
+    assert "mailflow ratelimit status" in WHY["ratelimit"] and "mailflow ratelimit grant" in WHY["ratelimit"]

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from mailflow.cli import main
 from mailflow.config import parse_config
 from mailflow.engine import Engine
 from mailflow.model import Client, Decision, Verdict
@@ -17,6 +16,7 @@ from mailflow.sent import SentCounter
 from mailflow.store.sqlite import SqliteStore
 from mailflow.views import text
 from mailflow.views.fields import count_fields
+from tests.helpers.cli import run_cli as run
 
 CLIENT = Client("client.example", "198.51.100.20", 40000)
 
@@ -68,16 +68,10 @@ def test_what_each_decision_counts() -> None:
     assert count_fields("rcpt", Decision(Verdict.CONTINUE, "ok"), 1) is None
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (code if isinstance(code, int) else 1), out, err
-
-
 @pytest.mark.parametrize("args", [["top", "-n", "0"], ["top", "--hour", "-n", "x"], ["near-limit", "--over", "0"],
-                                  ["near-limit", "--over", "101"], ["ratelimit", "status"]])
+                                  ["near-limit", "--over", "101"], ["ratelimit", "status"],
+                                  # an empty name was held (and looked up) as account "": found by a new admin
+                                  ["ratelimit", "status", ""], ["account", "hold", ""], ["account", "release", " "]])
 def test_bad_arguments_get_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], args: list[str]) -> None:
     code, out, err = run(capsys, *args)
     assert code == 2 and err.startswith("mailflow: ") and err.count("\n") == 1 and "Traceback" not in err, err
