@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from mailflow import metrics
 from mailflow.metrics.prom import PromRecorder
+from mailflow.milter.client import MilterClient
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.store.redis import RedisStore, bucket_key
 from tests.helpers.cli import run_cli
 from tests.helpers.redis_faults import RedisProcess
+from tests.helpers.servers import MilterProcess
 
 TIMEOUT_MS = 1000
 WAIT_MS = 150
@@ -114,6 +116,42 @@ def test_off_by_default_sends_no_wait(pair: tuple[RedisProcess, RedisProcess]) -
         assert waits(master) == before
     finally:
         store.close()
+
+
+def test_the_milter_waits_through_its_config(pair: tuple[RedisProcess, RedisProcess],
+                                            start_milter: Callable[..., MilterProcess]) -> None:
+    """[store] wait_replicas reaches the running milter: each accepted message's debit is on the
+    replica when the milter answers; with the replica stopped, messages still pass, in bounded time."""
+    master, replica = pair
+    milter = start_milter({"store": {"url": master.url, "timeout_ms": TIMEOUT_MS, "wait_replicas": 1,
+                                     "wait_timeout_ms": WAIT_MS},
+                           "accounts": {"identify": ["sasl"]}, "ratelimit": {"limits": ["1000/day"]}})
+
+    def send() -> float:
+        started = time.monotonic()
+        with MilterClient(milter.socket) as c:
+            c.connect("mua.example", "198.51.100.20", 40000)
+            assert c.mail("bob@shop.example", macros={"{auth_authen}": "shop.example"}).action == "continue"
+            assert c.rcpt("a@dest.example").action == "continue"
+            c.header("From", "bob@shop.example")
+            c.eoh()
+            assert c.eom().action == "continue"
+        return time.monotonic() - started
+
+    before = waits(master)
+    with replica.client() as on_replica:
+        for n in range(1, 4):
+            send()
+            assert float(on_replica.hget(bucket_key("shop.example", "day"), "level") or 0) >= n - 0.01
+    assert waits(master) - before >= 3
+    replica.pause()
+    try:
+        took = [send() for _ in range(2)]
+        assert all(t <= WAIT_MS / 1000 + 1.0 for t in took), took  # the milter's whole session, loaded machine
+    finally:
+        replica.resume()
+    with master.client() as c:
+        assert float(c.hget(bucket_key("shop.example", "day"), "level") or 0) >= 4.99
 
 
 @pytest.mark.parametrize("store_lines, words", [
