@@ -6,15 +6,16 @@ sessions, messages spread over many authenticated accounts, so a Cluster's slots
 in interleaved rounds of rotating order: decisions/s (end-of-message debits) and end-of-message
 p99, as ratios to one Redis with as many milters in the same round; Redis CPU per decision
 (INFO used_cpu_sys + used_cpu_user of every redis-server holding data, masters and replicas;
-sentinels left out; net of the same servers' CPU while every milter is idle) with one limit
-and with two; Redis bytes per active account (INFO
-used_memory of the masters before and after one message from each of --accounts new accounts,
-its sent count flushed; client buffers and the replication backlog left out); on Sentinel, which has a replica, the cost of `[store] wait_replicas =
-1` (WAIT 1 after each debit) flat out and paced at 200 messages/s. Loopback only; every run is
+sentinels left out; net of the same servers' CPU while every milter is idle) with one limit and
+with two; Redis bytes per active account (INFO used_memory of the masters before and after one
+message from each of --accounts new accounts, its sent count flushed; client buffers and the
+replication backlog left out); on Sentinel, which has a replica, the cost of `[store]
+wait_replicas = 1` (WAIT 1 after each debit): flat out, paced at 200 messages/s, and on the
+debit's own round trip. Then the fleet one Redis core carries. Loopback only; every run is
 bounded in messages and time. The Cluster (tests/helpers/redis_cluster.py, redis+cluster://) is
 skipped, with the reason, where this tree has neither.
 
-    .venv/bin/python -m bench.fleet [--messages 1000] [--rounds 5] [--accounts 5000] [--milters 1,2,4]
+    .venv/bin/python -m bench.fleet [--messages 1000] [--rounds 5] [--accounts 5000] [--milters 1,2,4] [--peak 100]
 """
 
 from __future__ import annotations
@@ -190,9 +191,9 @@ def main() -> None:
     except ValueError:
         parser.error(f"--milters {args.milters!r}: expected numbers like 1,2,4")
     if args.messages < 20 or args.rounds < 1 or args.accounts < 1 or not 1 <= sizes[0] <= sizes[-1] <= 16 \
-            or args.accounts % 7919 == 0:
+            or args.accounts % 7919 == 0 or not args.peak > 0:
         parser.error("--messages at least 20, --rounds and --accounts at least 1 (not a multiple of 7919), "
-                     "--milters from 1 to 16")
+                     "--milters from 1 to 16, --peak over 0")
     os.environ["MAILFLOW_SUPPRESSION_KEY"] = KEY
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                            "platform": platform.platform()},
