@@ -1,0 +1,27 @@
+"""Whether a milter gets a local fallback: `on_error = "local"` on a Redis store. An SQLite store
+is already local to the host: nothing to fall back from, so "local" there answers as "tempfail"."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from mailflow.config import Config
+from mailflow.fallback.local import LocalFallback
+from mailflow.ratelimit.limits import Limit
+from mailflow.store.base import Store
+from mailflow.store.redis import RedisStore
+from mailflow.store.sqlite_file import check_path
+
+
+def open_fallback(config: Config, store: Store,
+                  limits_for: Callable[[str], Sequence[Limit]]) -> LocalFallback | None:
+    if config.milter.on_error != "local" or not isinstance(store, RedisStore):
+        return None
+    return LocalFallback(store, config.store.fallback_path, config.store.fleet_size, limits_for,
+                         config.store.timeout_ms)
+
+
+def check_fallback_path(config: Config) -> None:
+    """For check-config: StoreError (one line) if the fallback file cannot be used."""
+    if config.milter.on_error == "local" and config.store.url.startswith(("redis", "rediss")):
+        check_path(config.store.fallback_path)
