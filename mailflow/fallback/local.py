@@ -44,6 +44,20 @@ def divided(limits: Sequence[Limit], fleet: int) -> tuple[Limit, ...]:
                  for limit in limits)
 
 
+def scaled(levels: Sequence[float], limits: Sequence[Limit], shares: Sequence[Limit],
+           refused: float | None = None) -> tuple[float, ...]:
+    """Local levels as levels of the account's whole limits, which the engine judges and words
+    its replies with (a share half full: the limit half full). A refused debit (`refused`: its
+    cost) stays refused however the division rounded."""
+    out = []
+    for level, limit, share in zip(levels, limits, shares):
+        whole = level * limit.capacity / share.capacity
+        if refused is not None and level + refused > share.capacity:
+            whole = max(whole, limit.capacity - refused + 1e-6)
+        out.append(whole)
+    return tuple(out)
+
+
 class LocalFallback:
     def __init__(self, store: RedisStore, path: str, fleet_size: int, limits_for: Callable[[str], Sequence[Limit]],
                  timeout_ms: int = 250, probe_every: float = PROBE_EVERY) -> None:
@@ -120,11 +134,14 @@ class LocalFallback:
         return SuppressionLookup(known.matches, known.account_held, levels)
 
     def levels(self, account: str, limits: Sequence[Limit], estimate: bool = False) -> tuple[float, ...]:
-        return self.local.levels(account, divided(limits, self.fleet_size))
+        shares = divided(limits, self.fleet_size)
+        return scaled(self.local.levels(account, shares), limits, shares)
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
         self.decisions += 1
-        result = self.local.debit(account, divided(limits, self.fleet_size), cost)
+        shares = divided(limits, self.fleet_size)
+        local = self.local.debit(account, shares, cost)
+        result = DebitResult(local.allowed, scaled(local.levels, limits, shares, None if local.allowed else cost))
         if result.allowed and cost > 0:
             with self._spend_db() as db:
                 db.execute("INSERT INTO fallback_spend VALUES (?, ?) ON CONFLICT(account) DO UPDATE "
