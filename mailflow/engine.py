@@ -51,7 +51,8 @@ class Engine:
         self.grants = GrantOverlay(config.ratelimit, store, config.store.refresh_ms / 1000)
         self.notices = LimitNotices(config.notify.near_limit, self.monitor)  # limit_refused, limit_near
         self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
-        self.fallback = open_fallback(config, store, lambda account: self.grants.policy_for(account).limits)
+        self.fallback = open_fallback(config, store, lambda account: self.grants.policy_for(account).limits,
+                                      self.store_health)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.aftermath = Aftermath(store, self.clock, self.monitor)  # logs, metrics, counts, hold records
         suppression = config.suppression

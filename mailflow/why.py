@@ -13,6 +13,10 @@ _RULE = "set [forgery.rules] {rule} (or per account) to \"tag\" or \"off\" if th
 WHY: dict[str, str] = {
     "store_error": "the store did not answer within store.timeout_ms; milter.on_error = \"tempfail\" defers mail "
                    "until it does: check Redis or the SQLite file (see the \"store unavailable\" line)",
+    "fallback_unconfirmed": "the store is down and milter.on_error = \"local\" enforces locally: the last "
+                            "suppression replica may list this recipient (or this milter started during the outage "
+                            "and has no replica), so it is deferred until the store can confirm; see the \"store "
+                            "unreachable\" line",
     "store_error_accepted": "the store did not answer; milter.on_error = \"accept\" let this mail through unchecked",
     "internal_error": "mailflow failed on this message (the traceback is logged just before); milter.on_error "
                       "= \"tempfail\" defers it: report the traceback",

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 
+from mailflow import metrics
 from mailflow.decisions import FALLBACK_UNCONFIRMED
 from mailflow.fallback import reconcile
 from mailflow.fallback.fleet import Heartbeat, member_name
@@ -25,6 +26,7 @@ from mailflow.model import Decision
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import StoreError, SuppressionLookup
+from mailflow.store.health import StoreHealth
 from mailflow.store.redis import RedisStore
 from mailflow.store.sqlite import SqliteStore
 
@@ -60,8 +62,9 @@ def scaled(levels: Sequence[float], limits: Sequence[Limit], shares: Sequence[Li
 
 class LocalFallback:
     def __init__(self, store: RedisStore, path: str, fleet_size: int, limits_for: Callable[[str], Sequence[Limit]],
-                 timeout_ms: int = 250, probe_every: float = PROBE_EVERY) -> None:
+                 timeout_ms: int = 250, probe_every: float = PROBE_EVERY, health: StoreHealth | None = None) -> None:
         self.store = store
+        self.health = health  # its local_mode: /health and mailflow_store_fallback_active
         self.path = path
         self.configured = fleet_size  # 0: learned (fleet.py), else 1
         self.limits_for = limits_for  # an account's current limits (grants laid over): for reconciling
@@ -118,6 +121,9 @@ class LocalFallback:
                 return
             self.active, self._since, self.decisions = True, time.monotonic(), 0
         source = "configured" if self.configured else "learned" if self.learned else "unknown: assumed"
+        if self.health is not None:
+            self.health.local_mode = (f"since {time.strftime('%H:%M:%S')}, limits divided by {self.fleet_size} "
+                                      f"({source})")
         log.warning("store unreachable (%s): enforcing locally, every limit divided by the fleet size %d (%s), "
                     "suppression from the last replica; spend kept in %s", error, self.fleet_size, source, self.path)
         self._start_probe()
@@ -127,6 +133,7 @@ class LocalFallback:
         """The last good replica's answer: "certainly not listed" passes; a "maybe" cannot be
         confirmed, so that recipient is deferred (never a 5xx guess)."""
         self.decisions += 1
+        metrics.RECORDER.fallback_decision()
         known = self.store.replica.lookup(account, keys if scopes else (), stale_ok=True)
         if known is None:
             return FALLBACK_UNCONFIRMED
@@ -139,6 +146,7 @@ class LocalFallback:
 
     def debit(self, account: str, limits: Sequence[Limit], cost: float) -> DebitResult:
         self.decisions += 1
+        metrics.RECORDER.fallback_decision()
         shares = divided(limits, self.fleet_size)
         local = self.local.debit(account, shares, cost)
         result = DebitResult(local.allowed, scaled(local.levels, limits, shares, None if local.allowed else cost))
@@ -164,6 +172,8 @@ class LocalFallback:
                 self.reconcile()
             except StoreError:
                 continue
+            if self.health is not None:
+                self.health.local_mode = None
             if self.active:
                 log.warning("store answering again: leaving local mode after %d s, %d decision(s) made locally",
                             time.monotonic() - self._since, self.decisions)
@@ -188,6 +198,7 @@ class LocalFallback:
                 with self._spend_db() as db:
                     db.executemany("INSERT INTO fallback_spend VALUES (?, ?) ON CONFLICT(account) DO UPDATE "
                                    "SET cost = cost + excluded.cost", rows[done:])
+        metrics.RECORDER.fallback_reconciled(done)
         if rows:
             log.warning("local fallback reconciled: %d account(s), %d message cost(s) added to the store's buckets",
                         done, math.ceil(total))

@@ -9,16 +9,17 @@ from mailflow.config import Config
 from mailflow.fallback.local import LocalFallback
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import Store
+from mailflow.store.health import StoreHealth
 from mailflow.store.redis import RedisStore
 from mailflow.store.sqlite_file import check_path
 
 
-def open_fallback(config: Config, store: Store,
-                  limits_for: Callable[[str], Sequence[Limit]]) -> LocalFallback | None:
+def open_fallback(config: Config, store: Store, limits_for: Callable[[str], Sequence[Limit]],
+                  health: StoreHealth | None = None) -> LocalFallback | None:
     if config.milter.on_error != "local" or not isinstance(store, RedisStore):
         return None
     return LocalFallback(store, config.store.fallback_path, config.store.fleet_size, limits_for,
-                         config.store.timeout_ms)
+                         config.store.timeout_ms, health=health)
 
 
 def check_fallback_path(config: Config) -> None:
