@@ -63,7 +63,7 @@ def _level(server: RedisProcess, account: str) -> float:
 
 
 def _list_recipient(milter: MilterProcess, url: str, account: str) -> None:
-    config = load_config(milter.config_path)
+    config = load_config(str(milter.config_path))
     forms = AddressForms(config.suppression.case_sensitive_local_part, config.suppression.strip_subaddress)
     entry = Matcher(forms, Keyring(config.suppression.secret)).make_entry(LISTED, "unsubscribe", "test", 1_700_000_000)
     store = RedisStore(url)

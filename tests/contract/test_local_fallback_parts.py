@@ -92,8 +92,8 @@ def test_a_restarted_milter_reads_the_learned_fleet_size_and_the_spend(store: Re
 
 
 def test_on_sqlite_local_means_tempfail(tmp_path: Path) -> None:
-    config = load_config(write_config(tmp_path / "m.toml", {
-        "store": {"url": f"sqlite://{tmp_path}/s.db"}, "milter": {"on_error": "local"}}))
+    config = load_config(str(write_config(tmp_path / "m.toml", {
+        "store": {"url": f"sqlite://{tmp_path}/s.db"}, "milter": {"on_error": "local"}})))
     store = SqliteStore(str(tmp_path / "s.db"))
     engine = Engine(config, store)
     assert engine.fallback is None and engine.error_decision("store_error").reply is not None
