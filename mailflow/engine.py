@@ -92,14 +92,14 @@ class Engine:
         on_error = "local": the fallback answers instead while the store is down (fallback/local.py)."""
         fallback = self.fallback
         if fallback is not None and local is not None and fallback.active:
-            return local(fallback)
+            return fallback.answer(local)
         try:
             result = call()
         except StoreError as exc:
             self.store_health.failed(exc)
             if fallback is not None and local is not None:
                 fallback.enter(exc)
-                return local(fallback)
+                return fallback.answer(local)
             return self.error_decision("store_error")
         if proves_up:
             self.store_health.succeeded()

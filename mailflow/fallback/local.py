@@ -16,13 +16,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 from contextlib import closing, contextmanager
 
 from mailflow import metrics
-from mailflow.decisions import FALLBACK_UNCONFIRMED
+from mailflow.decisions import FALLBACK_UNCONFIRMED, STORE_DOWN_REPLY
 from mailflow.fallback import reconcile
 from mailflow.fallback.fleet import Heartbeat, member_name
-from mailflow.model import Decision
+from mailflow.model import Decision, Verdict
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import StoreError, SuppressionLookup
@@ -31,6 +32,7 @@ from mailflow.store.redis import RedisStore
 from mailflow.store.sqlite import SqliteStore
 
 log = logging.getLogger("mailflow.store")
+T = TypeVar("T")
 
 PROBE_EVERY = 0.5  # seconds between pings of the store while local
 SCHEMA = ("CREATE TABLE IF NOT EXISTS fallback_spend (account TEXT PRIMARY KEY, cost REAL NOT NULL)",
@@ -80,6 +82,7 @@ class LocalFallback:
         self.active = False  # read without the lock on the hot path
         self.decisions = 0
         self._since = 0.0
+        self._failed_line = float("-inf")
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -127,6 +130,17 @@ class LocalFallback:
         log.warning("store unreachable (%s): enforcing locally, every limit divided by the fleet size %d (%s), "
                     "suppression from the last replica; spend kept in %s", error, self.fleet_size, source, self.path)
         self._start_probe()
+
+    def answer(self, local: Callable[[LocalFallback], T | Decision]) -> T | Decision:
+        """A local answer; the fallback file failing too (disk full, locked past the timeout):
+        on_error's 451, with a line at most every 5 s."""
+        try:
+            return local(self)
+        except StoreError as exc:
+            if time.monotonic() - self._failed_line >= 5:
+                self._failed_line = time.monotonic()
+                log.warning("local fallback failed too, deferring mail: %s", exc)
+            return Decision(Verdict.TEMPFAIL, "store_error", STORE_DOWN_REPLY)
 
     def find_suppressions(self, account: str, scopes: Sequence[str], keys: Sequence[str],
                           peek: Sequence[Limit] = ()) -> SuppressionLookup | Decision:
@@ -178,6 +192,10 @@ class LocalFallback:
                 log.warning("store answering again: leaving local mode after %d s, %d decision(s) made locally",
                             time.monotonic() - self._since, self.decisions)
             self.active = False
+            try:  # what the hot path spent locally while the first pass ran
+                self.reconcile()
+            except StoreError:  # left in the file: the next start or outage adds it
+                log.warning("local fallback: %d account(s) of spend left for later", self._pending())
             return
 
     def reconcile(self) -> int:
