@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailflow import accounts
 from mailflow.aftermath import Aftermath
@@ -19,7 +19,6 @@ from mailflow.config import Config, RatePolicy
 from mailflow.decisions import (INBOUND, MSP_BACKSCATTER, NOT_FROM_MSP, POLICY_HEADER, STORE_DOWN_REPLY,
                                 UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE, suppressed_text)
 from mailflow.events import ACCOUNT_HELD, Event, publish
-from mailflow.fallback.local import LocalFallback
 from mailflow.fallback.setup import open_fallback
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
 from mailflow.forgery.ownership import organisational_domain
@@ -37,6 +36,9 @@ from mailflow.suppression.bulk import bulk_finding
 from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
 from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
+
+if TYPE_CHECKING:
+    from mailflow.fallback.local import LocalFallback
 
 T = TypeVar("T")
 
