@@ -113,3 +113,28 @@ def test_check_config_refuses_a_bad_fallback_in_one_line(tmp_path: Path, store_t
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2 and needle in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_health_and_the_gauge_while_local(tmp_path: Path) -> None:
+    """Redis unreachable: critical with tempfail; with the fallback enforcing, a warning naming it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mailflow.metrics.health import Health
+    from mailflow.metrics.worker import MilterCollector
+    from mailflow.store.health import StoreHealth
+
+    dead = RedisStore("redis://127.0.0.1:1/0", timeout_ms=100)
+    store_health = StoreHealth("local")
+    health = Health(dead, store_health, 100, None, 1)
+    assert health.report()["status"] == "critical"
+    fallback = LocalFallback(dead, str(tmp_path / "fallback.db"), 2, lambda account: [HOUR], health=store_health)
+    fallback.enter("test")
+    report = health.report()
+    assert report["status"] == "warning", report
+    assert any("enforcing locally" in problem and "divided by 2 (configured)" in problem
+               for problem in report["problems"]), report
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MilterCollector(health, dead))
+    assert b"mailflow_store_fallback_active 1.0" in generate_latest(registry)
+    fallback.stop()
+    dead.close()
