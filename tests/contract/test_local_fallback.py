@@ -90,12 +90,14 @@ def _start_pair(start_milter: Callable[..., MilterProcess], tmp_path: Path, url:
     return [start_milter(_config(url, tmp_path / f"fallback-{n}.db", fleet_size), name=f"m{n}") for n in (1, 2)]
 
 
-@pytest.mark.parametrize("fault", ["kill", "stop"])
+@pytest.mark.parametrize("fault, fleet_size", [("kill", 2), ("stop", 0)])  # stop: the fleet size learned
 def test_an_outage_under_load_keeps_the_policy_and_is_reconciled(
-        start_milter: Callable[..., MilterProcess], tmp_path: Path, fault: str) -> None:
+        start_milter: Callable[..., MilterProcess], tmp_path: Path, fault: str, fleet_size: int) -> None:
     server = RedisProcess(tmp_path, persist=True).start()
     try:
-        pair = _start_pair(start_milter, tmp_path, server.url)
+        pair = _start_pair(start_milter, tmp_path, server.url, fleet_size)
+        if not fleet_size:  # each heartbeat (every 5 s) counts the hosts heard of lately
+            assert _until(lambda: all("learned from the store: 2 milter host(s)" in m.log() for m in pair), 12)
         _list_recipient(pair[0], server.url, "shop.example")
         before = [_message(pair[n % 2], "shop.example") for n in range(6)]  # 6 of 20 spent in Redis
         assert before == ["accepted"] * 6
