@@ -417,5 +417,5 @@ class Engine:
         if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
         self.aftermath.decided(stage, client, message, decision, enforced, conn_id or None, qid, rcpt, cost, forgery,
-                               removed)
+                               removed, self.fallback is not None and self.fallback.active)
         return enforced

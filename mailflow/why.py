@@ -60,6 +60,12 @@ WHY: dict[str, str] = {
 }
 
 
-def why(reason: str, refuses: bool) -> str | None:
-    """The admin's explanation of a refusal (or of mail let through on error), else None."""
-    return WHY.get(reason) if refuses or reason.endswith("_accepted") else None
+LOCAL = ("decided by this host alone while the store was down (on_error = \"local\": its share of the limit, "
+         "the last suppression replica); README, \"Local fallback\"")
+
+
+def why(reason: str, refuses: bool, local: bool = False) -> str | None:
+    """The admin's explanation of a refusal (or of mail let through on error), else None; a
+    refusal made by the local fallback says so."""
+    text = WHY.get(reason) if refuses or reason.endswith("_accepted") else None
+    return f"{text}; {LOCAL}" if text and local and reason != "fallback_unconfirmed" else text

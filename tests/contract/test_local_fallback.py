@@ -117,6 +117,9 @@ def test_an_outage_under_load_keeps_the_policy_and_is_reconciled(
             assert LIMIT - 2 <= account_outcomes.count("accepted") <= bound, account_outcomes
             assert set(account_outcomes) <= {"accepted", "refused"}
         assert listed == ["unconfirmed", "unconfirmed"]  # a "maybe" cannot be confirmed: 4xx, never 5xx
+        local = [d for d in pair[1].decisions() if d.get("store") == "local"]  # the log says who decided
+        assert any(d["reason"] == "ratelimit" and "decided by this host alone" in d["why"] for d in local), local
+        assert any(d["reason"] == "fallback_unconfirmed" and "cannot" not in d["why"] for d in local)
         if fault == "kill":  # a milter restarted during the outage keeps its spend in its file
             pair[0].stop()
             assert _until(lambda: _port_free(pair[0].port), 5)  # its worker finishes its drain
