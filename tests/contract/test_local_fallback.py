@@ -146,3 +146,29 @@ def test_an_outage_under_load_keeps_the_policy_and_is_reconciled(
               f"reconciling {_level(server, 'shop.example'):.1f}")
     finally:
         server.kill()
+
+
+def test_a_sentinel_failover_is_served_locally_and_reconciled_on_the_new_master(
+        start_milter: Callable[..., MilterProcess], tmp_path: Path) -> None:
+    """With Sentinel, the seconds until the promotion are served locally (no 451), then the
+    milter follows the new master and adds what it spent there."""
+    from tests.helpers.sentinel import sentinel_set
+
+    with sentinel_set(tmp_path) as fleet:
+        milter = start_milter(_config(fleet.url(), tmp_path / "fallback.db", 1))
+        assert [_message(milter, "shop.example") for _ in range(3)] == ["accepted"] * 3
+        fleet.master.kill()
+        outcomes: list[str] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "local fallback reconciled" not in milter.log():
+            outcomes.append(_message(milter, f"a{len(outcomes) % 5}.example"))
+            time.sleep(0.02)
+        assert "local fallback reconciled" in milter.log(), milter.log()[-2000:]
+        assert outcomes and set(outcomes) == {"accepted"}, outcomes  # no 451 across the failover
+        locally = sum(1 for d in milter.decisions() if d.get("store") == "local" and d.get("stage") == "eom")
+        with fleet.replica.client() as new_master:  # the promoted replica holds the local spend
+            reconciled = sum(float(new_master.hget(bucket_key(f"a{n}.example", "hour"), "level") or 0)
+                             for n in range(5))
+        assert locally > 0 and reconciled >= locally - 0.5, (locally, reconciled)
+        print(f"sentinel failover with on_error=local: {len(outcomes)} messages, none deferred, "
+              f"{locally} decided locally and reconciled on the new master")
