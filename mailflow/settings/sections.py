@@ -38,7 +38,7 @@ def parse_milter(t: Table) -> MilterSettings:
     settings = MilterSettings(
         socket=socket,
         mode=t.choice("mode", d.mode, ("enforce", "monitor")),
-        on_error=t.choice("on_error", d.on_error, ("tempfail", "accept")),
+        on_error=t.choice("on_error", d.on_error, ("tempfail", "accept", "local")),
         timeout=t.integer("timeout", d.timeout, minimum=1),
         socket_mode=int(mode_text, 8),
         socket_group=group,
@@ -70,7 +70,9 @@ def parse_store(t: Table) -> StoreSettings:
                                     "which the debit and its WAIT share")
     settings = StoreSettings(url=url, timeout_ms=timeout_ms, refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
                              group=t.text("group", d.group),  # checked by store.check_store_path
-                             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms)
+                             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
+                             fleet_size=t.integer("fleet_size", d.fleet_size, minimum=0),
+                             fallback_path=t.text("fallback_path", d.fallback_path))
     t.finish()
     return settings
 
