@@ -27,7 +27,8 @@ def _start_node(directory: Path, port: int) -> subprocess.Popen[bytes]:
     node.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--cluster-enabled", "yes", "--cluster-config-file", str(node / "nodes.conf"),
+         # The bus port is PORT+10000 unless given: past 65535 for a high free port.
+         "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", str(node / "nodes.conf"),
          "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(node),
          "--logfile", str(node / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
