@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -117,10 +117,12 @@ def slot_owner(ports: list[int], slot: int) -> int:
     raise LookupError(f"slot {slot} is served by no node")
 
 
-def move_slot(ports: list[int], slot: int, target: int, batch: int = 100, max_rounds: int = 10_000) -> None:
+def move_slot(ports: list[int], slot: int, target: int, batch: int = 100, max_rounds: int = 10_000,
+              migrating: Callable[[int, int], None] | None = None) -> None:
     """Move one slot to the master on port `target` as `redis-cli --cluster reshard` does it:
     IMPORTING on the target, MIGRATING on the source, MIGRATE the keys in batches (clients get ASK
-    meanwhile), then SETSLOT NODE everywhere (clients get MOVED after). Bounded in rounds."""
+    meanwhile), then SETSLOT NODE everywhere (clients get MOVED after). Bounded in rounds.
+    `migrating(source, target)` runs once the keys have moved and before SETSLOT NODE."""
     source = slot_owner(ports, slot)
     if source == target:
         return
@@ -136,6 +138,8 @@ def move_slot(ports: list[int], slot: int, target: int, batch: int = 100, max_ro
             src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
         else:
             raise TimeoutError(f"slot {slot} still holds keys after {max_rounds} rounds")
+        if migrating is not None:
+            migrating(source, target)
         for port in (target, source, *(p for p in ports if p not in (source, target))):
             with redis.Redis(port=port, socket_timeout=5) as c:
                 c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
