@@ -9,9 +9,7 @@ from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import MovedError
 
-from tests.helpers.redis_cluster import cluster_ports, move_slot, redis_cluster_ports, slot_owner
-
-__all__ = ["cluster_ports", "redis_cluster_ports"]  # the fixtures, for pytest
+from tests.helpers.redis_cluster import move_slot, slot_owner
 
 
 def test_cluster_serves_every_slot_from_three_masters(cluster_ports: list[int]) -> None:

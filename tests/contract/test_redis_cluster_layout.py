@@ -18,9 +18,7 @@ from mailflow.store.redis import RedisStore, _lua, limit_key, trap_key
 from mailflow.store.redis_claims import claim_key
 from mailflow.store.redis_counts import counts_key
 from mailflow.store.redis_held import held_mail_key
-from tests.helpers.redis_cluster import cluster_ports, redis_cluster_ports, slot_owner
-
-__all__ = ["cluster_ports", "redis_cluster_ports"]  # the fixtures, for pytest
+from tests.helpers.redis_cluster import slot_owner
 
 LIMITS = (parse_limit("50/hour"), parse_limit("500/day sliding"))
 

@@ -15,9 +15,7 @@ from redis.exceptions import AskError, MovedError
 
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.store.redis import RedisStore, _lua
-from tests.helpers.redis_cluster import cluster_ports, move_slot, redis_cluster_ports, slot_owner
-
-__all__ = ["cluster_ports", "redis_cluster_ports"]  # the fixtures, for pytest
+from tests.helpers.redis_cluster import move_slot, slot_owner
 
 LIMIT = parse_limit("50/hour")
 MESSAGES = 400  # at least; and on until every move is done
