@@ -68,7 +68,8 @@ def _cluster_reply(exc: BaseException, text: str) -> str:
     name = next(name for kind, name in _CLUSTER_NAMES if isinstance(exc, kind))
     if name in ("MOVED", "ASK"):
         slot, _, node = text.partition(" ")
-        return f"{name}: slot {slot} is served by {node} (the cluster is resharding or failed over)"
+        return (f"{name}: slot {slot} is served by {node} "
+                "(a Redis Cluster: the store URL names one of its nodes, or it is resharding)")
     return f"{name} {text}" if not text.startswith(name) else text
 
 

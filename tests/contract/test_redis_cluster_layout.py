@@ -9,10 +9,13 @@ import statistics
 import time
 from typing import Any
 
+import pytest
 import redis
 from redis.crc import key_slot
 
 from mailflow.ratelimit.limits import parse_limit
+from mailflow.store import open_store
+from mailflow.store.base import StoreError
 from mailflow.store.keys import CLUSTER, GLOBAL_SHARDS
 from mailflow.store.redis import RedisStore, _lua, limit_key, trap_key
 from mailflow.store.redis_claims import claim_key
@@ -95,3 +98,15 @@ def test_a_lookup_of_both_lists_costs_one_round_trip_time(cluster_ports: list[in
     print(", ".join(f"{name}: median {us:.0f} µs" for name, us in medians.items()))
     # Loose (a shared machine): the figures are the point; at once must not cost two in a row twice over.
     assert medians["two masters at once"] < 2 * medians["two masters in a row"]
+
+
+def test_a_plain_url_at_one_cluster_node_fails_naming_moved(cluster_ports: list[int]) -> None:
+    account = "shop.example"
+    owner = slot_owner(cluster_ports, _slot(limit_key(account, LIMITS[0])))
+    elsewhere = next(p for p in cluster_ports if p != owner)
+    store = open_store(f"redis://127.0.0.1:{elsewhere}/0")
+    try:
+        with pytest.raises(StoreError, match=rf"^redis: MOVED: slot \d+ is served by 127.0.0.1:{owner} \(a Redis Cluster"):
+            store.debit(account, LIMITS, 1)
+    finally:
+        store.close()
