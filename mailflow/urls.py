@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlsplit
 
-from mailflow.urls_sentinel import SENTINEL_SCHEMES, cluster_problem, parse_sentinel_url
+from mailflow.urls_cluster import cluster_problem
+from mailflow.urls_sentinel import SENTINEL_SCHEMES, parse_sentinel_url
 
 STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", *SENTINEL_SCHEMES)
 _REDIS_QUERY_KEYS = {"db", "password", "username", "health_check_interval",
@@ -89,7 +90,7 @@ def store_url_problem(url: str) -> str | None:
     in part, and a URL redis-py would read with another host is refused, not guessed at."""
     shown = redact_url(url)
     scheme, sep, rest = url.partition("://")
-    refused = cluster_problem(scheme, rest.partition("?")[2]) if sep else None
+    refused = cluster_problem(url, REDIS_QUERY_KEYS) if sep else None
     if refused:
         return f"{shown!r}: {refused}"
     if not sep or scheme not in STORE_SCHEMES:

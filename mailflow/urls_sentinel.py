@@ -1,4 +1,4 @@
-"""Sentinel store URLs (the `limits` library's spelling), and the Cluster URLs refused for now.
+"""Sentinel store URLs (the `limits` library's spelling); the host list parser Cluster URLs share.
 
     redis+sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]…]/MASTER_NAME[/DB][?OPTIONS]
     rediss+sentinel://…   TLS to the sentinels and to the master, with rediss://'s ssl_* options
@@ -15,14 +15,11 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_PORT = 26379
 MAX_SENTINELS = 16
 SENTINEL_QUERY_KEYS = ("sentinel_password", "sentinel_username")
 _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]{2,45}\]")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
-CLUSTER_REFUSED = ("Redis Cluster is not supported yet: mailflow's calls span several slots; use one Redis, "
-                   "or Sentinel for failover (redis+sentinel://HOST:PORT,…/MASTER_NAME)")
 
 
 @dataclass(frozen=True)
@@ -47,6 +44,29 @@ class SentinelURL:
         return f"{'rediss' if self.tls else 'redis'}://{auth}{shown}:{port}/{self.db}{query}"
 
 
+def parse_hosts(hosts: str, default_port: int, most: int, what: str) -> list[tuple[str, int]] | str:
+    """`HOST[:PORT],[IPv6][:PORT],…` as (host, port) pairs, or what is wrong (`what`: "sentinel", "node")."""
+    found: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, port_text = item, str(default_port)
+        if item.startswith("["):
+            host, _, tail = item.partition("]")
+            host += "]"
+            if tail:
+                if not tail.startswith(":"):
+                    return f"each {what} is HOST[:PORT] or [IPv6][:PORT], separated by commas"
+                port_text = tail[1:]
+        elif ":" in item:
+            host, _, port_text = item.partition(":")
+        if not _HOST.fullmatch(host) or not (port_text.isdigit() and port_text.isascii()) \
+                or not 0 < int(port_text[:6]) < 65536:
+            return f"each {what} is HOST[:PORT] or [IPv6][:PORT] (port 1-65535), separated by commas"
+        found.append((host.strip("[]"), int(port_text)))
+        if len(found) > most:
+            return f"more than {most} {what}s"
+    return found
+
+
 def parse_sentinel_url(url: str, known_keys: frozenset[str]) -> SentinelURL | str:
     """The URL's parts, or what is wrong with it (never quoting the password: the caller quotes
     the URL redacted). `known_keys`: the query options a redis:// URL takes."""
@@ -60,24 +80,9 @@ def parse_sentinel_url(url: str, known_keys: frozenset[str]) -> SentinelURL | st
         userinfo, hosts = "", authority
     if "@" in userinfo or "@" in path:
         return "the user or password holds a character that must be percent-encoded (@ as %40, / as %2F)"
-    sentinels: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, port_text = item, str(SENTINEL_PORT)
-        if item.startswith("["):
-            host, _, tail = item.partition("]")
-            host += "]"
-            if tail:
-                if not tail.startswith(":"):
-                    return "each sentinel is HOST[:PORT] or [IPv6][:PORT], separated by commas"
-                port_text = tail[1:]
-        elif ":" in item:
-            host, _, port_text = item.partition(":")
-        if not _HOST.fullmatch(host) or not (port_text.isdigit() and port_text.isascii()) \
-                or not 0 < int(port_text[:6]) < 65536:
-            return "each sentinel is HOST[:PORT] or [IPv6][:PORT] (port 1-65535), separated by commas"
-        sentinels.append((host.strip("[]"), int(port_text)))
-        if len(sentinels) > MAX_SENTINELS:
-            return f"more than {MAX_SENTINELS} sentinels"
+    sentinels = parse_hosts(hosts, SENTINEL_PORT, MAX_SENTINELS, "sentinel")
+    if isinstance(sentinels, str):
+        return sentinels
     parts = path.split("/") if slash else []
     if not parts or not _NAME.fullmatch(parts[0]):
         return "names no master (redis+sentinel://HOST:PORT,…/MASTER_NAME[/DB]; letters, digits, . _ -)"
@@ -101,15 +106,6 @@ def parse_sentinel_url(url: str, known_keys: frozenset[str]) -> SentinelURL | st
         username=unquote(user) or None, password=unquote(password) if colon else None,
         sentinel_username=options.pop("sentinel_username", None), sentinel_password=options.pop("sentinel_password", None),
         query=tuple(options.items()))
-
-
-def cluster_problem(scheme: str, query: str) -> str | None:
-    """Why a Cluster URL is refused (and `?cluster=true`, which redis-py would read as one)."""
-    if scheme in CLUSTER_SCHEMES:
-        return CLUSTER_REFUSED
-    if any(name.lower() == "cluster" for name, _ in parse_qsl(query, keep_blank_values=True)):
-        return CLUSTER_REFUSED
-    return None
 
 
 def add_passwords(url: str, password: str = "", sentinel_password: str = "") -> str:

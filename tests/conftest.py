@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 settings.register_profile("mailflow", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("mailflow")
 
+from tests.helpers.redis_cluster import cluster_ports, redis_cluster_ports  # noqa: F401 (one Cluster per session)
 from tests.helpers.servers import MilterProcess, redis_server
 
 # The suppression key the test configs name (hash_key_env); milters and CLI runs inherit it.

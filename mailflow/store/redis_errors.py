@@ -42,6 +42,8 @@ def describe(exc: BaseException, timeout_ms: int) -> str:
         return "every connection of the pool is in use"
     if isinstance(exc, rx.BusyLoadingError):
         return "still loading its data set (LOADING)"
+    if isinstance(exc, _CLUSTER_REPLIES):  # redis-py strips the code: "3383 127.0.0.1:7001"
+        return _cluster_reply(exc, text)
     if isinstance(exc, rx.NoScriptError):
         return f"script missing (NOSCRIPT): {text}"
     if isinstance(exc, rx.ConnectionError):
@@ -53,6 +55,22 @@ def describe(exc: BaseException, timeout_ms: int) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, rx.RedisError):
         return f"connection lost ({exc.strerror or text})"
     return f"{code} {text}" if code else text
+
+
+# Most specific first: MovedError is an AskError, MasterDownError a ClusterDownError.
+_CLUSTER_NAMES: tuple[tuple[type[BaseException], str], ...] = (
+    (rx.MovedError, "MOVED"), (rx.AskError, "ASK"), (rx.TryAgainError, "TRYAGAIN"),
+    (rx.ClusterCrossSlotError, "CROSSSLOT"), (rx.MasterDownError, "MASTERDOWN"), (rx.ClusterDownError, "CLUSTERDOWN"))
+_CLUSTER_REPLIES = tuple(kind for kind, _ in _CLUSTER_NAMES)
+
+
+def _cluster_reply(exc: BaseException, text: str) -> str:
+    name = next(name for kind, name in _CLUSTER_NAMES if isinstance(exc, kind))
+    if name in ("MOVED", "ASK"):
+        slot, _, node = text.partition(" ")
+        return (f"{name}: slot {slot} is served by {node} "
+                "(a Redis Cluster: the store URL names one of its nodes, or it is resharding)")
+    return f"{name} {text}" if not text.startswith(name) else text
 
 
 def store_error(exc: BaseException, timeout_ms: int, password: str | None = None) -> StoreError:

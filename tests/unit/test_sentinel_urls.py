@@ -1,5 +1,5 @@
-"""Sentinel store URLs (the `limits` library's spelling) read as written, Cluster URLs refused
-with the reason by config loading and check-config (exit 2, one line), passwords never shown."""
+"""Sentinel store URLs (the `limits` library's spelling) read as written, refused with the reason
+by config loading and check-config (exit 2, one line), passwords never shown. Cluster URLs: test_cluster_urls."""
 
 from __future__ import annotations
 
@@ -62,15 +62,6 @@ def test_sentinel_passwords_never_show() -> None:
     assert store_url_problem(url) is None
     shown = redact_url(url)
     assert "MasterPw42" not in shown and "SentinelPw42" not in shown and "***" in shown
-
-
-@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "rediss+cluster://127.0.0.1:7000",
-                                 "redis://127.0.0.1:6379/0?cluster=true", "redis://127.0.0.1:6379/0?Cluster=1"])
-def test_cluster_urls_are_refused_by_config_loading_and_check_config(tmp_path: Path, url: str) -> None:
-    problem = store_url_problem(url)
-    assert problem is not None and "Redis Cluster is not supported yet:" in problem
-    result = mailflow_subprocess("check-config", "-c", str(_config(tmp_path, url)))
-    assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, "Redis Cluster is not supported yet")
 
 
 def test_check_config_accepts_a_sentinel_url_without_showing_passwords(tmp_path: Path) -> None:
