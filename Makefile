@@ -3,6 +3,10 @@ SHELL := /bin/bash
 VENV := .venv
 CONFIG ?= conf/dev.toml
 PYTEST_ARGS ?=
+# `make test` spreads the tests over two worker processes (pytest-xdist), one per core of CI's
+# machine; a module's tests stay on one worker (--dist loadscope), so its module-scoped rig (a
+# private Postfix, Sendmail) starts once. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test bootstrap check-config bench clean deb
 
@@ -15,7 +19,7 @@ run: bootstrap
 
 test: bootstrap
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 check-config: bootstrap
 	@mkdir -p var

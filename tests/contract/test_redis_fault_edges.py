@@ -51,6 +51,7 @@ def test_a_trickling_reply_is_cut_at_the_timeout(tmp_path: Path, store_log: pyte
         store.ping()
         print(f"trickle: worst call {outcome.worst * 1000:.0f} ms")
     finally:
+        engine.close()  # its sent-count flusher must not outlive the server
         store.close()
         proxy.close()
         server.kill()
@@ -115,6 +116,7 @@ def test_a_store_failing_some_of_the_time_logs_a_count_not_a_line_per_failure(
         assert any(" of " in line and "calls failed in the last" in line for line in lines), lines
         print(f"flapping: {failures} of {len(reasons)} messages deferred, {len(lines)} log lines")
     finally:
+        engine.close()  # its sent-count flusher must not outlive the server
         engine.store.close()
         proxy.close()
         server.kill()
@@ -143,6 +145,7 @@ def test_a_domains_refresh_never_holds_a_message(tmp_path: Path) -> None:
         assert seconds < TIMEOUT_MS / 1000 + 0.15, f"the message took {seconds * 1000:.0f} ms"
     finally:
         server.resume()
+        engine.close()  # its sent-count flusher must not outlive the server
         store.close()
         server.kill()
 
@@ -171,6 +174,7 @@ def test_connections_killed_by_redis_between_calls_defer_no_mail(tmp_path: Path)
         # lands while a command is in flight still defers that one, which a loaded machine makes likelier.
         assert deferred <= 5, (deferred, len(reasons))
     finally:
+        engine.close()  # its sent-count flusher must not outlive the server
         engine.store.close()
         server.kill()
 

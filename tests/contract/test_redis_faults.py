@@ -272,6 +272,7 @@ def test_a_fault_meets_on_error_and_mail_recovers(fault: Fault, on_error: str,
         assert sum(line.startswith("store answering again") for line in lines) == 1, lines
         assert not [r for r in store_log.records if r.exc_info]
     finally:
+        engine.close()  # its sent-count flusher would retry the killed server's port for ever
         store.close()
 
 
