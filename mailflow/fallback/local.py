@@ -29,7 +29,7 @@ from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import StoreError, SuppressionLookup
 from mailflow.store.health import StoreHealth
 from mailflow.store.redis import RedisStore
-from mailflow.store.sqlite import SqliteStore
+from mailflow.store.sqlite import SqliteStore, _sqlite_errors
 
 log = logging.getLogger("mailflow.store")
 T = TypeVar("T")
@@ -105,8 +105,10 @@ class LocalFallback:
 
     @contextmanager
     def _spend_db(self) -> Iterator[sqlite3.Connection]:
-        """A connection of its own (autocommit), closed after: spend and fleet size are written rarely."""
-        with closing(sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)) as db:
+        """A connection of its own (autocommit), closed after: spend and fleet size are written rarely.
+        A locked or full file is a StoreError, which the hot path defers and the probe retries."""
+        with _sqlite_errors(self._timeout, self.path), \
+                closing(sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)) as db:
             yield db
 
     def _pending(self) -> int:

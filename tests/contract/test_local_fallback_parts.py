@@ -138,3 +138,26 @@ def test_health_and_the_gauge_while_local(tmp_path: Path) -> None:
     assert b"mailflow_store_fallback_active 1.0" in generate_latest(registry)
     fallback.stop()
     dead.close()
+
+
+def test_a_locked_fallback_file_delays_leaving_local_mode_never_stops_it(store: RedisStore, tmp_path: Path) -> None:
+    """Review finding: the probe's own SQLite calls raised sqlite3 errors, not StoreError, so a
+    file locked (or full) while the store came back killed the probe: local mode forever."""
+    import sqlite3
+
+    path = str(tmp_path / "fallback.db")
+    fallback = LocalFallback(store, path, 2, lambda account: [HOUR], probe_every=0.05)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # an admin's sqlite3 shell, a stuck worker
+    fallback.enter("test")
+    deferred = fallback.answer(lambda local: local.debit("shop.example", [HOUR], 1))
+    assert getattr(deferred, "reply", None) is not None  # 451, not an exception
+    time.sleep(1.5)  # the probe meets the lock at least once (its timeout is 1 s)
+    assert fallback.active and fallback._thread is not None and fallback._thread.is_alive()
+    holder.execute("COMMIT")
+    holder.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and fallback.active:
+        time.sleep(0.05)
+    assert not fallback.active
+    fallback.stop()
