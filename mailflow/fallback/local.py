@@ -197,8 +197,11 @@ class LocalFallback:
             try:  # what the hot path spent locally while the first pass ran
                 self.reconcile()
             except StoreError:  # left in the file: the next start or outage adds it
-                log.warning("local fallback: %d account(s) of spend left for later", self._pending())
-            return
+                log.warning("local fallback: spend left in %s for later", self.path)
+            with self._lock:  # a hot path that failed again meanwhile found this thread alive: go on
+                if not self.active:
+                    self._thread = None
+                    return
 
     def reconcile(self) -> int:
         """Add every account's local spend to the store's buckets; StoreError leaves the rest for

@@ -17,7 +17,7 @@ from mailflow.engine import Engine
 from mailflow.fallback.fleet import FLEET_KEY, beat
 from mailflow.fallback.local import LocalFallback, divided, scaled
 from mailflow.fallback.reconcile import force_debit
-from mailflow.ratelimit.limits import parse_limit
+from mailflow.ratelimit.limits import Limit, parse_limit
 from mailflow.store.redis import RedisStore, bucket_key
 from mailflow.store.sqlite import SqliteStore
 from tests.helpers.servers import write_config
@@ -160,4 +160,30 @@ def test_a_locked_fallback_file_delays_leaving_local_mode_never_stops_it(store: 
     while time.monotonic() < deadline and fallback.active:
         time.sleep(0.05)
     assert not fallback.active
+    fallback.stop()
+
+
+def test_a_failure_during_the_last_reconcile_keeps_the_probe_going(store: RedisStore, tmp_path: Path) -> None:
+    """Review finding: the hot path failing again (a flapping link) while the probe ran its last
+    pass found the probe alive, started none, and the probe then returned: local mode forever."""
+    fallback: LocalFallback | None = None
+    flapped: list[str] = []
+
+    def limits_for(account: str) -> list[Limit]:
+        assert fallback is not None
+        if fallback.active and account == "a.example":  # first pass: the hot path spends meanwhile
+            fallback.debit("b.example", [HOUR], 1)
+        elif not fallback.active and not flapped:  # last pass: the link flaps, the hot path fails
+            flapped.append(account)
+            fallback.enter("flap")
+        return [HOUR]
+
+    fallback = LocalFallback(store, str(tmp_path / "fallback.db"), 2, limits_for, probe_every=0.05)
+    fallback.debit("a.example", [HOUR], 1)
+    fallback.enter("test")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (flapped and not fallback.active):
+        time.sleep(0.05)
+    assert flapped == ["b.example"] and not fallback.active
+    assert store.levels("b.example", [HOUR])[0] == pytest.approx(1, abs=0.1)
     fallback.stop()
