@@ -36,7 +36,9 @@ T = TypeVar("T")
 
 PROBE_EVERY = 0.5  # seconds between pings of the store while local
 SCHEMA = ("CREATE TABLE IF NOT EXISTS fallback_spend (account TEXT PRIMARY KEY, cost REAL NOT NULL)",
-          "CREATE TABLE IF NOT EXISTS fallback_fleet (id INTEGER PRIMARY KEY CHECK (id = 1), hosts INTEGER NOT NULL)")
+          "CREATE TABLE IF NOT EXISTS fallback_fleet (id INTEGER PRIMARY KEY CHECK (id = 1), hosts INTEGER NOT NULL)",
+          "CREATE TABLE IF NOT EXISTS fallback_member (id INTEGER PRIMARY KEY CHECK (id = 1), token TEXT NOT NULL)",
+          "INSERT OR IGNORE INTO fallback_member VALUES (1, lower(hex(randomblob(4))))")
 
 
 def divided(limits: Sequence[Limit], fleet: int) -> tuple[Limit, ...]:
@@ -77,8 +79,9 @@ class LocalFallback:
             for statement in SCHEMA:
                 db.execute(statement)
             row = db.execute("SELECT hosts FROM fallback_fleet").fetchone()
+            token = str(db.execute("SELECT token FROM fallback_member").fetchone()[0])
         self.learned = int(row[0]) if row else 0  # as last learned, also before a restart
-        self._heartbeat = None if fleet_size else Heartbeat(store, member_name(path), self._learn)
+        self._heartbeat = None if fleet_size else Heartbeat(store, member_name(path, token), self._learn)
         self.active = False  # read without the lock on the hot path
         self.decisions = 0
         self._since = 0.0

@@ -187,3 +187,30 @@ def test_a_failure_during_the_last_reconcile_keeps_the_probe_going(store: RedisS
     assert flapped == ["b.example"] and not fallback.active
     assert store.levels("b.example", [HOUR])[0] == pytest.approx(1, abs=0.1)
     fallback.stop()
+
+
+def _members(store: RedisStore, count: int) -> list[str]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(store.client.hkeys(FLEET_KEY)) < count:
+        time.sleep(0.02)
+    return sorted(store.client.hkeys(FLEET_KEY))
+
+
+def test_cloned_hosts_count_once_each_on_redis_time(store: RedisStore, tmp_path: Path) -> None:
+    """Review finding: the heartbeat field was host name and path only, so cloned hosts (same
+    name, same path) counted as one and each enforced too big a share; and its stamps came from
+    each host's clock, so a host lagging by 15 s was counted out. Now: the file's own token, and
+    Redis's TIME."""
+    path = str(tmp_path / "fallback.db")
+    first = LocalFallback(store, path, 0, lambda account: [HOUR])
+    [member] = _members(store, 1)
+    seconds, micros = store.client.time()
+    assert abs(float(store.client.hget(FLEET_KEY, member)) - (seconds + micros / 1e6)) < 2
+    first.stop()
+    again = LocalFallback(store, path, 0, lambda account: [HOUR])  # restarted: the same member
+    assert _members(store, 1) == [member]
+    again.stop()
+    Path(path).unlink()  # a clone of this host, its own file at the same path: a second member
+    clone = LocalFallback(store, path, 0, lambda account: [HOUR])
+    assert len(_members(store, 2)) == 2 and beat(store, member) == 2  # beat on Redis's clock
+    clone.stop()
