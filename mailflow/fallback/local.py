@@ -22,7 +22,7 @@ from contextlib import closing, contextmanager
 from mailflow import metrics
 from mailflow.decisions import FALLBACK_UNCONFIRMED, STORE_DOWN_REPLY
 from mailflow.fallback import reconcile
-from mailflow.fallback.fleet import Heartbeat, member_name
+from mailflow.fallback.fleet import ALIVE_FOR, Heartbeat, member_name
 from mailflow.model import Decision, Verdict
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
@@ -81,6 +81,8 @@ class LocalFallback:
             row = db.execute("SELECT hosts FROM fallback_fleet").fetchone()
             token = str(db.execute("SELECT token FROM fallback_member").fetchone()[0])
         self.learned = int(row[0]) if row else 0  # as last learned, also before a restart
+        self.shrink_after = ALIVE_FOR
+        self._smaller_since: float | None = None
         self._heartbeat = None if fleet_size else Heartbeat(store, member_name(path, token), self._learn)
         self.active = False  # read without the lock on the hot path
         self.decisions = 0
@@ -99,6 +101,15 @@ class LocalFallback:
         return self.configured or self.learned or 1
 
     def _learn(self, hosts: int) -> None:
+        """A bigger count at once; a smaller one only once it has held for `shrink_after` (a Redis
+        restarted empty, or crash-looping, first counts only the hosts that beat since)."""
+        if hosts >= self.learned:
+            self._smaller_since = None
+        elif hosts >= 1 and self.learned:
+            now = time.monotonic()
+            self._smaller_since = self._smaller_since or now
+            if now - self._smaller_since < self.shrink_after:
+                return
         if hosts == self.learned or hosts < 1:
             return
         log.info("fleet size learned from the store: %d milter host(s) (was %d)", hosts, self.learned)

@@ -214,3 +214,25 @@ def test_cloned_hosts_count_once_each_on_redis_time(store: RedisStore, tmp_path:
     clone = LocalFallback(store, path, 0, lambda account: [HOUR])
     assert len(_members(store, 2)) == 2 and beat(store, member) == 2  # beat on Redis's clock
     clone.stop()
+
+
+def test_a_redis_restarted_empty_does_not_shrink_the_learned_fleet_at_once(store: RedisStore, tmp_path: Path) -> None:
+    """Review finding: Redis restarted without its data (or crash-looping) answers the first
+    heartbeat with 1 host; that was learned and kept, so an outage right after let every host
+    enforce the whole limit. A smaller count now stands only once it has held for 15 s."""
+    fallback = LocalFallback(store, str(tmp_path / "fallback.db"), 5, lambda account: [HOUR])
+    fallback.configured = 0  # learned, without a heartbeat thread racing the test
+    beat(store, "a:/f.db:1")
+    beat(store, "b:/f.db:2")
+    fallback._learn(beat(store, "c:/f.db:3"))
+    assert fallback.learned == 3 and fallback.fleet_size == 3
+    store.client.flushdb()  # restarted empty: the first beat counts one host
+    fallback._learn(beat(store, "a:/f.db:1"))
+    assert fallback.fleet_size == 3
+    fallback.shrink_after = 0.1  # the smaller count holds
+    time.sleep(0.15)
+    fallback._learn(beat(store, "a:/f.db:1"))
+    assert fallback.fleet_size == 1
+    fallback._learn(beat(store, "b:/f.db:2"))  # a bigger count: at once
+    assert fallback.fleet_size == 2
+    fallback.stop()
