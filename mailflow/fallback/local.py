@@ -1,7 +1,7 @@
 """Local mode: while Redis is unreachable, one host's milter workers enforce each account's
 limit divided by the fleet size, in one SQLite file they share (the SQLite store's own buckets
 and windows: one piece of code per idea), and write down what they let through. A background
-probe, never the hot path, notices Redis answering again, adds that spend to Redis's buckets
+probe, never the hot path, notices Redis taking writes again, adds that spend to Redis's buckets
 (reconcile.force_debit) and only then hands the hot path back to Redis.
 
 The spend lives in the same file, so a worker or milter restarted during the outage still
@@ -34,7 +34,7 @@ from mailflow.store.sqlite import SqliteStore, _sqlite_errors
 log = logging.getLogger("mailflow.store")
 T = TypeVar("T")
 
-PROBE_EVERY = 0.5  # seconds between pings of the store while local
+PROBE_EVERY = 0.5  # seconds between write probes of the store while local
 SCHEMA = ("CREATE TABLE IF NOT EXISTS fallback_spend (account TEXT PRIMARY KEY, cost REAL NOT NULL)",
           "CREATE TABLE IF NOT EXISTS fallback_fleet (id INTEGER PRIMARY KEY CHECK (id = 1), hosts INTEGER NOT NULL)",
           "CREATE TABLE IF NOT EXISTS fallback_member (id INTEGER PRIMARY KEY CHECK (id = 1), token TEXT NOT NULL)",
@@ -198,7 +198,7 @@ class LocalFallback:
     def _probe(self) -> None:
         while not self._stop.wait(self.probe_every):
             try:
-                self.store.ping()
+                reconcile.writable(self.store)
                 self.reconcile()
             except StoreError:
                 continue

@@ -236,3 +236,28 @@ def test_a_redis_restarted_empty_does_not_shrink_the_learned_fleet_at_once(store
     fallback._learn(beat(store, "b:/f.db:2"))  # a bigger count: at once
     assert fallback.fleet_size == 2
     fallback.stop()
+
+
+def test_a_redis_that_answers_but_refuses_writes_keeps_the_host_local(tmp_path: Path) -> None:
+    """Review finding: the probe trusted PING, so a Redis refusing writes (maxmemory reached;
+    MISCONF after a failed save on a full disk; READONLY) handed the hot path back at once with
+    no spend to reconcile, and the host flapped in and out of local mode twice a second."""
+    from mailflow.store.base import StoreError
+    from tests.helpers.redis_faults import redis_process
+
+    with redis_process(tmp_path) as server:
+        store = RedisStore(server.url, timeout_ms=250)
+        fallback = LocalFallback(store, str(tmp_path / "fallback.db"), 2, lambda account: [HOUR], probe_every=0.05)
+        server.client().config_set("maxmemory", "1")  # noeviction: every write refused, PING fine
+        with pytest.raises(StoreError, match="OOM"):
+            store.debit("shop.example", [HOUR], 1)
+        fallback.enter("OOM")
+        time.sleep(0.5)  # ten probes
+        assert fallback.active
+        server.client().config_set("maxmemory", "0")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and fallback.active:
+            time.sleep(0.05)
+        assert not fallback.active
+        fallback.stop()
+        store.close()
