@@ -54,12 +54,13 @@ def scaled(levels: Sequence[float], limits: Sequence[Limit], shares: Sequence[Li
            refused: float | None = None) -> tuple[float, ...]:
     """Local levels as levels of the account's whole limits, which the engine judges and words
     its replies with (a share half full: the limit half full). A refused debit (`refused`: its
-    cost) stays refused however the division rounded."""
+    cost) stays refused however the division rounded, and its reply's wait is the share's."""
     out = []
     for level, limit, share in zip(levels, limits, shares):
         whole = level * limit.capacity / share.capacity
         if refused is not None and level + refused > share.capacity:
-            whole = max(whole, limit.capacity - refused + 1e-6)
+            excess = (level + refused - share.capacity) * limit.rate / share.rate  # the share's wait, whole
+            whole = max(whole, limit.capacity - refused + max(excess, 1e-6))
         out.append(whole)
     return tuple(out)
 

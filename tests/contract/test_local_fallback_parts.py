@@ -67,6 +67,15 @@ def test_shares_and_their_levels() -> None:
     assert scaled([3, 0], limits, shares) == (12.5, 0)
     # Refused by a share (5.5 + 1 > 6) though the whole limit would read 22.9 + 1 <= 25: stays refused.
     assert scaled([5.5, 0], limits, shares, refused=1)[0] > 24
+    # Review finding: the reply said "try again in 1 seconds" whatever the share's wait. A share
+    # of 6/hour half a token short refills in 5 minutes; a message of 20 never fits a share of 6.
+    from mailflow.ratelimit.bucket import first_shortfall
+    hour = [parse_limit("25/hour")]
+    share = divided(hour, 4)
+    short = first_shortfall(scaled([5.5], hour, share, refused=1), hour, 1)
+    assert short is not None and short.retry_after == pytest.approx(300, abs=2)
+    never = first_shortfall(scaled([0.0], hour, share, refused=20), hour, 20)
+    assert never is not None and never.retry_after >= 14 * 600
 
 
 def test_a_restarted_milter_reads_the_learned_fleet_size_and_the_spend(store: RedisStore, tmp_path: Path) -> None:
