@@ -270,3 +270,25 @@ def test_a_redis_that_answers_but_refuses_writes_keeps_the_host_local(tmp_path: 
         assert not fallback.active
         fallback.stop()
         store.close()
+
+
+def test_an_unusable_fallback_file_at_start_does_not_stop_the_milter(redis_url: str, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Review finding: a fallback file that cannot be opened at start (a full disk under
+    /var/lib/mailflow, a lock held) raised out of Engine(): no worker served, so all mail got the
+    MTA's default action though Redis was fine. Now: a warning, and on_error acts as tempfail."""
+    import sqlite3
+
+    path = tmp_path / "fallback.db"
+    config = load_config(str(write_config(tmp_path / "m.toml", {
+        "store": {"url": redis_url, "fallback_path": str(path), "fleet_size": 2}, "milter": {"on_error": "local"}})))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    store = RedisStore(redis_url)
+    engine = Engine(config, store)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert engine.fallback is None and engine.error_decision("store_error").reply is not None
+    assert any("local fallback unavailable" in r.getMessage() and "locked" in r.getMessage() for r in caplog.records)
+    engine.close()
+    store.close()
