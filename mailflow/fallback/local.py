@@ -65,6 +65,10 @@ def scaled(levels: Sequence[float], limits: Sequence[Limit], shares: Sequence[Li
     return tuple(out)
 
 
+class FallbackFileError(StoreError):
+    """This host's fallback file failed (locked, full), not the store."""
+
+
 class LocalFallback:
     def __init__(self, store: RedisStore, path: str, fleet_size: int, limits_for: Callable[[str], Sequence[Limit]],
                  timeout_ms: int = 250, probe_every: float = PROBE_EVERY, health: StoreHealth | None = None) -> None:
@@ -122,9 +126,12 @@ class LocalFallback:
     def _spend_db(self) -> Iterator[sqlite3.Connection]:
         """A connection of its own (autocommit), closed after: spend and fleet size are written rarely.
         A locked or full file is a StoreError, which the hot path defers and the probe retries."""
-        with _sqlite_errors(self._timeout, self.path), \
-                closing(sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)) as db:
-            yield db
+        try:
+            with _sqlite_errors(self._timeout, self.path), \
+                    closing(sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)) as db:
+                yield db
+        except StoreError as exc:
+            raise FallbackFileError(str(exc)) from exc
 
     def _pending(self) -> int:
         with self._spend_db() as db:
@@ -197,24 +204,35 @@ class LocalFallback:
             self._thread.start()
 
     def _probe(self) -> None:
+        stuck = False  # the file failed while Redis was fine: mail went back to Redis, the spend waits
         while not self._stop.wait(self.probe_every):
             try:
                 reconcile.writable(self.store)
                 self.reconcile()
+            except FallbackFileError as exc:
+                if not stuck:
+                    log.warning("local fallback: %s unusable (%s); back to the store, its spend added once it "
+                                "works", self.path, exc)
+                stuck = True
+                if not self.active:
+                    continue
             except StoreError:
                 continue
+            else:
+                stuck = False
             if self.health is not None:
                 self.health.local_mode = None
             if self.active:
                 log.warning("store answering again: leaving local mode after %d s, %d decision(s) made locally",
                             time.monotonic() - self._since, self.decisions)
             self.active = False
-            try:  # what the hot path spent locally while the first pass ran
-                self.reconcile()
-            except StoreError:  # left in the file: the next start or outage adds it
-                log.warning("local fallback: spend left in %s for later", self.path)
+            if not stuck:
+                try:  # what the hot path spent locally while the first pass ran
+                    self.reconcile()
+                except StoreError:  # left in the file: the next start or outage adds it
+                    log.warning("local fallback: spend left in %s for later", self.path)
             with self._lock:  # a hot path that failed again meanwhile found this thread alive: go on
-                if not self.active:
+                if not self.active and not stuck:
                     self._thread = None
                     return
 

@@ -149,26 +149,34 @@ def test_health_and_the_gauge_while_local(tmp_path: Path) -> None:
     dead.close()
 
 
-def test_a_locked_fallback_file_delays_leaving_local_mode_never_stops_it(store: RedisStore, tmp_path: Path) -> None:
-    """Review finding: the probe's own SQLite calls raised sqlite3 errors, not StoreError, so a
-    file locked (or full) while the store came back killed the probe: local mode forever."""
+def test_a_locked_fallback_file_hands_mail_back_to_the_store_and_its_spend_follows(
+        store: RedisStore, tmp_path: Path) -> None:
+    """Review findings: the probe's own SQLite calls raised sqlite3 errors, not StoreError, so a
+    file locked (or full: seen on a full tmpfs) while the store came back killed the probe, and
+    once that was caught the host stayed local, deferring every message, while Redis was fine.
+    Now the hot path goes back to Redis and the spend is added once the file works again."""
     import sqlite3
 
     path = str(tmp_path / "fallback.db")
     fallback = LocalFallback(store, path, 2, lambda account: [HOUR], probe_every=0.05)
+    fallback.active = True  # an outage, with spend, that the probe has not seen end yet
+    assert fallback.debit("shop.example", [HOUR], 1).allowed
     holder = sqlite3.connect(path, isolation_level=None)
-    holder.execute("BEGIN EXCLUSIVE")  # an admin's sqlite3 shell, a stuck worker
-    fallback.enter("test")
+    holder.execute("BEGIN EXCLUSIVE")  # an admin's sqlite3 shell, a stuck worker; or a full disk
     deferred = fallback.answer(lambda local: local.debit("shop.example", [HOUR], 1))
     assert getattr(deferred, "reply", None) is not None  # 451, not an exception
-    time.sleep(1.5)  # the probe meets the lock at least once (its timeout is 1 s)
-    assert fallback.active and fallback._thread is not None and fallback._thread.is_alive()
-    holder.execute("COMMIT")
-    holder.close()
+    fallback.active = False
+    fallback.enter("test")
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and fallback.active:
         time.sleep(0.05)
-    assert not fallback.active
+    assert not fallback.active and fallback._thread is not None and fallback._thread.is_alive()
+    assert not store.client.exists(bucket_key("shop.example", "hour"))  # the spend waits for the file
+    holder.execute("COMMIT")
+    holder.close()
+    while time.monotonic() < deadline + 5 and not store.client.exists(bucket_key("shop.example", "hour")):
+        time.sleep(0.05)
+    assert store.levels("shop.example", [HOUR])[0] == pytest.approx(1, abs=0.1)
     fallback.stop()
 
 
