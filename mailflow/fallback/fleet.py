@@ -13,7 +13,6 @@ import logging
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable
 
 from mailflow.store.base import StoreError
@@ -26,13 +25,19 @@ BEAT_EVERY = 5.0  # seconds between heartbeats
 ALIVE_FOR = 3 * BEAT_EVERY  # a host not heard of for this long has left the fleet
 
 
-def member_name(fallback_path: str) -> str:
-    return f"{socket.gethostname()}:{os.path.realpath(fallback_path)}"
+def member_name(fallback_path: str, token: str) -> str:
+    """Host name and file, plus the file's own random token: cloned hosts that share a host name
+    and path still count once each."""
+    return f"{socket.gethostname()}:{os.path.realpath(fallback_path)}:{token}"
 
 
-def beat(store: RedisStore, member: str, now: float, alive_for: float = ALIVE_FOR) -> int:
-    """Write this host's heartbeat, forget long-dead hosts; the live hosts counted (StoreError)."""
+def beat(store: RedisStore, member: str, now: float | None = None, alive_for: float = ALIVE_FOR) -> int:
+    """Write this host's heartbeat, forget long-dead hosts; the live hosts counted (StoreError).
+    `now` is Redis's clock unless given: a host whose own clock lags is not counted out."""
     with store._errors():
+        if now is None:
+            seconds, micros = store.client.time()
+            now = seconds + micros / 1e6
         pipe = store.client.pipeline(transaction=False)
         pipe.hset(FLEET_KEY, member, repr(now))
         pipe.hgetall(FLEET_KEY)
@@ -57,7 +62,7 @@ class Heartbeat:
     def _run(self) -> None:
         while True:
             try:
-                self.learned(beat(self.store, self.member, time.time(), 3 * self.every))
+                self.learned(beat(self.store, self.member, None, 3 * self.every))
             except StoreError:
                 pass  # an outage: the local fallback says so; the last count stands
             if self._stop.wait(self.every):

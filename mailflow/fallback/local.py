@@ -1,7 +1,7 @@
 """Local mode: while Redis is unreachable, one host's milter workers enforce each account's
 limit divided by the fleet size, in one SQLite file they share (the SQLite store's own buckets
 and windows: one piece of code per idea), and write down what they let through. A background
-probe, never the hot path, notices Redis answering again, adds that spend to Redis's buckets
+probe, never the hot path, notices Redis taking writes again, adds that spend to Redis's buckets
 (reconcile.force_debit) and only then hands the hot path back to Redis.
 
 The spend lives in the same file, so a worker or milter restarted during the outage still
@@ -22,21 +22,23 @@ from contextlib import closing, contextmanager
 from mailflow import metrics
 from mailflow.decisions import FALLBACK_UNCONFIRMED, STORE_DOWN_REPLY
 from mailflow.fallback import reconcile
-from mailflow.fallback.fleet import Heartbeat, member_name
+from mailflow.fallback.fleet import ALIVE_FOR, Heartbeat, member_name
 from mailflow.model import Decision, Verdict
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import StoreError, SuppressionLookup
 from mailflow.store.health import StoreHealth
 from mailflow.store.redis import RedisStore
-from mailflow.store.sqlite import SqliteStore
+from mailflow.store.sqlite import SqliteStore, _sqlite_errors
 
 log = logging.getLogger("mailflow.store")
 T = TypeVar("T")
 
-PROBE_EVERY = 0.5  # seconds between pings of the store while local
+PROBE_EVERY = 0.5  # seconds between write probes of the store while local
 SCHEMA = ("CREATE TABLE IF NOT EXISTS fallback_spend (account TEXT PRIMARY KEY, cost REAL NOT NULL)",
-          "CREATE TABLE IF NOT EXISTS fallback_fleet (id INTEGER PRIMARY KEY CHECK (id = 1), hosts INTEGER NOT NULL)")
+          "CREATE TABLE IF NOT EXISTS fallback_fleet (id INTEGER PRIMARY KEY CHECK (id = 1), hosts INTEGER NOT NULL)",
+          "CREATE TABLE IF NOT EXISTS fallback_member (id INTEGER PRIMARY KEY CHECK (id = 1), token TEXT NOT NULL)",
+          "INSERT OR IGNORE INTO fallback_member VALUES (1, lower(hex(randomblob(4))))")
 
 
 def divided(limits: Sequence[Limit], fleet: int) -> tuple[Limit, ...]:
@@ -52,14 +54,19 @@ def scaled(levels: Sequence[float], limits: Sequence[Limit], shares: Sequence[Li
            refused: float | None = None) -> tuple[float, ...]:
     """Local levels as levels of the account's whole limits, which the engine judges and words
     its replies with (a share half full: the limit half full). A refused debit (`refused`: its
-    cost) stays refused however the division rounded."""
+    cost) stays refused however the division rounded, and its reply's wait is the share's."""
     out = []
     for level, limit, share in zip(levels, limits, shares):
         whole = level * limit.capacity / share.capacity
         if refused is not None and level + refused > share.capacity:
-            whole = max(whole, limit.capacity - refused + 1e-6)
+            excess = (level + refused - share.capacity) * limit.rate / share.rate  # the share's wait, whole
+            whole = max(whole, limit.capacity - refused + max(excess, 1e-6))
         out.append(whole)
     return tuple(out)
+
+
+class FallbackFileError(StoreError):
+    """This host's fallback file failed (locked, full), not the store."""
 
 
 class LocalFallback:
@@ -77,8 +84,11 @@ class LocalFallback:
             for statement in SCHEMA:
                 db.execute(statement)
             row = db.execute("SELECT hosts FROM fallback_fleet").fetchone()
+            token = str(db.execute("SELECT token FROM fallback_member").fetchone()[0])
         self.learned = int(row[0]) if row else 0  # as last learned, also before a restart
-        self._heartbeat = None if fleet_size else Heartbeat(store, member_name(path), self._learn)
+        self.shrink_after = ALIVE_FOR
+        self._smaller_since: float | None = None
+        self._heartbeat = None if fleet_size else Heartbeat(store, member_name(path, token), self._learn)
         self.active = False  # read without the lock on the hot path
         self.decisions = 0
         self._since = 0.0
@@ -96,6 +106,15 @@ class LocalFallback:
         return self.configured or self.learned or 1
 
     def _learn(self, hosts: int) -> None:
+        """A bigger count at once; a smaller one only once it has held for `shrink_after` (a Redis
+        restarted empty, or crash-looping, first counts only the hosts that beat since)."""
+        if hosts >= self.learned:
+            self._smaller_since = None
+        elif hosts >= 1 and self.learned:
+            now = time.monotonic()
+            self._smaller_since = self._smaller_since or now
+            if now - self._smaller_since < self.shrink_after:
+                return
         if hosts == self.learned or hosts < 1:
             return
         log.info("fleet size learned from the store: %d milter host(s) (was %d)", hosts, self.learned)
@@ -105,9 +124,14 @@ class LocalFallback:
 
     @contextmanager
     def _spend_db(self) -> Iterator[sqlite3.Connection]:
-        """A connection of its own (autocommit), closed after: spend and fleet size are written rarely."""
-        with closing(sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)) as db:
-            yield db
+        """A connection of its own (autocommit), closed after: spend and fleet size are written rarely.
+        A locked or full file is a StoreError, which the hot path defers and the probe retries."""
+        try:
+            with _sqlite_errors(self._timeout, self.path), \
+                    closing(sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)) as db:
+                yield db
+        except StoreError as exc:
+            raise FallbackFileError(str(exc)) from exc
 
     def _pending(self) -> int:
         with self._spend_db() as db:
@@ -180,23 +204,37 @@ class LocalFallback:
             self._thread.start()
 
     def _probe(self) -> None:
+        stuck = False  # the file failed while Redis was fine: mail went back to Redis, the spend waits
         while not self._stop.wait(self.probe_every):
             try:
-                self.store.ping()
+                reconcile.writable(self.store)
                 self.reconcile()
+            except FallbackFileError as exc:
+                if not stuck:
+                    log.warning("local fallback: %s unusable (%s); back to the store, its spend added once it "
+                                "works", self.path, exc)
+                stuck = True
+                if not self.active:
+                    continue
             except StoreError:
                 continue
+            else:
+                stuck = False
             if self.health is not None:
                 self.health.local_mode = None
             if self.active:
                 log.warning("store answering again: leaving local mode after %d s, %d decision(s) made locally",
                             time.monotonic() - self._since, self.decisions)
             self.active = False
-            try:  # what the hot path spent locally while the first pass ran
-                self.reconcile()
-            except StoreError:  # left in the file: the next start or outage adds it
-                log.warning("local fallback: %d account(s) of spend left for later", self._pending())
-            return
+            if not stuck:
+                try:  # what the hot path spent locally while the first pass ran
+                    self.reconcile()
+                except StoreError:  # left in the file: the next start or outage adds it
+                    log.warning("local fallback: spend left in %s for later", self.path)
+            with self._lock:  # a hot path that failed again meanwhile found this thread alive: go on
+                if not self.active and not stuck:
+                    self._thread = None
+                    return
 
     def reconcile(self) -> int:
         """Add every account's local spend to the store's buckets; StoreError leaves the rest for

@@ -41,6 +41,16 @@ return 1
 """
 
 
+PROBE_KEY = "mailflow:fallback-probe"
+
+
+def writable(store: RedisStore) -> None:
+    """StoreError unless the store takes a write: a Redis that answers PING but refuses writes
+    (maxmemory reached, MISCONF after a failed save on a full disk, READONLY) is still down."""
+    with store._errors():
+        store.client.set(PROBE_KEY, "1", px=10_000)
+
+
 def force_debit(store: RedisStore, account: str, limits: Sequence[Limit], cost: float) -> None:
     """Take `cost` from every bucket of the account, room or not (StoreError if Redis fails)."""
     if not limits or cost <= 0:

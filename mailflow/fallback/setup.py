@@ -4,17 +4,20 @@ Redis's modules are imported only when a fallback is made: the CLI and SQLite ne
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from mailflow.config import Config
 from mailflow.ratelimit.limits import Limit
-from mailflow.store.base import Store
+from mailflow.store.base import Store, StoreError
 from mailflow.store.health import StoreHealth
 from mailflow.store.sqlite_file import check_path
 
 if TYPE_CHECKING:
     from mailflow.fallback.local import LocalFallback
+
+log = logging.getLogger("mailflow.store")
 
 
 def uses_fallback(config: Config) -> bool:
@@ -30,8 +33,13 @@ def open_fallback(config: Config, store: Store, limits_for: Callable[[str], Sequ
 
     if not isinstance(store, RedisStore):
         return None
-    return LocalFallback(store, config.store.fallback_path, config.store.fleet_size, limits_for,
-                         config.store.timeout_ms, health=health)
+    try:
+        return LocalFallback(store, config.store.fallback_path, config.store.fleet_size, limits_for,
+                             config.store.timeout_ms, health=health)
+    except StoreError as exc:  # a full disk or a held lock must not stop mail while Redis is fine
+        log.warning("local fallback unavailable (%s): until the milter restarts, a store outage defers mail "
+                    "as on_error = \"tempfail\" would", exc)
+        return None
 
 
 def check_fallback_path(config: Config) -> None:

@@ -17,7 +17,7 @@ from mailflow.engine import Engine
 from mailflow.fallback.fleet import FLEET_KEY, beat
 from mailflow.fallback.local import LocalFallback, divided, scaled
 from mailflow.fallback.reconcile import force_debit
-from mailflow.ratelimit.limits import parse_limit
+from mailflow.ratelimit.limits import Limit, parse_limit
 from mailflow.store.redis import RedisStore, bucket_key
 from mailflow.store.sqlite import SqliteStore
 from tests.helpers.servers import write_config
@@ -67,6 +67,15 @@ def test_shares_and_their_levels() -> None:
     assert scaled([3, 0], limits, shares) == (12.5, 0)
     # Refused by a share (5.5 + 1 > 6) though the whole limit would read 22.9 + 1 <= 25: stays refused.
     assert scaled([5.5, 0], limits, shares, refused=1)[0] > 24
+    # Review finding: the reply said "try again in 1 seconds" whatever the share's wait. A share
+    # of 6/hour half a token short refills in 5 minutes; a message of 20 never fits a share of 6.
+    from mailflow.ratelimit.bucket import first_shortfall
+    hour = [parse_limit("25/hour")]
+    share = divided(hour, 4)
+    short = first_shortfall(scaled([5.5], hour, share, refused=1), hour, 1)
+    assert short is not None and short.retry_after == pytest.approx(300, abs=2)
+    never = first_shortfall(scaled([0.0], hour, share, refused=20), hour, 20)
+    assert never is not None and never.retry_after >= 14 * 600
 
 
 def test_a_restarted_milter_reads_the_learned_fleet_size_and_the_spend(store: RedisStore, tmp_path: Path) -> None:
@@ -138,3 +147,156 @@ def test_health_and_the_gauge_while_local(tmp_path: Path) -> None:
     assert b"mailflow_store_fallback_active 1.0" in generate_latest(registry)
     fallback.stop()
     dead.close()
+
+
+def test_a_locked_fallback_file_hands_mail_back_to_the_store_and_its_spend_follows(
+        store: RedisStore, tmp_path: Path) -> None:
+    """Review findings: the probe's own SQLite calls raised sqlite3 errors, not StoreError, so a
+    file locked (or full: seen on a full tmpfs) while the store came back killed the probe, and
+    once that was caught the host stayed local, deferring every message, while Redis was fine.
+    Now the hot path goes back to Redis and the spend is added once the file works again."""
+    import sqlite3
+
+    path = str(tmp_path / "fallback.db")
+    fallback = LocalFallback(store, path, 2, lambda account: [HOUR], probe_every=0.05)
+    fallback.active = True  # an outage, with spend, that the probe has not seen end yet
+    assert fallback.debit("shop.example", [HOUR], 1).allowed
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # an admin's sqlite3 shell, a stuck worker; or a full disk
+    deferred = fallback.answer(lambda local: local.debit("shop.example", [HOUR], 1))
+    assert getattr(deferred, "reply", None) is not None  # 451, not an exception
+    fallback.active = False
+    fallback.enter("test")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and fallback.active:
+        time.sleep(0.05)
+    assert not fallback.active and fallback._thread is not None and fallback._thread.is_alive()
+    assert not store.client.exists(bucket_key("shop.example", "hour"))  # the spend waits for the file
+    holder.execute("COMMIT")
+    holder.close()
+    while time.monotonic() < deadline + 5 and not store.client.exists(bucket_key("shop.example", "hour")):
+        time.sleep(0.05)
+    assert store.levels("shop.example", [HOUR])[0] == pytest.approx(1, abs=0.1)
+    fallback.stop()
+
+
+def test_a_failure_during_the_last_reconcile_keeps_the_probe_going(store: RedisStore, tmp_path: Path) -> None:
+    """Review finding: the hot path failing again (a flapping link) while the probe ran its last
+    pass found the probe alive, started none, and the probe then returned: local mode forever."""
+    fallback: LocalFallback | None = None
+    flapped: list[str] = []
+
+    def limits_for(account: str) -> list[Limit]:
+        assert fallback is not None
+        if fallback.active and account == "a.example":  # first pass: the hot path spends meanwhile
+            fallback.debit("b.example", [HOUR], 1)
+        elif not fallback.active and not flapped:  # last pass: the link flaps, the hot path fails
+            flapped.append(account)
+            fallback.enter("flap")
+        return [HOUR]
+
+    fallback = LocalFallback(store, str(tmp_path / "fallback.db"), 2, limits_for, probe_every=0.05)
+    fallback.debit("a.example", [HOUR], 1)
+    fallback.enter("test")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (flapped and not fallback.active):
+        time.sleep(0.05)
+    assert flapped == ["b.example"] and not fallback.active
+    assert store.levels("b.example", [HOUR])[0] == pytest.approx(1, abs=0.1)
+    fallback.stop()
+
+
+def _members(store: RedisStore, count: int) -> list[str]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len(store.client.hkeys(FLEET_KEY)) < count:
+        time.sleep(0.02)
+    return sorted(store.client.hkeys(FLEET_KEY))
+
+
+def test_cloned_hosts_count_once_each_on_redis_time(store: RedisStore, tmp_path: Path) -> None:
+    """Review finding: the heartbeat field was host name and path only, so cloned hosts (same
+    name, same path) counted as one and each enforced too big a share; and its stamps came from
+    each host's clock, so a host lagging by 15 s was counted out. Now: the file's own token, and
+    Redis's TIME."""
+    path = str(tmp_path / "fallback.db")
+    first = LocalFallback(store, path, 0, lambda account: [HOUR])
+    [member] = _members(store, 1)
+    seconds, micros = store.client.time()
+    assert abs(float(store.client.hget(FLEET_KEY, member)) - (seconds + micros / 1e6)) < 2
+    first.stop()
+    again = LocalFallback(store, path, 0, lambda account: [HOUR])  # restarted: the same member
+    assert _members(store, 1) == [member]
+    again.stop()
+    Path(path).unlink()  # a clone of this host, its own file at the same path: a second member
+    clone = LocalFallback(store, path, 0, lambda account: [HOUR])
+    assert len(_members(store, 2)) == 2 and beat(store, member) == 2  # beat on Redis's clock
+    clone.stop()
+
+
+def test_a_redis_restarted_empty_does_not_shrink_the_learned_fleet_at_once(store: RedisStore, tmp_path: Path) -> None:
+    """Review finding: Redis restarted without its data (or crash-looping) answers the first
+    heartbeat with 1 host; that was learned and kept, so an outage right after let every host
+    enforce the whole limit. A smaller count now stands only once it has held for 15 s."""
+    fallback = LocalFallback(store, str(tmp_path / "fallback.db"), 5, lambda account: [HOUR])
+    fallback.configured = 0  # learned, without a heartbeat thread racing the test
+    beat(store, "a:/f.db:1")
+    beat(store, "b:/f.db:2")
+    fallback._learn(beat(store, "c:/f.db:3"))
+    assert fallback.learned == 3 and fallback.fleet_size == 3
+    store.client.flushdb()  # restarted empty: the first beat counts one host
+    fallback._learn(beat(store, "a:/f.db:1"))
+    assert fallback.fleet_size == 3
+    fallback.shrink_after = 0.1  # the smaller count holds
+    time.sleep(0.15)
+    fallback._learn(beat(store, "a:/f.db:1"))
+    assert fallback.fleet_size == 1
+    fallback._learn(beat(store, "b:/f.db:2"))  # a bigger count: at once
+    assert fallback.fleet_size == 2
+    fallback.stop()
+
+
+def test_a_redis_that_answers_but_refuses_writes_keeps_the_host_local(tmp_path: Path) -> None:
+    """Review finding: the probe trusted PING, so a Redis refusing writes (maxmemory reached;
+    MISCONF after a failed save on a full disk; READONLY) handed the hot path back at once with
+    no spend to reconcile, and the host flapped in and out of local mode twice a second."""
+    from mailflow.store.base import StoreError
+    from tests.helpers.redis_faults import redis_process
+
+    with redis_process(tmp_path) as server:
+        store = RedisStore(server.url, timeout_ms=250)
+        fallback = LocalFallback(store, str(tmp_path / "fallback.db"), 2, lambda account: [HOUR], probe_every=0.05)
+        server.client().config_set("maxmemory", "1")  # noeviction: every write refused, PING fine
+        with pytest.raises(StoreError, match="OOM"):
+            store.debit("shop.example", [HOUR], 1)
+        fallback.enter("OOM")
+        time.sleep(0.5)  # ten probes
+        assert fallback.active
+        server.client().config_set("maxmemory", "0")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and fallback.active:
+            time.sleep(0.05)
+        assert not fallback.active
+        fallback.stop()
+        store.close()
+
+
+def test_an_unusable_fallback_file_at_start_does_not_stop_the_milter(redis_url: str, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Review finding: a fallback file that cannot be opened at start (a full disk under
+    /var/lib/mailflow, a lock held) raised out of Engine(): no worker served, so all mail got the
+    MTA's default action though Redis was fine. Now: a warning, and on_error acts as tempfail."""
+    import sqlite3
+
+    path = tmp_path / "fallback.db"
+    config = load_config(str(write_config(tmp_path / "m.toml", {
+        "store": {"url": redis_url, "fallback_path": str(path), "fleet_size": 2}, "milter": {"on_error": "local"}})))
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    store = RedisStore(redis_url)
+    engine = Engine(config, store)
+    holder.execute("ROLLBACK")
+    holder.close()
+    assert engine.fallback is None and engine.error_decision("store_error").reply is not None
+    assert any("local fallback unavailable" in r.getMessage() and "locked" in r.getMessage() for r in caplog.records)
+    engine.close()
+    store.close()
