@@ -20,6 +20,8 @@ from tests.contract.test_redis_faults import (ACCOUNT, TIMEOUT_MS, _milter_confi
 from tests.helpers.redis_faults import CuttingProxy, RedisProcess, Timed, timed
 from tests.helpers.servers import MilterProcess
 
+pytestmark = pytest.mark.timing  # wall-clock bounds: run alone, after the parallel part (Makefile)
+
 __all__ = ["store_log"]  # a fixture: imported for pytest to find it here
 
 

@@ -27,6 +27,8 @@ from mailflow.store.redis_pool import SIZE as HOT_POOL_SIZE
 from tests.helpers.redis_faults import CuttingProxy, RedisProcess, Timed, burst, timed
 from tests.helpers.servers import MilterProcess
 
+pytestmark = pytest.mark.timing  # wall-clock bounds: run alone, after the parallel part (Makefile)
+
 TIMEOUT_MS = 200
 BOUND = TIMEOUT_MS / 1000 + 0.25  # the acceptance bound on every reply
 ADMIN_POOL_SIZE = 100  # redis-py's default ConnectionPool size, for the admin calls

@@ -23,6 +23,8 @@ from tests.helpers.cli import run_cli
 from tests.helpers.redis_faults import RedisProcess
 from tests.helpers.servers import MilterProcess
 
+pytestmark = pytest.mark.timing  # wall-clock bounds: run alone, after the parallel part (Makefile)
+
 TIMEOUT_MS = 1000
 WAIT_MS = 150
 SLACK_S = 0.35  # beyond WAIT_MS for a call on a loaded 2-core machine

@@ -28,6 +28,8 @@ from mailflow.store.sqlite import SqliteStore
 from tests.helpers.redis_faults import timed
 from tests.helpers.sqlite_faults import as_other_user, fill, tiny_filesystem, write_lock_held
 
+pytestmark = pytest.mark.timing  # wall-clock bounds: run alone, after the parallel part (Makefile)
+
 TIMEOUT_MS = 250
 BOUND = TIMEOUT_MS / 1000 + 0.25
 LIMITS = (parse_limit("1000/day"),)

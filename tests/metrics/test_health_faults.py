@@ -22,6 +22,8 @@ from tests.notify.test_channel_faults import bad_server
 from tests.metrics.conftest import Running, started
 from tests.metrics.test_health import get
 
+pytestmark = pytest.mark.timing  # wall-clock bounds: run alone, after the parallel part (Makefile)
+
 TIMEOUT_MS = 200
 
 

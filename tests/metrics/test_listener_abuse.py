@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry
 from mailflow.metrics import worker
 from mailflow.metrics.host import bind
 
+pytestmark = pytest.mark.timing  # wall-clock bounds: run alone, after the parallel part (Makefile)
+
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:

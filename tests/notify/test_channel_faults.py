@@ -25,6 +25,8 @@ from tests.helpers.servers import free_port
 from tests.helpers.webhook_receiver import SECRET
 from tests.notify.test_delivery import REFUSED, notify_config
 
+pytestmark = pytest.mark.timing  # wall-clock bounds: run alone, after the parallel part (Makefile)
+
 SERVE_SECONDS = 8.0  # the bad server gives up on its own after this: bounds every test
 
 
