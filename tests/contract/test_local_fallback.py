@@ -23,6 +23,7 @@ from mailflow.store.redis import RedisStore, bucket_key
 from tests.helpers.redis_faults import RedisProcess
 from tests.helpers.servers import MilterProcess
 
+ACCOUNTS = 100  # the Sentinel test's senders
 LIMIT = 20  # per hour, a token bucket: each of the 2 milters gets 10 while Redis is down
 TIMEOUT_MS = 200
 LISTED = "gone@dest.example"
@@ -161,14 +162,16 @@ def test_a_sentinel_failover_is_served_locally_and_reconciled_on_the_new_master(
         outcomes: list[str] = []
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and "local fallback reconciled" not in milter.log():
-            outcomes.append(_message(milter, f"a{len(outcomes) % 5}.example"))
+            # spread over ACCOUNTS so none reaches its limit however long the promotion takes under
+            # load (at most 20 s / 20 ms = 1,000 messages, 10 each): any refusal here is a fault
+            outcomes.append(_message(milter, f"a{len(outcomes) % ACCOUNTS}.example"))
             time.sleep(0.02)
         assert "local fallback reconciled" in milter.log(), milter.log()[-2000:]
         assert outcomes and set(outcomes) == {"accepted"}, outcomes  # no 451 across the failover
         locally = sum(1 for d in milter.decisions() if d.get("store") == "local" and d.get("stage") == "eom")
         with fleet.replica.client() as new_master:  # the promoted replica holds the local spend
             reconciled = sum(float(new_master.hget(bucket_key(f"a{n}.example", "hour"), "level") or 0)
-                             for n in range(5))
+                             for n in range(ACCOUNTS))
         assert locally > 0 and reconciled >= locally - 0.5, (locally, reconciled)
         print(f"sentinel failover with on_error=local: {len(outcomes)} messages, none deferred, "
               f"{locally} decided locally and reconciled on the new master")
