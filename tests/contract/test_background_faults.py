@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ from mailflow.ratelimit.limits import parse_limit
 from mailflow.sent import SentCounter
 from mailflow.store.redis import RedisStore
 from tests.helpers.redis_faults import RedisProcess
-from tests.helpers.servers import free_port
+from tests.helpers.servers import free_port, poll_until
 
 TIMEOUT_MS = 200
 
@@ -38,15 +38,6 @@ def record(n: int) -> HeldMessage:
     return HeldMessage("shop.example", f"4AB1C2D{n:03d}", int(time.time()), "account_held", "held", 1)
 
 
-def wait_for(check: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def test_held_records_outlast_an_outage_bounded_and_the_loss_is_said(
         server: RedisProcess, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(held, "PENDING_MAX", 20)
@@ -60,7 +51,7 @@ def test_held_records_outlast_an_outage_bounded_and_the_loss_is_said(
                 if n % 10 == 9:
                     time.sleep(0.35)  # a few failed flushes between
             server.start()  # restarted empty
-            assert wait_for(lambda: len(store.held_messages("shop.example")) == 20)
+            assert poll_until(lambda: len(store.held_messages("shop.example")) == 20)
         written = sorted(r.queue_id for r in store.held_messages("shop.example"))
         assert written == [record(n).queue_id for n in range(10, 30)]  # the oldest went first
         lines = [r.getMessage() for r in caplog.records if "held" in r.getMessage()]
@@ -137,7 +128,7 @@ def test_a_grant_applies_and_expires_across_an_outage_and_a_restart_empty(
             now[0] += 120
             assert limits_of(overlay, "short.example") == ["100/hour"]  # ended by the clock, store down
             server.start()  # empty: the long grant is gone from the store
-            assert wait_for(lambda: limits_of(overlay, "long.example") == ["100/hour"])
+            assert poll_until(lambda: limits_of(overlay, "long.example") == ["100/hour"])
             time.sleep(0.2)
         lines = [r.getMessage() for r in caplog.records if "grant" in r.getMessage()]
         assert sum("cannot refresh grants" in line for line in lines) == 1, lines  # once per outage
@@ -160,7 +151,7 @@ def test_counts_made_during_an_outage_are_written_once_redis_is_back_empty(serve
             counter.add("shop.example", 3)
             time.sleep(0.15)  # a failed flush between each
         server.start()
-        assert wait_for(lambda: store.top_senders([hour, hour - 1], 5) == [("shop.example", 15)])
+        assert poll_until(lambda: store.top_senders([hour, hour - 1], 5) == [("shop.example", 15)])
     finally:
         counter.flush()
         store.close()
@@ -188,7 +179,7 @@ def test_engine_close_on_a_stopped_redis_is_bounded_and_ends_its_threads(
         assert "sent counts of 1 accounts lost at stop: redis: no answer within 200 ms" in caplog.text
         assert "keeping them for the next flush" not in caplog.text
         ours = ("mailflow-grants", "mailflow-domains", "sent-flush", "held-flush")
-        assert wait_for(lambda: not [t for t in set(threading.enumerate()) - before if t.name in ours], 5), [
+        assert poll_until(lambda: not [t for t in set(threading.enumerate()) - before if t.name in ours], 5), [
             t.name for t in set(threading.enumerate()) - before]
     finally:
         server.resume()
@@ -214,7 +205,7 @@ def test_an_expired_grant_a_readonly_replica_will_not_delete_is_said_once(
             assert limits_of(overlay, "shop.example") == ["100/hour"]
             with server.client() as admin:
                 admin.replicaof("NO", "ONE")
-            assert wait_for(lambda: store.grants() == {})
+            assert poll_until(lambda: store.grants() == {})
         lines = [r.getMessage() for r in caplog.records if "grant" in r.getMessage()]
         assert sum("cannot remove the expired grant" in line for line in lines) == 1, lines  # before: one a refresh
         assert "READONLY" in lines[0]

@@ -21,7 +21,7 @@ from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
 from mailflow.store.redis import RedisStore, bucket_key
 from tests.helpers.redis_faults import RedisProcess
-from tests.helpers.servers import MilterProcess
+from tests.helpers.servers import MilterProcess, poll_until
 
 ACCOUNTS = 100  # the Sentinel test's senders
 LIMIT = 20  # per hour, a token bucket: each of the 2 milters gets 10 while Redis is down
@@ -72,15 +72,6 @@ def _list_recipient(milter: MilterProcess, url: str, account: str) -> None:
     store.close()
 
 
-def _until(check: Callable[[], bool], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) != 0
@@ -98,7 +89,7 @@ def test_an_outage_under_load_keeps_the_policy_and_is_reconciled(
     try:
         pair = _start_pair(start_milter, tmp_path, server.url, fleet_size)
         if not fleet_size:  # each heartbeat (every 5 s) counts the hosts heard of lately
-            assert _until(lambda: all("learned from the store: 2 milter host(s)" in m.log() for m in pair), 12)
+            assert poll_until(lambda: all("learned from the store: 2 milter host(s)" in m.log() for m in pair), 12)
         _list_recipient(pair[0], server.url, "shop.example")
         before = [_message(pair[n % 2], "shop.example") for n in range(6)]  # 6 of 20 spent in Redis
         assert before == ["accepted"] * 6
@@ -123,14 +114,14 @@ def test_an_outage_under_load_keeps_the_policy_and_is_reconciled(
         assert any(d["reason"] == "fallback_unconfirmed" and "cannot" not in d["why"] for d in local)
         if fault == "kill":  # a milter restarted during the outage keeps its spend in its file
             pair[0].stop()
-            assert _until(lambda: _port_free(pair[0].port), 5)  # its worker finishes its drain
+            assert poll_until(lambda: _port_free(pair[0].port), 5)  # its worker finishes its drain
             pair[0].start()
             # No replica yet in the new process: no recipient can be cleared, so each is deferred
             # (README: a milter started during an outage); its spend waits in its file.
             assert _message(pair[0], "shop.example") == "unconfirmed"
         server.start() if fault == "kill" else server.resume()
-        assert _until(lambda: all("local fallback reconciled" in m.log() for m in pair), 10), pair[0].log()[-2000:]
-        assert _until(lambda: all("leaving local mode" in m.log() for m in pair), 10)
+        assert poll_until(lambda: all("local fallback reconciled" in m.log() for m in pair), 10), pair[0].log()[-2000:]
+        assert poll_until(lambda: all("leaving local mode" in m.log() for m in pair), 10)
         # The outage's spend is in Redis's buckets: the level stands above the capacity, and the
         # account waits until it drains (the long-run average holds).
         # A frozen Redis runs, once resumed, the debit each milter timed out on (it was charged

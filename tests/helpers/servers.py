@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -126,3 +126,13 @@ class MilterProcess:
             fields = shlex.split(line[line.index(" stage=") + 1:])
             lines.append(dict(field.split("=", 1) for field in fields if "=" in field))
         return lines
+
+
+def poll_until(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether `check` came true within `seconds` (asked every 50 ms, and once more at the end)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
