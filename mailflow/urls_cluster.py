@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
-from mailflow.urls_sentinel import parse_hosts
+from mailflow.urls_sentinel import parse_hosts, split_url
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 CLUSTER_PORT = 6379
@@ -37,16 +37,10 @@ class ClusterURL:
 def parse_cluster_url(url: str, known_keys: frozenset[str]) -> ClusterURL | str:
     """The URL's parts, or what is wrong with it (never quoting the password: the caller quotes
     the URL redacted). `known_keys`: the query options a redis:// URL takes."""
-    scheme, sep, rest = url.partition("://")
-    if scheme not in CLUSTER_SCHEMES or not sep:
-        return "not a redis+cluster:// URL"
-    rest, _, query_text = rest.partition("?")
-    authority, slash, path = rest.partition("/")
-    userinfo, at, hosts = authority.rpartition("@")
-    if not at:
-        userinfo, hosts = "", authority
-    if "@" in userinfo or "@" in path or "#" in url:
-        return "the user or password holds a character that must be percent-encoded (@ as %40, / as %2F, # as %23)"
+    split = split_url(url, CLUSTER_SCHEMES)
+    if isinstance(split, str):
+        return split
+    scheme, userinfo, hosts, slash, path, query_text = split
     nodes = parse_hosts(hosts, CLUSTER_PORT, MAX_NODES, "node")
     if isinstance(nodes, str):
         return nodes

@@ -67,19 +67,29 @@ def parse_hosts(hosts: str, default_port: int, most: int, what: str) -> list[tup
     return found
 
 
-def parse_sentinel_url(url: str, known_keys: frozenset[str]) -> SentinelURL | str:
-    """The URL's parts, or what is wrong with it (never quoting the password: the caller quotes
-    the URL redacted). `known_keys`: the query options a redis:// URL takes."""
+def split_url(url: str, schemes: tuple[str, ...]) -> tuple[str, str, str, str, str, str] | str:
+    """A multi-host URL's scheme, user info, host list, "/" if a path follows, the path and the
+    query; or what is wrong with it (never quoting the password)."""
     scheme, sep, rest = url.partition("://")
-    if scheme not in SENTINEL_SCHEMES or not sep:
-        return "not a redis+sentinel:// URL"
+    if scheme not in schemes or not sep:
+        return f"not a {schemes[0]}:// URL"
     rest, _, query_text = rest.partition("?")
     authority, slash, path = rest.partition("/")
     userinfo, at, hosts = authority.rpartition("@")
     if not at:
         userinfo, hosts = "", authority
-    if "@" in userinfo or "@" in path:
-        return "the user or password holds a character that must be percent-encoded (@ as %40, / as %2F)"
+    if "@" in userinfo or "@" in path or "#" in url:
+        return "the user or password holds a character that must be percent-encoded (@ as %40, / as %2F, # as %23)"
+    return scheme, userinfo, hosts, slash, path, query_text
+
+
+def parse_sentinel_url(url: str, known_keys: frozenset[str]) -> SentinelURL | str:
+    """The URL's parts, or what is wrong with it (never quoting the password: the caller quotes
+    the URL redacted). `known_keys`: the query options a redis:// URL takes."""
+    split = split_url(url, SENTINEL_SCHEMES)
+    if isinstance(split, str):
+        return split
+    scheme, userinfo, hosts, slash, path, query_text = split
     sentinels = parse_hosts(hosts, SENTINEL_PORT, MAX_SENTINELS, "sentinel")
     if isinstance(sentinels, str):
         return sentinels
