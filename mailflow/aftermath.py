@@ -37,7 +37,7 @@ class Aftermath:
 
     def decided(self, stage: str, client: Client, message: Message, decision: Decision, enforced: Decision,
                 conn_id: str | None = None, qid: str = "", rcpt: str | None = None, cost: int | None = None,
-                forgery: str | None = None, removed: str | None = None) -> None:
+                forgery: str | None = None, removed: str | None = None, local: bool = False) -> None:
         """One decision, as decided and as enforced (they differ in monitor mode). `cost` is given
         for the end of message's own decision (not an earlier refusal there): the message charged."""
         identity = message.identity
@@ -68,7 +68,8 @@ class Aftermath:
             mode="monitor" if self.monitor and decision.refuses else None,
             reason=decision.reason,
             reply=str(decision.reply) if decision.reply else None,
-            why=why(decision.reason, decision.refuses),
+            why=why(decision.reason, decision.refuses, local),
+            store="local" if local else None,  # on_error = "local" decided it (README, "Local fallback")
             forgery=forgery,
             removed=removed,
             php_script=message.php_script,

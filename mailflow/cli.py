@@ -16,6 +16,7 @@ from mailflow.config import Config, ConfigError, config_path, config_warnings, l
 from mailflow.groups import group_problem
 from mailflow.milter.socket_path import unix_socket_problem
 from mailflow.notify.notifier import notifying
+from mailflow.fallback.setup import check_fallback_path
 from mailflow.store import DomainTaken, Store, StoreError, check_store_group, check_store_path, open_store
 from mailflow.suppression.keys import KeyFileError, KeyMismatch
 from mailflow.urls import redact_text, redact_url
@@ -51,7 +52,8 @@ def _preflight(config: Config, socket: bool = True) -> None:
     problems: list[tuple[str, str | None]] = []
     checks: tuple[tuple[str, Callable[[], None]], ...] = (
         ("store.url", lambda: check_store_path(config.store.url)),
-        ("store.group", lambda: check_store_group(config.store.url, config.store.group)))
+        ("store.group", lambda: check_store_group(config.store.url, config.store.group)),
+        ("store.fallback_path", lambda: check_fallback_path(config)))
     for key, check in checks:
         try:
             check()

@@ -7,6 +7,10 @@ from mailflow.model import Decision, Reply, Verdict, shown
 
 INBOUND = Decision(Verdict.ACCEPT, "inbound")
 STORE_DOWN_REPLY = Reply("451", "4.3.0", "Mail policy service temporarily unavailable; try again later")
+# on_error = "local": a recipient the last replica cannot clear is deferred, never refused on a guess.
+FALLBACK_UNCONFIRMED = Decision(Verdict.TEMPFAIL, "fallback_unconfirmed", Reply(
+    "451", "4.3.0", "Recipient cannot be checked against the suppression lists while the policy store is down; "
+                    "try again later"))
 POLICY_HEADER = "X-Mailflow-Policy"
 NOT_FROM_MSP = Decision(Verdict.REJECT, "not_from_msp", Reply(
     "550", "5.7.1", "This listener takes only mail from the local submission program; submit with sendmail"))

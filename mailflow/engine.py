@@ -11,7 +11,7 @@ import functools
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mailflow import accounts
 from mailflow.aftermath import Aftermath
@@ -19,6 +19,7 @@ from mailflow.config import Config, RatePolicy
 from mailflow.decisions import (INBOUND, MSP_BACKSCATTER, NOT_FROM_MSP, POLICY_HEADER, STORE_DOWN_REPLY,
                                 UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE, suppressed_text)
 from mailflow.events import ACCOUNT_HELD, Event, publish
+from mailflow.fallback.setup import open_fallback
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
 from mailflow.forgery.ownership import organisational_domain
 from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
@@ -36,6 +37,9 @@ from mailflow.suppression.entries import GLOBAL, Matcher, scope_for
 from mailflow.suppression.keys import Keyring
 from mailflow.suppression.normalize import AddressForms
 
+if TYPE_CHECKING:
+    from mailflow.fallback.local import LocalFallback
+
 T = TypeVar("T")
 
 
@@ -49,6 +53,8 @@ class Engine:
         self.grants = GrantOverlay(config.ratelimit, store, config.store.refresh_ms / 1000)
         self.notices = LimitNotices(config.notify.near_limit, self.monitor)  # limit_refused, limit_near
         self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
+        self.fallback = open_fallback(config, store, lambda account: self.grants.policy_for(account).limits,
+                                      self.store_health)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.aftermath = Aftermath(store, self.clock, self.monitor)  # logs, metrics, counts, hold records
         suppression = config.suppression
@@ -69,23 +75,33 @@ class Engine:
         """Before the store closes: the background domain refresh stops, the sent counts are written."""
         self.ownership.stop()
         self.grants.stop()
+        if self.fallback is not None:
+            self.fallback.stop()
         self.aftermath.close()
 
     # -- what the MTA does when things break ---------------------------------------------
 
     def error_decision(self, what: str) -> Decision:
         """The `on_error` answer for a store outage or an unexpected fault."""
-        if self.config.milter.on_error == "accept":
+        if self.config.milter.on_error == "accept":  # "local" without a fallback (SQLite): as tempfail
             return Decision(Verdict.CONTINUE, f"{what}_accepted")
         return Decision(Verdict.TEMPFAIL, what, STORE_DOWN_REPLY)
 
-    def _store_call(self, call: Callable[[], T], proves_up: bool = True) -> T | Decision:
+    def _store_call(self, call: Callable[[], T], proves_up: bool = True,
+                    local: Callable[[LocalFallback], T | Decision] | None = None) -> T | Decision:
         """The call's answer, or on_error. A call the store may answer from memory (Redis: the
-        suppression replica, recent levels) says nothing of an outage's end: `proves_up=False`."""
+        suppression replica, recent levels) says nothing of an outage's end: `proves_up=False`.
+        on_error = "local": the fallback answers instead while the store is down (fallback/local.py)."""
+        fallback = self.fallback
+        if fallback is not None and local is not None and fallback.active:
+            return fallback.answer(local)
         try:
             result = call()
         except StoreError as exc:
             self.store_health.failed(exc)
+            if fallback is not None and local is not None:
+                fallback.enter(exc)
+                return fallback.answer(local)
             return self.error_decision("store_error")
         if proves_up:
             self.store_health.succeeded()
@@ -201,7 +217,8 @@ class Engine:
     def _read_levels(self, message: Message, account: str, policy: RatePolicy,
                      estimate: bool = False) -> tuple[float, ...] | Decision:
         """The buckets' levels (kept on the message), or the on_error decision."""
-        levels = self._store_call(lambda: self.store.levels(account, policy.limits, estimate), not estimate)
+        levels = self._store_call(lambda: self.store.levels(account, policy.limits, estimate), not estimate,
+                                  lambda local: local.levels(account, policy.limits))
         if not isinstance(levels, Decision):
             message.levels, message.levels_confirmed = levels, not estimate
         return levels
@@ -223,7 +240,8 @@ class Engine:
         else:
             keys = self.matcher.recipient_keys(recipient)
         lookup = self._store_call(
-            lambda: self.store.find_suppressions(identity.account, scopes, keys, peek), False)
+            lambda: self.store.find_suppressions(identity.account, scopes, keys, peek), False,
+            lambda local: local.find_suppressions(identity.account, scopes, keys, peek))
         if isinstance(lookup, Decision):
             return lookup
         message.held, message.hold_known = message.held or lookup.account_held, True
@@ -325,7 +343,8 @@ class Engine:
         refusal = capacity_refusal(policy, account, cost)
         if refusal is not None:
             return refusal
-        debit = self._store_call(lambda: self.store.debit(account, policy.limits, cost))
+        debit = self._store_call(lambda: self.store.debit(account, policy.limits, cost), True,
+                                 lambda local: local.debit(account, policy.limits, cost))
         if isinstance(debit, Decision):
             return debit
         if debit.allowed:
@@ -398,5 +417,5 @@ class Engine:
         if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
         self.aftermath.decided(stage, client, message, decision, enforced, conn_id or None, qid, rcpt, cost, forgery,
-                               removed)
+                               removed, self.fallback is not None and self.fallback.active)
         return enforced

@@ -13,6 +13,10 @@ _RULE = "set [forgery.rules] {rule} (or per account) to \"tag\" or \"off\" if th
 WHY: dict[str, str] = {
     "store_error": "the store did not answer within store.timeout_ms; milter.on_error = \"tempfail\" defers mail "
                    "until it does: check Redis or the SQLite file (see the \"store unavailable\" line)",
+    "fallback_unconfirmed": "the store is down and milter.on_error = \"local\" enforces locally: the last "
+                            "suppression replica may list this recipient (or this milter started during the outage "
+                            "and has no replica), so it is deferred until the store can confirm; see the \"store "
+                            "unreachable\" line",
     "store_error_accepted": "the store did not answer; milter.on_error = \"accept\" let this mail through unchecked",
     "internal_error": "mailflow failed on this message (the traceback is logged just before); milter.on_error "
                       "= \"tempfail\" defers it: report the traceback",
@@ -56,6 +60,12 @@ WHY: dict[str, str] = {
 }
 
 
-def why(reason: str, refuses: bool) -> str | None:
-    """The admin's explanation of a refusal (or of mail let through on error), else None."""
-    return WHY.get(reason) if refuses or reason.endswith("_accepted") else None
+LOCAL = ("decided by this host alone while the store was down (on_error = \"local\": its share of the limit, "
+         "the last suppression replica); README, \"Local fallback\"")
+
+
+def why(reason: str, refuses: bool, local: bool = False) -> str | None:
+    """The admin's explanation of a refusal (or of mail let through on error), else None; a
+    refusal made by the local fallback says so."""
+    text = WHY.get(reason) if refuses or reason.endswith("_accepted") else None
+    return f"{text}; {LOCAL}" if text and local and reason != "fallback_unconfirmed" else text

@@ -32,5 +32,11 @@ class Recorder:
     def policy_time(self, seconds: float) -> None:
         """The time mailflow spent on one message, MAIL to end of message."""
 
+    def fallback_decision(self) -> None:
+        """A RCPT lookup or debit answered by the local fallback (on_error = "local")."""
+
+    def fallback_reconciled(self, accounts: int) -> None:
+        """Accounts whose local spend was added to the store's buckets."""
+
 
 RECORDER = Recorder()

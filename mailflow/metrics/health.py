@@ -75,9 +75,12 @@ class Health:
         up, why = self.store_up()
         last = self.store_health.last_error
         failing = self.store_health.down and (last is None or now - last[1] < FAILING_NOW)
+        local = self.store_health.local_mode  # on_error = "local": degraded, the policy still holds
+        if local is not None:
+            problems.append(("warning", f"enforcing locally (on_error = \"local\"): {local}"))
         if not up:
-            problems.append(("critical", f"store unreachable: {why}"))
-        elif failing:
+            problems.append(("warning" if local is not None else "critical", f"store unreachable: {why}"))
+        elif failing and local is None:
             problems.append(("critical", "store calls are failing (on_error applies)"))
         if last is not None and now - last[1] < RECENT_ERROR and up and not failing:
             problems.append(("warning", f"a store call failed {int(now - last[1])} s ago: {last[0]}"))

@@ -42,6 +42,8 @@ HELP = {
     "mailflow_store_resets": "Times the store's master held another data set than before (Sentinel: an empty old master)",
     "mailflow_store_roundtrip_seconds": "Store round trips (Redis) or calls (SQLite), failed ones too",
     "mailflow_policy_seconds": "Time mailflow spent on one message, MAIL to end of message",
+    "mailflow_fallback_decisions": "RCPT lookups and debits answered by the local fallback while the store was down",
+    "mailflow_fallback_reconciled": "Accounts whose local spend was added to the store's buckets once it answered",
 }
 
 
@@ -66,6 +68,7 @@ class PromRecorder(Recorder, Collector):
         self._recipients = dict.fromkeys(OUTCOMES, 0)
         self._ratelimit = {(stage, reason): 0 for stage in STAGES for reason in RATE_REASONS}
         self._held = self._store_errors = self._store_resets = 0
+        self._fallback = [0, 0]  # decisions, accounts reconciled
         self._store = _Histogram(STORE_BUCKETS)
         self._policy = _Histogram(POLICY_BUCKETS)
         self.registry = CollectorRegistry(auto_describe=False)
@@ -107,6 +110,14 @@ class PromRecorder(Recorder, Collector):
         with self._lock:
             self._store_resets += 1
 
+    def fallback_decision(self) -> None:
+        with self._lock:
+            self._fallback[0] += 1
+
+    def fallback_reconciled(self, accounts: int) -> None:
+        with self._lock:
+            self._fallback[1] += accounts
+
     def policy_time(self, seconds: float) -> None:
         policy = self._policy
         i = bisect_left(policy.bounds, seconds)
@@ -118,6 +129,7 @@ class PromRecorder(Recorder, Collector):
         with self._lock:  # one consistent copy; families are built outside the hot path's lock
             decisions, recipients, ratelimit = dict(self._decisions), dict(self._recipients), dict(self._ratelimit)
             held, errors, resets = self._held, self._store_errors, self._store_resets
+            fallback_decisions, reconciled = self._fallback
             store, policy = self._store.family("mailflow_store_roundtrip_seconds"), \
                 self._policy.family("mailflow_policy_seconds")
         family = CounterMetricFamily("mailflow_decisions", HELP["mailflow_decisions"], labels=["stage", "action", "reason"])
@@ -136,5 +148,8 @@ class PromRecorder(Recorder, Collector):
         yield CounterMetricFamily("mailflow_held_messages", HELP["mailflow_held_messages"], value=held)
         yield CounterMetricFamily("mailflow_store_errors", HELP["mailflow_store_errors"], value=errors)
         yield CounterMetricFamily("mailflow_store_resets", HELP["mailflow_store_resets"], value=resets)
+        yield CounterMetricFamily("mailflow_fallback_decisions", HELP["mailflow_fallback_decisions"],
+                                  value=fallback_decisions)
+        yield CounterMetricFamily("mailflow_fallback_reconciled", HELP["mailflow_fallback_reconciled"], value=reconciled)
         yield store
         yield policy

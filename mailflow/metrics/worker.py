@@ -53,6 +53,8 @@ class MilterCollector(Collector):
                                 value=self.health.loaded_at)
         up, _ = self.health.store_up()
         yield GaugeMetricFamily("mailflow_store_up", "1 when the store answers a ping", value=1 if up else 0)
+        yield GaugeMetricFamily("mailflow_store_fallback_active", "1 while on_error = \"local\" enforces locally",
+                                value=1 if self.health.store_health.local_mode else 0)
         if up:
             try:
                 held = len(self.store.held_accounts())

@@ -27,7 +27,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class MilterSettings:
     socket: str = "inet:8890@127.0.0.1"
     mode: str = "enforce"  # enforce | monitor
-    on_error: str = "tempfail"  # tempfail | accept
+    on_error: str = "tempfail"  # tempfail | accept | local (README, "Local fallback")
     timeout: int = 30  # seconds libmilter waits on the MTA
     socket_mode: int = 0o660  # unix socket only: set right after libmilter creates it
     socket_group: str = ""  # unix socket only: "" = the process's group
@@ -39,6 +39,8 @@ class StoreSettings:
     timeout_ms: int = 250
     refresh_ms: int = 1000  # how often the milter's in-memory replica (Redis) and grants (both) refresh
     group: str = ""  # SQLite: files 0640 with this group, else 0600
+    fleet_size: int = 0  # on_error = "local": milter hosts sharing the store; 0 = learned while it is up
+    fallback_path: str = "/var/lib/mailflow/fallback.db"  # on_error = "local": this host's buckets and spend
 
 
 def host_names() -> frozenset[str]:

@@ -38,7 +38,7 @@ def parse_milter(t: Table) -> MilterSettings:
     settings = MilterSettings(
         socket=socket,
         mode=t.choice("mode", d.mode, ("enforce", "monitor")),
-        on_error=t.choice("on_error", d.on_error, ("tempfail", "accept")),
+        on_error=t.choice("on_error", d.on_error, ("tempfail", "accept", "local")),
         timeout=t.integer("timeout", d.timeout, minimum=1),
         socket_mode=int(mode_text, 8),
         socket_group=group,
@@ -62,7 +62,9 @@ def parse_store(t: Table) -> StoreSettings:
             t.report("password_file" if password else "sentinel_password_file", str(exc))
     settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
                              refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
-                             group=t.text("group", d.group))  # checked by store.check_store_path
+                             group=t.text("group", d.group),  # checked by store.check_store_path
+                             fleet_size=t.integer("fleet_size", d.fleet_size, minimum=0),
+                             fallback_path=t.text("fallback_path", d.fallback_path))
     t.finish()
     return settings
 

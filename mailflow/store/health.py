@@ -38,6 +38,7 @@ class StoreHealth:
         self._last_line = float("-inf")
         self._window_start, self._window_failed, self._window_calls = 0.0, 0, 0  # since the last line
         self.last_error: tuple[str, float] | None = None  # its text and wall-clock time (/health)
+        self.local_mode: str | None = None  # on_error = "local" enforcing locally: since when, how (/health)
 
     @property
     def down(self) -> bool:

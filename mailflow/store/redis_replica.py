@@ -88,10 +88,11 @@ class SuppressionReplica:
     def filter_bytes(self) -> int:
         return self._filter.size // 8 if self._filter else 0
 
-    def lookup(self, account: str, keys: Sequence[str]) -> SuppressionLookup | None:
-        """The answer without Redis, or None when Redis must be asked."""
+    def lookup(self, account: str, keys: Sequence[str], stale_ok: bool = False) -> SuppressionLookup | None:
+        """The answer without Redis, or None when Redis must be asked (`stale_ok`: the last good
+        filter however old, for the local fallback while Redis is down)."""
         key_filter = self._filter
-        if key_filter is None or not self.ready:
+        if key_filter is None or not (stale_ok or self.ready):
             return None
         for key in keys:
             if key_filter.might_contain(key):

@@ -23,6 +23,7 @@ local SLOTS = 60
 
 local levels = {}
 local windows = {}
+local overs = {}
 local allowed = 1
 for i, key in ipairs(KEYS) do
   local capacity = tonumber(ARGV[3 * i])
@@ -30,11 +31,14 @@ for i, key in ipairs(KEYS) do
   local level = 0
   if period == 0 then
     local rate = tonumber(ARGV[3 * i + 1])
-    local stored = redis.call('HMGET', key, 'level', 'ts')
+    local stored = redis.call('HMGET', key, 'level', 'ts', 'over')
     if stored[1] then
       -- As written but at most the capacity (a lowered limit), then drained: never a longer wait
-      -- than the new limit takes to refill.
-      level = math.max(0, math.min(capacity, tonumber(stored[1])) - math.max(0, now - tonumber(stored[2])) * rate)
+      -- than the new limit takes to refill. A reconciled outage (`over`, fallback/reconcile.py)
+      -- may stand above the capacity: the account waits until what it spent locally drains.
+      local ceiling = capacity
+      if stored[3] then ceiling = math.max(capacity, tonumber(stored[3])); overs[i] = true end
+      level = math.max(0, math.min(ceiling, tonumber(stored[1])) - math.max(0, now - tonumber(stored[2])) * rate)
     end
   else
     local current = math.floor(now * SLOTS / period)
@@ -92,6 +96,7 @@ for i, key in ipairs(KEYS) do
       level = level + cost
       local rate = tonumber(ARGV[3 * i + 1])
       redis.call('HSET', key, 'level', tostring(level), 'ts', tostring(now))
+      if overs[i] then redis.call('HDEL', key, 'over') end
       -- Keep the key only until the bucket would be full again: memory stays bounded by
       -- the accounts active in the last period.
       redis.call('PEXPIRE', key, math.ceil(level / rate * 1000) + 1000)
