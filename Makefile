@@ -32,6 +32,7 @@ bench:
 	$(VENV)/bin/python -m bench.profile
 	$(VENV)/bin/python -m bench.roundtrips
 	$(VENV)/bin/python -m bench.scale
+	$(VENV)/bin/python -m bench.fleet
 	$(VENV)/bin/python -m bench.suppression
 	$(VENV)/bin/python -m bench.rbl
 	$(VENV)/bin/python -m bench.adversarial

@@ -81,11 +81,13 @@ def run_through_postfix(mta: PrivatePostfix, pid: int | None, messages: int) -> 
 
 
 def milter_alone(socket: str, messages: int, concurrency: int, rate: float | None = None,
-                 accounts: int = 0) -> dict[str, Any]:
+                 accounts: int = 0, samples: dict[str, list[float]] | None = None) -> dict[str, Any]:
     """Sessions through the milter protocol; per-stage latency in ms. `rate` paces messages/s;
     `accounts` spreads the messages over that many authenticated accounts (acctN.example), each
-    message with a sender address of its own."""
-    stages: dict[str, list[float]] = {"mail": [], "rcpt": [], "eom": []}
+    message with a sender address of its own. `samples`, if given, receives every latency by stage."""
+    stages: dict[str, list[float]] = {"mail": [], "rcpt": [], "eom": []} if samples is None else samples
+    for stage in ("mail", "rcpt", "eom"):
+        stages.setdefault(stage, [])
     lock = threading.Lock()
     counter = iter(range(messages))
     started = time.monotonic()

@@ -29,6 +29,9 @@ class Recorder:
     def store_reset(self) -> None:
         """The store's data set changed under the milter (a new epoch: see store/redis_sentinel)."""
 
+    def store_wait_short(self) -> None:
+        """A debit acknowledged by fewer replicas than [store] wait_replicas (store/redis_wait)."""
+
     def policy_time(self, seconds: float) -> None:
         """The time mailflow spent on one message, MAIL to end of message."""
 

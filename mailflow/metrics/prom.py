@@ -40,6 +40,8 @@ HELP = {
     "mailflow_held_messages": "Messages put in the MTA's hold queue",
     "mailflow_store_errors": "Store calls that failed on the hot path (on_error applied)",
     "mailflow_store_resets": "Times the store's master held another data set than before (Sentinel: an empty old master)",
+    "mailflow_store_wait_short": "Debits acknowledged by fewer replicas than [store] wait_replicas within "
+                                 "wait_timeout_ms (the debit stands)",
     "mailflow_store_roundtrip_seconds": "Store round trips (Redis) or calls (SQLite), failed ones too",
     "mailflow_policy_seconds": "Time mailflow spent on one message, MAIL to end of message",
     "mailflow_fallback_decisions": "RCPT lookups and debits answered by the local fallback while the store was down",
@@ -67,7 +69,7 @@ class PromRecorder(Recorder, Collector):
         self._decisions: dict[tuple[str, Verdict, str], int] = {}  # the Verdict itself: .value costs more
         self._recipients = dict.fromkeys(OUTCOMES, 0)
         self._ratelimit = {(stage, reason): 0 for stage in STAGES for reason in RATE_REASONS}
-        self._held = self._store_errors = self._store_resets = 0
+        self._held = self._store_errors = self._store_resets = self._wait_short = 0
         self._fallback = [0, 0]  # decisions, accounts reconciled
         self._store = _Histogram(STORE_BUCKETS)
         self._policy = _Histogram(POLICY_BUCKETS)
@@ -110,6 +112,10 @@ class PromRecorder(Recorder, Collector):
         with self._lock:
             self._store_resets += 1
 
+    def store_wait_short(self) -> None:
+        with self._lock:
+            self._wait_short += 1
+
     def fallback_decision(self) -> None:
         with self._lock:
             self._fallback[0] += 1
@@ -128,7 +134,7 @@ class PromRecorder(Recorder, Collector):
     def collect(self) -> Iterator[Metric]:
         with self._lock:  # one consistent copy; families are built outside the hot path's lock
             decisions, recipients, ratelimit = dict(self._decisions), dict(self._recipients), dict(self._ratelimit)
-            held, errors, resets = self._held, self._store_errors, self._store_resets
+            held, errors, resets, short = self._held, self._store_errors, self._store_resets, self._wait_short
             fallback_decisions, reconciled = self._fallback
             store, policy = self._store.family("mailflow_store_roundtrip_seconds"), \
                 self._policy.family("mailflow_policy_seconds")
@@ -148,6 +154,7 @@ class PromRecorder(Recorder, Collector):
         yield CounterMetricFamily("mailflow_held_messages", HELP["mailflow_held_messages"], value=held)
         yield CounterMetricFamily("mailflow_store_errors", HELP["mailflow_store_errors"], value=errors)
         yield CounterMetricFamily("mailflow_store_resets", HELP["mailflow_store_resets"], value=resets)
+        yield CounterMetricFamily("mailflow_store_wait_short", HELP["mailflow_store_wait_short"], value=short)
         yield CounterMetricFamily("mailflow_fallback_decisions", HELP["mailflow_fallback_decisions"],
                                   value=fallback_decisions)
         yield CounterMetricFamily("mailflow_fallback_reconciled", HELP["mailflow_fallback_reconciled"], value=reconciled)

@@ -248,7 +248,8 @@ class _Stopper:
 def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_seconds: float,
                  describe: Describe, metrics_host: MetricsHost | None = None) -> NoReturn:
     """In a forked worker: validate what needs the store, then serve until told to stop."""
-    store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group)
+    store = open_store(config.store.url, config.store.timeout_ms, config.store.refresh_ms, config.store.group,
+                       (config.store.wait_replicas, config.store.wait_timeout_ms))
     engine: Engine | None = None
     notifier = start_notifier(config, store)  # policy events: the log, webhook, e-mail (mailflow/notify)
     served: WorkerMetrics | None = None

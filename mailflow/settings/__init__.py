@@ -39,6 +39,8 @@ class StoreSettings:
     timeout_ms: int = 250
     refresh_ms: int = 1000  # how often the milter's in-memory replica (Redis) and grants (both) refresh
     group: str = ""  # SQLite: files 0640 with this group, else 0600
+    wait_replicas: int = 0  # Redis: a debit waits for this many replicas (WAIT); 0: off
+    wait_timeout_ms: int = 50  # for at most this long (at most half of timeout_ms)
     fleet_size: int = 0  # on_error = "local": milter hosts sharing the store; 0 = learned while it is up
     fallback_path: str = "/var/lib/mailflow/fallback.db"  # on_error = "local": this host's buckets and spend
 

@@ -60,9 +60,17 @@ def parse_store(t: Table) -> StoreSettings:
             url = add_passwords(url, password, sentinel_password)
         except ValueError as exc:
             t.report("password_file" if password else "sentinel_password_file", str(exc))
-    settings = StoreSettings(url=url, timeout_ms=t.integer("timeout_ms", d.timeout_ms, minimum=1),
-                             refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
+    timeout_ms = t.integer("timeout_ms", d.timeout_ms, minimum=1)
+    wait_replicas, wait_timeout_ms = (t.integer("wait_replicas", d.wait_replicas),
+                                      t.integer("wait_timeout_ms", d.wait_timeout_ms, minimum=1))
+    if wait_replicas and url.startswith("sqlite://"):
+        t.report("wait_replicas", "needs a Redis store with replicas (SQLite has none): set 0")
+    elif wait_replicas and wait_timeout_ms > timeout_ms // 2:  # the debit and its WAIT share one deadline
+        t.report("wait_timeout_ms", f"{wait_timeout_ms} is over half of timeout_ms ({timeout_ms}), "
+                                    "which the debit and its WAIT share")
+    settings = StoreSettings(url=url, timeout_ms=timeout_ms, refresh_ms=t.integer("refresh_ms", d.refresh_ms, minimum=10),
                              group=t.text("group", d.group),  # checked by store.check_store_path
+                             wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms,
                              fleet_size=t.integer("fleet_size", d.fleet_size, minimum=0),
                              fallback_path=t.text("fallback_path", d.fallback_path))
     t.finish()

@@ -7,9 +7,11 @@ from mailflow.store.base import DomainTaken, Store, StoreError
 from mailflow.urls import STORE_SCHEMES as SCHEMES
 
 
-def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000, group: str = "") -> Store:
+def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000, group: str = "",
+               wait: tuple[int, int] = (0, 0)) -> Store:
     """Open the store a URL names. Connections are lazy: a down Redis fails per call, not here.
-    A SQLite file that cannot be used is a StoreError here, in one line. `group`: see [store]."""
+    A SQLite file that cannot be used is a StoreError here, in one line. `group`: see [store];
+    `wait`: [store] wait_replicas and wait_timeout_ms (Redis: store/redis_wait)."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
     if scheme == "sqlite":
         from mailflow.store.sqlite import SqliteStore
@@ -18,7 +20,8 @@ def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000, group: s
     if scheme in ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel"):
         from mailflow.store.redis import RedisStore
 
-        return RedisStore(url, timeout_ms=timeout_ms, refresh_ms=refresh_ms)
+        return RedisStore(url, timeout_ms=timeout_ms, refresh_ms=refresh_ms, wait_replicas=wait[0],
+                          wait_timeout_ms=wait[1])
     raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss://, unix:// or redis+sentinel://)")
 
 

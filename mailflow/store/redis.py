@@ -29,6 +29,7 @@ from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
 from mailflow.store.redis_held import RedisHeldMail
 from mailflow.store.redis_pool import HotPool, admin_deadlines
 from mailflow.store.redis_sentinel import UNKNOWN, follow, sentinel_spec
+from mailflow.store.redis_wait import ReplicaWait
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
 from mailflow.suppression.entries import Entry
 
@@ -72,7 +73,8 @@ def _lua(name: str) -> str:
 
 
 class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and audit, the views' counts, held mail: redis_*.py
-    def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000) -> None:
+    def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000,
+                 wait_replicas: int = 0, wait_timeout_ms: int = 0) -> None:
         timeout = timeout_ms / 1000
         self._timeout_ms = timeout_ms
         sentinel = sentinel_spec(url)  # redis+sentinel://: the master the sentinels name (redis_sentinel)
@@ -98,6 +100,7 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
                                           timeout_ms)
         self._recent = RecentLevels()
         self._follower = follow(self.client, self._hot_pool, sentinel, timeout_ms) if sentinel else None
+        self._wait = ReplicaWait(wait_replicas, wait_timeout_ms) if wait_replicas else None
 
     def _errors(self) -> AbstractContextManager[None]:
         """Any failure of redis-py or the socket inside: a StoreError naming the cause."""
@@ -187,7 +190,12 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
         return ["EVALSHA", self._debit_script.sha, len(keys), *keys, *args]
 
     def _run(self, account: str, limits: Sequence[Limit], cost: float, commit: bool) -> DebitResult:
-        [reply] = self._roundtrip([self._debit_command(account, limits, cost, commit)])
+        commands = [self._debit_command(account, limits, cost, commit)]
+        if commit and cost and self._wait is not None:  # a spend: WAIT for replicas, same exchange (redis_wait)
+            commands.append(self._wait.command)
+        [reply, *acks] = self._roundtrip(commands)
+        if acks and self._wait is not None:
+            self._wait.acknowledged(acks[0])
         result = self._debit_result(reply)
         self._recent.remember(account, limits, result.levels)
         return result
