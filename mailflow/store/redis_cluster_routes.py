@@ -1,0 +1,195 @@
+"""The hot path on a Redis Cluster: each command to the master that owns its key's slot.
+
+One HotPool (redis_pool) per master and a slot table (16384 entries) read from the admin
+client's map. A reply that says the slot is elsewhere is followed, and only those: nothing ran
+for a command answered MOVED, ASK or TRYAGAIN, so sending it again is safe.
+  MOVED slot host:port   the slot moved for good: the table learns it (and a full refresh runs
+                         in the background), the command goes there
+  ASK slot host:port     mid-migration, the key is on the importing node: ASKING + the command there, once
+  TRYAGAIN               a multi-key command whose keys are split by a migration: again after
+                         TRYAGAIN_SLEEP, at most ROUNDS times
+A timeout, a reset after a reply byte or any other failure is never re-sent (a debit must not
+run twice): the caller gets the StoreError, as on one node.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot
+
+from mailflow.store.base import StoreError
+from mailflow.store.redis_pool import HotPool
+
+log = logging.getLogger("mailflow.store")
+
+SLOTS = 16384
+ROUNDS = 5  # redirections followed per call, at most (a resharding moves a slot once per message)
+TRYAGAIN_SLEEP = 0.005
+REFRESH_EVERY = 1.0  # seconds between two background refreshes of the slot table, at least
+
+Address = tuple[str, int]
+Exchange = Callable[[Any, Sequence[Sequence[Any]], bool], list[Any]]
+
+
+def command_key(command: Sequence[Any]) -> str | None:
+    """The key a hot-path command touches first (EVALSHA sha N KEY…, HMGET KEY…, GET KEY)."""
+    name = str(command[0]).upper()
+    if name in ("EVALSHA", "EVAL"):
+        return str(command[3]) if int(command[2]) else None
+    if name in ("WAIT", "ASKING", "SCRIPT", "PING"):
+        return None
+    return str(command[1]) if len(command) > 1 else None
+
+
+@dataclass
+class _Pending:
+    index: int  # where its reply goes
+    command: Sequence[Any]
+    slot: int
+    ask: Address | None = None  # send ASKING first, to this node
+    load: bool = False  # SCRIPT LOAD first (the node had not seen the script)
+
+
+class ClusterRoutes:
+    def __init__(self, client: RedisCluster, template: redis.Redis, timeout_ms: int, script: str) -> None:
+        self._client = client
+        self._template = template  # the connection settings every node's pool copies
+        self._timeout_ms = timeout_ms
+        self._script = script  # debit.lua: loaded on a node that answers NOSCRIPT
+        self._pools: dict[Address, HotPool] = {}
+        self._lock = threading.Lock()
+        self._table: list[Address | None] = [None] * SLOTS
+        self._refreshing = False
+        self._refreshed = float("-inf")
+        self._read_table()
+
+    def _read_table(self) -> None:
+        table: list[Address | None] = [None] * SLOTS
+        for slot, nodes in list(self._client.nodes_manager.slots_cache.items()):
+            if nodes:
+                table[slot] = (str(nodes[0].host), int(nodes[0].port))
+        self._table = table
+
+    def refresh(self) -> None:
+        """The slot table read afresh from the cluster, in the background, at most every REFRESH_EVERY."""
+        now = time.monotonic()
+        with self._lock:
+            if self._refreshing or now - self._refreshed < REFRESH_EVERY:
+                return
+            self._refreshing, self._refreshed = True, now
+        threading.Thread(target=self._refresh, name="mailflow-cluster-slots", daemon=True).start()
+
+    def _refresh(self) -> None:
+        try:
+            self._client.nodes_manager.initialize()
+            self._read_table()
+        except (redis.RedisError, OSError, redis.exceptions.RedisClusterException) as exc:
+            log.warning("redis cluster: cannot refresh the slot map: %s", exc)
+        finally:
+            with self._lock:
+                self._refreshing = False
+
+    def _pool(self, address: Address) -> HotPool:
+        pool = self._pools.get(address)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(address)
+                if pool is None:
+                    pool = HotPool(self._template, self._timeout_ms)
+                    pool.retarget(*address)
+                    self._pools[address] = pool
+        return pool
+
+    def _owner(self, slot: int) -> Address:
+        owner = self._table[slot]
+        if owner is None:
+            self.refresh()
+            raise StoreError(f"redis: no master serves slot {slot} (cluster map incomplete)")
+        return owner
+
+    def roundtrip(self, commands: Sequence[Sequence[Any]], exchange: Exchange,
+                  failed: Callable[[BaseException], StoreError]) -> list[Any]:
+        """Every command's reply (an error reply as a ResponseError in its place), each command
+        sent to its slot's master; a command without a key goes with the one before it."""
+        replies: list[Any] = [None] * len(commands)
+        pending: list[_Pending] = []
+        slot = 0
+        for i, command in enumerate(commands):
+            key = command_key(command)
+            if key is not None:
+                slot = key_slot(key.encode())
+            pending.append(_Pending(i, command, slot))
+        for round_ in range(ROUNDS + 1):
+            groups: dict[Address, list[_Pending]] = {}
+            for item in pending:
+                groups.setdefault(item.ask or self._owner(item.slot), []).append(item)
+            pending, wait = [], False
+            for address, items in groups.items():
+                for item, reply in zip(items, self._send(address, items, exchange, failed)):
+                    again = self._redirect(item, reply, round_)
+                    if again is None:
+                        replies[item.index] = reply
+                    else:
+                        pending.append(again)
+                        wait = wait or isinstance(reply, redis.exceptions.TryAgainError)
+            if not pending:
+                return replies
+            if wait:  # MOVED, ASK and NOSCRIPT go again at once
+                time.sleep(TRYAGAIN_SLEEP)
+        for item in pending:
+            replies[item.index] = redis.exceptions.TryAgainError("TRYAGAIN: still moving after redirections")
+        return replies
+
+    def _redirect(self, item: _Pending, reply: Any, round_: int) -> _Pending | None:
+        """What to send again for a reply that says nothing ran here; None to keep the reply."""
+        if round_ >= ROUNDS:
+            return None
+        if isinstance(reply, redis.exceptions.AskError):  # MovedError is an AskError
+            address = (str(reply.host), int(reply.port))
+            if isinstance(reply, redis.exceptions.MovedError):
+                self._table[reply.slot_id] = address
+                self.refresh()
+                return _Pending(item.index, item.command, item.slot)
+            return _Pending(item.index, item.command, item.slot, ask=address)
+        if isinstance(reply, redis.exceptions.TryAgainError):
+            return _Pending(item.index, item.command, item.slot)
+        if isinstance(reply, redis.exceptions.NoScriptError) and not item.load:
+            return _Pending(item.index, item.command, item.slot, ask=item.ask, load=True)
+        return None
+
+    def _send(self, address: Address, items: Sequence[_Pending], exchange: Exchange,
+              failed: Callable[[BaseException], StoreError]) -> list[Any]:
+        """One exchange with one master: each item's command (after SCRIPT LOAD and ASKING if due)."""
+        wire: list[Sequence[Any]] = []
+        mine: list[int] = []  # where each item's own reply is in the exchange
+        for item in items:
+            if item.load:
+                wire.append(["SCRIPT", "LOAD", self._script])
+            if item.ask is not None:
+                wire.append(["ASKING"])
+            mine.append(len(wire))
+            wire.append(item.command)
+        pool = self._pool(address)
+        conn = pool.take()
+        broken = True  # until every reply is read: a half-read connection must not be reused
+        try:
+            replies = exchange(conn, wire, conn._sock is not None)
+            broken = False
+        except (redis.RedisError, OSError) as exc:
+            self.refresh()  # a master gone: its slots may be served elsewhere now
+            raise failed(exc) from exc
+        finally:
+            pool.give(conn, broken)
+        return [replies[i] for i in mine]
+
+    def close(self) -> None:
+        for pool in list(self._pools.values()):
+            pool.close()
