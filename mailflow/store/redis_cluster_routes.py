@@ -31,7 +31,7 @@ from mailflow.store.redis_pool import HotPool
 log = logging.getLogger("mailflow.store")
 
 SLOTS = 16384
-ROUNDS = 5  # redirections followed per call, at most (a resharding moves a slot once per message)
+ROUNDS = 8  # redirections followed per call, at most (TRYAGAIN: 8 x TRYAGAIN_SLEEP while a slot's keys move)
 TRYAGAIN_SLEEP = 0.005
 REFRESH_EVERY = 1.0  # seconds between two background refreshes of the slot table, at least
 
@@ -69,6 +69,7 @@ class ClusterRoutes:
         self._table: list[Address | None] = [None] * SLOTS
         self._refreshing = False
         self._refreshed = float("-inf")
+        self.redirected = {"MOVED": 0, "ASK": 0, "TRYAGAIN": 0}  # replies followed (tests, diagnostics)
         self._read_table()
 
     def _read_table(self) -> None:
@@ -155,11 +156,14 @@ class ClusterRoutes:
         if isinstance(reply, redis.exceptions.AskError):  # MovedError is an AskError
             address = (str(reply.host), int(reply.port))
             if isinstance(reply, redis.exceptions.MovedError):
+                self.redirected["MOVED"] += 1
                 self._table[reply.slot_id] = address
                 self.refresh()
                 return _Pending(item.index, item.command, item.slot)
+            self.redirected["ASK"] += 1
             return _Pending(item.index, item.command, item.slot, ask=address)
         if isinstance(reply, redis.exceptions.TryAgainError):
+            self.redirected["TRYAGAIN"] += 1
             return _Pending(item.index, item.command, item.slot)
         if isinstance(reply, redis.exceptions.NoScriptError) and not item.load:
             return _Pending(item.index, item.command, item.slot, ask=item.ask, load=True)
