@@ -32,6 +32,8 @@ def _stored_fingerprint(url: str, timeout_ms: int) -> tuple[str | None, str]:
         return _sqlite_state(sqlite_path(url))
     if "+sentinel://" in url.partition("?")[0]:  # finding the master writes its epoch (store/redis_sentinel)
         return None, "a Sentinel store is compared when the milter or an admin command opens it"
+    if "+cluster://" in url.partition("?")[0]:
+        return _cluster_state(url, timeout_ms)
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000,
@@ -43,6 +45,20 @@ def _stored_fingerprint(url: str, timeout_ms: int) -> tuple[str | None, str]:
     finally:
         client.close()
     return (str(value) if value is not None else None), ""
+
+
+def _cluster_state(url: str, timeout_ms: int) -> tuple[str | None, str]:
+    """The Cluster store reads the slot map and one key: nothing is written."""
+    from mailflow.store import StoreError, open_store
+
+    try:
+        store = open_store(url, timeout_ms=timeout_ms)
+        try:
+            return store.state_get(FINGERPRINT_STATE), ""
+        finally:
+            store.close()
+    except StoreError as exc:
+        return None, f"the Redis Cluster did not answer ({exc})"
 
 
 def _sqlite_state(path: str) -> tuple[str | None, str]:
