@@ -13,6 +13,7 @@ refresh and `mailflow held` read whole (no SCAN).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -34,12 +35,14 @@ from mailflow.store.keys import ACCOUNT_SCOPE, CLUSTER, GLOBAL
 from mailflow.store.redis import HELD_KEY, IMPORT_BATCH, RedisStore, suppression_key, trap_key
 from mailflow.store.redis_cluster_routes import ClusterRoutes
 from mailflow.store.redis_counts import BATCH
-from mailflow.store.redis_errors import as_store_errors, store_error
+from mailflow.store.redis_cluster_client import ClusterUnreachable, LazyCluster
+from mailflow.store.redis_errors import FAILURES, store_error
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH
 from mailflow.suppression.entries import Entry
 from mailflow.urls import REDIS_QUERY_KEYS
 from mailflow.urls_cluster import ClusterURL, parse_cluster_url
 
+log = logging.getLogger("mailflow.store")
 _NOT_NODE_OPTIONS = ("host", "port", "db", "connection_class", "path")
 
 
@@ -73,18 +76,22 @@ class RedisClusterStore(RedisStore):
         spec = cluster_spec(url)
         options = node_options(spec, timeout_ms / 1000)
         self._timeout_ms, self._password, self._follower = timeout_ms, spec.password, None
-        try:
-            cluster = RedisCluster(startup_nodes=[ClusterNode(host, port)  # type: ignore[no-untyped-call]
-                                                  for host, port in spec.nodes],
-                                   retry=Retry(NoBackoff(), 0), **options)
-        except (RedisClusterException, redis.RedisError, OSError) as exc:
-            raise store_error(exc, timeout_ms, spec.password) from exc
+        nodes = [ClusterNode(host, port) for host, port in spec.nodes]  # type: ignore[no-untyped-call]
+
+        def connect() -> RedisCluster:
+            return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **options)
+
+        self._cluster = LazyCluster(connect, lambda exc: str(self._failed(exc)))
         # Typed as the single-node client the mixins use: the calls they make are the same.
-        self.client = cast(redis.Redis, cluster)
+        self.client = cast(redis.Redis, self._cluster)
         self._setup(refresh_ms, wait_replicas, wait_timeout_ms)
         # Never connects: each master's HotPool copies its settings (no retry: fail fast, as one node).
         template = redis.Redis(host=spec.nodes[0][0], port=spec.nodes[0][1], **{**options, "retry": None})
-        self._routes = ClusterRoutes(cluster, template, timeout_ms, self._debit_script.script)
+        self._routes = ClusterRoutes(self._cluster, template, timeout_ms, self._debit_script.script)
+        try:
+            self._cluster.reach()  # the slot map now; a Cluster down at start fails calls, not the start
+        except StoreError as exc:
+            log.warning("%s; the Redis Cluster is tried again at the next call", exc)
 
     def _errors(self) -> AbstractContextManager[None]:
         return self._cluster_errors()
@@ -92,10 +99,11 @@ class RedisClusterStore(RedisStore):
     @contextmanager
     def _cluster_errors(self) -> Iterator[None]:
         try:
-            with as_store_errors(self._timeout_ms, self._password):
-                yield
-        except RedisClusterException as exc:  # no node reachable, a cross-slot call: not a RedisError
-            raise store_error(exc, self._timeout_ms, self._password) from exc
+            yield
+        except ClusterUnreachable:  # a StoreError naming the cause already
+            raise
+        except (*FAILURES, RedisClusterException) as exc:  # RedisClusterException: no node, a cross-slot call
+            raise self._failed(exc) from exc
 
     def _failed(self, exc: BaseException) -> StoreError:
         return store_error(exc, self._timeout_ms, self._password)
@@ -221,7 +229,7 @@ class RedisClusterStore(RedisStore):
     def close(self) -> None:
         self.replica.stop()
         self._routes.close()
-        self.client.close()
+        self._cluster.close()
 
 
 def _scope_of(name: str) -> str | None:

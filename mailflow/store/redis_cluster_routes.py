@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from mailflow.store.base import StoreError
@@ -59,7 +58,7 @@ class _Pending:
 
 
 class ClusterRoutes:
-    def __init__(self, client: RedisCluster, template: redis.Redis, timeout_ms: int, script: str) -> None:
+    def __init__(self, client: Any, template: redis.Redis, timeout_ms: int, script: str) -> None:
         self._client = client
         self._template = template  # the connection settings every node's pool copies
         self._timeout_ms = timeout_ms
@@ -70,14 +69,14 @@ class ClusterRoutes:
         self._refreshing = False
         self._refreshed = float("-inf")
         self.redirected = {"MOVED": 0, "ASK": 0, "TRYAGAIN": 0}  # replies followed (tests, diagnostics)
-        self._read_table()
+        self._loaded = False  # the table is read at the first call (the client may reach the Cluster later)
 
     def _read_table(self) -> None:
         table: list[Address | None] = [None] * SLOTS
         for slot, nodes in list(self._client.nodes_manager.slots_cache.items()):
             if nodes:
                 table[slot] = (str(nodes[0].host), int(nodes[0].port))
-        self._table = table
+        self._table, self._loaded = table, True
 
     def refresh(self) -> None:
         """The slot table read afresh from the cluster, in the background, at most every REFRESH_EVERY."""
@@ -120,6 +119,8 @@ class ClusterRoutes:
                   failed: Callable[[BaseException], StoreError]) -> list[Any]:
         """Every command's reply (an error reply as a ResponseError in its place), each command
         sent to its slot's master; a command without a key goes with the one before it."""
+        if not self._loaded:
+            self._read_table()  # the client's slot map (a StoreError if the Cluster cannot be reached)
         replies: list[Any] = [None] * len(commands)
         pending: list[_Pending] = []
         slot = 0

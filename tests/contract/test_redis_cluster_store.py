@@ -10,15 +10,19 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from mailflow.ratelimit.limits import parse_limit
 from mailflow.store import StoreError, open_store
 from mailflow.store.keys import CLUSTER, GLOBAL_SHARDS
 from mailflow.store.redis import bucket_key
+from mailflow.store import redis_cluster_client
 from mailflow.store.redis_cluster import RedisClusterStore
+from mailflow.store.redis_cluster_client import LazyCluster
 from mailflow.suppression.entries import Entry
 from tests.helpers.redis_cluster import move_slot, slot_owner
+from tests.helpers.servers import free_port
 
 ACCOUNT = "shop.example"
 LIMITS = (parse_limit("50/hour"), parse_limit("200/day"))
@@ -145,3 +149,37 @@ def test_a_timed_out_debit_is_not_sent_again(cluster_ports: list[int]) -> None:
         assert 1.9 < level < 2.1, level  # two debits ran, not three
     finally:
         store.close()
+
+
+def test_a_cluster_down_at_start_fails_calls_not_the_start() -> None:
+    port = free_port()
+    store = open_store(f"redis+cluster://127.0.0.1:{port}", timeout_ms=200)  # nothing listens there
+    try:
+        for call in (lambda: store.debit(ACCOUNT, LIMITS, 1), store.grants, lambda: store.add_sent({(1, ACCOUNT): 1}),
+                     lambda: store.find_suppressions(ACCOUNT, ["global"], ["k"])):
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="redis"):
+                call()
+            assert time.monotonic() - started < 1
+    finally:
+        store.close()
+
+
+def test_the_cluster_is_reached_at_a_later_call(cluster_ports: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    tries: list[int] = []
+
+    def connect() -> RedisCluster:
+        tries.append(1)
+        if len(tries) == 1:
+            raise redis.ConnectionError("not yet")
+        return RedisCluster(host="127.0.0.1", port=cluster_ports[0], decode_responses=True)
+
+    monkeypatch.setattr(redis_cluster_client, "RETRY_EVERY", 0.1)
+    lazy = LazyCluster(connect, str)
+    with pytest.raises(StoreError, match="not yet"):
+        lazy.ping()
+    with pytest.raises(StoreError, match="not yet"):  # within RETRY_EVERY: not tried again
+        lazy.ping()
+    time.sleep(0.15)
+    assert lazy.ping() and len(tries) == 2
+    lazy.close()
