@@ -134,8 +134,9 @@ class ClusterRoutes:
             for item in pending:
                 groups.setdefault(item.ask or self._owner(item.slot), []).append(item)
             pending, wait = [], False
+            answered = self._exchanges(groups, exchange, failed)
             for address, items in groups.items():
-                for item, reply in zip(items, self._send(address, items, exchange, failed)):
+                for item, reply in zip(items, answered[address]):
                     again = self._redirect(item, reply, round_)
                     if again is None:
                         replies[item.index] = reply
@@ -170,11 +171,11 @@ class ClusterRoutes:
             return _Pending(item.index, item.command, item.slot, ask=item.ask, load=True)
         return None
 
-    def _send(self, address: Address, items: Sequence[_Pending], exchange: Exchange,
-              failed: Callable[[BaseException], StoreError]) -> list[Any]:
-        """One exchange with one master: each item's command (after SCRIPT LOAD and ASKING if due)."""
+    def _wire(self, items: Sequence[_Pending]) -> tuple[list[Sequence[Any]], list[int]]:
+        """The commands for one master (SCRIPT LOAD and ASKING before an item where due), and
+        where each item's own reply is among theirs."""
         wire: list[Sequence[Any]] = []
-        mine: list[int] = []  # where each item's own reply is in the exchange
+        mine: list[int] = []
         for item in items:
             if item.load:
                 wire.append(["SCRIPT", "LOAD", self._script])
@@ -182,19 +183,72 @@ class ClusterRoutes:
                 wire.append(["ASKING"])
             mine.append(len(wire))
             wire.append(item.command)
-        pool = self._pool(address)
-        conn = pool.take()
-        broken = True  # until every reply is read: a half-read connection must not be reused
+        return wire, mine
+
+    def _exchanges(self, groups: dict[Address, list[_Pending]], exchange: Exchange,
+                   failed: Callable[[BaseException], StoreError]) -> dict[Address, list[Any]]:
+        """Each master's replies to its items. With several masters the requests all go out
+        before any reply is read, so a lookup of both lists costs about one round trip."""
+        taken = [(address, self._pool(address), *self._wire(items)) for address, items in groups.items()]
+        conns: list[Any] = []
+        done: list[bool] = []  # every reply read: the connection is fit for the next call
+        replies: dict[Address, list[Any]] = {}
         try:
-            replies = exchange(conn, wire, conn._sock is not None)
-            broken = False
+            for _, pool, _, _ in taken:
+                conns.append(pool.take())
+                done.append(False)
+            early = [(conn._sock is not None, _send_early(conn, wire))  # reused?, read before the send
+                     for conn, (_, _, wire, _) in zip(conns[:-1], taken[:-1])]
+            last, (address, _, wire, mine) = conns[-1], taken[-1]
+            got = exchange(last, wire, last._sock is not None)
+            replies[address], done[-1] = [got[i] for i in mine], True
+            for n, (conn, (reused, failure), (address, _, wire, mine)) in enumerate(zip(conns, early, taken)):
+                got = _read_early(conn, wire, reused, failure, exchange)
+                replies[address], done[n] = [got[i] for i in mine], True
         except (redis.RedisError, OSError) as exc:
             self.refresh()  # a master gone: its slots may be served elsewhere now
             raise failed(exc) from exc
         finally:
-            pool.give(conn, broken)
-        return [replies[i] for i in mine]
+            for (_, pool, _, _), conn, fit in zip(taken, conns, done):
+                pool.give(conn, broken=not fit)
+        return replies
 
     def close(self) -> None:
         for pool in list(self._pools.values()):
             pool.close()
+
+
+def _send_early(conn: Any, wire: Sequence[Sequence[Any]]) -> BaseException | None:
+    """Send ahead of the other masters' exchange; the failure, if the request did not go out."""
+    try:
+        conn.send_packed_command(conn.pack_commands(wire))
+    except redis.ConnectionError as exc:
+        return exc
+    return None
+
+
+def _read_early(conn: Any, wire: Sequence[Sequence[Any]], reused: bool, failure: BaseException | None,
+                exchange: Exchange) -> list[Any]:
+    """The replies to what _send_early sent. A request that did not go out, or a reused
+    connection Redis had closed (a reset before any reply byte), is sent once more through
+    `exchange` on a fresh connection, on the rules of the one-master path (redis._exchange):
+    never after a timeout or a reply byte."""
+    sock = conn._sock
+    if failure is None:
+        try:
+            replies: list[Any] = []
+            for _ in wire:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:  # one reply; the stream stays in step
+                    replies.append(exc)
+            return replies
+        except redis.ConnectionError as exc:
+            if not (reused and isinstance(exc.__context__, ConnectionResetError)
+                    and not getattr(sock, "received", True)):
+                raise
+            conn.disconnect()
+            return exchange(conn, wire, False)
+    if not reused or isinstance(failure.__context__, BlockingIOError):  # a timed-out send: part may have gone
+        raise failure
+    return exchange(conn, wire, False)

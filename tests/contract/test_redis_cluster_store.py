@@ -91,9 +91,12 @@ def test_the_replica_is_built_from_every_master(cluster_store: RedisClusterStore
 
 def test_debits_and_lookups_stay_exact_while_the_accounts_slot_moves(cluster_store: RedisClusterStore,
                                                                      cluster_ports: list[int]) -> None:
-    cluster_store.add_suppressions(f"account:{ACCOUNT}", [_entry("listed")])  # every lookup goes to Redis
     slot = key_slot(bucket_key(ACCOUNT, "hour").encode())
     home = slot_owner(cluster_ports, slot)
+    elsewhere = next(key for key in (f"g{i}" for i in range(100))  # a global entry on another master
+                     if slot_owner(cluster_ports, key_slot(CLUSTER.global_shard(key).encode())) != home)
+    cluster_store.add_suppressions(f"account:{ACCOUNT}", [_entry("listed")])  # every lookup goes to Redis...
+    cluster_store.add_suppressions("global", [_entry(elsewhere)])  # ...to two masters at once
     other = next(port for port in cluster_ports if port != home)
     done, moved = threading.Event(), []
 
@@ -112,8 +115,9 @@ def test_debits_and_lookups_stay_exact_while_the_accounts_slot_moves(cluster_sto
         deadline = time.monotonic() + 30
         while (sent < 300 or mover.is_alive()) and time.monotonic() < deadline:
             during += mover.is_alive()
-            lookup = cluster_store.find_suppressions(ACCOUNT, [f"account:{ACCOUNT}"], ["listed"], LIMITS[:1])
-            assert [entry.key for _, entry in lookup.matches] == ["listed"]
+            lookup = cluster_store.find_suppressions(ACCOUNT, ["global", f"account:{ACCOUNT}"],
+                                                     ["listed", elsewhere], LIMITS[:1])
+            assert sorted(entry.key for _, entry in lookup.matches) == sorted(["listed", elsewhere])
             allowed += cluster_store.debit(ACCOUNT, LIMITS, 1).allowed
             sent += 1
     finally:
@@ -183,3 +187,17 @@ def test_the_cluster_is_reached_at_a_later_call(cluster_ports: list[int], monkey
     time.sleep(0.15)
     assert lazy.ping() and len(tries) == 2
     lazy.close()
+
+
+def test_connections_killed_on_every_master_fail_no_call(cluster_store: RedisClusterStore,
+                                                         cluster_ports: list[int]) -> None:
+    keys = [f"g{i}" for i in range(40)]  # shards on every master: each lookup speaks to all three
+    cluster_store.add_suppressions("global", [_entry(key) for key in keys])
+    cluster_store.add_suppressions(f"account:{ACCOUNT}", [_entry("mine")])
+    for round_ in range(3):
+        lookup = cluster_store.find_suppressions(ACCOUNT, ["global", f"account:{ACCOUNT}"], [*keys, "mine"], LIMITS)
+        assert len(lookup.matches) == 41
+        assert cluster_store.debit(ACCOUNT, LIMITS, 1).allowed
+        for port in cluster_ports:  # as a restart or an idle timeout would, between two messages
+            with redis.Redis(port=port, socket_timeout=2) as node:
+                node.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
