@@ -8,7 +8,7 @@ buckets share its slot, the global list is spread over 256 hashes. Everything el
 one key, or one slot per account (the `{ACCOUNT}` hash tag): domains, grants, audit, counts,
 held mail, claims, states, the change log (`{sup}`) and the Lua scripts, each of whose keys
 share a slot. The held accounts are also kept in the single-node hash, as the index the replica
-refresh and `mailflow held` read whole (no SCAN).
+refresh and `mailflow account list` read whole (no SCAN).
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import StoreError, SuppressionLookup
 from mailflow.store.keys import ACCOUNT_SCOPE, CLUSTER, GLOBAL
 from mailflow.store.redis import HELD_KEY, IMPORT_BATCH, RedisStore, suppression_key, trap_key
+from mailflow.store.redis_cluster_client import ClusterUnreachable, LazyCluster
 from mailflow.store.redis_cluster_routes import ClusterRoutes
 from mailflow.store.redis_counts import BATCH
-from mailflow.store.redis_cluster_client import ClusterUnreachable, LazyCluster
 from mailflow.store.redis_errors import FAILURES, store_error
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH
 from mailflow.suppression.entries import Entry
