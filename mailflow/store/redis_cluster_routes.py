@@ -55,6 +55,7 @@ class _Pending:
     slot: int
     ask: Address | None = None  # send ASKING first, to this node
     load: bool = False  # SCRIPT LOAD first (the node had not seen the script)
+    follows: bool = False  # keyless (WAIT): goes wherever the command before it goes
 
 
 class ClusterRoutes:
@@ -128,12 +129,12 @@ class ClusterRoutes:
             key = command_key(command)
             if key is not None:
                 slot = key_slot(key.encode())
-            pending.append(_Pending(i, command, slot))
+            pending.append(_Pending(i, command, slot, follows=key is None and i > 0))
         for round_ in range(ROUNDS + 1):
             groups: dict[Address, list[_Pending]] = {}
             for item in pending:
                 groups.setdefault(item.ask or self._owner(item.slot), []).append(item)
-            pending, wait = [], False
+            sent, pending, wait = pending, [], False
             answered = self._exchanges(groups, exchange, failed)
             for address, items in groups.items():
                 for item, reply in zip(items, answered[address]):
@@ -145,6 +146,14 @@ class ClusterRoutes:
                         wait = wait or isinstance(reply, redis.exceptions.TryAgainError)
             if not pending:
                 return replies
+            # A WAIT whose debit goes elsewhere goes with it (it answered for the wrong connection).
+            again_at = {item.index: item for item in pending}
+            for item in sent:
+                leader = again_at.get(item.index - 1)
+                if item.follows and leader is not None and item.index not in again_at:
+                    again_at[item.index] = _Pending(item.index, item.command, leader.slot, ask=leader.ask,
+                                                    follows=True)
+            pending = [again_at[index] for index in sorted(again_at)]
             if wait:  # MOVED, ASK and NOSCRIPT go again at once
                 time.sleep(TRYAGAIN_SLEEP)
         for item in pending:

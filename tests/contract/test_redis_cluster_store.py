@@ -201,3 +201,27 @@ def test_connections_killed_on_every_master_fail_no_call(cluster_store: RedisClu
         for port in cluster_ports:  # as a restart or an idle timeout would, between two messages
             with redis.Redis(port=port, socket_timeout=2) as node:
                 node.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+
+
+def _calls(port: int, command: str) -> int:
+    with redis.Redis(port=port, socket_timeout=2) as node:
+        return int(node.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_wait_goes_with_its_debit_when_the_slot_moved(cluster_ports: list[int]) -> None:
+    store = open_store(_url(cluster_ports), timeout_ms=1000, wait=(1, 10))  # no replicas here: WAIT answers 0
+    try:
+        slot = key_slot(bucket_key(ACCOUNT, "hour").encode())
+        store.debit(ACCOUNT, LIMITS[:1], 1)
+        home = slot_owner(cluster_ports, slot)
+        other = next(port for port in cluster_ports if port != home)
+        move_slot(cluster_ports, slot, other)  # the store's table still names `home`
+        for port in cluster_ports:
+            with redis.Redis(port=port, socket_timeout=2) as node:
+                node.config_resetstat()
+        assert store.debit(ACCOUNT, LIMITS[:1], 1).allowed  # MOVED: the debit and its WAIT go to `other`
+        assert isinstance(store, RedisClusterStore) and store._routes.redirected["MOVED"] == 1
+        assert _calls(other, "evalsha") == 1 and _calls(other, "wait") == 1
+        assert 1.9 < store.levels(ACCOUNT, LIMITS[:1])[0] < 2.1
+    finally:
+        store.close()
