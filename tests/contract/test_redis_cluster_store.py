@@ -21,6 +21,8 @@ from mailflow.store import redis_cluster_client
 from mailflow.store.redis_cluster import RedisClusterStore
 from mailflow.store.redis_cluster_client import LazyCluster
 from mailflow.suppression.entries import Entry
+from mailflow.suppression.key_peek import compare_key_with_store
+from mailflow.suppression.keys import KeyMismatch, check_store_key
 from tests.helpers.redis_cluster import move_slot, slot_owner
 from tests.helpers.servers import free_port
 
@@ -225,3 +227,18 @@ def test_a_wait_goes_with_its_debit_when_the_slot_moved(cluster_ports: list[int]
         assert 1.9 < store.levels(ACCOUNT, LIMITS[:1])[0] < 2.1
     finally:
         store.close()
+
+
+def test_check_config_reads_the_key_fingerprint_through_the_cluster(cluster_ports: list[int]) -> None:
+    url = _url(cluster_ports)
+    assert "has no fingerprint yet" in compare_key_with_store(url, b"k" * 32, 500)
+    store = open_store(url)
+    try:
+        check_store_key(store, b"k" * 32, ())  # the first run adopts the key
+    finally:
+        store.close()
+    assert "matches the store's fingerprint" in compare_key_with_store(url, b"k" * 32, 500)
+    with pytest.raises(KeyMismatch):
+        compare_key_with_store(url, b"o" * 32, 500)
+    port = free_port()
+    assert "did not answer" in compare_key_with_store(f"redis+cluster://127.0.0.1:{port}", b"k" * 32, 200)
