@@ -36,11 +36,12 @@ def _start_node(directory: Path, port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
-def wait_cluster_ok(ports: list[int], timeout: float = READY_TIMEOUT) -> None:
-    """Until every node says cluster_state:ok and knows all `ports` as masters (bounded)."""
+def wait_cluster_ok(ports: list[int], timeout: float = READY_TIMEOUT, masters: int = 0) -> None:
+    """Until every node says cluster_state:ok and knows `masters` masters (all `ports` by
+    default), and every replica is in sync with its master (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_node_ok(port, len(ports)) for port in ports):
+        if all(_node_ok(port, masters or len(ports)) for port in ports):
             return
         time.sleep(0.1)
     raise TimeoutError(f"cluster on {ports} not ok after {timeout}s")
@@ -53,26 +54,29 @@ def _node_ok(port: int, masters: int) -> bool:
             text = info if isinstance(info, str) else str(info)
             known = sum(1 for line in str(c.execute_command("CLUSTER", "NODES")).splitlines()
                         if "master" in line and "fail" not in line)
-            return "cluster_state:ok" in text and known == masters
+            replication = str(c.execute_command("INFO", "replication"))
+            synced = "role:slave" not in replication or "master_link_status:up" in replication
+            return "cluster_state:ok" in text and known == masters and synced
     except redis.RedisError:
         return False
 
 
 @contextmanager
-def redis_cluster(directory: Path, masters: int = 3) -> Iterator[list[int]]:
-    """`masters` cluster-enabled redis-servers on 127.0.0.1, slots spread evenly by
-    `redis-cli --cluster create`; yields their ports."""
+def redis_cluster(directory: Path, masters: int = 3, replicas: int = 0) -> Iterator[list[int]]:
+    """`masters` cluster-enabled redis-servers on 127.0.0.1 (and `replicas` replicas of each),
+    slots spread evenly by `redis-cli --cluster create`; yields their ports (which is a master:
+    slot_owner, or ROLE)."""
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
     try:
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             port = free_port()
             procs.append(_start_node(directory, port))
             ports.append(port)
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-replicas", "0", "--cluster-yes"],
+                        "--cluster-replicas", str(replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=30)
-        wait_cluster_ok(ports)
+        wait_cluster_ok(ports, masters=masters)
         yield ports
     finally:
         for proc in procs:

@@ -21,7 +21,8 @@ from tests.milter.test_grants_milter import (  # noqa: F401  (collected here wit
     test_a_grant_applies_from_the_first_message_and_expires_by_itself)
 from tests.milter.test_milter_protocol import (  # noqa: F401  (the same)
     AUTH, config, milter, run_cli, send, test_a_rate_limit_refusal_at_rcpt_is_confirmed_by_the_store,
-    test_a_suppression_reaches_a_running_milter_within_refresh_ms, test_domains_added_to_the_store_reach_a_running_milter,
+    test_a_suppression_reaches_a_running_milter_within_refresh_ms,
+    test_domains_added_to_the_store_reach_a_running_milter,
     test_local_mail_to_a_suppressed_recipient_drops_that_recipient, test_local_over_limit_hold_quarantines,
     test_message_unit_and_rejected_messages_cost_nothing, test_the_recipient_over_the_limit_gets_451)
 
