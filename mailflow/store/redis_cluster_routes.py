@@ -7,7 +7,10 @@ for a command answered MOVED, ASK or TRYAGAIN, so sending it again is safe.
                          in the background), the command goes there
   ASK slot host:port     mid-migration, the key is on the importing node: ASKING + the command there, once
   TRYAGAIN               a multi-key command whose keys are split by a migration: again after
-                         TRYAGAIN_SLEEP, at most ROUNDS times
+                         TRYAGAIN_SLEEP
+  NOSCRIPT               a master that never ran debit.lua (a promoted replica): SCRIPT LOAD, again
+Redirections are followed ROUNDS times at most and no longer than the store's timeout; then the
+reply stands (a StoreError naming it).
 A timeout, a reset after a reply byte or any other failure is never re-sent (a debit must not
 run twice): the caller gets the StoreError, as on one node.
 """
@@ -130,7 +133,9 @@ class ClusterRoutes:
             if key is not None:
                 slot = key_slot(key.encode())
             pending.append(_Pending(i, command, slot, follows=key is None and i > 0))
+        deadline = time.monotonic() + self._timeout_ms / 1000  # for following redirections, not per exchange
         for round_ in range(ROUNDS + 1):
+            last = round_ == ROUNDS or time.monotonic() > deadline  # the replies stand, redirections or not
             groups: dict[Address, list[_Pending]] = {}
             for item in pending:
                 groups.setdefault(item.ask or self._owner(item.slot), []).append(item)
@@ -138,7 +143,7 @@ class ClusterRoutes:
             answered = self._exchanges(groups, exchange, failed)
             for address, items in groups.items():
                 for item, reply in zip(items, answered[address]):
-                    again = self._redirect(item, reply, round_)
+                    again = None if last else self._redirect(item, reply)
                     if again is None:
                         replies[item.index] = reply
                     else:
@@ -156,14 +161,10 @@ class ClusterRoutes:
             pending = [again_at[index] for index in sorted(again_at)]
             if wait:  # MOVED, ASK and NOSCRIPT go again at once
                 time.sleep(TRYAGAIN_SLEEP)
-        for item in pending:
-            replies[item.index] = redis.exceptions.TryAgainError("TRYAGAIN: still moving after redirections")
-        return replies
+        return replies  # not reached: the last round keeps every reply
 
-    def _redirect(self, item: _Pending, reply: Any, round_: int) -> _Pending | None:
+    def _redirect(self, item: _Pending, reply: Any) -> _Pending | None:
         """What to send again for a reply that says nothing ran here; None to keep the reply."""
-        if round_ >= ROUNDS:
-            return None
         if isinstance(reply, redis.exceptions.AskError):  # MovedError is an AskError
             address = (str(reply.host), int(reply.port))
             if isinstance(reply, redis.exceptions.MovedError):
