@@ -1,6 +1,6 @@
 """The milter-protocol suite's core flows through a real `mailflow run` on a three-master Redis
-Cluster (redis+cluster://): limits exact, both suppression lists, held mail and held accounts,
-grants, domains; and a resharding under load: the account's slot moves between masters while
+Cluster (redis+cluster://): limits exact (also across two milters), both suppression lists, held
+mail and held accounts, grants (also to a fleet), domains; and a resharding under load: the account's slot moves between masters while
 messages flow, every message is decided and exactly the limit is accepted."""
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from mailflow.store.keys import CLUSTER
 from mailflow.store.redis import bucket_key
 from tests.helpers.redis_cluster import move_slot, slot_owner
 from tests.helpers.servers import MilterProcess
-from tests.milter.test_grants_milter import (  # noqa: F401  (collected here with the Cluster's store_url)
-    test_a_grant_applies_from_the_first_message_and_expires_by_itself)
+from tests.milter.test_fleet_exactness import (  # noqa: F401  (collected here with the Cluster's URLs)
+    test_exactly_n_recipients_pass_across_two_milters)
+from tests.milter.test_grants_milter import (  # noqa: F401  (the same)
+    test_a_grant_applies_from_the_first_message_and_expires_by_itself, test_one_grant_reaches_every_milter_of_a_fleet)
 from tests.milter.test_milter_protocol import (  # noqa: F401  (the same)
     AUTH, config, milter, run_cli, send, test_a_rate_limit_refusal_at_rcpt_is_confirmed_by_the_store,
     test_a_suppression_reaches_a_running_milter_within_refresh_ms,
@@ -33,6 +35,12 @@ MOVES = 6
 def store_url(cluster_ports: list[int]) -> str:
     """The Cluster, named by one node (the others are learned from it)."""
     return f"redis+cluster://127.0.0.1:{cluster_ports[0]}"
+
+
+@pytest.fixture
+def redis_url(store_url: str) -> str:
+    """The fleet tests' shared Redis: the Cluster too."""
+    return store_url
 
 
 def test_a_held_account_is_held_at_every_message(start_milter: Callable[..., MilterProcess], store_url: str) -> None:
