@@ -1,7 +1,8 @@
 """The milter-protocol suite's core flows through a real `mailflow run` on a three-master Redis
 Cluster (redis+cluster://): limits exact (also across two milters), both suppression lists, held
-mail and held accounts, grants (also to a fleet), domains; and a resharding under load: the account's slot moves between masters while
-messages flow, every message is decided and exactly the limit is accepted."""
+mail and held accounts, grants (also to a fleet), domains; and a resharding under load: the
+account's slot moves between masters while messages flow, every message is decided and exactly
+the limit is accepted."""
 
 from __future__ import annotations
 
