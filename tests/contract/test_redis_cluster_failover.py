@@ -18,7 +18,7 @@ from mailflow.store.redis import bucket_key
 from tests.helpers.redis_cluster import redis_cluster, slot_owner
 
 ACCOUNT = "shop.example"
-LIMIT = parse_limit("100/day")  # refills 0.001/s: the count is what was spent
+LIMIT = parse_limit("40/day")  # refills 0.0005/s: the count is what was spent
 BACK_WITHIN = 12.0  # seconds from the kill: node timeout 2 s, the replica's election, a slot-map refresh (5 s seen)
 
 
