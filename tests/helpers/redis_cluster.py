@@ -29,7 +29,7 @@ def _start_node(directory: Path, port: int) -> subprocess.Popen[bytes]:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          # The bus port is PORT+10000 unless given: past 65535 for a high free port.
          "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", str(node / "nodes.conf"),
-         "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(node),
+         "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(node), "--repl-diskless-sync-delay", "0",
          "--logfile", str(node / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, proc=proc)
@@ -38,10 +38,12 @@ def _start_node(directory: Path, port: int) -> subprocess.Popen[bytes]:
 
 def wait_cluster_ok(ports: list[int], timeout: float = READY_TIMEOUT, masters: int = 0) -> None:
     """Until every node says cluster_state:ok and knows `masters` masters (all `ports` by
-    default), and every replica is in sync with its master (bounded)."""
+    default), and every other node is a replica in sync with its master (bounded): a replica
+    that never synced would not take over from its master."""
+    masters = masters or len(ports)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_node_ok(port, masters or len(ports)) for port in ports):
+        if all(_node_ok(port, masters) for port in ports) and _synced(ports) == len(ports) - masters:
             return
         time.sleep(0.1)
     raise TimeoutError(f"cluster on {ports} not ok after {timeout}s")
@@ -54,11 +56,22 @@ def _node_ok(port: int, masters: int) -> bool:
             text = info if isinstance(info, str) else str(info)
             known = sum(1 for line in str(c.execute_command("CLUSTER", "NODES")).splitlines()
                         if "master" in line and "fail" not in line)
-            replication = str(c.execute_command("INFO", "replication"))
-            synced = "role:slave" not in replication or "master_link_status:up" in replication
-            return "cluster_state:ok" in text and known == masters and synced
+            return "cluster_state:ok" in text and known == masters
     except redis.RedisError:
         return False
+
+
+def _synced(ports: list[int]) -> int:
+    """How many of the nodes are replicas with their link to the master up."""
+    synced = 0
+    for port in ports:
+        try:
+            with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as c:
+                replication = c.info("replication")
+        except redis.RedisError:
+            continue
+        synced += replication.get("role") == "slave" and replication.get("master_link_status") == "up"
+    return synced
 
 
 @contextmanager
