@@ -70,18 +70,21 @@ def node_options(spec: ClusterURL, timeout: float) -> dict[str, Any]:
     return options
 
 
+def connect_cluster(url: str, timeout_ms: int) -> RedisCluster:
+    """redis-py's Cluster client for a redis+cluster:// URL, its retries off; it reads the slot
+    map now (RedisClusterException, or a redis error, if no node answers)."""
+    spec = cluster_spec(url)
+    nodes = [ClusterNode(host, port) for host, port in spec.nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **node_options(spec, timeout_ms / 1000))
+
+
 class RedisClusterStore(RedisStore):
     def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000,
                  wait_replicas: int = 0, wait_timeout_ms: int = 0) -> None:
         spec = cluster_spec(url)
         options = node_options(spec, timeout_ms / 1000)
         self._timeout_ms, self._password, self._follower = timeout_ms, spec.password, None
-        nodes = [ClusterNode(host, port) for host, port in spec.nodes]  # type: ignore[no-untyped-call]
-
-        def connect() -> RedisCluster:
-            return RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **options)
-
-        self._cluster = LazyCluster(connect, lambda exc: str(self._failed(exc)))
+        self._cluster = LazyCluster(lambda: connect_cluster(url, timeout_ms), lambda exc: str(self._failed(exc)))
         # Typed as the single-node client the mixins use: the calls they make are the same.
         self.client = cast(redis.Redis, self._cluster)
         self._setup(refresh_ms, wait_replicas, wait_timeout_ms)

@@ -48,17 +48,21 @@ def _stored_fingerprint(url: str, timeout_ms: int) -> tuple[str | None, str]:
 
 
 def _cluster_state(url: str, timeout_ms: int) -> tuple[str | None, str]:
-    """The Cluster store reads the slot map and one key: nothing is written."""
-    from mailflow.store import StoreError, open_store
+    """The slot map and one GET: nothing is written."""
+    import redis
+    from redis.exceptions import RedisClusterException
+
+    from mailflow.store.redis_cluster import connect_cluster
 
     try:
-        store = open_store(url, timeout_ms=timeout_ms)
+        client = connect_cluster(url, timeout_ms)
         try:
-            return store.state_get(FINGERPRINT_STATE), ""
+            value = client.get(f"mailflow:{FINGERPRINT_STATE}")
         finally:
-            store.close()
-    except StoreError as exc:
-        return None, f"the Redis Cluster did not answer ({exc})"
+            client.close()
+    except (RedisClusterException, redis.RedisError, OSError) as exc:
+        return None, f"the Redis Cluster did not answer ({type(exc).__name__})"
+    return (str(value) if value is not None else None), ""
 
 
 def _sqlite_state(path: str) -> tuple[str | None, str]:
