@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
@@ -137,6 +139,19 @@ BUSY = """local t = redis.call('TIME') local start = t[1] * 1000000 + t[2]
 repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > tonumber(ARGV[1]) return 1"""
 
 
+def _wait_busy(port: int) -> None:
+    """Until the node no longer answers a PING within 50 ms (its event loop is in the script)."""
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        try:
+            with redis.Redis(port=port, socket_timeout=0.05, retry=Retry(NoBackoff(), 0)) as probe:
+                probe.ping()
+        except (redis.TimeoutError, redis.ConnectionError):  # the reply (or the handshake's) is late
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"127.0.0.1:{port} never got busy")
+
+
 def test_a_timed_out_debit_is_not_sent_again(cluster_ports: list[int]) -> None:
     """The owner is busy (a long script blocks its event loop) past the debit's timeout: the
     debit fails, and runs once when the owner wakes up (it was read); a re-send would run twice."""
@@ -147,7 +162,7 @@ def test_a_timed_out_debit_is_not_sent_again(cluster_ports: list[int]) -> None:
         with redis.Redis(port=owner, socket_timeout=5) as node:
             busy = threading.Thread(target=node.eval, args=(BUSY, 0, 700_000), daemon=True)
             busy.start()
-            time.sleep(0.1)
+            _wait_busy(owner)
             with pytest.raises(StoreError, match="no answer within"):
                 store.debit(ACCOUNT, LIMITS[:1], 1)
             busy.join(timeout=5)
