@@ -160,7 +160,7 @@ def test_a_timed_out_debit_is_not_sent_again(cluster_ports: list[int]) -> None:
         owner = slot_owner(cluster_ports, key_slot(bucket_key(ACCOUNT, "hour").encode()))
         store.debit(ACCOUNT, LIMITS[:1], 1)
         with redis.Redis(port=owner, socket_timeout=5) as node:
-            busy = threading.Thread(target=node.eval, args=(BUSY, 0, 700_000), daemon=True)
+            busy = threading.Thread(target=node.eval, args=(BUSY, 0, 1_500_000), daemon=True)
             busy.start()
             _wait_busy(owner)
             with pytest.raises(StoreError, match="no answer within"):
