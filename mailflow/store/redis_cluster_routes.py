@@ -143,7 +143,7 @@ class ClusterRoutes:
             answered = self._exchanges(groups, exchange, failed)
             for address, items in groups.items():
                 for item, reply in zip(items, answered[address]):
-                    again = None if last else self._redirect(item, reply)
+                    again = None if last else self._redirect(item, reply, address)
                     if again is None:
                         replies[item.index] = reply
                     else:
@@ -163,10 +163,11 @@ class ClusterRoutes:
                 time.sleep(TRYAGAIN_SLEEP)
         return replies  # not reached: the last round keeps every reply
 
-    def _redirect(self, item: _Pending, reply: Any) -> _Pending | None:
+    def _redirect(self, item: _Pending, reply: Any, replier: Address) -> _Pending | None:
         """What to send again for a reply that says nothing ran here; None to keep the reply."""
         if isinstance(reply, redis.exceptions.AskError):  # MovedError is an AskError
-            address = (str(reply.host), int(reply.port))
+            # An empty host ("MOVED 3999 :7001", an endpoint Redis does not know): the replier's.
+            address = (str(reply.host) or replier[0], int(reply.port))
             if isinstance(reply, redis.exceptions.MovedError):
                 self.redirected["MOVED"] += 1
                 self._table[reply.slot_id] = address
