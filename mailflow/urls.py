@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qsl, urlsplit
 
-from mailflow.urls_cluster import cluster_problem
+from mailflow.urls_cluster import CLUSTER_SCHEMES, cluster_problem
 from mailflow.urls_sentinel import SENTINEL_SCHEMES, parse_sentinel_url
 
-STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", *SENTINEL_SCHEMES)
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
 _REDIS_QUERY_KEYS = {"db", "password", "username", "health_check_interval",
                      "ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname", "protocol",
                      "client_name", "decode_responses", "encoding"}
@@ -95,9 +95,11 @@ def store_url_problem(url: str) -> str | None:
         return f"{shown!r}: {refused}"
     if not sep or scheme not in STORE_SCHEMES:
         return (f"{shown!r}: expected sqlite:///PATH, redis://HOST:PORT/DB, rediss://…, unix:///PATH"
-                " or redis+sentinel://HOST:PORT,…/MASTER_NAME")
+                ", redis+sentinel://HOST:PORT,…/MASTER_NAME or redis+cluster://HOST:PORT,…")
     if any(ord(c) < 32 or ord(c) == 127 or c.isspace() for c in url):
         return f"{shown!r}: a store URL has no spaces or control characters"
+    if scheme in CLUSTER_SCHEMES:  # checked whole by cluster_problem above
+        return None
     if scheme in SENTINEL_SCHEMES:
         parsed = parse_sentinel_url(url, REDIS_QUERY_KEYS)
         return f"{shown!r}: {parsed}" if isinstance(parsed, str) else None

@@ -20,9 +20,6 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 CLUSTER_PORT = 6379
 MAX_NODES = 64
 QUERY_CLUSTER = "cluster=true is not how mailflow talks to a Redis Cluster: use redis+cluster://HOST:PORT,HOST:PORT,…"
-# Until the store speaks Cluster (one slot per message, a sharded global list): refused with the reason.
-STORE_MISSING = ("the Redis Cluster store is not in this build (the URL is well formed): use one Redis, "
-                 "or Sentinel for failover (redis+sentinel://HOST:PORT,…/MASTER_NAME)")
 
 
 @dataclass(frozen=True)
@@ -72,7 +69,7 @@ def cluster_problem(url: str, known_keys: frozenset[str]) -> str | None:
     scheme, _, rest = url.partition("://")
     if scheme in CLUSTER_SCHEMES:
         parsed = parse_cluster_url(url, known_keys)
-        return parsed if isinstance(parsed, str) else STORE_MISSING
+        return parsed if isinstance(parsed, str) else None  # served by store/redis_cluster
     if any(name.lower() == "cluster" for name, _ in parse_qsl(rest.partition("?")[2], keep_blank_values=True)):
         return QUERY_CLUSTER
     return None

@@ -22,7 +22,12 @@ def open_store(url: str, timeout_ms: int = 250, refresh_ms: int = 1000, group: s
 
         return RedisStore(url, timeout_ms=timeout_ms, refresh_ms=refresh_ms, wait_replicas=wait[0],
                           wait_timeout_ms=wait[1])
-    raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss://, unix:// or redis+sentinel://)")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from mailflow.store.redis_cluster import RedisClusterStore
+
+        return RedisClusterStore(url, timeout_ms=timeout_ms, refresh_ms=refresh_ms, wait_replicas=wait[0],
+                                 wait_timeout_ms=wait[1])
+    raise ValueError(f"unsupported store URL {url!r} (expected sqlite://, redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://)")
 
 
 def check_store_path(url: str, group: str = "") -> None:

@@ -90,6 +90,12 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
         self._password: str | None = self.client.connection_pool.connection_kwargs.get("password")
         self._hot_pool = HotPool(self.client, timeout_ms)
         admin_deadlines(self.client)  # after the hot pool took the plain connection class
+        self._setup(refresh_ms, wait_replicas, wait_timeout_ms)
+        self._follower = follow(self.client, self._hot_pool, sentinel, timeout_ms) if sentinel else None
+
+    def _setup(self, refresh_ms: int, wait_replicas: int, wait_timeout_ms: int) -> None:
+        """Scripts, replica and WAIT on `self.client` (also the Cluster store's: redis_cluster)."""
+        timeout_ms = self._timeout_ms
         self._debit_script = self.client.register_script(_lua("debit.lua"))
         self._remove_domain_script = self.client.register_script(_lua("remove_domain.lua"))
         self._trap_hit_script = self.client.register_script(_lua("trap_hit.lua"))
@@ -99,7 +105,6 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
         self.replica = SuppressionReplica(self.client, suppression_key("*"), HELD_KEY, refresh_ms / 1000,
                                           timeout_ms)
         self._recent = RecentLevels()
-        self._follower = follow(self.client, self._hot_pool, sentinel, timeout_ms) if sentinel else None
         self._wait = ReplicaWait(wait_replicas, wait_timeout_ms) if wait_replicas else None
 
     def _errors(self) -> AbstractContextManager[None]:

@@ -32,6 +32,8 @@ def _stored_fingerprint(url: str, timeout_ms: int) -> tuple[str | None, str]:
         return _sqlite_state(sqlite_path(url))
     if "+sentinel://" in url.partition("?")[0]:  # finding the master writes its epoch (store/redis_sentinel)
         return None, "a Sentinel store is compared when the milter or an admin command opens it"
+    if "+cluster://" in url.partition("?")[0]:
+        return _cluster_state(url, timeout_ms)
     import redis
 
     client = redis.Redis.from_url(url, socket_timeout=timeout_ms / 1000, socket_connect_timeout=timeout_ms / 1000,
@@ -42,6 +44,24 @@ def _stored_fingerprint(url: str, timeout_ms: int) -> tuple[str | None, str]:
         return None, f"Redis did not answer ({type(exc).__name__})"
     finally:
         client.close()
+    return (str(value) if value is not None else None), ""
+
+
+def _cluster_state(url: str, timeout_ms: int) -> tuple[str | None, str]:
+    """The slot map and one GET: nothing is written."""
+    import redis
+    from redis.exceptions import RedisClusterException
+
+    from mailflow.store.redis_cluster import connect_cluster
+
+    try:
+        client = connect_cluster(url, timeout_ms)
+        try:
+            value = client.get(f"mailflow:{FINGERPRINT_STATE}")
+        finally:
+            client.close()
+    except (RedisClusterException, redis.RedisError, OSError) as exc:
+        return None, f"the Redis Cluster did not answer ({type(exc).__name__})"
     return (str(value) if value is not None else None), ""
 
 

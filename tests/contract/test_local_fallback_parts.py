@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from mailflow.fallback.local import LocalFallback, divided, scaled
 from mailflow.fallback.reconcile import force_debit
 from mailflow.ratelimit.limits import Limit, parse_limit
 from mailflow.store.redis import RedisStore, bucket_key
+from mailflow.store.redis_cluster import RedisClusterStore
 from mailflow.store.sqlite import SqliteStore
 from tests.helpers.servers import write_config
 
@@ -27,11 +29,17 @@ HOUR = parse_limit("10/hour")
 WINDOW = parse_limit("10/hour sliding")
 
 
-@pytest.fixture
-def store(redis_url: str) -> RedisStore:
-    store = RedisStore(redis_url)
+@pytest.fixture(params=["redis", "cluster"])
+def store(request: pytest.FixtureRequest) -> Iterator[RedisStore]:
+    """One Redis, or the three-master Cluster (its store is a RedisStore: the fallback runs on both)."""
+    if request.param == "cluster":
+        ports: list[int] = request.getfixturevalue("cluster_ports")
+        store: RedisStore = RedisClusterStore(f"redis+cluster://127.0.0.1:{ports[0]}")
+    else:
+        store = RedisStore(request.getfixturevalue("redis_url"))
     store.client.flushdb()
-    return store
+    yield store
+    store.close()
 
 
 def test_a_forced_debit_stands_above_the_capacity_until_it_drains(store: RedisStore) -> None:

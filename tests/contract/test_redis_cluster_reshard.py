@@ -1,7 +1,7 @@
 """mailflow's debit script on a real three-master Cluster while the account's slot moves between
 masters (ASK during each migration, MOVED after): redis-py's RedisCluster re-sends a debit Redis
-refused with ASK/MOVED (it did not run), so the count stays exact. This is the routing the Cluster
-store is to build on; the store itself does not speak Cluster yet (README, "Redis Cluster")."""
+refused with ASK/MOVED (it did not run), so the count stays exact. The Cluster store routes its
+hot path itself: test_redis_cluster_store.py and tests/milter/test_cluster_milter.py."""
 
 from __future__ import annotations
 

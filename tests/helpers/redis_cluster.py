@@ -29,18 +29,21 @@ def _start_node(directory: Path, port: int) -> subprocess.Popen[bytes]:
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          # The bus port is PORT+10000 unless given: past 65535 for a high free port.
          "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file", str(node / "nodes.conf"),
-         "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(node),
+         "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--dir", str(node), "--repl-diskless-sync-delay", "0",
          "--logfile", str(node / "redis.log")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, proc=proc)
     return proc
 
 
-def wait_cluster_ok(ports: list[int], timeout: float = READY_TIMEOUT) -> None:
-    """Until every node says cluster_state:ok and knows all `ports` as masters (bounded)."""
+def wait_cluster_ok(ports: list[int], timeout: float = READY_TIMEOUT, masters: int = 0) -> None:
+    """Until every node says cluster_state:ok and knows `masters` masters (all `ports` by
+    default), and every other node is a replica in sync with its master (bounded): a replica
+    that never synced would not take over from its master."""
+    masters = masters or len(ports)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_node_ok(port, len(ports)) for port in ports):
+        if all(_node_ok(port, masters) for port in ports) and _synced(ports) == len(ports) - masters:
             return
         time.sleep(0.1)
     raise TimeoutError(f"cluster on {ports} not ok after {timeout}s")
@@ -58,21 +61,35 @@ def _node_ok(port: int, masters: int) -> bool:
         return False
 
 
+def _synced(ports: list[int]) -> int:
+    """How many of the nodes are replicas with their link to the master up."""
+    synced = 0
+    for port in ports:
+        try:
+            with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as c:
+                replication = c.info("replication")
+        except redis.RedisError:
+            continue
+        synced += replication.get("role") == "slave" and replication.get("master_link_status") == "up"
+    return synced
+
+
 @contextmanager
-def redis_cluster(directory: Path, masters: int = 3) -> Iterator[list[int]]:
-    """`masters` cluster-enabled redis-servers on 127.0.0.1, slots spread evenly by
-    `redis-cli --cluster create`; yields their ports."""
+def redis_cluster(directory: Path, masters: int = 3, replicas: int = 0) -> Iterator[list[int]]:
+    """`masters` cluster-enabled redis-servers on 127.0.0.1 (and `replicas` replicas of each),
+    slots spread evenly by `redis-cli --cluster create`; yields their ports (which is a master:
+    slot_owner, or ROLE)."""
     procs: list[subprocess.Popen[bytes]] = []
     ports: list[int] = []
     try:
-        for _ in range(masters):
+        for _ in range(masters * (1 + replicas)):
             port = free_port()
             procs.append(_start_node(directory, port))
             ports.append(port)
         subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-replicas", "0", "--cluster-yes"],
+                        "--cluster-replicas", str(replicas), "--cluster-yes"],
                        check=True, capture_output=True, timeout=30)
-        wait_cluster_ok(ports)
+        wait_cluster_ok(ports, masters=masters)
         yield ports
     finally:
         for proc in procs:

@@ -10,7 +10,7 @@ from redis import exceptions as rx
 
 from mailflow.store.redis_errors import describe
 from mailflow.urls import REDIS_QUERY_KEYS, redact_url, store_url_problem
-from mailflow.urls_cluster import CLUSTER_PORT, QUERY_CLUSTER, STORE_MISSING, ClusterURL, parse_cluster_url
+from mailflow.urls_cluster import CLUSTER_PORT, QUERY_CLUSTER, ClusterURL, parse_cluster_url
 from mailflow.urls_sentinel import add_passwords
 from tests.unit.test_cli_errors import _config, assert_one_line_exit_2, mailflow_subprocess
 
@@ -61,8 +61,6 @@ def test_the_password_is_never_shown() -> None:
 
 
 @pytest.mark.parametrize("url, words", [
-    ("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", STORE_MISSING),
-    ("rediss+cluster://127.0.0.1:7000", STORE_MISSING),
     ("redis://127.0.0.1:6379/0?cluster=true", QUERY_CLUSTER),
     ("redis://127.0.0.1:6379/0?Cluster=1", QUERY_CLUSTER),
     ("redis+cluster://127.0.0.1:7000/3", "database 0 only"),
@@ -72,6 +70,14 @@ def test_check_config_refuses_what_it_cannot_serve_in_one_line(tmp_path: Path, u
     assert problem is not None and words in problem
     result = mailflow_subprocess("check-config", "-c", str(_config(tmp_path, url)))
     assert_one_line_exit_2(result.returncode, result.stdout, result.stderr, words[:40])
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+                                 "rediss+cluster://:pw@127.0.0.1:7000/0?ssl_cert_reqs=none"])
+def test_check_config_accepts_a_well_formed_cluster_url(tmp_path: Path, url: str) -> None:
+    assert store_url_problem(url) is None  # the Cluster store serves it (store/redis_cluster)
+    result = mailflow_subprocess("check-config", "-c", str(_config(tmp_path, url)))
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.parametrize("error, shown", [
