@@ -4,22 +4,11 @@ Cluster (redis+cluster://) among them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from mailflow.store import Store, open_store
-
-
-@pytest.fixture(params=["sqlite", "redis", "cluster"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Overrides tests/conftest.py's for the contract tests: the Cluster store as a third backend."""
-    if request.param == "sqlite":
-        return f"sqlite://{tmp_path}/state.db"
-    if request.param == "cluster":
-        ports: list[int] = request.getfixturevalue("cluster_ports")
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports[:2])
-    return str(request.getfixturevalue("redis_url"))
+from tests.helpers.redis_cluster import store_url_with_cluster  # noqa: F401 (store_url: a Cluster too)
 
 
 @pytest.fixture

@@ -120,6 +120,19 @@ def cluster_ports(redis_cluster_ports: list[int]) -> list[int]:
     return redis_cluster_ports
 
 
+@pytest.fixture(params=["sqlite", "redis", "cluster"], name="store_url")
+def store_url_with_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """tests/conftest.py's store_url plus a three-master Cluster (redis+cluster://, given two of
+    its nodes: the rest are found). Imported where a suite runs on every store (contract, milter
+    protocol)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path}/state.db"
+    if request.param == "cluster":
+        ports: list[int] = request.getfixturevalue("cluster_ports")
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports[:2])
+    return str(request.getfixturevalue("redis_url"))
+
+
 def node_id(port: int) -> str:
     with redis.Redis(port=port, socket_timeout=2, decode_responses=True) as c:
         return str(c.execute_command("CLUSTER", "MYID"))

@@ -13,6 +13,7 @@ import pytest
 from miltertest import constants as C
 
 from mailflow.milter.client import MilterClient
+from tests.helpers.redis_cluster import store_url_with_cluster  # noqa: F401 (store_url: a Cluster too)
 from tests.helpers.servers import MilterProcess
 
 AUTH = {"{auth_authen}": "bob@shop.example"}
