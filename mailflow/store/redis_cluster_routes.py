@@ -135,12 +135,14 @@ class ClusterRoutes:
             pending.append(_Pending(i, command, slot, follows=key is None and i > 0))
         deadline = time.monotonic() + self._timeout_ms / 1000  # for following redirections, not per exchange
         for round_ in range(ROUNDS + 1):
-            last = round_ == ROUNDS or time.monotonic() > deadline  # the replies stand, redirections or not
             groups: dict[Address, list[_Pending]] = {}
             for item in pending:
                 groups.setdefault(item.ask or self._owner(item.slot), []).append(item)
             sent, pending, wait = pending, [], False
             answered = self._exchanges(groups, exchange, failed)
+            # After the exchange: a redirection answered past the deadline is not followed (a call
+            # ends within the timeout plus the one exchange under way, not a whole exchange more).
+            last = round_ == ROUNDS or time.monotonic() > deadline  # the replies stand, redirections or not
             for address, items in groups.items():
                 for item, reply in zip(items, answered[address]):
                     again = None if last else self._redirect(item, reply, address)
