@@ -9,8 +9,8 @@ for a command answered MOVED, ASK or TRYAGAIN, so sending it again is safe.
   TRYAGAIN               a multi-key command whose keys are split by a migration: again after
                          TRYAGAIN_SLEEP
   NOSCRIPT               a master that never ran debit.lua (a promoted replica): SCRIPT LOAD, again
-Redirections are followed ROUNDS times at most and no longer than the store's timeout; then the
-reply stands (a StoreError naming it).
+Redirections are followed ROUNDS times at most and within the store's timeout (each reply's
+budget is what is left of the call's); then the reply stands (a StoreError naming it).
 A timeout, a reset after a reply byte or any other failure is never re-sent (a debit must not
 run twice): the caller gets the StoreError, as on one node.
 """
