@@ -20,6 +20,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 GLOBAL = "global"
 ACCOUNT_SCOPE = "account:"
@@ -27,12 +28,29 @@ GLOBAL_SHARDS = 256  # 10^6 entries (245 MiB) in 256 hashes of ~1 MiB spread ove
 HELD_KEY = "mailflow:held"
 
 
+def tag(account: str) -> str:
+    """The account as written between a key's braces (its hash tag). Redis hashes a key on the text
+    between its first `{` and the next `}`, or on the whole key if that is empty: an account named
+    "}x" (or "") would spread one message's keys over several slots (every debit a CROSSSLOT
+    error, so on_error decides for it), "a}b" would take "a"'s tag. Names with `}` or `%`, and "",
+    are percent-encoded behind a `%`; every other name is its own tag (no existing key moves), and
+    no two accounts share one."""
+    if account and "}" not in account and "%" not in account:
+        return account
+    return "%" + account.replace("%", "%25").replace("}", "%7D")
+
+
+def untag(text: str) -> str:
+    """The account whose tag is `text`."""
+    return unquote(text[1:]) if text.startswith("%") else text
+
+
 @dataclass(frozen=True)
 class KeyLayout:
     sharded: bool
 
     def account_list(self, account: str) -> str:
-        return f"mailflow:sup:{{{account}}}:account" if self.sharded else f"mailflow:sup:{ACCOUNT_SCOPE}{account}"
+        return f"mailflow:sup:{{{tag(account)}}}:account" if self.sharded else f"mailflow:sup:{ACCOUNT_SCOPE}{account}"
 
     def global_shard(self, entry_key: str) -> str:
         if not self.sharded:
@@ -47,7 +65,7 @@ class KeyLayout:
 
     def held_read(self, account: str) -> list[Any]:
         """The command whose reply is the held flag ("since|reason") or None."""
-        return ["GET", f"mailflow:{{{account}}}:held"] if self.sharded else ["HGET", HELD_KEY, account]
+        return ["GET", f"mailflow:{{{tag(account)}}}:held"] if self.sharded else ["HGET", HELD_KEY, account]
 
     def global_lookup(self, keys: list[str]) -> dict[str, list[str]]:
         """The global list's hashes to HMGET, each with the entry keys it may hold."""

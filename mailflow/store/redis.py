@@ -23,6 +23,7 @@ from mailflow.ratelimit.recent import RecentLevels
 from mailflow.ratelimit.window import level_from_reply
 from mailflow.store import redis_claims
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.store.keys import tag
 from mailflow.store.redis_counts import RedisCounts
 from mailflow.store.redis_grants import RedisGrantsAudit
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
@@ -56,11 +57,11 @@ def sent_key(hour: int) -> str:
 
 
 def trap_key(account: str) -> str:
-    return f"mailflow:traps:{{{account}}}"
+    return f"mailflow:traps:{{{tag(account)}}}"
 
 
 def bucket_key(account: str, period: str) -> str:
-    return f"{KEY_PREFIX}{{{account}}}:{period}"
+    return f"{KEY_PREFIX}{{{tag(account)}}}:{period}"
 
 
 def limit_key(account: str, limit: Limit) -> str:

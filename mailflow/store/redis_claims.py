@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mailflow.store.keys import tag
+
 
 def claim_key(account: str, key: str) -> str:
-    return f"mailflow:claim:{{{account}}}:{key}"
+    return f"mailflow:claim:{{{tag(account)}}}:{key}"
 
 
 def claim(client: Any, account: str, key: str, ttl: int) -> bool:

@@ -31,7 +31,7 @@ from redis.retry import Retry
 from mailflow import metrics
 from mailflow.ratelimit.limits import Limit
 from mailflow.store.base import StoreError, SuppressionLookup
-from mailflow.store.keys import ACCOUNT_SCOPE, CLUSTER, GLOBAL
+from mailflow.store.keys import ACCOUNT_SCOPE, CLUSTER, GLOBAL, untag
 from mailflow.store.redis import HELD_KEY, IMPORT_BATCH, RedisStore, suppression_key, trap_key
 from mailflow.store.redis_cluster_client import ClusterUnreachable, LazyCluster
 from mailflow.store.redis_cluster_routes import ClusterRoutes
@@ -240,5 +240,5 @@ def _scope_of(name: str) -> str | None:
     if name.startswith(f"mailflow:sup:{GLOBAL}:{{g:"):
         return GLOBAL
     if name.startswith("mailflow:sup:{") and name.endswith("}:account"):
-        return ACCOUNT_SCOPE + name[len("mailflow:sup:{"):-len("}:account")]
+        return ACCOUNT_SCOPE + untag(name[len("mailflow:sup:{"):-len("}:account")])
     return None

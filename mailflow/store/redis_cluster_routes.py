@@ -9,8 +9,8 @@ for a command answered MOVED, ASK or TRYAGAIN, so sending it again is safe.
   TRYAGAIN               a multi-key command whose keys are split by a migration: again after
                          TRYAGAIN_SLEEP
   NOSCRIPT               a master that never ran debit.lua (a promoted replica): SCRIPT LOAD, again
-Redirections are followed ROUNDS times at most and no longer than the store's timeout; then the
-reply stands (a StoreError naming it).
+Redirections are followed ROUNDS times at most and within the store's timeout (each reply's
+budget is what is left of the call's); then the reply stands (a StoreError naming it).
 A timeout, a reset after a reply byte or any other failure is never re-sent (a debit must not
 run twice): the caller gets the StoreError, as on one node.
 """
@@ -133,14 +133,17 @@ class ClusterRoutes:
             if key is not None:
                 slot = key_slot(key.encode())
             pending.append(_Pending(i, command, slot, follows=key is None and i > 0))
-        deadline = time.monotonic() + self._timeout_ms / 1000  # for following redirections, not per exchange
+        began = time.monotonic()
+        deadline = began + self._timeout_ms / 1000  # for following redirections, not per exchange
         for round_ in range(ROUNDS + 1):
-            last = round_ == ROUNDS or time.monotonic() > deadline  # the replies stand, redirections or not
             groups: dict[Address, list[_Pending]] = {}
             for item in pending:
                 groups.setdefault(item.ask or self._owner(item.slot), []).append(item)
             sent, pending, wait = pending, [], False
-            answered = self._exchanges(groups, exchange, failed)
+            answered = self._exchanges(groups, exchange, failed, time.monotonic() - began)
+            # After the exchange: a redirection answered past the deadline is not followed; one
+            # followed has what is left of the timeout (`spent`), so the call ends within it.
+            last = round_ == ROUNDS or time.monotonic() > deadline  # the replies stand, redirections or not
             for address, items in groups.items():
                 for item, reply in zip(items, answered[address]):
                     again = None if last else self._redirect(item, reply, address)
@@ -197,9 +200,10 @@ class ClusterRoutes:
         return wire, mine
 
     def _exchanges(self, groups: dict[Address, list[_Pending]], exchange: Exchange,
-                   failed: Callable[[BaseException], StoreError]) -> dict[Address, list[Any]]:
+                   failed: Callable[[BaseException], StoreError], spent: float) -> dict[Address, list[Any]]:
         """Each master's replies to its items. With several masters the requests all go out
-        before any reply is read, so a lookup of both lists costs about one round trip."""
+        before any reply is read, so a lookup of both lists costs about one round trip. `spent`:
+        seconds of the call's timeout gone already (redirections), due from each reply's budget."""
         taken = [(address, self._pool(address), *self._wire(items)) for address, items in groups.items()]
         conns: list[Any] = []
         done: list[bool] = []  # every reply read: the connection is fit for the next call
@@ -208,6 +212,7 @@ class ClusterRoutes:
             for _, pool, _, _ in taken:
                 conns.append(pool.take())
                 done.append(False)
+                conns[-1].waited = getattr(conns[-1], "waited", 0.0) + spent  # redis_pool: shortens the deadline
             early = [(conn._sock is not None, _send_early(conn, wire))  # reused?, read before the send
                      for conn, (_, _, wire, _) in zip(conns[:-1], taken[:-1])]
             last, (address, _, wire, mine) = conns[-1], taken[-1]

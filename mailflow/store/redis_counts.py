@@ -19,6 +19,7 @@ import redis
 
 from mailflow.ratelimit.bucket import DebitResult
 from mailflow.ratelimit.limits import Limit
+from mailflow.store.keys import tag
 from mailflow.views.fields import SENT
 
 COUNTS_TTL = 50 * 3600  # the views read the last 24 hours; yesterday's stay readable a day more
@@ -26,7 +27,7 @@ BATCH = 1000  # commands per pipeline when reading many accounts
 
 
 def counts_key(account: str, hour: int) -> str:
-    return f"mailflow:counts:{{{account}}}:{hour}"
+    return f"mailflow:counts:{{{tag(account)}}}:{hour}"
 
 
 def active_key(hour: int) -> str:

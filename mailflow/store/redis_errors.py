@@ -20,6 +20,8 @@ FAILURES = (redis.RedisError, OSError)
 
 def describe(exc: BaseException, timeout_ms: int) -> str:
     """The cause of a Redis failure in a few words, for the log and the admin."""
+    if isinstance(exc, rx.RedisClusterException) and isinstance(exc.__cause__, rx.RedisError):
+        return describe(exc.__cause__, timeout_ms)  # "cannot be connected…": the node's own refusal says why
     text = str(exc)
     if isinstance(exc.__context__, BlockingIOError):  # the kernel timeout, see redis_pool
         return f"no answer within {timeout_ms} ms"

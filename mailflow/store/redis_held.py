@@ -13,12 +13,13 @@ from contextlib import AbstractContextManager
 import redis
 
 from mailflow.held import HELD_PER_ACCOUNT, HELD_TTL, HeldMessage, by_account
+from mailflow.store.keys import tag
 
 HELD_ACCOUNTS_KEY = "mailflow:heldmail:accounts"
 
 
 def held_mail_key(account: str) -> str:
-    return f"mailflow:heldmail:{{{account}}}"
+    return f"mailflow:heldmail:{{{tag(account)}}}"
 
 
 class RedisHeldMail:

@@ -61,7 +61,9 @@ def _cluster_state(url: str, timeout_ms: int) -> tuple[str | None, str]:
         finally:
             client.close()
     except (RedisClusterException, redis.RedisError, OSError) as exc:
-        return None, f"the Redis Cluster did not answer ({type(exc).__name__})"
+        from mailflow.store.redis_errors import describe
+
+        return None, f"the Redis Cluster did not answer ({describe(exc, timeout_ms)})"
     return (str(value) if value is not None else None), ""
 
 

@@ -257,3 +257,8 @@ def test_check_config_reads_the_key_fingerprint_through_the_cluster(cluster_port
         compare_key_with_store(url, b"o" * 32, 500)
     port = free_port()
     assert "did not answer" in compare_key_with_store(f"redis+cluster://127.0.0.1:{port}", b"k" * 32, 200)
+    # One line naming the cause: a wrong user/password is not "did not answer (RedisClusterException)".
+    refused = compare_key_with_store(f"redis+cluster://u:wrong@127.0.0.1:{cluster_ports[0]}", b"k" * 32, 500)
+    assert refused.endswith("(wrong password (or user))") and "\n" not in refused, refused
+    down_first = compare_key_with_store(f"redis+cluster://127.0.0.1:{port},127.0.0.1:{cluster_ports[0]}", b"k" * 32, 500)
+    assert "matches the store's fingerprint" in down_first  # one node down: the next one answers
