@@ -28,7 +28,7 @@ from mailflow.store.redis_counts import RedisCounts
 from mailflow.store.redis_grants import RedisGrantsAudit
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
 from mailflow.store.redis_held import RedisHeldMail
-from mailflow.store.redis_pool import HotPool, admin_deadlines
+from mailflow.store.redis_pool import HotPool, admin_deadlines, read_replies
 from mailflow.store.redis_sentinel import UNKNOWN, follow, sentinel_spec
 from mailflow.store.redis_wait import ReplicaWait
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH, SuppressionReplica
@@ -174,13 +174,7 @@ class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and au
             try:
                 conn.send_packed_command(packed)
                 sock = conn._sock
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(conn.read_response())
-                    except redis.ResponseError as exc:  # one reply; the stream stays in step
-                        replies.append(exc)
-                return replies
+                return read_replies(conn, len(commands))
             except redis.ConnectionError as exc:
                 cause = exc.__context__
                 if sock is None:  # the send failed; unless it timed out (Redis slow, not gone), nothing went

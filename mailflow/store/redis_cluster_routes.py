@@ -28,7 +28,7 @@ import redis
 from redis.crc import key_slot
 
 from mailflow.store.base import StoreError
-from mailflow.store.redis_pool import HotPool
+from mailflow.store.redis_pool import HotPool, read_replies
 
 log = logging.getLogger("mailflow.store")
 
@@ -252,13 +252,7 @@ def _read_early(conn: Any, wire: Sequence[Sequence[Any]], reused: bool, failure:
     sock = conn._sock
     if failure is None:
         try:
-            replies: list[Any] = []
-            for _ in wire:
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:  # one reply; the stream stays in step
-                    replies.append(exc)
-            return replies
+            return read_replies(conn, len(wire))
         except redis.ConnectionError as exc:
             if not (reused and isinstance(exc.__context__, ConnectionResetError)
                     and not getattr(sock, "received", True)):

@@ -101,6 +101,18 @@ class DeadlineSocket(socket.socket):
         return data
 
 
+def read_replies(conn: Any, count: int) -> list[Any]:
+    """The next `count` replies on `conn`, an error reply as a ResponseError in its place (the
+    stream stays in step: every reply is read whatever one of them says)."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
 def _timeval(seconds: float) -> bytes:
     """A struct timeval for SO_RCVTIMEO/SO_SNDTIMEO; never zero, which would mean no timeout."""
     micros = max(1, round(seconds * 1_000_000))

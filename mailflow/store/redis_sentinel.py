@@ -32,7 +32,7 @@ from mailflow import metrics
 from mailflow.store.base import StoreError
 from mailflow.store.health import REPORT_EVERY
 from mailflow.store.redis_errors import FAILURES, as_store_errors, describe
-from mailflow.store.redis_pool import HotPool
+from mailflow.store.redis_pool import HotPool, read_replies
 from mailflow.urls import REDIS_QUERY_KEYS, redact_url
 from mailflow.urls_sentinel import SENTINEL_SCHEMES, SentinelURL, parse_sentinel_url
 
@@ -120,12 +120,7 @@ class MasterFollower:
         try:
             conn.send_packed_command(conn.pack_commands([["ROLE"], ["SET", STORE_EPOCH_KEY, os.urandom(8).hex(), "NX"],
                                                         ["GET", STORE_EPOCH_KEY]]))
-            replies = []
-            for _ in range(3):
-                try:
-                    replies.append(conn.read_response())
-                except redis.ResponseError as exc:  # READONLY to the SET of a replica: ROLE says why
-                    replies.append(exc)
+            replies = read_replies(conn, 3)  # READONLY to the SET of a replica: ROLE says why
         except FAILURES as exc:
             return f"cannot be used: {describe(exc, self._timeout_ms)}"
         finally:
