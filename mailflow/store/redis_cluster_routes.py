@@ -6,11 +6,13 @@ for a command answered MOVED, ASK or TRYAGAIN, so sending it again is safe.
   MOVED slot host:port   the slot moved for good: the table learns it (and a full refresh runs
                          in the background), the command goes there
   ASK slot host:port     mid-migration, the key is on the importing node: ASKING + the command there, once
-  TRYAGAIN               a multi-key command whose keys are split by a migration: again after
-                         TRYAGAIN_SLEEP
+  TRYAGAIN               a multi-key command whose keys are split by a migration: again after a
+                         pause (TRYAGAIN_SLEEP, doubling up to TRYAGAIN_MAX_SLEEP)
   NOSCRIPT               a master that never ran debit.lua (a promoted replica): SCRIPT LOAD, again
-Redirections are followed ROUNDS times at most and within the store's timeout (each reply's
-budget is what is left of the call's); then the reply stands (a StoreError naming it).
+MOVED and ASK are followed in ROUNDS rounds at most, TRYAGAIN as long as the call has time (a
+migration that splits a debit's keys lasts as long as the MIGRATEs between them, longer than
+ROUNDS short pauses on a loaded host); all within the store's timeout (each reply's budget is
+what is left of the call's) and EXCHANGES exchanges; then the reply stands (a StoreError naming it).
 A timeout, a reset after a reply byte or any other failure is never re-sent (a debit must not
 run twice): the caller gets the StoreError, as on one node.
 """
@@ -33,8 +35,10 @@ from mailflow.store.redis_pool import HotPool, read_replies
 log = logging.getLogger("mailflow.store")
 
 SLOTS = 16384
-ROUNDS = 8  # redirections followed per call, at most (TRYAGAIN: 8 x TRYAGAIN_SLEEP while a slot's keys move)
-TRYAGAIN_SLEEP = 0.005
+ROUNDS = 8  # rounds of MOVED/ASK followed per call, at most
+EXCHANGES = 32  # exchanges per call, at most, TRYAGAIN's included (the timeout ends it before, as a rule)
+TRYAGAIN_SLEEP = 0.005  # the first pause after TRYAGAIN; each next one doubles...
+TRYAGAIN_MAX_SLEEP = 0.05  # ...up to this (redis-py's cluster client pauses 50 ms)
 REFRESH_EVERY = 1.0  # seconds between two background refreshes of the slot table, at least
 
 Address = tuple[str, int]
@@ -135,25 +139,28 @@ class ClusterRoutes:
             pending.append(_Pending(i, command, slot, follows=key is None and i > 0))
         began = time.monotonic()
         deadline = began + self._timeout_ms / 1000  # for following redirections, not per exchange
-        for round_ in range(ROUNDS + 1):
+        moves = pauses = 0  # rounds with a MOVED/ASK followed; TRYAGAIN pauses taken
+        for round_ in range(EXCHANGES):
             groups: dict[Address, list[_Pending]] = {}
             for item in pending:
                 groups.setdefault(item.ask or self._owner(item.slot), []).append(item)
-            sent, pending, wait = pending, [], False
+            sent, pending, wait, moved = pending, [], False, False
             answered = self._exchanges(groups, exchange, failed, time.monotonic() - began)
             # After the exchange: a redirection answered past the deadline is not followed; one
             # followed has what is left of the timeout (`spent`), so the call ends within it.
-            last = round_ == ROUNDS or time.monotonic() > deadline  # the replies stand, redirections or not
+            last = round_ == EXCHANGES - 1 or time.monotonic() > deadline  # the replies stand
             for address, items in groups.items():
                 for item, reply in zip(items, answered[address]):
-                    again = None if last else self._redirect(item, reply, address)
+                    again = None if last else self._redirect(item, reply, address, follow_moves=moves < ROUNDS)
                     if again is None:
                         replies[item.index] = reply
                     else:
                         pending.append(again)
-                        wait = wait or isinstance(reply, redis.exceptions.TryAgainError)
+                        tryagain = isinstance(reply, redis.exceptions.TryAgainError)
+                        wait, moved = wait or tryagain, moved or isinstance(reply, redis.exceptions.AskError)
             if not pending:
                 return replies
+            moves += moved
             # A WAIT whose debit goes elsewhere goes with it (it answered for the wrong connection).
             again_at = {item.index: item for item in pending}
             for item in sent:
@@ -163,12 +170,17 @@ class ClusterRoutes:
                                                     follows=True)
             pending = [again_at[index] for index in sorted(again_at)]
             if wait:  # MOVED, ASK and NOSCRIPT go again at once
-                time.sleep(TRYAGAIN_SLEEP)
+                time.sleep(max(0.0, min(TRYAGAIN_SLEEP * 2 ** pauses, TRYAGAIN_MAX_SLEEP,
+                                        deadline - time.monotonic())))
+                pauses += 1
         return replies  # not reached: the last round keeps every reply
 
-    def _redirect(self, item: _Pending, reply: Any, replier: Address) -> _Pending | None:
-        """What to send again for a reply that says nothing ran here; None to keep the reply."""
+    def _redirect(self, item: _Pending, reply: Any, replier: Address, follow_moves: bool) -> _Pending | None:
+        """What to send again for a reply that says nothing ran here; None to keep the reply
+        (a MOVED or ASK too once `follow_moves` is false: ROUNDS of them were followed)."""
         if isinstance(reply, redis.exceptions.AskError):  # MovedError is an AskError
+            if not follow_moves:
+                return None
             # An empty host ("MOVED 3999 :7001", an endpoint Redis does not know): the replier's.
             address = (str(reply.host) or replier[0], int(reply.port))
             if isinstance(reply, redis.exceptions.MovedError):
