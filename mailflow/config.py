@@ -21,6 +21,8 @@ from mailflow.settings import (AccountSettings, BulkPolicy, BulkSettings, Config
                                SuppressionSettings, host_names)
 from mailflow.settings.notify import check_notify_channel, parse_notify
 from mailflow.metrics.settings import parse_metrics
+from mailflow.settings.feedback import parse_feedback
+from mailflow.settings.reputation import parse_reputation
 from mailflow.settings.policies import parse_bulk, parse_forgery, parse_ratelimit, parse_rbl
 from mailflow.settings.sections import (parse_accounts, parse_log, parse_milter, parse_store, parse_suppression,
                                         read_map_file)
@@ -82,6 +84,8 @@ def parse_config(raw: Mapping[str, Any], base_dir: str = ".", path: str | None =
         log=parse_log(top.table("log")),
         notify=parse_notify(top.table("notify"), base_dir),
         metrics=parse_metrics(top.table("metrics")),
+        feedback=parse_feedback(top.table("feedback")),
+        reputation=parse_reputation(top.table("reputation"), "reputation" in raw),
         path=path,
     )
     top.finish()

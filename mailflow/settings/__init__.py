@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from mailflow.forgery.names import DEFAULT_ACTIONS
 from mailflow.ratelimit.limits import Limit, parse_limit
 from mailflow.rbl.zones import Zone
+from mailflow.settings.feedback import FeedbackSettings
 from mailflow.settings.notify import NotifySettings
+from mailflow.settings.reputation import ReputationSettings
 
 IDENTITY_SOURCES = ("sasl", "local", "trusted_ip")
 LOCAL_SMTP = ("refuse", "sender_domain")  # unauthenticated SMTP from loopback: refused, or by sender domain
@@ -182,5 +184,7 @@ class Config:
     rbl: RblSettings = RblSettings()
     log: LogSettings = LogSettings()
     notify: NotifySettings = NotifySettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    reputation: ReputationSettings = ReputationSettings()
     metrics: MetricsSettings = MetricsSettings()
     path: str | None = None

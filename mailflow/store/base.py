@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -162,6 +162,38 @@ class Store(Protocol):
 
     def levels_of(self, accounts: Sequence[tuple[str, Sequence[Limit]]]) -> list[tuple[float, ...]]:
         """What `levels` says of many accounts at once (the views; Redis: pipelined)."""
+        ...
+
+    # Delivery feedback and the reputation ladder (mailflow/feedback, mailflow/reputation):
+    # store/*_feedback.py. Kept FEEDBACK_HOURS (8 days: the ladder reads 7).
+    def add_feedback(self, source: str | None, seq: int, counts: Mapping[tuple[int, str, str], int],
+                     recipients: Mapping[tuple[int, str], Collection[str]]) -> None:
+        """Add (hour, account, field) -> n, and recipient digests to each (hour, account)'s
+        unique-recipient estimate. With a `source` (one log file of one host), an account that
+        already took `seq` or a later one from it takes nothing: a batch applied again after a
+        restart counts once. Atomic per account."""
+        ...
+
+    def feedback_counts(self, account: str, hours: Sequence[int]) -> dict[int, dict[str, int]]:
+        """hour -> field -> n for the hours that have any (mailflow/feedback/model.py FIELDS)."""
+        ...
+
+    def unique_recipients(self, account: str, hours: Sequence[int]) -> int:
+        """About how many distinct recipient digests the account had in these hours together
+        (Redis: HyperLogLog, 0.81 % standard error; SQLite: exact)."""
+        ...
+
+    def feedback_accounts(self, hours: Sequence[int]) -> list[str]:
+        """Every account with any feedback count in these hours (no keyspace scan)."""
+        ...
+
+    def reputation_states(self) -> dict[str, str]:
+        """Every stored standing: account -> its value (mailflow/reputation/model.py Standing)."""
+        ...
+
+    def swap_reputation(self, account: str, expected: str | None, new: str | None) -> bool:
+        """Set (or with None remove) an account's standing only if it still holds `expected`
+        (None: none stored); True if this caller did it."""
         ...
 
     def ping(self) -> None:

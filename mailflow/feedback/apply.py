@@ -1,0 +1,34 @@
+"""One batch of feedback into the store, then the ladder: the follower and the complaint reader
+both end here."""
+
+from __future__ import annotations
+
+import time
+
+from mailflow.config import Config
+from mailflow.feedback.model import FeedbackBatch
+from mailflow.reputation.evaluate import Move, evaluate
+from mailflow.store.base import Store
+from mailflow.suppression.admin import matcher_for
+from mailflow.suppression.entries import EntryError, scope_for
+
+
+def apply_batch(config: Config, store: Store, batch: FeedbackBatch, source: str | None, seq: int,
+                now: float | None = None) -> list[Move]:
+    """Counts (once per `source` and `seq`, see Store.add_feedback), the addresses to suppress in
+    their account's list, then the ladder for every account the batch touched. StoreError passes."""
+    now = time.time() if now is None else now
+    if batch.counts or batch.recipients:
+        store.add_feedback(source, seq, batch.counts, batch.recipients)
+    if batch.suppress:
+        matcher = matcher_for(config)
+        for account, addresses in batch.suppress.items():
+            entries = []
+            for address, reason in addresses.items():
+                try:
+                    entries.append(matcher.make_entry(address, reason, "feedback", int(now)))
+                except EntryError:
+                    continue  # not an address a list can hold (the log's words): nothing to suppress
+            if entries:
+                store.add_suppressions(scope_for(account), entries)
+    return evaluate(config, store, batch.accounts(), now, batch.evidence)
