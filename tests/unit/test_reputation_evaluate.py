@@ -157,3 +157,9 @@ def test_an_unreadable_standing_is_judged_as_normal_and_replaced(tmp_path: Path,
     feed(ladder_store, "a.example", NOW, 1, unknown=100)
     [move] = evaluate(config(tmp_path), ladder_store, ["a.example"], NOW)
     assert move.before is None and standing(ladder_store, "a.example") is not None
+
+
+def test_an_unreadable_standing_of_a_clean_account_is_removed_once(tmp_path: Path, ladder_store: LadderStore) -> None:
+    ladder_store.swap_reputation("a.example", None, "[]")
+    assert review(config(tmp_path), ladder_store, NOW) == []
+    assert ladder_store.reputation_states() == {}
