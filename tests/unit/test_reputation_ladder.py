@@ -76,7 +76,9 @@ def test_per_account_overrides_replace_thresholds_one_by_one() -> None:
     ({"rules": {"hard_bounces": {"soon": 1}}}, "reputation.rules.hard_bounces.soon: unknown key"),
     ({"exempt": ["a"]}, "reputation.exempt: unknown key"),
     ({"accounts": {"a": {"exempt": "yes"}}}, "reputation.accounts.a.exempt: expected true or false"),
-    ({"contact": "x" * 300}, "reputation.contact: at most 200 characters"),
+    ({"contact": "x" * 300}, "reputation.contact: at most 200 printable ASCII characters"),
+    ({"contact": "abuse@p.example\u0007"}, "reputation.contact: at most 200 printable ASCII"),
+    ({"contact": "abus\u00e9@p.example"}, "reputation.contact: at most 200 printable ASCII"),
 ])
 def test_bad_keys_are_one_line_each(raw: dict[str, Any], needle: str) -> None:
     found = errors(raw)
@@ -222,3 +224,7 @@ def test_the_shipped_commented_block_parses_when_uncommented() -> None:
     shipped = settings(raw["reputation"])
     assert shipped.mode == "monitor" and shipped.default.rules == DEFAULT_RULES  # the comments show the defaults
     assert shipped.exempt("monitoring.example") and shipped.mode_for("lists.example") == "monitor"
+
+
+def test_a_contact_is_one_line() -> None:
+    assert settings({"contact": " abuse@p.example\r\n250 ok "}).default.contact == "abuse@p.example 250 ok"
