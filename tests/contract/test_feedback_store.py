@@ -7,12 +7,20 @@ import hashlib
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from redis.crc import key_slot
 
 from mailflow.store import Store, StoreError, open_store
 from mailflow.store.base import FEEDBACK_HOURS
+from mailflow.store.redis_cluster import connect_cluster
+from mailflow.store.redis_feedback import (REPUTATION_KEY, expire_at, feedback_index_key, feedback_key, guard_key,
+                                           recipients_key)
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.redis_faults import redis_process
+from tests.helpers.servers import free_port
 
 SOURCE = "mx1:/var/log/mail.log"
 
@@ -170,3 +178,93 @@ def test_sqlite_corrupt_count_is_a_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="corrupt"):
         store.feedback_counts("a.example", [h])
     store.close()
+
+
+# -- Redis and the Cluster: the keys, their expiry, scripts gone, wrong types, Redis down ----
+
+def raw_client(store_url: str) -> Any:
+    """A plain client of the store's Redis (redis-py's Cluster client for a Cluster)."""
+    if store_url.startswith("sqlite"):
+        pytest.skip("Redis keys")
+    if store_url.startswith("redis+cluster"):
+        return connect_cluster(store_url, 2000)
+    return redis.Redis.from_url(store_url, decode_responses=True)
+
+
+def test_keys_share_the_accounts_slot_and_expire(store_url: str, store: Store) -> None:
+    client = raw_client(store_url)
+    h = now_hour()
+    store.add_feedback(SOURCE, 1, {(h, "}x", "delivered"): 1, (h - 1, "}x", "deferred"): 2},
+                       {(h, "}x"): ["d1", "d2"]})
+    keys = [guard_key("}x"), feedback_key("}x", h), feedback_key("}x", h - 1), recipients_key("}x", h)]
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+    for key in keys:
+        assert 0 < client.ttl(key) <= (FEEDBACK_HOURS + 1) * 3600, key
+    assert abs(client.ttl(feedback_key("}x", h)) - (expire_at(h) - time.time())) < 5
+    assert client.ttl(feedback_key("}x", h)) - client.ttl(feedback_key("}x", h - 1)) in range(3595, 3605)
+    assert client.smembers(feedback_index_key(h)) == {"}x"}
+    assert 0 < client.ttl(feedback_index_key(h)) <= (FEEDBACK_HOURS + 1) * 3600
+    assert client.hgetall(guard_key("}x")) == {SOURCE: "1"}
+    # An hour past FEEDBACK_HOURS (an old log read late) is gone at once, as SQLite prunes it.
+    old = h - FEEDBACK_HOURS - 2
+    store.add_feedback(None, 0, {(old, "}x", "delivered"): 1}, {})
+    assert store.feedback_counts("}x", [old]) == {} and client.exists(feedback_key("}x", old)) == 0
+    assert store.swap_reputation("}x", None, "v")
+    assert client.hgetall(REPUTATION_KEY) == {"}x": "v"}
+    client.close()
+
+
+def test_scripts_flushed_from_redis_are_loaded_again(store_url: str, store: Store) -> None:
+    client = raw_client(store_url)
+    h = now_hour()
+    store.add_feedback(SOURCE, 1, {(h, f"a{i}.example", "delivered"): 1 for i in range(50)}, {})
+    client.script_flush()  # on a Cluster, every master's: each answers NOSCRIPT next
+    assert not any(client.script_exists(store._feedback_script().sha))  # type: ignore[attr-defined]
+    store.add_feedback(SOURCE, 2, {(h, f"a{i}.example", "delivered"): 1 for i in range(50)}, {})
+    assert store.swap_reputation("a1.example", None, "v")
+    assert all(store.feedback_counts(f"a{i}.example", [h]) == {h: {"delivered": 2}} for i in range(50))
+    client.close()
+
+
+def test_wrong_types_and_corrupt_values_are_store_errors_writing_nothing(store_url: str, store: Store) -> None:
+    client = raw_client(store_url)
+    h = now_hour()
+    client.set(guard_key("g.example"), "not a hash")
+    client.hset(feedback_key("c.example", h), "delivered", "lots")
+    client.set(recipients_key("u.example", h), "not a HyperLogLog")
+    client.hset(guard_key("s.example"), SOURCE, "x")
+    client.set(feedback_index_key(h - 1), "not a set")
+    client.set(REPUTATION_KEY, "not a hash")
+    for account in ("g.example", "c.example", "u.example", "s.example"):
+        with pytest.raises(StoreError, match="redis"):
+            store.add_feedback(SOURCE, 7, {(h, account, "delivered"): 1, (h, account, "complaint"): 1},
+                               {(h, account): ["d"]})
+    # Nothing written, the guard not taken: once the keys are mended the same batch counts.
+    assert client.exists(feedback_key("g.example", h), feedback_key("u.example", h), guard_key("c.example")) == 0
+    assert client.hgetall(feedback_key("c.example", h)) == {"delivered": "lots"}
+    for call in (lambda: store.feedback_counts("c.example", [h]), lambda: store.unique_recipients("u.example", [h]),
+                 lambda: store.feedback_accounts([h - 1, h]), store.reputation_states,
+                 lambda: store.swap_reputation("a", None, "v")):
+        with pytest.raises(StoreError, match="redis"):
+            call()
+    client.delete(guard_key("g.example"))
+    store.add_feedback(SOURCE, 7, {(h, "g.example", "delivered"): 1}, {})
+    assert store.feedback_counts("g.example", [h]) == {h: {"delivered": 1}}
+    client.close()
+
+
+def test_redis_down_is_a_store_error(tmp_path: Path) -> None:
+    with redis_process(tmp_path) as server:
+        store = open_store(server.url, timeout_ms=200)
+        h = now_hour()
+        store.add_feedback(SOURCE, 1, {(h, "a.example", "delivered"): 1}, {})
+        server.kill()
+        cluster = open_store(f"redis+cluster://127.0.0.1:{free_port()}", timeout_ms=200)  # never reached
+        for s in (store, cluster):
+            for call in (lambda: s.add_feedback(SOURCE, 2, {(h, "a.example", "delivered"): 1}, {(h, "a.example"): ["d"]}),
+                         lambda: s.feedback_counts("a.example", [h]), lambda: s.unique_recipients("a.example", [h]),
+                         lambda: s.feedback_accounts([h]), s.reputation_states,
+                         lambda: s.swap_reputation("a.example", None, "v")):
+                with pytest.raises(StoreError, match="redis"):
+                    call()
+            s.close()
