@@ -68,14 +68,15 @@ def hold_reason(standing: Standing) -> str:
 
 class ReputationGate:
     """The engine's one question per stage. Off ([reputation] absent): the grants' policies and
-    nothing else, with no thread and no store read. [reputation] mode = "monitor": what would have
-    been decided is logged (mode=monitor), nothing changes. The milter's own monitor mode needs
-    nothing here: the engine logs and lets through what this decides."""
+    nothing else, with no thread and no store read. [reputation] mode = "monitor" (or the account's
+    own): what would have been decided is logged (mode=monitor), nothing changes; an account with
+    `exempt = true` there is never held back by a standing still stored. The milter's own monitor
+    mode needs nothing here: the engine logs and lets through what this decides."""
 
     def __init__(self, settings: ReputationSettings, store: Store, grants: GrantOverlay, refresh_seconds: float) -> None:
         self.grants = grants
+        self.settings = settings
         self.overlay = ReputationOverlay(store, refresh_seconds) if settings.enabled else None
-        self.monitor = settings.mode == "monitor"
         # Limits are made once per (policy, factor), not per message.
         self._throttled = functools.lru_cache(maxsize=4096)(throttled)
 
@@ -87,18 +88,21 @@ class ReputationGate:
         if self.overlay is not None:
             self.overlay.stop()
 
-    def _standing(self, account: str, state: str) -> Standing | None:
+    def _standing(self, account: str, state: str) -> tuple[Standing | None, bool]:
+        """The account's standing when it is `state` and not exempt, and whether its mode monitors."""
         standing = self.overlay.standing(account) if self.overlay is not None else None
-        return standing if standing is not None and standing.state == state else None
+        if standing is None or standing.state != state or self.settings.exempt(account):
+            return None, False
+        return standing, self.settings.mode_for(account) == "monitor"
 
     def policy_for(self, account: str) -> RatePolicy:
         """The account's rate policy: the config's, grants laid over, throttled when it stands so."""
         policy = self.grants.policy_for(account)
-        standing = self._standing(account, THROTTLE)
+        standing, monitor = self._standing(account, THROTTLE)
         if standing is None:
             return policy
         limited = self._throttled(policy, standing.factor)
-        if self.monitor and limited is not policy:  # once per message: the engine keeps the policy
+        if monitor and limited is not policy:  # once per message: the engine keeps the policy
             log_decision(logging.INFO, event="reputation_monitor", account=account, state=THROTTLE, mode="monitor",
                          limits=_limits(policy), throttled=_limits(limited))
             return policy
@@ -106,22 +110,22 @@ class ReputationGate:
 
     def blocked(self, account: str, stage: str, conn_id: str = "", qid: str = "") -> Decision | None:
         """The refusal of a blocked account's mail, else None (monitor: logged, None)."""
-        standing = self._standing(account, BLOCK)
+        standing, monitor = self._standing(account, BLOCK)
         if standing is None:
             return None
         decision = block_decision(account, standing)
-        if self.monitor:
+        if monitor:
             _would(account, "reject", decision.reason, decision.reply or Reply("550", "5.7.1", ""), stage, conn_id, qid)
             return None
         return decision
 
     def held(self, account: str, conn_id: str = "", qid: str = "") -> str | None:
         """Why a held account's accepted message goes to the hold queue, else None (monitor: logged)."""
-        standing = self._standing(account, HOLD)
+        standing, monitor = self._standing(account, HOLD)
         if standing is None:
             return None
         reason = hold_reason(standing)
-        if self.monitor:
+        if monitor:
             _would(account, "hold", "account_held", Reply("250", "2.7.0", hold_reply_text(account, reason)), "eom",
                    conn_id, qid)
             return None

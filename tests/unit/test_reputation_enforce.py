@@ -127,7 +127,7 @@ def make_engine(tmp_path: Path, standings: dict[str, Standing], mode: str = "enf
     for account, value in standings.items():
         assert store.swap_reputation(account, None, value.value())
     config = parse_config({"milter": {"mode": milter_mode}, "ratelimit": {"limits": ["4/hour"]},
-                           "reputation": {"mode": mode}, **sections})
+                           "reputation": {"mode": mode}, **sections})  # sections may replace either table
     return Engine(config, store)
 
 
@@ -221,4 +221,13 @@ def test_monitor_enforces_nothing_and_logs_what_it_would_have_done(
         assert any("account=slow.example" in m and "state=throttle" in m and "throttled=1/hour" in m for m in lines)
     else:  # the milter's monitor: the throttled limit's refusal, logged and let through
         assert any("account=slow.example" in m and "reason=ratelimit" in m for m in lines)
+    engine.close()
+
+
+def test_an_accounts_own_mode_and_exemption_in_reputation(tmp_path: Path) -> None:
+    engine = make_engine(tmp_path, {"shop.example": standing(BLOCK), "vip.example": standing(BLOCK)},
+                         reputation={"mode": "enforce", "accounts": {"shop.example": {"mode": "monitor"},
+                                                                     "vip.example": {"exempt": True}}})
+    assert not smtp(engine)[0].refuses
+    assert not smtp(engine, login="v@vip.example", sender="v@vip.example")[0].refuses
     engine.close()
