@@ -309,6 +309,7 @@ def _register_admin_groups() -> None:
     from mailflow import grants_admin
     from mailflow import holdqueue
     from mailflow.metrics import check
+    from mailflow.reputation import cli as reputation
     from mailflow.suppression import admin, keygen
     from mailflow.views import cli as views
 
@@ -318,6 +319,7 @@ def _register_admin_groups() -> None:
     keygen.register(cli)
     views.register(cli, ratelimit, _load, _store, config_option)
     check.register(cli, config_option)
+    reputation.register(cli, _load, _store, config_option)
 
 
 _register_admin_groups()

@@ -208,3 +208,17 @@ def test_a_reset_marker_is_normal_moves_up_on_new_figures_and_goes_after_a_week(
 def test_disabled_thresholds_and_default_rules_are_independent() -> None:
     assert DEFAULT_RULES[0].reached(50.0, 10_000) == HOLD  # no block threshold by default
     assert DEFAULT_RULES[0].reached(50.0, 10) == NORMAL
+
+
+def test_the_shipped_commented_block_parses_when_uncommented() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "conf/mailflow.toml").read_text()
+    block = text[text.index("# [reputation]\n"):text.index("[rbl]\n")]
+    lines = [line[2:].split("#")[0].rstrip() for line in block.splitlines() if line.startswith("# ")]
+    raw = tomllib.loads("\n".join(line for line in lines if re.match(r"^\[|^\w+ = ", line)))
+    shipped = settings(raw["reputation"])
+    assert shipped.mode == "monitor" and shipped.default.rules == DEFAULT_RULES  # the comments show the defaults
+    assert shipped.exempt("monitoring.example") and shipped.mode_for("lists.example") == "monitor"
