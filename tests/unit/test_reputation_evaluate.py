@@ -1,4 +1,4 @@
-"""evaluate(): the ladder over the in-memory feedback and over a real SQLite store, with an
+"""evaluate(): the ladder over the in-memory feedback and over real SQLite and Redis stores, with an
 injected clock: moves stored by compare-and-swap, events with evidence, monitor mode stored and
 marked, exempt accounts untouched, [reputation] absent -> nothing, a lost race read again once."""
 
@@ -20,6 +20,7 @@ from mailflow.reputation.ladder import DAY
 from mailflow.reputation.memory import MemoryFeedback
 from mailflow.reputation.model import BLOCK, HOLD, NORMAL, THROTTLE, WARN, Standing
 from mailflow.reputation.rates import HOUR
+from mailflow.store.redis import RedisStore
 from mailflow.store.sqlite import SqliteStore
 
 NOW = 1_800_000_000.0 - 1_800_000_000.0 % HOUR + 600
@@ -38,12 +39,13 @@ def published() -> Iterator[list[events.Event]]:
     stop()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def ladder_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LadderStore]:
     if request.param == "memory":
         yield MemoryFeedback()
         return
-    store = SqliteStore(str(tmp_path / "state.db"))
+    store: SqliteStore | RedisStore = (SqliteStore(str(tmp_path / "state.db")) if request.param == "sqlite"
+                                       else RedisStore(request.getfixturevalue("redis_url")))
     yield store
     store.close()
 
@@ -157,3 +159,9 @@ def test_an_unreadable_standing_is_judged_as_normal_and_replaced(tmp_path: Path,
     feed(ladder_store, "a.example", NOW, 1, unknown=100)
     [move] = evaluate(config(tmp_path), ladder_store, ["a.example"], NOW)
     assert move.before is None and standing(ladder_store, "a.example") is not None
+
+
+def test_an_unreadable_standing_of_a_clean_account_is_removed_once(tmp_path: Path, ladder_store: LadderStore) -> None:
+    ladder_store.swap_reputation("a.example", None, "[]")
+    assert review(config(tmp_path), ladder_store, NOW) == []
+    assert ladder_store.reputation_states() == {}
