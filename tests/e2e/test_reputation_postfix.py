@@ -69,10 +69,10 @@ def test_blocked_refused_with_its_reply_and_held_in_the_hold_queue(tmp_path: Pat
         # Local submission (pickup): judged at end of message; Postfix bounces it to the sender.
         assert mta.sendmail("wp@blog.example", ["reader@dest.example"],
                             "From: wp@blog.example\nSubject: post\n\nhello\n").returncode == 0
-        bounces = lambda: [m for m in mta.delivered() if m["sender"] == "<>"]  # noqa: E731
-        wait_for(lambda: bool(bounces()), timeout=20)
-        assert bounces()[0]["recipients"] == ["<wp@blog.example>"]
-        text = " ".join(str(bounces()[0]["text"]).split())
+        wait_for(lambda: any(m["sender"] == "<>" for m in mta.delivered()), timeout=20)
+        [bounce] = [m for m in mta.delivered() if m["sender"] == "<>"]
+        assert bounce["recipients"] == ["<wp@blog.example>"]
+        text = " ".join(str(bounce["text"]).split())
         assert f"account blog.example is blocked for its mail's delivery reputation ({WHY}); contact {CONTACT}" in text
         [refused] = [d for d in milter.decisions() if d.get("account") == "blog.example"]
         assert (refused["stage"], refused["reason"]) == ("eom", "reputation_block")
