@@ -201,3 +201,12 @@ def test_head_finds_the_service_cheaply() -> None:
         "postfix-out2/smtp", "postfix-out2/smtp[123]", "ABCDE12345", "to=<x>")
     assert head("Nov 27 03:50:05 mx1 postfix/smtpd[1]: NOQUEUE: reject: RCPT from x") is not None
     assert parse_line("Nov 27 03:50:05 mx1 postfix/smtpd[1]: NOQUEUE: client=x[1.2.3.4]") is None
+
+
+def test_only_syslogs_tag_names_the_service() -> None:
+    """Another program's message quoting a Postfix line is not Postfix's line."""
+    quoted = ("Nov 27 03:50:05 mx1 myapp[5]: user wrote: postfix/smtp[1]: 4Y3Xb02Q1Lz6N8: to=<r@dest.example>, "
+              "relay=none, dsn=5.1.1, status=bounced (x)")
+    assert parse_line(quoted) is None
+    assert parse_line("Nov 27 03:50:05 mx1 postfix/smtp[1]: 4Y3Xb02Q1Lz6N8: to=<r@dest.example>, relay=none, "
+                      "dsn=5.1.1, status=bounced (x)") is not None
