@@ -65,6 +65,10 @@ def classify(outcome: Outcome) -> tuple[str, ...]:
         if dsn in _UNKNOWN_DSNS or _UNKNOWN_TEXT.search(outcome.reply):
             return (BOUNCE_ADDRESS, UNKNOWN_RECIPIENT)
         return (BOUNCE_ADDRESS,)
+    if dsn == "5.0.0" and _UNKNOWN_TEXT.search(outcome.reply):
+        # A receiver that gave no enhanced code (`550 User unknown`): Postfix logs 5.0.0. The
+        # words are all there is, and they say the address is bad.
+        return (BOUNCE_ADDRESS, UNKNOWN_RECIPIENT)
     if dsn.startswith("5.2."):
         return (BOUNCE_MAILBOX,)
     if dsn.startswith("5.7."):

@@ -139,7 +139,9 @@ def test_a_null_sender_from_a_customer_counts_but_local_bounces_do_not() -> None
     ("bounced", "5.2.2", "552 5.2.2 mailbox full", (BOUNCE_MAILBOX,)),
     ("bounced", "5.7.1", "554 5.7.1 blocked", (BOUNCE_POLICY,)),
     ("bounced", "5.4.4", "host not found", (BOUNCE_OTHER,)),
-    ("bounced", "5.0.0", "User unknown", (BOUNCE_OTHER,)),
+    ("bounced", "5.0.0", "host x said: 550 User unknown", (BOUNCE_ADDRESS, UNKNOWN_RECIPIENT)),  # no enhanced code
+    ("bounced", "5.0.0", "host x said: 550 go away", (BOUNCE_OTHER,)),
+    ("bounced", "5.5.0", "User unknown", (BOUNCE_OTHER,)),
     ("bounced", "", "User unknown", (BOUNCE_OTHER,)),
     ("expired", "4.4.1", "timeout", (BOUNCE_OTHER,)),
 ])
