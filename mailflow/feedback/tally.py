@@ -124,10 +124,12 @@ class Tally:
 
     def __init__(self, config: Config, owner: Callable[[str], str | None] | None = None,
                  now: Callable[[], float] = time.time, year: int | None = None,
-                 max_queue_ids: int = MAX_QUEUE_IDS) -> None:
+                 max_queue_ids: int = MAX_QUEUE_IDS, on_outcome: Callable[[Outcome], None] | None = None) -> None:
         """`owner(domain)`: the account owning a hosted domain, as the milter's ownership checker
         answers it (a trusted_ip client's unmapped sender); without it such mail counts against
-        the sender's domain. `now`/`year`: the clock for classic stamps' year (tests)."""
+        the sender's domain. `now`/`year`: the clock for classic stamps' year (tests).
+        `on_outcome`: sees every delivery line read, whoever's it is (receivers' blocks are
+        counted per outbound IP, not per account), so the log is parsed once."""
         self.settings = config.accounts
         self._owner: Callable[[str], str | None] = owner or (lambda domain: None)
         self.stamps = Stamps(now, year)
@@ -137,6 +139,7 @@ class Tally:
         self._batch = FeedbackBatch()
         self._waiting = 0
         self.stats = TallyStats()
+        self._on_outcome = on_outcome
 
     def add_line(self, line: str) -> None:
         self.stats.lines += 1
@@ -145,6 +148,8 @@ class Tally:
             return
         if isinstance(parsed, tuple):
             for outcome in parsed:
+                if self._on_outcome is not None:
+                    self._on_outcome(outcome)
                 self._count(outcome)
         elif isinstance(parsed, Submission):
             self._remember(parsed.queue_id).merge(parsed)

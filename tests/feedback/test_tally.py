@@ -221,3 +221,9 @@ def test_a_hand_over_to_another_instance_counts_once_against_the_first_origin() 
     # A relay elsewhere that says "queued as" is a delivery like any other.
     remote = [x.replace("relay=127.0.0.1[127.0.0.1]:2525", "relay=mx.dest.example[203.0.113.5]:25") for x in lines[:5]]
     assert per_account(fed(tally(), remote)) == {"shop.example": {DELIVERED: 1}}
+
+
+def test_every_outcome_is_shown_to_on_outcome_whoever_it_is() -> None:
+    seen: list[str] = []
+    t = fed(tally(on_outcome=lambda outcome: seen.append(outcome.recipient)), POSTFIX)
+    assert len(seen) == t.stats.outcomes == 10 and "x@block.example" in seen
