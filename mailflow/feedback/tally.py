@@ -111,10 +111,14 @@ class _Origin:
         """A later line adds to what earlier ones said (smtpd, then qmgr; AUTH=, then from=)."""
         if self.pinned:
             return
-        for name in ("client_address", "hostname", "port", "login", "unix_user", "sender"):
-            value = getattr(s, name)
-            if value is not None:
-                setattr(self, name, value)
+        if s.client_address is not None:  # spelled out: once per origin line, on the hot path
+            self.client_address, self.hostname, self.port = s.client_address, s.hostname, s.port
+        if s.login is not None:
+            self.login = s.login
+        if s.unix_user is not None:
+            self.unix_user = s.unix_user
+        if s.sender is not None:
+            self.sender = s.sender
         self.daemon_name = s.daemon_name or self.daemon_name
         self.account = None
 
