@@ -89,6 +89,8 @@ class TallyStats:
     unattributed: int = 0  # origin never seen (or forgotten)
     skipped: int = 0  # nobody's feedback: the MTA's own mail, inbound mail, the MSP's hand-over
     evicted: int = 0  # origins dropped by the cap, not by `removed`
+    waiting: int = 0  # now waiting for the MSP's line that names their user (see _WAIT)
+    # outcomes == attributed + unattributed + skipped + waiting
 
 
 class _Origin:
@@ -141,7 +143,6 @@ class Tally:
         self._origins: OrderedDict[str, _Origin] = OrderedDict()
         self._logins: OrderedDict[str, str] = OrderedDict()  # Sendmail: `sendmail[PID]` -> its AUTH login
         self._batch = FeedbackBatch()
-        self._waiting = 0
         self.stats = TallyStats()
         self._on_outcome = on_outcome
 
@@ -163,7 +164,7 @@ class Tally:
             submission = parsed.submission
             origin = self._remember(submission.queue_id)
             origin.merge(submission)
-            origin.login = self._logins.get(parsed.process)
+            origin.login = self._logins.get(parsed.process, "")  # "": its AUTH= line was not seen
         else:
             self._logins.pop(parsed.process, None)
             self._logins[parsed.process] = parsed.login
@@ -190,7 +191,8 @@ class Tally:
     def _forget(self, origin: _Origin | None) -> None:
         if origin is not None and origin.waiting:
             self.stats.unattributed += len(origin.waiting)
-            self._waiting -= len(origin.waiting)
+            self.stats.waiting -= len(origin.waiting)
+            origin.waiting = None
 
     def _count(self, outcome: Outcome) -> None:
         stats = self.stats
@@ -214,28 +216,32 @@ class Tally:
                 # re-injection): the copy it queued is this message, whose client there is only
                 # 127.0.0.1. Its deliveries are counted, against this origin's account; the hop is not.
                 target = self._remember(hop.group("qid"))
-                self._forget(target)
-                target.waiting, target.account, target.pinned = None, account, True
+                target.account, target.pinned = account, True
                 stats.skipped += 1
+                self._release(target)
                 return
         self._attribute(origin, outcome)
 
     def _handed_over(self, queue_id: str, unix_user: str) -> None:
         target = self._remember(queue_id)
         target.merge(Submission(queue_id, unix_user=unix_user))
-        waiting, target.waiting = target.waiting, None
+        self._release(target)
+
+    def _release(self, origin: _Origin) -> None:
+        """Its origin is known now: count what waited for it."""
+        waiting, origin.waiting = origin.waiting, None
         if waiting:
-            self._waiting -= len(waiting)
+            self.stats.waiting -= len(waiting)
             for outcome in waiting:
-                self._attribute(target, outcome)
+                self._attribute(origin, outcome)
 
     def _attribute(self, origin: _Origin, outcome: Outcome) -> None:
         stats = self.stats
         account = origin.account or self._resolve(origin)
-        if account == _WAIT and self._waiting < MAX_WAITING:
+        if account == _WAIT and stats.waiting < MAX_WAITING:
             origin.waiting = origin.waiting or []
             origin.waiting.append(outcome)
-            self._waiting += 1
+            stats.waiting += 1
             return
         if account is None or account == _WAIT:
             stats.unattributed += 1
@@ -251,6 +257,8 @@ class Tally:
         """The account the milter charged for this origin, _SKIP, or None (not enough seen)."""
         settings = self.settings
         sender = origin.sender or ""
+        if origin.login == "":
+            return None  # an authenticated session whose login the log did not show: not a guess
         if origin.client_address is None and origin.login is None:
             if origin.unix_user is not None:  # Sendmail run by a local user, no SMTP client
                 return refine_local_identity(settings, origin.unix_user).account

@@ -84,9 +84,17 @@ def test_sendmail_msp_delivery_logged_before_the_msp_names_the_user() -> None:
     mta = [x for x in SENDMAIL if "6AR45O8P012106: to=" in x]
     rest = [x for x in SENDMAIL if x not in msp and x not in mta and "012093" not in x]
     reordered = [x for x in rest if "012106: from=" in x or "012105: from=" in x] + mta + msp
-    t = fed(tally({"msp_daemons": ["MSP-mailflow"]}), reordered)
+    t = tally({"msp_daemons": ["MSP-mailflow"]})
+    fed(t, reordered[:-1])
+    assert t.stats.waiting == 1 and t.take().counts == {}
+    fed(t, reordered[-1:])
     assert per_account(t) == {"www-data": {DELIVERED: 1}}
-    assert (t.stats.attributed, t.stats.unattributed) == (1, 0)
+    assert (t.stats.attributed, t.stats.unattributed, t.stats.waiting) == (1, 0, 0)
+
+
+def test_sendmail_authenticated_session_whose_auth_line_was_not_seen_is_not_guessed() -> None:
+    t = fed(tally(), [x for x in SENDMAIL if "012495" in x and "AUTH=" not in x])
+    assert t.take().counts == {} and t.stats.unattributed == 1
 
 
 def test_sendmail_unauthenticated_session_does_not_take_a_login() -> None:
