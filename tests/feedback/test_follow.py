@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from mailflow.feedback import follow as follow_module
 from mailflow.feedback.follow import Follower, Position
 from mailflow.feedback.model import FeedbackBatch
+from mailflow.reputation.model import Standing
 from mailflow.store import open_store
 from mailflow.store.base import Store
 from tests.feedback.conftest import MailLog, config_for, totals
@@ -242,3 +245,36 @@ def test_lines_split_from_bytes(setup: tuple[MailLog, Store, Path]) -> None:
     drain(f)
     f.close()
     assert totals(store, log) == log.expected
+
+
+@pytest.mark.timing
+def test_the_ladder_runs_every_minute_for_every_standing_and_at_the_end_of_once(
+        setup: tuple[MailLog, Store, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moves down need no mail: every EVALUATE_SECONDS (injected ticks), each stored standing is
+    evaluated, whether or not its account sent anything."""
+    log, store, tmp = setup
+    assert store.swap_reputation("quiet.example", None, Standing("warn", 1.0, "test").value())
+    calls: list[tuple[list[str], float]] = []
+    monkeypatch.setattr(follow_module, "evaluate",
+                        lambda config, store, accounts, now, evidence=None: calls.append((sorted(accounts), now)) or [])
+    ticks = [1000.0]
+    f = follower(tmp, store, log, clock=lambda: 1_800_000_000.0, ticks=lambda: ticks[0])
+    runner = threading.Thread(target=f.run)
+    runner.start()
+    try:
+        time.sleep(0.6)  # several polls, no minute yet
+        assert calls == []
+        ticks[0] += follow_module.EVALUATE_SECONDS
+        for _ in range(100):
+            if calls:
+                break
+            time.sleep(0.05)
+        assert calls == [(["quiet.example"], 1_800_000_000.0)]
+    finally:
+        f.stop.set()
+        runner.join(10)
+    f.close()
+    once = follower(tmp, store, log, clock=lambda: 1_800_000_100.0)
+    once.run_once()
+    once.close()
+    assert calls[-1] == (["quiet.example"], 1_800_000_100.0)
