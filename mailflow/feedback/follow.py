@@ -38,8 +38,13 @@ SUMMARY_SECONDS = 60
 WARM_BYTES = 4 << 20  # read again (counting nothing) at start: which account each queue id is
 BACKOFF = (1.0, 30.0)  # store down: retry the kept batch after 1 s, doubling up to 30 s
 
-Observer = Callable[[Outcome, "str | None"], None]  # each parsed outcome and the account charged (None: unknown)
-AfterBatch = Callable[[FeedbackBatch, str, int], None]  # after a batch is applied: (batch, source, seq)
+# Hooks for what else learns from the log (receivers' blocks per outbound IP). An observer sees
+# each parsed delivery attempt and the account charged (None: unattributed or nobody's); the
+# after-batch step runs once the batch's counts are applied, before it is marked done. A batch
+# read again after a restart is observed again and comes with the same (source, seq): whatever
+# the after-batch step stores must be keyed by them, as Store.add_feedback is.
+Observer = Callable[[Outcome, "str | None"], None]
+AfterBatch = Callable[[FeedbackBatch, str, int], None]  # (batch, source, seq)
 
 
 class FollowError(Exception):

@@ -257,7 +257,8 @@ def test_the_ladder_runs_every_minute_for_every_standing_and_at_the_end_of_once(
     assert store.swap_reputation("quiet.example", None, Standing("warn", 1.0, "test").value())
     calls: list[tuple[list[str], float]] = []
 
-    def evaluate(config: object, store: object, accounts: Iterable[str], now: float, evidence: object = None) -> list[Move]:
+    def evaluate(config: object, store: object, accounts: Iterable[str], now: float,
+                 evidence: object = None) -> list[Move]:
         calls.append((sorted(accounts), now))
         return []
 
