@@ -109,8 +109,7 @@ class Follower:
         self.observers, self.after_batch, self.from_start = tuple(observers), after_batch, from_start
         self.clock, self.ticks = clock, ticks
         self.stop = stop or threading.Event()
-        self.tally = Tally(config)
-        self.tally.observers = list(self.observers)
+        self.tally = self._new_tally()
         self.file: LogFile | None = None
         self.final = False  # the file is rotated away: read it to its end, then the path from 0
         self.stored: str | None = None  # the position value last written (what a swap expects)
@@ -125,7 +124,10 @@ class Follower:
     # -- start: the position in the store, the pending batch ---------------------------------
 
     def start(self) -> None:
-        """Find where to read from (StoreError passes; OSError: the path cannot be read)."""
+        """Find where to read from; a pending batch is read again and kept for the first poll to
+        apply. StoreError passes (start again: it begins afresh); OSError: the path cannot be read."""
+        self._close()
+        self.tally, self.held, self.warm_stats = self._new_tally(), None, {}
         self.stored = self.store.state_get(self.key)
         position: Position | None = None
         if self.stored is not None:
@@ -141,10 +143,9 @@ class Follower:
         if found is None:
             self._lost(f"{position.state} position (inode {position.inode}, offset {position.end}, batch "
                        f"{position.seq}) is in a file no longer there")
-            if position.state == "pending":
-                self.held = _Held(FeedbackBatch(), position)  # nothing to read again: just done
-                self._commit()
             self._open_path(0)
+            if position.state == "pending":  # nothing to read again: the first poll marks it done
+                self.held = _Held(FeedbackBatch(), position)
             return
         self.file, live = found
         self.final = not live
@@ -156,10 +157,14 @@ class Follower:
             self.held = _Held(self.tally.take(), position)
             log.info("feedback: batch %d (%s bytes %d-%d) read again after a stop", position.seq, self.path,
                      position.start, position.end)
-            self._commit()
         else:
             self._warm()
         self._begin_batch()
+
+    def _new_tally(self) -> Tally:
+        tally = Tally(self.config)
+        tally.observers = list(self.observers)
+        return tally
 
     def _first_start(self) -> None:
         self.file = LogFile.open(self.path)

@@ -311,3 +311,28 @@ def test_a_position_this_version_cannot_read_is_replaced_from_the_end(
         f.start()
     assert "not a follower position" in caplog.text and position(store, f).end == log.path.stat().st_size
     f.close()
+
+
+def test_a_pending_batch_whose_file_is_gone_is_marked_done_and_the_new_file_read(
+        setup: tuple[MailLog, Store, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    log, store, tmp = setup
+    log.write(20)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise Crash()
+
+    monkeypatch.setattr(follow_module, "apply_batch", down)
+    first = follower(tmp, store, log, from_start=True)
+    with pytest.raises(Crash):
+        first.run_once()
+    first.close()
+    monkeypatch.undo()
+    os.unlink(log.path)  # the batch's file is gone before the restart: its 20 messages are lost
+    log.expected.clear()
+    log.write(7)
+    second = follower(tmp, store, log)
+    with caplog.at_level("WARNING", logger="mailflow"):
+        second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected and "pending position" in caplog.text
+    assert position(store, second).state == "done" and position(store, second).seq == 2
