@@ -141,8 +141,9 @@ class Follower:
         self.seq = position.seq
         found = find(self.path, position.mark())
         if found is None:
-            self._lost(f"{position.state} position (inode {position.inode}, offset {position.end}, batch "
-                       f"{position.seq}) is in a file no longer there")
+            if position.end:  # at offset 0 of a file rotated away unread, nothing was there to lose
+                self._lost(f"{position.state} position (inode {position.inode}, offset {position.end}, batch "
+                           f"{position.seq}) is in a file no longer there")
             self._open_path(0)
             if position.state == "pending":  # nothing to read again: the first poll marks it done
                 self.held = _Held(FeedbackBatch(), position)
