@@ -336,3 +336,20 @@ def test_a_pending_batch_whose_file_is_gone_is_marked_done_and_the_new_file_read
     second.close()
     assert totals(store, log) == log.expected and "pending position" in caplog.text
     assert position(store, second).state == "done" and position(store, second).seq == 2
+
+
+def test_copytruncated_while_stopped_the_copy_is_read_to_its_end_first(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    log.write(30)
+    first = follower(tmp, store, log, from_start=True)
+    first.run_once()
+    first.close()
+    log.write(20)  # after the position; then copied and truncated while no follower runs
+    shutil.copyfile(log.path, tmp / "mail.log.1")
+    with log.path.open("r+") as fh:
+        fh.truncate(0)
+    log.write(80)  # longer than before: only the first bytes tell it is another file
+    second = follower(tmp, store, log)
+    second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected and sum(log.expected.values()) == 156
