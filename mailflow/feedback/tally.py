@@ -45,6 +45,9 @@ _HANDOFF = re.compile(r"Sent \((?P<qid>[0-9A-Za-z]{5,20}) Message accepted for d
 # A hop to another MTA (or Postfix instance, or content filter) on this host: `… queued as QID2`.
 _QUEUED_AS = re.compile(r"queued as (?P<qid>[0-9A-Za-z]{5,20})\)?$")
 _LOOPBACK_RELAY = re.compile(r"(?:^|[\s\[])(?:127\.\d{1,3}\.\d{1,3}\.\d{1,3}|IPv6:::1|::1|localhost)\]?")
+# What else learns from the log (receivers' blocks per outbound IP, feedback/follow.py): each
+# delivery attempt read, and the account charged (None: unattributed, or nobody's).
+Observer = Callable[[Outcome, "str | None"], None]
 _SKIP = "\0skip"  # an origin whose deliveries are nobody's feedback (see the module's doc)
 # Sendmail's MTA may deliver a message from the MSP before the MSP logs the `Sent (QID …)` line
 # that names the user: its deliveries wait (bounded) for that line.
@@ -130,12 +133,13 @@ class Tally:
 
     def __init__(self, config: Config, owner: Callable[[str], str | None] | None = None,
                  now: Callable[[], float] = time.time, year: int | None = None,
-                 max_queue_ids: int = MAX_QUEUE_IDS, on_outcome: Callable[[Outcome], None] | None = None) -> None:
+                 max_queue_ids: int = MAX_QUEUE_IDS) -> None:
         """`owner(domain)`: the account owning a hosted domain, as the milter's ownership checker
         answers it (a trusted_ip client's unmapped sender); without it such mail counts against
         the sender's domain. `now`/`year`: the clock for classic stamps' year (tests).
-        `on_outcome`: sees every delivery line read, whoever's it is (receivers' blocks are
-        counted per outbound IP, not per account), so the log is parsed once."""
+        `observers` (settable at any time) see every delivery attempt read, whoever's it is, once
+        it is decided (a delivery waiting for the MSP's line is seen when it comes), so the log is
+        parsed once for everything learnt from it."""
         self.settings = config.accounts
         self._owner: Callable[[str], str | None] = owner or (lambda domain: None)
         self.stamps = Stamps(now, year)
@@ -144,7 +148,7 @@ class Tally:
         self._logins: OrderedDict[str, str] = OrderedDict()  # Sendmail: `sendmail[PID]` -> its AUTH login
         self._batch = FeedbackBatch()
         self.stats = TallyStats()
-        self._on_outcome = on_outcome
+        self.observers: list[Observer] = []
 
     def add_line(self, line: str) -> None:
         self.stats.lines += 1
@@ -153,8 +157,6 @@ class Tally:
             return
         if isinstance(parsed, tuple):
             for outcome in parsed:
-                if self._on_outcome is not None:
-                    self._on_outcome(outcome)
                 self._count(outcome)
         elif isinstance(parsed, Submission):
             self._remember(parsed.queue_id).merge(parsed)
@@ -192,7 +194,13 @@ class Tally:
         if origin is not None and origin.waiting:
             self.stats.unattributed += len(origin.waiting)
             self.stats.waiting -= len(origin.waiting)
+            for outcome in origin.waiting:
+                self._observe(outcome, None)
             origin.waiting = None
+
+    def _observe(self, outcome: Outcome, account: str | None) -> None:
+        for observer in self.observers:
+            observer(outcome, account)
 
     def _count(self, outcome: Outcome) -> None:
         stats = self.stats
@@ -200,13 +208,15 @@ class Tally:
         origin = self._origins.get(outcome.queue_id)
         if origin is None:
             stats.unattributed += 1
+            self._observe(outcome, None)
             return
         if origin.unix_user is not None and origin.client_address is None:
             handoff = _HANDOFF.match(outcome.reply)
             if handoff is not None and _LOOPBACK_RELAY.search(outcome.relay):
                 # The MSP's hop to the local MTA: the user it names is the origin of the MTA's copy.
-                self._handed_over(handoff.group("qid"), origin.unix_user)
                 stats.skipped += 1
+                self._observe(outcome, None)
+                self._handed_over(handoff.group("qid"), origin.unix_user)
                 return
         if outcome.status == "sent" and _LOOPBACK_RELAY.search(outcome.relay):
             hop = _QUEUED_AS.search(outcome.reply) or _HANDOFF.match(outcome.reply)
@@ -218,6 +228,7 @@ class Tally:
                 target = self._remember(hop.group("qid"))
                 target.account, target.pinned = account, True
                 stats.skipped += 1
+                self._observe(outcome, None)
                 self._release(target)
                 return
         self._attribute(origin, outcome)
@@ -245,13 +256,16 @@ class Tally:
             return
         if account is None or account == _WAIT:
             stats.unattributed += 1
+            self._observe(outcome, None)
             return
         origin.account = account
         if account == _SKIP:
             stats.skipped += 1
+            self._observe(outcome, None)
             return
         stats.attributed += 1
         self._add(account, outcome)
+        self._observe(outcome, account)
 
     def _resolve(self, origin: _Origin) -> str | None:
         """The account the milter charged for this origin, _SKIP, or None (not enough seen)."""

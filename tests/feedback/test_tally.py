@@ -231,7 +231,24 @@ def test_a_hand_over_to_another_instance_counts_once_against_the_first_origin() 
     assert per_account(fed(tally(), remote)) == {"shop.example": {DELIVERED: 1}}
 
 
-def test_every_outcome_is_shown_to_on_outcome_whoever_it_is() -> None:
-    seen: list[str] = []
-    t = fed(tally(on_outcome=lambda outcome: seen.append(outcome.recipient)), POSTFIX)
-    assert len(seen) == t.stats.outcomes == 10 and "x@block.example" in seen
+def test_observers_see_every_outcome_once_with_the_account_charged() -> None:
+    seen: list[tuple[str, str | None]] = []
+    t = tally({"map": {"bob@shop.example": "bob-hosting"}})
+    t.observers.append(lambda outcome, account: seen.append((outcome.recipient, account)))
+    fed(t, POSTFIX)
+    assert len(seen) == t.stats.outcomes == 10
+    assert ("x@block.example", "bob-hosting") in seen and ("bob@shop.example", None) in seen  # a bounce notice: nobody's
+    assert sum(1 for _, account in seen if account is None) == t.stats.skipped + t.stats.unattributed
+
+
+def test_observers_see_a_waiting_delivery_when_it_is_decided() -> None:
+    msp = [x for x in SENDMAIL if "6AR45OqR012105: to=" in x]
+    mta = [x for x in SENDMAIL if "6AR45O8P012106: to=" in x]
+    origins = [x for x in SENDMAIL if "012106: from=" in x or "012105: from=" in x]
+    seen: list[tuple[str, str | None]] = []
+    t = tally({"msp_daemons": ["MSP-mailflow"]})
+    t.observers.append(lambda outcome, account: seen.append((outcome.relay, account)))
+    fed(t, origins + mta)
+    assert seen == []
+    fed(t, msp)  # the MSP's hop (nobody's), then the MTA's delivery it names the user of
+    assert [account for _, account in seen] == [None, "www-data"]
