@@ -17,14 +17,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 
 from mailflow.config import Config
 from mailflow.feedback.apply import apply_batch
 from mailflow.feedback.logfile import LogFile, Mark, find, line_start
-from mailflow.feedback.model import FeedbackBatch, Outcome
-from mailflow.feedback.tally import Tally
+from mailflow.feedback.model import FeedbackBatch
+from mailflow.feedback.tally import Observer, Tally
 from mailflow.log import log, log_decision
 from mailflow.model import shown
 from mailflow.reputation.evaluate import evaluate
@@ -38,12 +38,11 @@ SUMMARY_SECONDS = 60
 WARM_BYTES = 4 << 20  # read again (counting nothing) at start: which account each queue id is
 BACKOFF = (1.0, 30.0)  # store down: retry the kept batch after 1 s, doubling up to 30 s
 
-# Hooks for what else learns from the log (receivers' blocks per outbound IP). An observer sees
-# each parsed delivery attempt and the account charged (None: unattributed or nobody's); the
-# after-batch step runs once the batch's counts are applied, before it is marked done. A batch
-# read again after a restart is observed again and comes with the same (source, seq): whatever
-# the after-batch step stores must be keyed by them, as Store.add_feedback is.
-Observer = Callable[[Outcome, "str | None"], None]
+# Hooks for what else learns from the log (receivers' blocks per outbound IP). An observer
+# (tally.Observer) sees each delivery attempt and the account charged, never the lines read only
+# to warm the tally up; the after-batch step runs once the batch's counts are applied, before it
+# is marked done. A batch read again after a restart is observed again and comes with the same
+# (source, seq): whatever the after-batch step stores must be keyed by them, as add_feedback is.
 AfterBatch = Callable[[FeedbackBatch, str, int], None]  # (batch, source, seq)
 
 
@@ -198,12 +197,13 @@ class Follower:
         position is charged to the account its submission line (before it) named."""
         assert self.file is not None
         self.tally.observers = []
-        before = _stats(self.tally.stats)
+        before = asdict(self.tally.stats)
         for line in self.file.lines_before(WARM_BYTES):
             self.tally.add_line(line)
         self.tally.take()
-        for key, n in _stats(self.tally.stats).items():  # the summary counts what was read to count
-            self.warm_stats[key] = self.warm_stats.get(key, 0) + n - before.get(key, 0)
+        for key, n in asdict(self.tally.stats).items():  # the summary counts what was read to count
+            if key != "waiting":  # a level, not a total
+                self.warm_stats[key] = self.warm_stats.get(key, 0) + n - before.get(key, 0)
         self.tally.observers = list(self.observers)
 
     # -- reading ---------------------------------------------------------------------------
@@ -228,7 +228,7 @@ class Follower:
 
     def _feed(self, lines: Iterable[str]) -> None:
         for line in lines:
-            self.tally.add_line(line)  # observers: see Tally.observers
+            self.tally.add_line(line)  # which calls the observers
             self.batch_lines += 1
 
     def _gathered(self) -> bool:
@@ -374,15 +374,7 @@ class Follower:
     def summary(self) -> None:
         """One line: totals since start (the parser's own among them)."""
         overlong = self.overlong + (self.file.skipped if self.file is not None else 0)
-        stats = {k: n - self.warm_stats.get(k, 0) for k, n in _stats(self.tally.stats).items()}
+        stats = {k: n - self.warm_stats.get(k, 0) for k, n in asdict(self.tally.stats).items()}
         log_decision(logging.INFO, event="feedback_summary", file=self.path, seq=self.seq,
                      offset=self.file.offset if self.file is not None else None, **stats,
                      batches=self.batches, overlong=overlong)
-
-
-def _stats(stats: object) -> dict[str, int]:
-    if isinstance(stats, Mapping):
-        return {str(k): int(v) for k, v in stats.items()}
-    if is_dataclass(stats) and not isinstance(stats, type):
-        return {k: int(v) for k, v in asdict(stats).items() if isinstance(v, int)}
-    return {}

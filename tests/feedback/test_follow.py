@@ -15,7 +15,7 @@ import pytest
 
 from mailflow.feedback import follow as follow_module
 from mailflow.feedback.follow import Follower, FollowError, Position
-from mailflow.feedback.model import FeedbackBatch
+from mailflow.feedback.model import FeedbackBatch, Outcome
 from mailflow.reputation.evaluate import Move
 from mailflow.reputation.model import Standing
 from mailflow.store import open_store
@@ -353,3 +353,31 @@ def test_copytruncated_while_stopped_the_copy_is_read_to_its_end_first(setup: tu
     second.run_once()
     second.close()
     assert totals(store, log) == log.expected and sum(log.expected.values()) == 156
+
+
+def test_observers_see_each_delivery_once_and_after_batch_each_seq(setup: tuple[MailLog, Store, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receivers' hook: every delivery attempt with its account, none of the lines read only
+    to warm up after a restart; the after-batch step with the batch's seq."""
+    log, store, tmp = setup
+    seen: list[tuple[str, str | None]] = []
+    batches: list[int] = []
+
+    def observe(outcome: Outcome, account: str | None) -> None:
+        seen.append((outcome.recipient, account))
+
+    def after(batch: FeedbackBatch, source: str, seq: int) -> None:
+        batches.append(seq)
+
+    log.write(50)
+    monkeypatch.setattr(follow_module, "BATCH_LINES", 120)
+    first = follower(tmp, store, log, from_start=True, observers=[observe], after_batch=after)
+    first.start()
+    first.poll()  # 120 lines: 30 messages
+    first.close()
+    second = follower(tmp, store, log, observers=[observe], after_batch=after)
+    second.run_once()  # warms up on the 120 lines before its position, observing none
+    second.close()
+    assert sorted(r for r, _ in seen) == sorted(f"r{n}@rcpt.example" for n in range(1, 51))
+    assert {account for _, account in seen} == {"shop.example", "lists.example"}
+    assert batches == [1, 2]  # 120 lines, then the other 80
