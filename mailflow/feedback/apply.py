@@ -16,11 +16,11 @@ from mailflow.suppression.entries import EntryError, scope_for
 def apply_batch(config: Config, store: Store, batch: FeedbackBatch, source: str | None, seq: int,
                 now: float | None = None) -> list[Move]:
     """Counts (once per `source` and `seq`, see Store.add_feedback), the addresses to suppress in
-    their account's list, then the ladder for every account the batch touched. StoreError passes."""
+    their account's list (when the config has [suppression]), then the ladder for every account the batch touched. StoreError passes."""
     now = time.time() if now is None else now
     if batch.counts or batch.recipients:
         store.add_feedback(source, seq, batch.counts, batch.recipients)
-    if batch.suppress:
+    if batch.suppress and config.suppression.enabled:  # no [suppression] table: no lists to add to
         matcher = matcher_for(config)
         for account, addresses in batch.suppress.items():
             entries = []
