@@ -153,4 +153,6 @@ def log_decision(level: int = logging.INFO, **fields: object) -> None:
     if _formatter.json:  # the fields travel as they are; the JSON formatter writes them
         DECISIONS.log(level, "%s", "decision", extra={_FIELDS: present})
     else:
-        DECISIONS.log(level, "%s", _formatter.render(present))
+        # Escaped here too, not only by our formatters: any handler (an admin's, a test's capture)
+        # gets a line it can encode, whatever surrogate escapes a client's bytes became.
+        DECISIONS.log(level, "%s", _encodable(_formatter.render(present)))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,19 @@ from tests.helpers.servers import MilterProcess, redis_server
 
 # The suppression key the test configs name (hash_key_env); milters and CLI runs inherit it.
 os.environ.setdefault("MAILFLOW_SUPPRESSION_KEY", "mailflow-test-suppression-key-0123456789")
+
+
+@pytest.fixture(autouse=True)
+def _mailflow_logging_restored() -> Iterator[None]:
+    """A test that runs a CLI command in-process (setup_logging) must not leave the next test its
+    handler and level: with INFO left on, a later test's captured log can hold a hostile client's
+    bytes, which pytest-xdist cannot send to its controller (the worker dies)."""
+    logger = logging.getLogger("mailflow")
+    level, handlers, propagate = logger.level, logger.handlers[:], logger.propagate
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")
