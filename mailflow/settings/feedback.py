@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mailflow.feedback import mailid
 from mailflow.settings.table import Table
 
 
@@ -15,6 +16,7 @@ class FeedbackSettings:
     log: str = "/var/log/mail.log"  # the MTA's log, as syslog writes it
     # The key of the X-Mailflow-ID header (read from id_key_file); empty: no header is added.
     id_key: bytes = field(default=b"", repr=False)
+    id_old_key: bytes = field(default=b"", repr=False)  # id_old_key_file: still read, never written
     # Delivery agent's syslog name -> the outbound IP it sends from ("postfix-out2/smtp" =
     # "192.0.2.11"). Empty: every delivery is counted against the one [rbl] ip, if there is one.
     outbound_ips: Mapping[str, str] = field(default_factory=dict)
@@ -24,5 +26,6 @@ def parse_feedback(t: Table) -> FeedbackSettings:
     """STUB: the follower's helper fills it (the id key's reader with the complaint helper's)."""
     d = FeedbackSettings()
     settings = FeedbackSettings(log=t.text("log", d.log))
+    settings = mailid.with_id_keys(t, settings)  # id_key_file, id_old_key_file (the complaint reader's)
     t.finish()
     return settings
