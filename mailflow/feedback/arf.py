@@ -17,7 +17,7 @@ import base64
 import binascii
 import hashlib
 import quopri
-from collections.abc import Callable
+from typing import BinaryIO
 from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesHeaderParser, BytesParser
@@ -32,7 +32,7 @@ from mailflow.forgery.policy import build_directory, domain_owner, named_account
 from mailflow.model import shown
 from mailflow.store.base import Store
 
-MAX_REPORT_BYTES = 10 * 1024 * 1024  # no feedback loop sends more; a whole original is a few hundred KiB
+MAX_REPORT_BYTES = 10 * 1024 * 1024  # read of a report: the parts that matter are its first few KiB
 FIELD_VALUES = 20  # values kept per field name (Original-Rcpt-To may repeat; X-Mailflow-ID should not)
 FIELD_CHARS = 2000  # characters kept of one value
 PARTS_LOOKED_AT = 10  # a report has three parts; a few more are tolerated, not searched for ever
@@ -86,11 +86,11 @@ def fields_of(message: Message) -> Fields:
 
 
 def parse(raw: bytes) -> Report:
-    """The report's parts that matter, or NotCounted with the reason."""
-    if len(raw) > MAX_REPORT_BYTES:
-        raise NotCounted(f"report over {MAX_REPORT_BYTES} bytes: not read")
+    """The report's parts that matter, or NotCounted with the reason. Of a longer report only the
+    first MAX_REPORT_BYTES are read: the machine part and the original's headers come first, a
+    large attachment of the original last (a report cut short reads as one with a cut original)."""
     try:
-        message = BytesParser(policy=compat32).parsebytes(raw)
+        message = BytesParser(policy=compat32).parsebytes(raw[:MAX_REPORT_BYTES])
         return _parsed(message)
     except RecursionError:
         raise NotCounted("report nested too deeply to read") from None
@@ -145,7 +145,8 @@ def _headers_of(part: Message) -> Message:
 
 
 def _address(name: str, value: str) -> str | None:
-    """The one valid address a header value holds (`<a@b>` or a mailbox), else None."""
+    """The one valid address a header value holds (`<a@b>` or a mailbox), else None. `name` is
+    From or To: the stdlib's header registry parses addresses only under an address header's name."""
     try:
         return parse_single_mailbox(name, value).address
     except AddressError:
@@ -155,7 +156,7 @@ def _address(name: str, value: str) -> str | None:
 def complainer(report: Report) -> str | None:
     """Original-Rcpt-To when it names one address, else the original's single To: address."""
     named = {address.lower() for value in report.fields.all("original-rcpt-to")
-             if (address := _address("Original-Rcpt-To", value)) is not None}
+             if (address := _address("To", value)) is not None}
     if named or report.fields.all("original-rcpt-to"):
         return named.pop() if len(named) == 1 else None  # several, or redacted: nobody to suppress
     tos = report.original.all("to") if report.original is not None else []
@@ -235,24 +236,26 @@ def process(config: Config, store: Store, attribution: Attribution, raw: bytes, 
         if not store.claim(account, key, SEEN_SECONDS):
             return Outcome(False, f"not counted: seen before ({about})")
     batch = FeedbackBatch(counts={(int(now) // 3600, account, COMPLAINT): 1})
-    if person is not None:
+    if person is not None and config.suppression.enabled:  # without lists, counted only (README)
         batch.suppress[account] = {person: "complaint"}
     original_id = report.original.first("message-id") if report.original is not None else ""
     batch.evidence[account] = [shown(f"{report.feedback_type} complaint via {report.user_agent or 'an unnamed loop'} "
                                      f"about {person or 'an unnamed recipient'}, original {original_id or '-'}",
                                      TEXT_MAX)]
     apply_batch(config, store, batch, None, 0, now)
-    who = f"complainer={shown(person, 100)} suppressed" if person else "complainer not named: nobody suppressed"
+    if len(raw) > MAX_REPORT_BYTES:
+        about += f" (read its first {MAX_REPORT_BYTES} bytes)"
+    who = ("complainer not named: nobody suppressed" if person is None else f"complainer={shown(person, 100)} "
+           + ("suppressed" if config.suppression.enabled else "not suppressed ([suppression] is not configured)"))
     return Outcome(True, f"counted: complaint {about} {who}")
 
 
-def read_bounded(stream: object, limit: int = MAX_REPORT_BYTES) -> bytes:
+def read_bounded(stream: BinaryIO, limit: int = MAX_REPORT_BYTES) -> bytes:
     """Up to limit+1 bytes of a binary stream; the rest read and dropped, so that the MTA that
     pipes it in sees it taken (a pipe left unread fails the delivery)."""
-    reader: Callable[[int], bytes] = getattr(stream, "read")
-    data = reader(limit + 1)
+    data = stream.read(limit + 1)
     if len(data) > limit:
-        while reader(1 << 20):
+        while stream.read(1 << 20):
             pass
     return data
 

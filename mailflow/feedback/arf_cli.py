@@ -51,7 +51,7 @@ def register_arf(group: click.Group, load: Callable[[str | None], Config],
             with store(config) as opened:
                 attribution = Attribution(config, opened)
                 if maildir is None:
-                    raw = read_bounded(click.get_binary_stream("stdin"))
+                    raw = read_bounded(sys.stdin.buffer)
                     click.echo(process(config, opened, attribution, raw, time.time()).line)
                 else:
                     read_maildir(maildir, lambda raw: process(config, opened, attribution, raw, time.time()))
