@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import quopri
 from typing import BinaryIO
 from dataclasses import dataclass, field
 from email.message import Message
@@ -104,7 +103,8 @@ def _parsed(message: Message) -> Report:
     if report_type != "feedback-report":
         raise NotCounted(f"not an ARF report: report-type {shown(report_type, 60)!r}, not feedback-report")
     payload = message.get_payload()
-    parts = [part for part in payload[:PARTS_LOOKED_AT] if isinstance(part, Message)] if isinstance(payload, list) else []
+    parts = [part for part in payload[:PARTS_LOOKED_AT] if isinstance(part, Message)] \
+        if isinstance(payload, list) else []
     kinds = [part.get_content_type() for part in parts]
     if "message/feedback-report" not in kinds:
         raise NotCounted("ARF report without a message/feedback-report part")
@@ -123,22 +123,21 @@ def _parsed(message: Message) -> Report:
 
 def _headers_of(part: Message) -> Message:
     """The header block a part holds: the parser's own parse of a message/* part, unless it was
-    sent base64 or quoted-printable (some loops do): then the decoded body, parsed again."""
+    sent base64 (some loops do; base64 has no colon, so the parser saw a body and no header):
+    then that body decoded and parsed. text/rfc822-headers: its decoded text, parsed."""
     payload = part.get_payload()
-    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
-    if isinstance(payload, list):
-        inner = payload[0] if payload else None
-        if not isinstance(inner, Message):
-            return Message()
-        if encoding not in ("base64", "quoted-printable"):
-            return inner
-        text = inner.get_payload()  # base64 has no colon: the parser saw no header, only a body
-        body = str(text).encode("ascii", "replace") if not isinstance(text, list) else b""
-    else:
+    if not isinstance(payload, list):
         decoded = part.get_payload(decode=True)
         return BytesHeaderParser(policy=compat32).parsebytes(decoded if isinstance(decoded, bytes) else b"")
+    inner = payload[0] if payload else None
+    if not isinstance(inner, Message):
+        return Message()
+    encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
+    body = inner.get_payload()
+    if encoding != "base64" or inner.keys() or not isinstance(body, str):
+        return inner
     try:
-        data = base64.b64decode(body) if encoding == "base64" else quopri.decodestring(body)
+        data = base64.b64decode(body.encode("ascii", "replace"))
     except (binascii.Error, ValueError):
         return Message()
     return BytesHeaderParser(policy=compat32).parsebytes(data)

@@ -23,6 +23,7 @@ import click
 
 from mailflow.config import Config
 from mailflow.feedback.arf import MAX_REPORT_BYTES, Attribution, Outcome, process, read_bounded
+from mailflow.log import log, setup_logging
 from mailflow.model import shown
 from mailflow.store.base import Store, StoreError
 
@@ -47,17 +48,31 @@ def register_arf(group: click.Group, load: Callable[[str | None], Config],
         if maildir is not None:
             check_maildir(maildir)
         config = load(config_file)
+        say = _teller(config)
         try:
             with store(config) as opened:
                 attribution = Attribution(config, opened)
                 if maildir is None:
                     raw = read_bounded(sys.stdin.buffer)
-                    click.echo(process(config, opened, attribution, raw, time.time()).line)
+                    say(process(config, opened, attribution, raw, time.time()).line)
                 else:
-                    read_maildir(maildir, lambda raw: process(config, opened, attribution, raw, time.time()))
+                    read_maildir(maildir, lambda raw: process(config, opened, attribution, raw, time.time()), say)
         except StoreError as exc:
             click.echo(f"mailflow: store unavailable, nothing counted; try later: {shown(str(exc), 300)}", err=True)
             sys.exit(EX_TEMPFAIL)
+
+
+def _teller(config: Config) -> Callable[[str], None]:
+    """Each report's line on stdout, and to syslog when the config logs there: a pipe
+    transport's output is thrown away once the delivery succeeds."""
+    if config.log.target != "syslog":
+        return click.echo
+    setup_logging(config.log)
+
+    def say(line: str) -> None:
+        click.echo(line)
+        log.info("feedback arf: %s", line)
+    return say
 
 
 def check_maildir(path: str) -> None:
@@ -72,7 +87,7 @@ def _flags(name: str) -> str:
     return flags if info else ""
 
 
-def read_maildir(path: str, handle: Callable[[bytes], Outcome]) -> None:
+def read_maildir(path: str, handle: Callable[[bytes], Outcome], say: Callable[[str], None]) -> None:
     """Every unread report, oldest name first; each moved to cur/ with `S` once handled. A
     StoreError passes with the report where it was (read again next run)."""
     new, cur = os.path.join(path, "new"), os.path.join(path, "cur")
@@ -93,4 +108,4 @@ def read_maildir(path: str, handle: Callable[[bytes], Outcome]) -> None:
         base = name.rpartition(":2,")[0] if ":2," in name else name
         target = os.path.join(cur, f"{base}:2,{''.join(sorted(set(_flags(name)) | {'S'}))}")
         os.rename(source, target)
-        click.echo(f"{shown(name, 120)}: {outcome.line}")
+        say(f"{shown(name, 120)}: {outcome.line}")
