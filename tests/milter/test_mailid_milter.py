@@ -71,6 +71,10 @@ def test_accepted_mail_gets_the_id_and_loses_the_clients_copies(start_milter: Ca
     assert name == "X-Mailflow-ID" and read_id(read_key_file(str(key)), value) == "shop.example"
     _, plain = send(milter, "bob@shop.example", ["a@x.example"], [])
     assert plain is not None and plain.headers_changed == [] and len(plain.headers_added) == 1
+    # Refused at end of message (a second From: of a domain the account does not own): untouched.
+    _, refused = send(milter, "bob@shop.example", ["a@x.example"], [("From", "ceo@bank.example"), ("X-Mailflow-ID", "1.x")])
+    assert refused is not None and refused.action == "reject" and not refused.headers_added
+    assert not refused.headers_changed
 
 
 def test_held_mail_is_stamped_too(start_milter: Callable[..., MilterProcess], tmp_path: Path, key: Path) -> None:
