@@ -308,6 +308,8 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
 def _register_admin_groups() -> None:
     from mailflow import grants_admin
     from mailflow import holdqueue
+    from mailflow.feedback import cli as feedback
+    from mailflow.feedback.arf_cli import register_arf
     from mailflow.metrics import check
     from mailflow.suppression import admin, keygen
     from mailflow.views import cli as views
@@ -318,6 +320,7 @@ def _register_admin_groups() -> None:
     keygen.register(cli)
     views.register(cli, ratelimit, _load, _store, config_option)
     check.register(cli, config_option)
+    register_arf(feedback.register(cli, _load, _store, config_option), _load, _store)
 
 
 _register_admin_groups()

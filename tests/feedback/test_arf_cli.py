@@ -4,15 +4,15 @@ an MTA acts on: 0 read, 75 store down (nothing counted, nothing lost), 2 bad arg
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 
 from mailflow import cli as mailflow_cli
-from mailflow.feedback.arf_cli import register_arf
 from mailflow.store import open_store
 from mailflow.store.base import Store
 from tests.helpers.arf import Original, report, write_id_key
@@ -21,18 +21,6 @@ from tests.helpers.redis_faults import RedisProcess
 from tests.helpers.servers import write_config
 
 ACCOUNT = "cust-7"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _arf_command() -> None:
-    """`mailflow feedback arf` as the lead hooks it into the feedback group (i17-follow's)."""
-    group = mailflow_cli.cli.commands.get("feedback")
-    if group is None:
-        group = click.Group("feedback", help="Delivery feedback and complaints.")
-        mailflow_cli.cli.add_command(group)
-    assert isinstance(group, click.Group)
-    if "arf" not in group.commands:
-        register_arf(group, mailflow_cli._load, mailflow_cli._store)
 
 
 def make_config(tmp_path: Path, url: str) -> Path:
@@ -78,6 +66,14 @@ def test_a_report_on_stdin_is_counted_and_a_bad_one_exits_0(capsys: pytest.Captu
     assert code == 0 and out.startswith("not counted: seen before")
     code, out, _ = pipe(capsys, monkeypatch, b"\xff\x00 garbage", "-c", str(config_path))
     assert code == 0 and out.startswith("not counted: not an ARF report") and out.count("\n") == 1
+    assert complaints(config_path) == 1
+
+
+def test_the_installed_command_as_a_pipe_transport_runs_it(config_path: Path) -> None:
+    """What Postfix's pipe(8) runs: the exit code and the one line, from a real process."""
+    done = subprocess.run([sys.executable, "-m", "mailflow", "feedback", "arf", "-c", str(config_path)],
+                          input=report(Original(to="piped@mail.example")), capture_output=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.decode().startswith("counted: complaint account=cust-7"), done
     assert complaints(config_path) == 1
 
 
