@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +17,7 @@ from mailflow.config import Config, parse_config
 from mailflow.feedback.arf import MAX_REPORT_BYTES, Attribution, Outcome, parse, process
 from mailflow.feedback.mailid import make_id
 from mailflow.store import open_store
-from mailflow.store.base import Store
+from mailflow.store.base import Store, StoreError
 from mailflow.suppression.admin import matcher_for
 from mailflow.suppression.entries import scope_for
 from mailflow.suppression.keys import read_key_file
@@ -121,6 +122,32 @@ def test_duplicates_count_once_but_another_complainer_counts(config: Config, sto
     bare = report(Original(message_id=""), report_id=None)
     assert run(config, store, bare).counted and not run(config, store, bare).counted
     assert complaints(store) == 3
+
+
+class _FailsOnce:
+    """The real store, whose first add_feedback meets a fault: after the claims, before the count."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.failed = store, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def add_feedback(self, *args: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreError("connection lost")
+        self.store.add_feedback(*args)
+
+
+def test_a_fault_between_the_claim_and_the_count_is_retried_not_lost(config: Config, store: Store) -> None:
+    flaky = cast(Store, _FailsOnce(store))
+    with pytest.raises(StoreError):  # the command exits 75; the MTA hands the report over again
+        run(config, flaky, report(Original()))
+    assert complaints(store) == 0
+    assert run(config, flaky, report(Original())).counted
+    assert not run(config, flaky, report(Original())).counted
+    assert complaints(store) == 1
 
 
 def test_several_recipients_count_and_suppress_nobody(config: Config, store: Store) -> None:
