@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailflow.config import Config, parse_config
@@ -216,6 +216,16 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
             parse(candidate)
         except Exception as exc:
             assert type(exc).__name__ == "NotCounted", exc
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(min_value=0, max_value=len(GOOD)), st.binary(max_size=300), st.integers(min_value=0, max_value=400))
+def test_a_report_with_bytes_spliced_in_anywhere_is_handled_in_one_line(config: Config, store: Store, at: int,
+                                                                      noise: bytes, cut: int) -> None:
+    """Whatever a mangled report does, the whole path (parse, attribution, complainer, claim,
+    count) gives one line or counts; it never raises."""
+    outcome = run(config, store, GOOD[:at] + noise + GOOD[at + cut:])
+    assert "\n" not in outcome.line and outcome.line.isprintable() and len(outcome.line) < 600
 
 
 @pytest.mark.timing
