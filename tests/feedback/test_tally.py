@@ -84,9 +84,17 @@ def test_sendmail_msp_delivery_logged_before_the_msp_names_the_user() -> None:
     mta = [x for x in SENDMAIL if "6AR45O8P012106: to=" in x]
     rest = [x for x in SENDMAIL if x not in msp and x not in mta and "012093" not in x]
     reordered = [x for x in rest if "012106: from=" in x or "012105: from=" in x] + mta + msp
-    t = fed(tally({"msp_daemons": ["MSP-mailflow"]}), reordered)
+    t = tally({"msp_daemons": ["MSP-mailflow"]})
+    fed(t, reordered[:-1])
+    assert t.stats.waiting == 1 and t.take().counts == {}
+    fed(t, reordered[-1:])
     assert per_account(t) == {"www-data": {DELIVERED: 1}}
-    assert (t.stats.attributed, t.stats.unattributed) == (1, 0)
+    assert (t.stats.attributed, t.stats.unattributed, t.stats.waiting) == (1, 0, 0)
+
+
+def test_sendmail_authenticated_session_whose_auth_line_was_not_seen_is_not_guessed() -> None:
+    t = fed(tally(), [x for x in SENDMAIL if "012495" in x and "AUTH=" not in x])
+    assert t.take().counts == {} and t.stats.unattributed == 1
 
 
 def test_sendmail_unauthenticated_session_does_not_take_a_login() -> None:
@@ -139,7 +147,9 @@ def test_a_null_sender_from_a_customer_counts_but_local_bounces_do_not() -> None
     ("bounced", "5.2.2", "552 5.2.2 mailbox full", (BOUNCE_MAILBOX,)),
     ("bounced", "5.7.1", "554 5.7.1 blocked", (BOUNCE_POLICY,)),
     ("bounced", "5.4.4", "host not found", (BOUNCE_OTHER,)),
-    ("bounced", "5.0.0", "User unknown", (BOUNCE_OTHER,)),
+    ("bounced", "5.0.0", "host x said: 550 User unknown", (BOUNCE_ADDRESS, UNKNOWN_RECIPIENT)),  # no enhanced code
+    ("bounced", "5.0.0", "host x said: 550 go away", (BOUNCE_OTHER,)),
+    ("bounced", "5.5.0", "User unknown", (BOUNCE_OTHER,)),
     ("bounced", "", "User unknown", (BOUNCE_OTHER,)),
     ("expired", "4.4.1", "timeout", (BOUNCE_OTHER,)),
 ])
@@ -200,3 +210,45 @@ def test_sendmail_sessions_are_bounded() -> None:
     for pid in range(module.MAX_SESSIONS + 5):
         t.add_line(f"sendmail[{pid}]: AUTH=server, relay=localhost [127.0.0.1], authid=u{pid}@x, mech=PLAIN, bits=0")
     assert len(t._logins) == module.MAX_SESSIONS
+
+
+def test_a_hand_over_to_another_instance_counts_once_against_the_first_origin() -> None:
+    """Multi-instance Postfix (or a content filter's re-injection): the input instance hands the
+    message to postfix-out on 127.0.0.1, which logs its own queue id with a loopback client."""
+    lines = [*smtpd("JJJJJ1", login="bob@shop.example"),
+             "Nov 27 04:05:00 mta postfix/smtpd[7]: JJJJJ2: client=localhost[127.0.0.1]:50000",  # postfix-out's queue
+             "Nov 27 04:05:00 mta postfix-out/qmgr[8]: JJJJJ2: from=<a@shop.example>, size=100, nrcpt=1 (queue active)",
+             "Nov 27 04:05:00 mta postfix/smtp[1]: JJJJJ1: to=<r@dest.example>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.1, "
+             "delays=0/0/0/0.1, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as JJJJJ2)",
+             "Nov 27 04:05:00 mta postfix/qmgr[3]: JJJJJ1: removed",
+             "Nov 27 04:05:01 mta postfix-out/smtp[9]: JJJJJ2: to=<r@dest.example>, relay=mx.dest.example[203.0.113.5]:25, "
+             "delay=1, delays=0/0/0/1, dsn=5.1.1, status=bounced (550 5.1.1 user unknown)"]
+    t = fed(tally({"map": {"bob@shop.example": "bob-hosting"}}), lines)
+    assert per_account(t) == {"bob-hosting": {BOUNCE_ADDRESS: 1, UNKNOWN_RECIPIENT: 1}}
+    assert (t.stats.attributed, t.stats.skipped) == (1, 1)
+    # A relay elsewhere that says "queued as" is a delivery like any other.
+    remote = [x.replace("relay=127.0.0.1[127.0.0.1]:2525", "relay=mx.dest.example[203.0.113.5]:25") for x in lines[:5]]
+    assert per_account(fed(tally(), remote)) == {"shop.example": {DELIVERED: 1}}
+
+
+def test_observers_see_every_outcome_once_with_the_account_charged() -> None:
+    seen: list[tuple[str, str | None]] = []
+    t = tally({"map": {"bob@shop.example": "bob-hosting"}})
+    t.observers.append(lambda outcome, account: seen.append((outcome.recipient, account)))
+    fed(t, POSTFIX)
+    assert len(seen) == t.stats.outcomes == 10
+    assert ("x@block.example", "bob-hosting") in seen and ("bob@shop.example", None) in seen  # a bounce notice: nobody's
+    assert sum(1 for _, account in seen if account is None) == t.stats.skipped + t.stats.unattributed
+
+
+def test_observers_see_a_waiting_delivery_when_it_is_decided() -> None:
+    msp = [x for x in SENDMAIL if "6AR45OqR012105: to=" in x]
+    mta = [x for x in SENDMAIL if "6AR45O8P012106: to=" in x]
+    origins = [x for x in SENDMAIL if "012106: from=" in x or "012105: from=" in x]
+    seen: list[tuple[str, str | None]] = []
+    t = tally({"msp_daemons": ["MSP-mailflow"]})
+    t.observers.append(lambda outcome, account: seen.append((outcome.relay, account)))
+    fed(t, origins + mta)
+    assert seen == []
+    fed(t, msp)  # the MSP's hop (nobody's), then the MTA's delivery it names the user of
+    assert [account for _, account in seen] == [None, "www-data"]
