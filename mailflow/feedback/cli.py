@@ -37,6 +37,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         from mailflow.feedback.follow import Follower, FollowError
         from mailflow.feedback.logfile import LogFile
         from mailflow.log import setup_logging
+        from mailflow.metrics.feedback import served_feedback_metrics
 
         config = load(config_file)
         path = os.path.abspath(log_file or config.feedback.log)
@@ -52,7 +53,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
                 if once:
                     follower.run_once()
                 else:
-                    with _stopped_by_signals(stop):
+                    with served_feedback_metrics(config.metrics.feedback_listen, follower), _stopped_by_signals(stop):
                         follower.run()
             except StoreError as exc:  # --once only: `follow` keeps its batch and retries
                 raise click.ClickException(f"store: {exc} (nothing applied twice: the next run reads "

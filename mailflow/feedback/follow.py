@@ -119,6 +119,12 @@ class Follower:
         self.held: _Held | None = None
         self.batches = self.overlong = 0  # since start (overlong lines: of the files closed)
         self.warm_stats: dict[str, int] = {}  # the tally's stats of lines read only to warm it
+        # For /metrics (metrics/feedback.py), since this object was made: a start afresh keeps them.
+        self.earlier: dict[str, int] = {}  # counted() of the tallies a start afresh replaced
+        self.seen: dict[str, int] = {}  # counted() as of the last poll: read by the metrics thread
+        self.applied: dict[str, int] = {}  # count field -> outcomes applied to the store
+        self.store_errors = 0
+        self.started_at, self.last_batch = clock(), 0.0
 
     # -- start: the position in the store, the pending batch ---------------------------------
 
@@ -126,6 +132,7 @@ class Follower:
         """Find where to read from; a pending batch is read again and kept for the first poll to
         apply. StoreError passes (start again: it begins afresh); OSError: the path cannot be read."""
         self._close()
+        self.earlier = self.counted()
         self.tally, self.held, self.warm_stats = self._new_tally(), None, {}
         self.stored = self.store.state_get(self.key)
         position: Position | None = None
@@ -298,9 +305,12 @@ class Follower:
             if self.after_batch is not None:
                 self.after_batch(held.batch, self.key, pending.seq)
             held.applied = True
+            for (_, _, name), n in held.batch.counts.items():
+                self.applied[name] = self.applied.get(name, 0) + n
         self._swap(Position("done", pending.inode, pending.head, pending.end, pending.end, pending.seq).value())
         self.held = None
         self.batches += 1
+        self.last_batch = self.clock()
 
     def _swap(self, new: str) -> None:
         if self.stored == new or self.store.state_swap(self.key, self.stored, new):
@@ -338,6 +348,7 @@ class Follower:
                 read = self.poll()
                 delay = BACKOFF[0]
             except StoreError as exc:
+                self.store_errors += 1
                 log.warning("feedback: store: %s; %s kept, retried in %.0f s", shown(str(exc), 300),
                             f"batch {self.held.pending.seq}" if self.held else "the position", delay)
                 self.stop.wait(delay)
@@ -348,17 +359,20 @@ class Follower:
                 try:
                     self.evaluate()
                 except StoreError as exc:  # the next round will do it
+                    self.store_errors += 1
                     log.warning("feedback: store: %s; the ladder runs again in %d s", shown(str(exc), 300),
                                 EVALUATE_SECONDS)
             if self.ticks() >= due["summary"]:
                 due["summary"] = self.ticks() + SUMMARY_SECONDS
                 self.summary()
+            self.seen = self.counted()
             if not read:
                 self.stop.wait(POLL_SECONDS)
         if started:
             try:
                 self.flush()
             except StoreError as exc:  # the position still says where this batch began
+                self.store_errors += 1
                 log.warning("feedback: store: %s; stopping with a batch not applied: the next start reads it "
                             "again", shown(str(exc), 300))
         self.summary()
@@ -374,7 +388,13 @@ class Follower:
     def summary(self) -> None:
         """One line: totals since start (the parser's own among them)."""
         overlong = self.overlong + (self.file.skipped if self.file is not None else 0)
-        stats = {k: n - self.warm_stats.get(k, 0) for k, n in asdict(self.tally.stats).items()}
         log_decision(logging.INFO, event="feedback_summary", file=self.path, seq=self.seq,
-                     offset=self.file.offset if self.file is not None else None, **stats,
+                     offset=self.file.offset if self.file is not None else None, **self.counted(),
                      batches=self.batches, overlong=overlong)
+
+    def counted(self) -> dict[str, int]:
+        """The tally's stats since this object was made, lines read only to warm it left out
+        (`waiting` is a level: the current tally's)."""
+        now = asdict(self.tally.stats)
+        return {k: n if k == "waiting" else self.earlier.get(k, 0) + n - self.warm_stats.get(k, 0)
+                for k, n in now.items()}

@@ -30,15 +30,19 @@ class Running:
     served: worker.WorkerMetrics
 
     def scrape(self) -> dict[str, float]:
-        """Every sample of /metrics: `name{label="value",...}` (labels sorted) -> value."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        samples = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
+        return scrape(self.port)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of /metrics on 127.0.0.1:PORT: `name{label="value",...}` (labels sorted) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def engine_config(**extra: object) -> Config:
