@@ -73,7 +73,8 @@ def test_follower_serves_its_counts_lag_and_moves(tmp_path: Path, redis: RedisPr
         with log.path.open("a") as fh:
             fh.write(unattributed_line())
         # The lines may come in more than one read, so in more than one batch (a batch a second).
-        wait_for(lambda: sum(outcomes(scrape(port)).values()) == 60 and scrape(port)["mailflow_feedback_lines_total"] == 201)
+        wait_for(lambda: sum(outcomes(scrape(port)).values()) == 60
+                 and scrape(port)["mailflow_feedback_lines_total"] == 201)
         got = scrape(port)
         assert outcomes(got) == {"delivered": 40, "deferred": 0, "bounce_5.1": 10, "bounce_5.2": 0, "bounce_5.7": 0,
                                  "bounce_other": 0, "unknown_recipient": 10}
