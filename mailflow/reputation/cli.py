@@ -17,7 +17,7 @@ from mailflow.config import Config
 from mailflow.model import shown
 from mailflow.reputation.evaluate import Move, publish, read_standing
 from mailflow.reputation.model import NORMAL, Standing, rank
-from mailflow.reputation.rates import read_rates
+from mailflow.reputation.rates import read_rates, reset_baseline
 from mailflow.settings.reputation import PERCENT_RULES
 from mailflow.store.base import Store
 
@@ -46,8 +46,8 @@ def account_view(config: Config, store: Store, account: str, now: float) -> dict
     """One account: its standing and its figures now, each with its sample and threshold."""
     standing = read_standing(store.reputation_states().get(account), account)
     data = _standing(account, standing, config)
-    start = standing.since if standing is not None and standing.state == NORMAL else None
-    rates = read_rates(store, account, now, start)
+    reset = standing if standing is not None and standing.state == NORMAL else None
+    rates = read_rates(store, account, now, reset.since, reset.rates) if reset else read_rates(store, account, now)
     figures = {}
     for rule in config.reputation.ladder_for(account).rules:
         figure, sample = rates.figure(rule.name)
@@ -162,10 +162,10 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             raise click.BadParameter("give a reason", param_hint="--reason")
         config = load(config_file)
         now = time.time()
-        marker = Standing(NORMAL, now, f"reset by {audit.bounded(audit.who_runs(), 100)}: {audit.bounded(why, 200)}",
-                          rule="admin")
         with store_of(config) as store:
             for _ in range(5):
+                marker = Standing(NORMAL, now, f"reset by {audit.bounded(audit.who_runs(), 100)}: "
+                                  f"{audit.bounded(why, 200)}", rule="admin", rates=reset_baseline(store, account, now))
                 value = store.reputation_states().get(account)
                 before = read_standing(value, account)
                 if before is None or before.state == NORMAL:

@@ -83,8 +83,9 @@ def _evaluate_one(config: Config, store: LadderStore, account: str, stored: dict
     for attempt in range(TRIES):
         value = stored.get(account)
         before = read_standing(value, account)
-        start = before.since if before is not None and before.state == NORMAL else None  # a reset
-        after = judge(read_rates(store, account, now, start), ladder, before, now)
+        reset = before if before is not None and before.state == NORMAL else None
+        rates = read_rates(store, account, now, reset.since, reset.rates) if reset else read_rates(store, account, now)
+        after = judge(rates, ladder, before, now)
         if after is before and not (value and before is None):  # an unreadable value is replaced
             return None
         raised = after is not None and rank(after.state) > rank(before.state if before else NORMAL)

@@ -108,6 +108,29 @@ def test_reset_stores_a_marker_audits_and_publishes(capsys: pytest.CaptureFixtur
     assert out == "every account is normal\n"
 
 
+def test_a_reset_is_not_undone_by_its_own_hour(capsys: pytest.CaptureFixture[str], config: str,
+                                               store: SqliteStore) -> None:
+    """Found by an admin: the next batch in the reset's clock hour held the account again on the
+    bounces the reset forgave. The hour's counts at the reset are kept and taken off."""
+    from mailflow import cli as mailflow_cli
+    from mailflow.reputation.evaluate import evaluate
+
+    now, account = time.time(), "buyer.example"
+    hour = int(now // HOUR)
+    store.add_feedback(None, 0, {(hour, account, DELIVERED): 180, (hour, account, BOUNCE_ADDRESS): 40}, {})
+    put(store, account, Standing(HOLD, now - 60, "hard bounces 18.2%", rule="hard_bounces"))
+    assert run(capsys, "reputation", "reset", account, "--reason", "list cleaned", "-c", config)[0] == 0
+    store.add_feedback(None, 1, {(hour, account, DELIVERED): 1}, {})  # a clean delivery, same hour
+    cfg = mailflow_cli._load(config)
+    assert evaluate(cfg, store, [account], now + 1) == []
+    data = json.loads(run(capsys, "reputation", account, "--json", "-c", config)[1])
+    assert data["state"] == NORMAL and data["rates_now"]["hard_bounces"]["sample"] == 1
+    # What the account does after the reset counts, in the same hour too.
+    store.add_feedback(None, 2, {(hour, account, DELIVERED): 170, (hour, account, BOUNCE_ADDRESS): 30}, {})
+    [move] = evaluate(cfg, store, [account], now + 2)
+    assert move.after is not None and move.after.state == HOLD and "(30 of 201 recipients" in move.after.why
+
+
 @pytest.mark.parametrize("args, needle", [
     (["reset", "buyer.example"], "--reason"),
     (["reset", "buyer.example", "--reason", "  "], "--reason"),

@@ -114,6 +114,11 @@ def test_figures_and_their_denominators() -> None:
     assert read_rates(store, "nobody", NOW) == Rates()
     after_reset = read_rates(store, "a", NOW, start=NOW - 60)  # the figures start at the reset's hour
     assert after_reset.unknown_last_hour == 40 and after_reset.unique_last_hour == 300 and after_reset.complaints_7d == 0
+    baseline = {UNKNOWN_RECIPIENT: 30.0, DELIVERED: 800.0, "unique_recipients": 250.0}  # the hour at the reset
+    after = read_rates(store, "a", NOW, start=NOW - 60, before=baseline)
+    assert after.unknown_last_hour == 10 and after.unique_last_hour == 50 and after.attempted_24h == 1000 - 800
+    next_hour = read_rates(store, "a", NOW + HOUR, start=NOW - 60, before=baseline)  # the reset's hour is the previous
+    assert next_hour.unknown_last_hour == round(10 * (1 - (NOW % HOUR) / HOUR))
     assert "hard bounces 11.0% (110 of 1000 recipients in 24 h)" == rates.describe("hard_bounces")
 
 
