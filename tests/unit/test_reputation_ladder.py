@@ -82,6 +82,8 @@ def test_per_account_overrides_replace_thresholds_one_by_one() -> None:
     ({"contact": "x" * 300}, "reputation.contact: at most 200 printable ASCII characters"),
     ({"contact": "abuse@p.example\u0007"}, "reputation.contact: at most 200 printable ASCII"),
     ({"contact": "abus\u00e9@p.example"}, "reputation.contact: at most 200 printable ASCII"),
+    ({"contact": "abuse@p.example\r\nX-Injected: 1"}, "reputation.contact: at most 200 printable ASCII"),
+    ({"contact": "abuse@p.example\tor phone"}, "reputation.contact: at most 200 printable ASCII"),
 ])
 def test_bad_keys_are_one_line_each(raw: dict[str, Any], needle: str) -> None:
     found = errors(raw)
@@ -235,7 +237,8 @@ def test_the_shipped_commented_block_parses_when_uncommented() -> None:
 
 
 def test_a_contact_is_one_line() -> None:
-    assert settings({"contact": " abuse@p.example\r\n250 ok "}).default.contact == "abuse@p.example 250 ok"
+    """Spaces are tidied; a CR/LF is refused (above), not silently joined: the admin meant something else."""
+    assert settings({"contact": " abuse@p.example   or +1 555 "}).default.contact == "abuse@p.example or +1 555"
 
 
 figures = st.builds(Rates, attempted_24h=st.integers(0, 5000), hard_bounces_24h=st.integers(0, 800),
