@@ -117,6 +117,10 @@ class _Group(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         if args and args[0] not in self.commands:
+            # `reputation -c FILE reset …`: the options before the subcommand go after its name
+            words = [i for i, a in enumerate(args) if not a.startswith("-") and args[i - 1:i] not in (["-c"], ["--config"])]
+            if words and args[words[0]] in self.commands and words[0] > 0:
+                return super().resolve_command(ctx, [args[words[0]], *args[:words[0]], *args[words[0] + 1:]])
             return "show", self.commands["show"], args
         return super().resolve_command(ctx, args)
 

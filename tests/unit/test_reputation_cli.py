@@ -108,6 +108,17 @@ def test_reset_stores_a_marker_audits_and_publishes(capsys: pytest.CaptureFixtur
     assert out == "every account is normal\n"
 
 
+def test_the_config_option_may_come_before_reset(capsys: pytest.CaptureFixture[str], config: str,
+                                                  store: SqliteStore) -> None:
+    """Found by an admin: `reputation -c FILE` lists, so `reputation -c FILE reset A --reason R` was
+    tried, and answered "No such option '--reason'" (it went to the listing)."""
+    put(store, "buyer.example", Standing(HOLD, time.time() - 100, "x", rule="hard_bounces"))
+    code, out, err = run(capsys, "reputation", "-c", config, "reset", "buyer.example", "--reason", "cleaned")
+    assert code == 0 and out.startswith("account buyer.example: hold -> normal"), err
+    code, out, _ = run(capsys, "reputation", "--config", config, "show", "reset")  # an account named reset
+    assert code == 0 and out.startswith("account reset: normal")
+
+
 def test_a_reset_is_not_undone_by_its_own_hour(capsys: pytest.CaptureFixture[str], config: str,
                                                store: SqliteStore) -> None:
     """Found by an admin: the next batch in the reset's clock hour held the account again on the
