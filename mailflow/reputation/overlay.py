@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 
 from mailflow.model import shown
@@ -68,8 +69,8 @@ class ReputationOverlay:
             for account, standing in standings.items():
                 old = self._standings.get(account)
                 if old is None or (old.state, old.since) != (standing.state, standing.since):
-                    log.info("reputation of %s: %s since %d (%s)", shown(account), standing.state,
-                             int(standing.since), shown(standing.why, 200))
+                    log.info("reputation of %s: %s since %s (%s)", shown(account), standing.state,
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(standing.since)), shown(standing.why, 200))
             self._standings = standings
 
     def _read(self, account: str, value: str) -> Standing | None:
