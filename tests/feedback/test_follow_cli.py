@@ -74,6 +74,7 @@ def test_an_unreadable_log_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest
     ({"log": "relative/mail.log"}, "feedback.log"),
     ({"outbound_ips": {"postfix-out2/smtp": "192.0.2.300"}}, "is not an IP address"),
     ({"outbound_ips": {"postfix out/smtp": "192.0.2.3"}}, "not a syslog service name"),
+    ({"outbound_ips": {"postfix/smtp": 5}}, "feedback.outbound_ips.\"postfix/smtp\": expected a string, got 5"),
     ({"lgo": "/var/log/mail.log"}, "feedback.lgo: unknown key"),
 ])
 def test_a_bad_feedback_table_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
