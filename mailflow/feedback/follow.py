@@ -338,6 +338,9 @@ class Follower:
                 if not started:
                     self.start()
                     started = True
+                    if self.file is not None:  # the unit's journal says it runs before the first summary
+                        log.info("feedback: following %s from offset %d (batch %d; a summary every %d s)",
+                                 self.path, self.file.offset, self.seq, SUMMARY_SECONDS)
                 read = self.poll()
                 delay = BACKOFF[0]
             except StoreError as exc:
