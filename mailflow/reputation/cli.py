@@ -92,6 +92,9 @@ def account_text(data: dict[str, Any]) -> list[str]:
             lines.append(f"  refusals name: {data['contact']}")
         lines.append(f"  clean since: {data['clean_since'].replace('T', ' ')} (steps down after "
                      "clean_days with no rule above normal)")
+    if not any(data["counts_now"].values()):  # accounts are not registered: say what "normal" rests on
+        lines.append("  nothing counted for this account in the rules' windows (is the name right? is "
+                     "`mailflow feedback follow` running?)")
     lines.append("  figures now:")
     for rule, figure in data["rates_now"].items():
         value = f"{figure['value']:.2f}% of {figure['sample']}" if figure["unit"] == "percent" else f"{figure['sample']}"

@@ -83,7 +83,9 @@ def test_one_account_shows_its_figures_with_their_samples(capsys: pytest.Capture
     assert code == 0 and out.startswith("account buyer.example: hold since ") and "evidence:" in out
     assert "hard_bounces        10.00% of 200" in out
     code, out, _ = run(capsys, "reputation", "nobody.example", "-c", config)
-    assert code == 0 and out.startswith("account nobody.example: normal (monitor: not enforced)")
+    assert code == 0 and out.startswith("account nobody.example: normal (monitor: not enforced)\n"
+                                        "  nothing counted for this account in the rules' windows (is the name right?")
+    assert "nothing counted" not in run(capsys, "reputation", "buyer.example", "-c", config)[1]
     code, out, _ = run(capsys, "reputation", "vip.example", "-c", config)
     assert out.startswith("account vip.example: normal (exempt)")
 
