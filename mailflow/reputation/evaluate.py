@@ -125,7 +125,8 @@ def detail(config: Config, move: Move) -> dict[str, str | int | float]:
         "rule": after.rule if after else "clean",
     }
     if after is not None:
-        out.update({f"rate_{key}": value for key, value in sorted(after.rates.items())})
+        if after.state != NORMAL:  # a reset's `rates` are its hour's counts taken off, not figures
+            out.update({f"rate_{key}": value for key, value in sorted(after.rates.items())})
         if after.state == "throttle":
             out["factor"] = after.factor
         if after.contact:

@@ -101,6 +101,7 @@ def test_reset_stores_a_marker_audits_and_publishes(capsys: pytest.CaptureFixtur
     [event] = published
     assert event.kind == events.REPUTATION_LOWERED and event.detail["state"] == NORMAL
     assert event.detail["before"] == HOLD and event.detail["rule"] == "admin"
+    assert not [key for key in event.detail if key.startswith("rate_")]  # the marker's baseline is no rate
     code, out, _ = run(capsys, "audit", "--account", "buyer.example", "--json", "-c", config)
     [entry] = json.loads(out)
     assert entry["action"] == "reputation reset" and entry["why"] == "list cleaned, ticket 42" and entry["what"] == "from hold"
