@@ -153,7 +153,8 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         with store_of(config) as store:
             if checked is None:
                 rows = listing(config, store)
-                click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(listing_text(rows)))
+                off = [] if config.reputation.enabled else ["([reputation] is not in the config: the ladder does not run)"]
+                click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(listing_text(rows) + off))
             else:
                 data = account_view(config, store, checked, time.time())
                 click.echo(json.dumps(data, indent=2) if as_json else "\n".join(account_text(data)))

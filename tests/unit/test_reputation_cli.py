@@ -111,6 +111,16 @@ def test_reset_stores_a_marker_audits_and_publishes(capsys: pytest.CaptureFixtur
     assert out == "every account is normal\n"
 
 
+def test_the_listing_says_when_the_ladder_is_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Found by an admin: with [reputation] still commented out, "every account is normal" read as
+    a clean bill of health."""
+    cfg = tmp_path / "off.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n')
+    code, out, _ = run(capsys, "reputation", "-c", str(cfg))
+    assert code == 0 and out == ("every account is normal\n"
+                                 "([reputation] is not in the config: the ladder does not run)\n")
+
+
 def test_the_config_option_may_come_before_reset(capsys: pytest.CaptureFixture[str], config: str,
                                                   store: SqliteStore) -> None:
     """Found by an admin: `reputation -c FILE` lists, so `reputation -c FILE reset A --reason R` was
