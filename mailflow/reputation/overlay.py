@@ -65,7 +65,7 @@ class ReputationOverlay:
             standings = {account: standing for account, value in stored.items()
                          if (standing := self._read(account, value)) is not None and standing.state != NORMAL}
             for account in self._standings.keys() - standings.keys():
-                log.info("reputation of %s: normal again (no standing in the store)", shown(account))
+                log.info("reputation of %s: normal again (a step down or an admin's reset)", shown(account))
             for account, standing in standings.items():
                 old = self._standings.get(account)
                 if old is None or (old.state, old.since) != (standing.state, standing.since):
