@@ -123,7 +123,9 @@ def check_config(config_file: str | None) -> None:
         from mailflow.suppression.key_peek import compare_key_with_store
 
         key_line = compare_key_with_store(config.store.url, config.suppression.secret, config.store.timeout_ms)
-    click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, mode {config.milter.mode})")
+    ladder = f", reputation {config.reputation.mode}" if config.reputation.enabled else ""  # not the milter's mode
+    click.echo(f"{config.path}: OK (store {redact_url(config.store.url)}, socket {config.milter.socket}, "
+               f"mode {config.milter.mode}{ladder})")
     from mailflow.rbl.zones import unwatched_summary
 
     warnings = config_warnings(config)  # the config still works: exit 0

@@ -145,6 +145,9 @@ class Follower:
             self._first_start()
             return
         self.seq = position.seq
+        if self.from_start:  # an admin's retry after a first start at the end: say why nothing is re-read
+            log.warning("feedback: --from-start ignored: %s holds a position (offset %d, batch %d); it applies "
+                        "only to a first start", self.key, position.end, position.seq)
         found = find(self.path, position.mark())
         if found is None:
             if position.end:  # at offset 0 of a file rotated away unread, nothing was there to lose
@@ -345,6 +348,9 @@ class Follower:
                 if not started:
                     self.start()
                     started = True
+                    if self.file is not None:  # the unit's journal says it runs before the first summary
+                        log.info("feedback: following %s from offset %d (batch %d; a summary every %d s)",
+                                 self.path, self.file.offset, self.seq, SUMMARY_SECONDS)
                 read = self.poll()
                 delay = BACKOFF[0]
             except StoreError as exc:

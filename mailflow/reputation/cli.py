@@ -17,7 +17,7 @@ from mailflow.config import Config
 from mailflow.model import shown
 from mailflow.reputation.evaluate import Move, publish, read_standing
 from mailflow.reputation.model import NORMAL, Standing, rank
-from mailflow.reputation.rates import read_rates
+from mailflow.reputation.rates import read_rates, reset_baseline
 from mailflow.settings.reputation import PERCENT_RULES
 from mailflow.store.base import Store
 
@@ -46,8 +46,8 @@ def account_view(config: Config, store: Store, account: str, now: float) -> dict
     """One account: its standing and its figures now, each with its sample and threshold."""
     standing = read_standing(store.reputation_states().get(account), account)
     data = _standing(account, standing, config)
-    start = standing.since if standing is not None and standing.state == NORMAL else None
-    rates = read_rates(store, account, now, start)
+    reset = standing if standing is not None and standing.state == NORMAL else None
+    rates = read_rates(store, account, now, reset.since, reset.rates) if reset else read_rates(store, account, now)
     figures = {}
     for rule in config.reputation.ladder_for(account).rules:
         figure, sample = rates.figure(rule.name)
@@ -92,6 +92,9 @@ def account_text(data: dict[str, Any]) -> list[str]:
             lines.append(f"  refusals name: {data['contact']}")
         lines.append(f"  clean since: {data['clean_since'].replace('T', ' ')} (steps down after "
                      "clean_days with no rule above normal)")
+    if not any(data["counts_now"].values()):  # accounts are not registered: say what "normal" rests on
+        lines.append("  nothing counted for this account in the rules' windows (is the name right? is "
+                     "`mailflow feedback follow` running?)")
     lines.append("  figures now:")
     for rule, figure in data["rates_now"].items():
         value = f"{figure['value']:.2f}% of {figure['sample']}" if figure["unit"] == "percent" else f"{figure['sample']}"
@@ -117,6 +120,10 @@ class _Group(click.Group):
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
         if args and args[0] not in self.commands:
+            # `reputation -c FILE reset …`: the options before the subcommand go after its name
+            words = [i for i, a in enumerate(args) if not a.startswith("-") and args[i - 1:i] not in (["-c"], ["--config"])]
+            if words and args[words[0]] in self.commands and words[0] > 0:
+                return super().resolve_command(ctx, [args[words[0]], *args[:words[0]], *args[words[0] + 1:]])
             return "show", self.commands["show"], args
         return super().resolve_command(ctx, args)
 
@@ -146,7 +153,8 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         with store_of(config) as store:
             if checked is None:
                 rows = listing(config, store)
-                click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(listing_text(rows)))
+                off = [] if config.reputation.enabled else ["([reputation] is not in the config: the ladder does not run)"]
+                click.echo(json.dumps(rows, indent=2) if as_json else "\n".join(listing_text(rows) + off))
             else:
                 data = account_view(config, store, checked, time.time())
                 click.echo(json.dumps(data, indent=2) if as_json else "\n".join(account_text(data)))
@@ -162,10 +170,10 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             raise click.BadParameter("give a reason", param_hint="--reason")
         config = load(config_file)
         now = time.time()
-        marker = Standing(NORMAL, now, f"reset by {audit.bounded(audit.who_runs(), 100)}: {audit.bounded(why, 200)}",
-                          rule="admin")
         with store_of(config) as store:
             for _ in range(5):
+                marker = Standing(NORMAL, now, f"reset by {audit.bounded(audit.who_runs(), 100)}: "
+                                  f"{audit.bounded(why, 200)}", rule="admin", rates=reset_baseline(store, account, now))
                 value = store.reputation_states().get(account)
                 before = read_standing(value, account)
                 if before is None or before.state == NORMAL:

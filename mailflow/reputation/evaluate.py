@@ -83,8 +83,9 @@ def _evaluate_one(config: Config, store: LadderStore, account: str, stored: dict
     for attempt in range(TRIES):
         value = stored.get(account)
         before = read_standing(value, account)
-        start = before.since if before is not None and before.state == NORMAL else None  # a reset
-        after = judge(read_rates(store, account, now, start), ladder, before, now)
+        reset = before if before is not None and before.state == NORMAL else None
+        rates = read_rates(store, account, now, reset.since, reset.rates) if reset else read_rates(store, account, now)
+        after = judge(rates, ladder, before, now)
         if after is before and not (value and before is None):  # an unreadable value is replaced
             return None
         raised = after is not None and rank(after.state) > rank(before.state if before else NORMAL)
@@ -124,7 +125,8 @@ def detail(config: Config, move: Move) -> dict[str, str | int | float]:
         "rule": after.rule if after else "clean",
     }
     if after is not None:
-        out.update({f"rate_{key}": value for key, value in sorted(after.rates.items())})
+        if after.state != NORMAL:  # a reset's `rates` are its hour's counts taken off, not figures
+            out.update({f"rate_{key}": value for key, value in sorted(after.rates.items())})
         if after.state == "throttle":
             out["factor"] = after.factor
         if after.contact:

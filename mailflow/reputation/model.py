@@ -27,7 +27,7 @@ class Standing:
     evidence: tuple[str, ...] = ()  # a few log lines or complaints, each bounded
     factor: float = 1.0  # THROTTLE: the account's limits are multiplied by this
     contact: str = ""  # BLOCK: whom the refused customer should contact (from the config)
-    rates: dict[str, float] = field(default_factory=dict)  # the figures at the move (views, events)
+    rates: dict[str, float] = field(default_factory=dict)  # the figures at the move; a reset's: its hour's counts
     seen: float = 0.0  # when a rule was last seen above normal (to the hour): the clean period starts there
 
     def value(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 
 from mailflow.model import shown
@@ -64,12 +65,12 @@ class ReputationOverlay:
             standings = {account: standing for account, value in stored.items()
                          if (standing := self._read(account, value)) is not None and standing.state != NORMAL}
             for account in self._standings.keys() - standings.keys():
-                log.info("reputation of %s: normal again (no standing in the store)", shown(account))
+                log.info("reputation of %s: normal again (a step down or an admin's reset)", shown(account))
             for account, standing in standings.items():
                 old = self._standings.get(account)
                 if old is None or (old.state, old.since) != (standing.state, standing.since):
-                    log.info("reputation of %s: %s since %d (%s)", shown(account), standing.state,
-                             int(standing.since), shown(standing.why, 200))
+                    log.info("reputation of %s: %s since %s (%s)", shown(account), standing.state,
+                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(standing.since)), shown(standing.why, 200))
             self._standings = standings
 
     def _read(self, account: str, value: str) -> Standing | None:

@@ -14,7 +14,7 @@ Hours are whole clock hours (unix time // 3600), as the store keeps them. Denomi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -84,21 +84,38 @@ class Rates:
         return values
 
 
+UNIQUE = "unique_recipients"  # reset_baseline's key for the hour's distinct recipients
+
+
+def reset_baseline(store: FeedbackReader, account: str, now: float) -> dict[str, float]:
+    """The counts of this hour so far, kept in a reset's marker (its `rates`): what the account
+    did before the reset in the reset's own hour is not counted after it."""
+    hour = int(now // HOUR)
+    base = {name: float(n) for name, n in store.feedback_counts(account, [hour]).get(hour, {}).items()}
+    base[UNIQUE] = float(store.unique_recipients(account, [hour]))
+    return base
+
+
 def hours_back(now: float, count: int) -> list[int]:
     """The current clock hour and the count - 1 before it."""
     hour = int(now // HOUR)
     return list(range(hour - count + 1, hour + 1))
 
 
-def read_rates(store: FeedbackReader, account: str, now: float, start: float | None = None) -> Rates:
+def read_rates(store: FeedbackReader, account: str, now: float, start: float | None = None,
+               before: Mapping[str, float] | None = None) -> Rates:
     """Three store calls: the 7 days of counts, and the unique recipients of this hour and of
     this hour with the previous one. With `start` (an admin's reset), hours before its hour are
-    left out: the figures start over there."""
+    left out and `before` (the counts of its hour taken at the reset, `reset_baseline`) is taken
+    off its hour: the figures start over there, to the count, not to the hour."""
     first = int(start // HOUR) if start is not None else None
     week = [hour for hour in hours_back(now, COMPLAINT_HOURS) if first is None or hour >= first]
     current = int(now // HOUR)
     previous = current - 1 if first is None or current - 1 >= first else None
     counts = store.feedback_counts(account, week)
+    base = (before or {}) if first is not None else {}
+    if first in counts and base:
+        counts[first] = {name: max(0, int(n) - int(base.get(name, 0))) for name, n in counts[first].items()}
     day = set(week[-BOUNCE_HOURS:])
     rest = 1.0 - (now % HOUR) / HOUR  # the previous hour's share still in the last 60 minutes
 
@@ -109,8 +126,11 @@ def read_rates(store: FeedbackReader, account: str, now: float, start: float | N
     def last_hour(now_count: float, before: float) -> int:
         return int(now_count + max(0.0, before) * rest + 0.5)
 
+    gone = int(base.get(UNIQUE, 0))  # distinct recipients of the reset's hour before it (approximate)
     unique_now = store.unique_recipients(account, [current])
+    unique_now = max(0, unique_now - gone) if current == first else unique_now
     unique_both = store.unique_recipients(account, [previous, current]) if previous is not None else unique_now
+    unique_both = max(unique_now, unique_both - gone) if previous == first else unique_both
     unknown_before = counts.get(previous, {}).get(UNKNOWN_RECIPIENT, 0) if previous is not None else 0
     return Rates(
         attempted_24h=total((DELIVERED, *HARD_BOUNCES), day),

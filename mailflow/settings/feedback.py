@@ -37,6 +37,8 @@ def parse_feedback(t: Table) -> FeedbackSettings:
     outbound: dict[str, str] = {}
     for service in ips.keys():
         text = ips.text(service, "")
+        if not isinstance(ips.raw(service), str):  # reported once, by text()
+            continue
         if not _SERVICE.fullmatch(service):
             ips.report(service, "not a syslog service name (like postfix/smtp or postfix-out2/smtp)")
             continue

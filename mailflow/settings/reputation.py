@@ -125,9 +125,10 @@ def _rules(t: Table, inherit: tuple[Rule, ...]) -> tuple[Rule, ...]:
 
 
 def _ladder(t: Table, inherit: Ladder, per_account: bool) -> Ladder:
-    contact = " ".join(t.text("contact", inherit.contact).split())
-    if len(contact) > MAX_CONTACT or not all(" " <= c <= "~" for c in contact):
-        t.report("contact", f"at most {MAX_CONTACT} printable ASCII characters: it is part of an SMTP reply")
+    written = t.text("contact", inherit.contact)
+    contact = " ".join(written.split())
+    if len(contact) > MAX_CONTACT or not all(" " <= c <= "~" for c in written):  # a CR/LF is a mistake, not a space
+        t.report("contact", f"at most {MAX_CONTACT} printable ASCII characters on one line: it is part of an SMTP reply")
         contact = inherit.contact
     return replace(
         inherit,

@@ -110,7 +110,8 @@ def register(cli: click.Group) -> None:
     @click.option("--force", is_flag=True, help="Replace an existing key file (its lists then read \"not suppressed\").")
     @click.argument("path", metavar="[FILE]", required=False)
     def keygen(group: str | None, force: bool, path: str | None) -> None:
-        """Make a new suppression key: to FILE (0600, or 0640 root:GROUP), else to stdout."""
+        """Make a new key (the suppression key, the X-Mailflow-ID key): to FILE (0600, or 0640
+        root:GROUP), else to stdout."""
         key = new_key()
         if path is None:
             if group or force:
@@ -118,5 +119,5 @@ def register(cli: click.Group) -> None:
             sys.stdout.write(f"{key}\n")
             return
         write_key_file(path, key, group, force)
-        click.echo(f"{path}: new suppression key written (mode {'0640 root:' + group if group else '0600'}); "
-                   "back it up with the config: it is the only way to read the lists", err=True)
+        click.echo(f"{path}: new key written (mode {'0640 root:' + group if group else '0600'}); back it up "
+                   "with the config (a suppression key is the only way to read the lists)", err=True)

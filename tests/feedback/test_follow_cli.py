@@ -36,6 +36,20 @@ def test_once_counts_then_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[
         store.close()
 
 
+def test_from_start_with_a_stored_position_says_it_is_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             store_url: str) -> None:
+    """Found by an admin: a first start began at the end; `--from-start` afterwards read nothing
+    and said nothing."""
+    log = MailLog(tmp_path / "mail.log")
+    log.write(10)
+    config = write_config(tmp_path, store_url, log.path)
+    code, _, err = run_cli(capsys, "feedback", "follow", "-c", str(config), "--once")
+    assert code == 0 and "first start" in err and "--from-start ignored" not in err, err
+    code, _, err = run_cli(capsys, "feedback", "follow", "-c", str(config), "--once", "--from-start")
+    assert code == 0 and "WARNING feedback: --from-start ignored: feedback:position:" in err, err
+    assert "attributed=0" in err
+
+
 @pytest.mark.parametrize("log_arg,why", [("missing.log", "No such file or directory"), (".", "not a regular file")])
 def test_a_bad_log_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], log_arg: str,
                                           why: str) -> None:
@@ -60,6 +74,7 @@ def test_an_unreadable_log_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest
     ({"log": "relative/mail.log"}, "feedback.log"),
     ({"outbound_ips": {"postfix-out2/smtp": "192.0.2.300"}}, "is not an IP address"),
     ({"outbound_ips": {"postfix out/smtp": "192.0.2.3"}}, "not a syslog service name"),
+    ({"outbound_ips": {"postfix/smtp": 5}}, "feedback.outbound_ips.\"postfix/smtp\": expected a string, got 5"),
     ({"lgo": "/var/log/mail.log"}, "feedback.lgo: unknown key"),
 ])
 def test_a_bad_feedback_table_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -139,6 +139,8 @@ def test_sigterm_applies_the_batch_read_and_exits_0(tmp_path: Path, redis: Redis
         err = err_file.read_text()
         assert totals(store, log) == log.expected
         assert "event=feedback_summary" in err
+        # Found by an admin: the journal said nothing for the first minute (the first summary).
+        assert f"feedback: following {log.path} from offset 0 (batch 0; a summary every 60 s)" in err, err
     finally:
         stop(follower)
         store.close()

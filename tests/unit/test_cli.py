@@ -33,6 +33,17 @@ def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
     assert 'ratelimit.accounts."big.example".limits[1]' in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_check_config_says_the_reputation_ladder_s_mode(tmp_path: Path) -> None:
+    """Found by an admin: with [reputation] mode = "monitor" uncommented, check-config said only
+    "mode enforce" (the milter's)."""
+    good = tmp_path / "good.toml"
+    good.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n')
+    assert "reputation" not in mailflow("check-config", "-c", str(good)).stdout
+    good.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n[reputation]\nmode = "monitor"\n')
+    result = mailflow("check-config", "-c", str(good))
+    assert result.returncode == 0 and "mode enforce, reputation monitor)" in result.stdout, result.stdout
+
+
 def test_run_refuses_a_bad_config_before_binding(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[milter]\nsocket = "inet:1@127.0.0.1"\nmode = "loud"\n')

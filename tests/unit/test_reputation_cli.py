@@ -83,7 +83,9 @@ def test_one_account_shows_its_figures_with_their_samples(capsys: pytest.Capture
     assert code == 0 and out.startswith("account buyer.example: hold since ") and "evidence:" in out
     assert "hard_bounces        10.00% of 200" in out
     code, out, _ = run(capsys, "reputation", "nobody.example", "-c", config)
-    assert code == 0 and out.startswith("account nobody.example: normal (monitor: not enforced)")
+    assert code == 0 and out.startswith("account nobody.example: normal (monitor: not enforced)\n"
+                                        "  nothing counted for this account in the rules' windows (is the name right?")
+    assert "nothing counted" not in run(capsys, "reputation", "buyer.example", "-c", config)[1]
     code, out, _ = run(capsys, "reputation", "vip.example", "-c", config)
     assert out.startswith("account vip.example: normal (exempt)")
 
@@ -99,6 +101,7 @@ def test_reset_stores_a_marker_audits_and_publishes(capsys: pytest.CaptureFixtur
     [event] = published
     assert event.kind == events.REPUTATION_LOWERED and event.detail["state"] == NORMAL
     assert event.detail["before"] == HOLD and event.detail["rule"] == "admin"
+    assert not [key for key in event.detail if key.startswith("rate_")]  # the marker's baseline is no rate
     code, out, _ = run(capsys, "audit", "--account", "buyer.example", "--json", "-c", config)
     [entry] = json.loads(out)
     assert entry["action"] == "reputation reset" and entry["why"] == "list cleaned, ticket 42" and entry["what"] == "from hold"
@@ -106,6 +109,50 @@ def test_reset_stores_a_marker_audits_and_publishes(capsys: pytest.CaptureFixtur
     assert code == 1 and err == "mailflow: account buyer.example is normal: nothing to reset\n"
     code, out, _ = run(capsys, "reputation", "-c", config)
     assert out == "every account is normal\n"
+
+
+def test_the_listing_says_when_the_ladder_is_off(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """Found by an admin: with [reputation] still commented out, "every account is normal" read as
+    a clean bill of health."""
+    cfg = tmp_path / "off.toml"
+    cfg.write_text(f'[store]\nurl = "sqlite://{tmp_path}/s.db"\n')
+    code, out, _ = run(capsys, "reputation", "-c", str(cfg))
+    assert code == 0 and out == ("every account is normal\n"
+                                 "([reputation] is not in the config: the ladder does not run)\n")
+
+
+def test_the_config_option_may_come_before_reset(capsys: pytest.CaptureFixture[str], config: str,
+                                                  store: SqliteStore) -> None:
+    """Found by an admin: `reputation -c FILE` lists, so `reputation -c FILE reset A --reason R` was
+    tried, and answered "No such option '--reason'" (it went to the listing)."""
+    put(store, "buyer.example", Standing(HOLD, time.time() - 100, "x", rule="hard_bounces"))
+    code, out, err = run(capsys, "reputation", "-c", config, "reset", "buyer.example", "--reason", "cleaned")
+    assert code == 0 and out.startswith("account buyer.example: hold -> normal"), err
+    code, out, _ = run(capsys, "reputation", "--config", config, "show", "reset")  # an account named reset
+    assert code == 0 and out.startswith("account reset: normal")
+
+
+def test_a_reset_is_not_undone_by_its_own_hour(capsys: pytest.CaptureFixture[str], config: str,
+                                               store: SqliteStore) -> None:
+    """Found by an admin: the next batch in the reset's clock hour held the account again on the
+    bounces the reset forgave. The hour's counts at the reset are kept and taken off."""
+    from mailflow import cli as mailflow_cli
+    from mailflow.reputation.evaluate import evaluate
+
+    now, account = time.time(), "buyer.example"
+    hour = int(now // HOUR)
+    store.add_feedback(None, 0, {(hour, account, DELIVERED): 180, (hour, account, BOUNCE_ADDRESS): 40}, {})
+    put(store, account, Standing(HOLD, now - 60, "hard bounces 18.2%", rule="hard_bounces"))
+    assert run(capsys, "reputation", "reset", account, "--reason", "list cleaned", "-c", config)[0] == 0
+    store.add_feedback(None, 1, {(hour, account, DELIVERED): 1}, {})  # a clean delivery, same hour
+    cfg = mailflow_cli._load(config)
+    assert evaluate(cfg, store, [account], now + 1) == []
+    data = json.loads(run(capsys, "reputation", account, "--json", "-c", config)[1])
+    assert data["state"] == NORMAL and data["rates_now"]["hard_bounces"]["sample"] == 1
+    # What the account does after the reset counts, in the same hour too.
+    store.add_feedback(None, 2, {(hour, account, DELIVERED): 170, (hour, account, BOUNCE_ADDRESS): 30}, {})
+    [move] = evaluate(cfg, store, [account], now + 2)
+    assert move.after is not None and move.after.state == HOLD and "(30 of 201 recipients" in move.after.why
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -97,6 +97,8 @@ def test_overlay_reads_refreshes_ignores_unreadable_and_keeps_the_last_through_a
     caplog.set_level(logging.INFO, "mailflow")
     overlay = ReputationOverlay(store, 3600)  # type: ignore[arg-type]
     assert overlay.standings() == {"shop.example": standing(HOLD)}
+    assert any("reputation of shop.example: hold since 2027-01-15T08:00:00Z (" in r.getMessage()
+               for r in caplog.records)  # a time an admin reads, not a unix number
     overlay.refresh()
     overlay.refresh()
     unreadable = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]

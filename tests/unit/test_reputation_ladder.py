@@ -82,6 +82,8 @@ def test_per_account_overrides_replace_thresholds_one_by_one() -> None:
     ({"contact": "x" * 300}, "reputation.contact: at most 200 printable ASCII characters"),
     ({"contact": "abuse@p.example\u0007"}, "reputation.contact: at most 200 printable ASCII"),
     ({"contact": "abus\u00e9@p.example"}, "reputation.contact: at most 200 printable ASCII"),
+    ({"contact": "abuse@p.example\r\nX-Injected: 1"}, "reputation.contact: at most 200 printable ASCII"),
+    ({"contact": "abuse@p.example\tor phone"}, "reputation.contact: at most 200 printable ASCII"),
 ])
 def test_bad_keys_are_one_line_each(raw: dict[str, Any], needle: str) -> None:
     found = errors(raw)
@@ -114,6 +116,11 @@ def test_figures_and_their_denominators() -> None:
     assert read_rates(store, "nobody", NOW) == Rates()
     after_reset = read_rates(store, "a", NOW, start=NOW - 60)  # the figures start at the reset's hour
     assert after_reset.unknown_last_hour == 40 and after_reset.unique_last_hour == 300 and after_reset.complaints_7d == 0
+    baseline = {UNKNOWN_RECIPIENT: 30.0, DELIVERED: 800.0, "unique_recipients": 250.0}  # the hour at the reset
+    after = read_rates(store, "a", NOW, start=NOW - 60, before=baseline)
+    assert after.unknown_last_hour == 10 and after.unique_last_hour == 50 and after.attempted_24h == 1000 - 800
+    next_hour = read_rates(store, "a", NOW + HOUR, start=NOW - 60, before=baseline)  # the reset's hour is the previous
+    assert next_hour.unknown_last_hour == round(10 * (1 - (NOW % HOUR) / HOUR))
     assert "hard bounces 11.0% (110 of 1000 recipients in 24 h)" == rates.describe("hard_bounces")
 
 
@@ -230,7 +237,8 @@ def test_the_shipped_commented_block_parses_when_uncommented() -> None:
 
 
 def test_a_contact_is_one_line() -> None:
-    assert settings({"contact": " abuse@p.example\r\n250 ok "}).default.contact == "abuse@p.example 250 ok"
+    """Spaces are tidied; a CR/LF is refused (above), not silently joined: the admin meant something else."""
+    assert settings({"contact": " abuse@p.example   or +1 555 "}).default.contact == "abuse@p.example or +1 555"
 
 
 figures = st.builds(Rates, attempted_24h=st.integers(0, 5000), hard_bounces_24h=st.integers(0, 800),
