@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from typing import BinaryIO
 from dataclasses import dataclass, field
 from email.message import Message
@@ -39,6 +40,14 @@ PARTS_LOOKED_AT = 10  # a report has three parts; a few more are tolerated, not 
 # opposite, "auth-failure" (RFC 6591) a receiver's authentication report: neither is counted.
 COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")
 SEEN_SECONDS = 30 * 86400  # a report repeated within this is counted once (feedback loops resend within days)
+# Lines as the MTA that let the original out split them, not as the stdlib's parser would: Postfix
+# and Sendmail end a line at LF only (a bare CR is a character of it) and take `Name :` (RFC 5322's
+# obsolete space before the colon) as a header, where the stdlib splits at a bare CR and ends the
+# header block at `Name :`. Left as they are, a customer's `X-Junk : y` or `Subject: a<CR>junk`
+# hides every header after it, the milter's X-Mailflow-ID among them, and the complaint goes by
+# its From: domain: to whoever owns it.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_OBSOLETE_NAME = re.compile(rb"(?m)^([!-9;-~]{1,998}+)[ \t]++:")
 
 
 class NotCounted(Exception):
@@ -89,10 +98,15 @@ def parse(raw: bytes) -> Report:
     first MAX_REPORT_BYTES are read: the machine part and the original's headers come first, a
     large attachment of the original last (a report cut short reads as one with a cut original)."""
     try:
-        message = BytesParser(policy=compat32).parsebytes(raw[:MAX_REPORT_BYTES])
+        message = BytesParser(policy=compat32).parsebytes(_as_mta_splits(raw[:MAX_REPORT_BYTES]))
         return _parsed(message)
     except RecursionError:
         raise NotCounted("report nested too deeply to read") from None
+
+
+def _as_mta_splits(data: bytes) -> bytes:
+    """`data` with every bare CR a space and every `Name :` a `Name:` (see _BARE_CR): linear."""
+    return _OBSOLETE_NAME.sub(rb"\1:", _BARE_CR.sub(b" ", data))
 
 
 def _parsed(message: Message) -> Report:
@@ -128,7 +142,8 @@ def _headers_of(part: Message) -> Message:
     payload = part.get_payload()
     if not isinstance(payload, list):
         decoded = part.get_payload(decode=True)
-        return BytesHeaderParser(policy=compat32).parsebytes(decoded if isinstance(decoded, bytes) else b"")
+        return BytesHeaderParser(policy=compat32).parsebytes(_as_mta_splits(decoded) if isinstance(decoded, bytes)
+                                                             else b"")
     inner = payload[0] if payload else None
     if not isinstance(inner, Message):
         return Message()
@@ -140,7 +155,7 @@ def _headers_of(part: Message) -> Message:
         data = base64.b64decode(body.encode("ascii", "replace"))
     except (binascii.Error, ValueError):
         return Message()
-    return BytesHeaderParser(policy=compat32).parsebytes(data)
+    return BytesHeaderParser(policy=compat32).parsebytes(_as_mta_splits(data))
 
 
 def _address(name: str, value: str) -> str | None:

@@ -99,6 +99,21 @@ def test_the_header_wins_over_the_from_domain(config: Config, store: Store) -> N
     assert not suppressed(config, store, "reader@mail.example")
 
 
+@pytest.mark.parametrize("shape", ["yahoo", "mailru", "headers_only"])
+@pytest.mark.parametrize("trick", [("X-Junk ", "y"), ("X-Junk\t", "y"), ("X-Note", "a\rjunk, no colon"),
+                                   ("X-Note", "a\r\rbody?")])
+def test_a_header_line_the_mta_kept_hides_no_later_header(config: Config, store: Store, shape: str,
+                                                          trick: tuple[str, str]) -> None:
+    # Another account's mail with From: in cust-7's domain (no [forgery] table, or a relaying
+    # account) and a line Postfix and Sendmail read as one header (`Name :`, a bare CR inside) but
+    # the stdlib's parser as the end of the header block: the milter's id after it must still
+    # attribute it, not the From: domain.
+    original = Original(sender="news@shop.example", mailflow_id=stamped(config, "other-acct"), extra=[trick])
+    outcome = run(config, store, report(original, SHAPES[shape]))
+    assert outcome.counted and "account=other-acct by=X-Mailflow-ID" in outcome.line, outcome.line
+    assert complaints(store, "other-acct") == 1 and complaints(store) == 0
+
+
 def test_the_old_key_still_attributes(tmp_path: Path, config: Config, store: Store, key_file: Path) -> None:
     new_key = write_id_key(tmp_path / "new.key")
     rotated = parse_config({"store": {"url": config.store.url},
