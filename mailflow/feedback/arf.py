@@ -239,8 +239,8 @@ def seen_keys(report: Report, person: str | None, raw: bytes) -> list[str]:
 def first_time(store: Store, account: str, keys: list[str]) -> bool:
     """Is this report new? Each key is claimed (the fleet's first caller wins), then marked done
     once counted. A key claimed but never marked done is a run that met a store fault between the
-    two (exit 75, the MTA retries): the retry counts it. The price: two copies of one report
-    handled in the same instant may both count."""
+    two (exit 75, the MTA retries): the retry goes on with it, and the count's guard (process)
+    adds it only if the fault came before it (and only once for two copies handled at once)."""
     fresh = [store.claim(account, key, SEEN_SECONDS) for key in keys]
     return all(fresh) or all(store.claim(account, key + ":done", SEEN_SECONDS)
                              for key, new in zip(keys, fresh) if not new)
@@ -266,7 +266,9 @@ def process(config: Config, store: Store, attribution: Attribution, raw: bytes, 
     batch.evidence[account] = [shown(f"{report.feedback_type} complaint via {report.user_agent or 'an unnamed loop'} "
                                      f"about {person or 'an unnamed recipient'}, original {original_id or '-'}",
                                      TEXT_MAX)]
-    apply_batch(config, store, batch, None, 0, now)
+    # Guarded as a log batch is (source = the report's first key, seq 1): a fault after the count
+    # and before the keys are marked done (exit 75) is retried, and the retry must not count again.
+    apply_batch(config, store, batch, keys[0], 1, now)
     for key in keys:  # done: a retry of this report (after a fault below) is a repeat now
         store.claim(account, key + ":done", SEEN_SECONDS)
     if len(raw) > MAX_REPORT_BYTES:

@@ -22,6 +22,7 @@ from mailflow.suppression.admin import matcher_for
 from mailflow.suppression.entries import scope_for
 from mailflow.suppression.keys import read_key_file
 from tests.helpers.arf import BOUNDARY, SHAPES, Original, report, write_id_key
+from tests.helpers.redis_faults import RedisProcess, redis_process
 
 NOW = float(int(time.time()))  # the stores keep recent hours only (FEEDBACK_HOURS, by the wall clock)
 HOUR = int(NOW) // 3600
@@ -258,3 +259,43 @@ def test_ten_mib_of_hostile_input_is_read_in_bounded_time() -> None:
         except Exception as exc:
             assert type(exc).__name__ == "NotCounted", exc
         assert time.perf_counter() - started < 15, name
+
+
+class _KilledAfterTheCount:
+    """The real Redis store; the redis-server (persistent: fsync per write) is killed -9 right
+    after the complaint's count has landed, before the report is marked done."""
+
+    def __init__(self, store: Store, server: RedisProcess) -> None:
+        self.store, self.server = store, server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def add_feedback(self, *args: Any) -> None:
+        self.store.add_feedback(*args)
+        self.server.kill()
+
+
+def test_redis_killed_after_the_count_retries_without_counting_twice(tmp_path: Path, key_file: Path) -> None:
+    with redis_process(tmp_path, persist=True) as server:
+        config = parse_config({"store": {"url": server.url, "timeout_ms": 500},
+                               "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
+                               "feedback": {"id_key_file": str(key_file)}}, str(tmp_path))
+        raw = report(Original(sender="news@shop.example"))
+        store = open_store(server.url, 500)
+        try:
+            store.add_domain(ACCOUNT, "shop.example")
+            with pytest.raises(StoreError):  # the command exits 75; the MTA hands the report over again
+                run(config, cast(Store, _KilledAfterTheCount(store, server)), raw)
+        finally:
+            store.close()
+        server.start()  # its data back from the append-only file: the count is there
+        store = open_store(server.url, 2000)
+        try:
+            assert complaints(store) == 1
+            assert run(config, store, raw).counted  # the retry finishes the report (its suppression)...
+            assert complaints(store) == 1  # ...without a second count
+            assert suppressed(config, store, "reader@mail.example")
+            assert not run(config, store, raw).counted and complaints(store) == 1
+        finally:
+            store.close()
