@@ -17,6 +17,10 @@ if TYPE_CHECKING:  # annotations only: suppression/keys.py imports StoreError fr
 # Delivery feedback (counts, unique recipients, the per-source guard) is kept this long after
 # its hour on every backend: the reputation ladder reads the last 7 days, plus one of margin.
 FEEDBACK_HOURS = 8 * 24
+# ...except the recipient digests: the ladder reads unique recipients of the current and the
+# previous hour only, and a busy account's digests are most of the bytes (a Redis HyperLogLog
+# is 12 KiB an hour and account; SQLite keeps a row per recipient): 3 hours, one of margin.
+RECIPIENT_HOURS = 3
 
 
 class StoreError(Exception):

@@ -3,7 +3,8 @@ Cluster store sends the scripts its own way, see RedisClusterStore._send_feedbac
 
   mailflow:fb:{ACCOUNT}:HOUR    hash, field -> n (feedback/model.py FIELDS)
   mailflow:fbu:{ACCOUNT}:HOUR   HyperLogLog of recipient digests: PFCOUNT of several hours (and of
-                                what every host of the fleet added) merges them, 0.81 % error
+                                what every host of the fleet added) merges them, 0.81 % error;
+                                kept RECIPIENT_HOURS after its hour (the ladder reads two)
   mailflow:fbseq:{ACCOUNT}      hash, source -> the last seq the account took from it (the guard)
   mailflow:fbactive:HOUR        set of the accounts with feedback that hour: the index
                                 feedback_accounts reads, so nothing scans the keyspace
@@ -26,7 +27,7 @@ from typing import Any
 
 import redis
 
-from mailflow.store.base import FEEDBACK_HOURS, StoreError
+from mailflow.store.base import FEEDBACK_HOURS, RECIPIENT_HOURS, StoreError
 from mailflow.store.keys import tag
 
 REPUTATION_KEY = "mailflow:reputation"
@@ -157,7 +158,8 @@ def feedback_calls(source: str | None, seq: int, counts: Mapping[tuple[int, str,
     calls: dict[str, Call] = {}
     for account in fields.keys() | digests.keys():
         call = calls[account] = Call([guard_key(account)], [1 if source is not None else 0, source or "", int(seq),
-                                                            FEEDBACK_HOURS * 3600], [])
+                                                            FEEDBACK_HOURS * 3600,
+                                                            (FEEDBACK_HOURS - RECIPIENT_HOURS) * 3600], [])
         by_hour, seen = fields.get(account, {}), digests.get(account, {})
         for hour in sorted(by_hour.keys() | seen.keys()):
             pairs, added = by_hour.get(hour, []), seen.get(hour, ())

@@ -14,7 +14,7 @@ import redis
 from redis.crc import key_slot
 
 from mailflow.store import Store, StoreError, open_store
-from mailflow.store.base import FEEDBACK_HOURS
+from mailflow.store.base import FEEDBACK_HOURS, RECIPIENT_HOURS
 from mailflow.store.redis_cluster import connect_cluster
 from mailflow.store.redis_feedback import (REPUTATION_KEY, expire_at, feedback_index_key, feedback_key, guard_key,
                                            recipients_key)
@@ -286,3 +286,22 @@ def test_feedback_through_sentinel_lands_on_the_master(tmp_path: Path) -> None:
                 assert master.hgetall(REPUTATION_KEY) == {"s.example": "v"}
         finally:
             store.close()
+
+
+def test_recipient_digests_are_kept_recipient_hours_only(store_url: str, store: Store) -> None:
+    """The ladder reads unique recipients of the last two hours: a busy account's digests (most of
+    the bytes: 12 KiB of HyperLogLog, or a SQLite row per recipient, an hour) go after
+    RECIPIENT_HOURS, its counts after FEEDBACK_HOURS."""
+    h = now_hour()
+    old = h - RECIPIENT_HOURS - 1
+    store.add_feedback(None, 0, {(old, "r.example", "delivered"): 2, (h, "r.example", "delivered"): 2},
+                       {(old, "r.example"): ["d1", "d2"], (h, "r.example"): ["d1", "d3"]})
+    assert store.unique_recipients("r.example", [old]) == 0
+    assert store.unique_recipients("r.example", [h - 1, h]) == 2
+    assert store.feedback_counts("r.example", [old, h]) == {old: {"delivered": 2}, h: {"delivered": 2}}
+    if not store_url.startswith("sqlite"):
+        client = raw_client(store_url)
+        ttl = client.ttl(recipients_key("r.example", h))
+        assert 0 < ttl <= (RECIPIENT_HOURS + 1) * 3600 and client.exists(recipients_key("r.example", old)) == 0
+        assert client.ttl(feedback_key("r.example", h)) > FEEDBACK_HOURS * 3600
+        client.close()
