@@ -48,6 +48,12 @@ SEEN_SECONDS = 30 * 86400  # a report repeated within this is counted once (feed
 # its From: domain: to whoever owns it.
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _OBSOLETE_NAME = re.compile(rb"(?m)^([!-9;-~]{1,998}+)[ \t]++:")
+# And the other way: after a header line, `From …` (no colon after the name) and `:…` (no name)
+# end the MTA's header block, where the stdlib skips them and reads on. Lines after them that the
+# MTA kept as body (a copied X-Mailflow-ID, not removed) must not read as headers: a DEL before
+# them makes them no header to the stdlib either. (A part's first line, after its blank line, is
+# left alone: there `From ` is an mbox envelope line.)
+_NOT_A_HEADER = re.compile(rb"(?<=\n)(?<!\n\n)(?<!\n\r\n)(?=From |:)")
 
 
 class NotCounted(Exception):
@@ -105,8 +111,8 @@ def parse(raw: bytes) -> Report:
 
 
 def _as_mta_splits(data: bytes) -> bytes:
-    """`data` with every bare CR a space and every `Name :` a `Name:` (see _BARE_CR): linear."""
-    return _OBSOLETE_NAME.sub(rb"\1:", _BARE_CR.sub(b" ", data))
+    """`data` with its lines as the MTA read them (see _BARE_CR, _NOT_A_HEADER): linear."""
+    return _NOT_A_HEADER.sub(b"\x7f", _OBSOLETE_NAME.sub(rb"\1:", _BARE_CR.sub(b" ", data)))
 
 
 def _parsed(message: Message) -> Report:

@@ -115,6 +115,21 @@ def test_a_header_line_the_mta_kept_hides_no_later_header(config: Config, store:
     assert complaints(store, "other-acct") == 1 and complaints(store) == 0
 
 
+@pytest.mark.parametrize("shape", ["yahoo", "mailru", "headers_only"])
+@pytest.mark.parametrize("stop", ["From someone Fri Nov 27 03:00:00 2026", ":no name"])
+def test_a_line_that_ends_the_mtas_header_block_ends_the_readers_too(config: Config, store: Store, shape: str,
+                                                                      stop: str) -> None:
+    # The MTA ended the header block at `stop` and added its id before it; what follows is body
+    # to it, a copied id there was never removed. The stdlib's parser skips `stop` and would read
+    # that copy as a header: two accounts, not counted (a customer's way out of its complaints).
+    genuine, copied = stamped(config, "other-acct"), stamped(config)
+    original = Original(sender="news@shop.example",
+                        extra=[("X-Mailflow-ID", f"{genuine}\r\n{stop}\r\nX-Mailflow-ID: {copied}")])
+    outcome = run(config, store, report(original, SHAPES[shape]))
+    assert outcome.counted and "account=other-acct by=X-Mailflow-ID" in outcome.line, outcome.line
+    assert complaints(store, "other-acct") == 1 and complaints(store) == 0
+
+
 def test_the_old_key_still_attributes(tmp_path: Path, config: Config, store: Store, key_file: Path) -> None:
     new_key = write_id_key(tmp_path / "new.key")
     rotated = parse_config({"store": {"url": config.store.url},
