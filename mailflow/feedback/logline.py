@@ -233,6 +233,8 @@ def _sendmail_to(line: str, found: Head, stamps: Stamps | None) -> Parsed:
         if not rest.startswith(",", position) or rest.startswith(", ", position):
             break
         position += 1
+    if rest.startswith(", [more]", position):  # a long list is logged in lines of about 40, each but the last so
+        position += 8
     fields = _SM_TO_FIELDS.match(rest, position)
     if fields is None or not recipients:
         return None

@@ -243,3 +243,15 @@ def test_sendmail_recipients_quoted_in_part_are_read_with_their_line() -> None:
     assert outcome(postfix).recipient == '"john".smith@dest.example'
     # Still one way to read a quoted `>, status=sent`, and an unclosed quote is no address.
     assert parse_line('Nov 27 03:50:05 h postfix/smtp[1]: 4Y3Xb02Q1Lz6N8: to=<"a>, relay=none, status=sent (x)') is None
+
+
+def test_sendmail_splits_a_long_recipient_list_into_lines_marked_more() -> None:
+    """Sendmail 8.17 logs a delivery to many recipients in lines of about 40, each but the last
+    ending `, [more]` (this shape is from a real run of 130 recipients through a smart host):
+    those lines were unread, so only the last 40 or fewer of a big mailing were counted."""
+    recipients = ",".join(f"<r{n:03d}@dest.example>" for n in range(99, 59, -1))
+    line = (f"Nov 27 04:58:03 mx1 sendmail[20197]: 6AR4w37Q020192: to={recipients}, [more], delay=00:00:05, "
+            "xdelay=00:00:00, mailer=relay, pri=3900134, relay=[127.0.0.1] [127.0.0.1], dsn=5.1.1, stat=User unknown")
+    parsed = parse_line(line, stamps())
+    assert isinstance(parsed, tuple) and len(parsed) == 40 and parsed[0].recipient == "r099@dest.example"
+    assert {o.status for o in parsed} == {"bounced"}
