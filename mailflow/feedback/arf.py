@@ -30,7 +30,7 @@ from mailflow.feedback.model import COMPLAINT, TEXT_MAX, FeedbackBatch
 from mailflow.forgery.addresses import AddressError, envelope_domain, parse_single_mailbox
 from mailflow.forgery.policy import build_directory, domain_owner, named_account_orgs, static_ownership
 from mailflow.model import shown
-from mailflow.store.base import Store
+from mailflow.store.base import ONE_OFF_SOURCE, Store
 
 MAX_REPORT_BYTES = 10 * 1024 * 1024  # read of a report: the parts that matter are its first few KiB
 FIELD_VALUES = 20  # values kept per field name (Original-Rcpt-To may repeat; X-Mailflow-ID should not)
@@ -274,7 +274,7 @@ def process(config: Config, store: Store, attribution: Attribution, raw: bytes, 
                                      TEXT_MAX)]
     # Guarded as a log batch is (source = the report's first key, seq 1): a fault after the count
     # and before the keys are marked done (exit 75) is retried, and the retry must not count again.
-    apply_batch(config, store, batch, keys[0], 1, now)
+    apply_batch(config, store, batch, ONE_OFF_SOURCE + keys[0], 1, now)
     for key in keys:  # done: a retry of this report (after a fault below) is a repeat now
         store.claim(account, key + ":done", SEEN_SECONDS)
     if len(raw) > MAX_REPORT_BYTES:

@@ -21,6 +21,11 @@ FEEDBACK_HOURS = 8 * 24
 # previous hour only, and a busy account's digests are most of the bytes (a Redis HyperLogLog
 # is 12 KiB an hour and account; SQLite keeps a row per recipient): 3 hours, one of margin.
 RECIPIENT_HOURS = 3
+# A source of one batch only (a complaint report, guarded against counting twice on a retry)
+# starts with this: Redis gives its guard a key of its own, expiring on its own, where a log's
+# guard is a field of the account's hash (which would keep one field per report for ever while
+# complaints keep coming, each write renewing the hash's expiry).
+ONE_OFF_SOURCE = "once:"
 
 
 class StoreError(Exception):

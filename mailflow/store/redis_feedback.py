@@ -5,7 +5,8 @@ Cluster store sends the scripts its own way, see RedisClusterStore._send_feedbac
   mailflow:fbu:{ACCOUNT}:HOUR   HyperLogLog of recipient digests: PFCOUNT of several hours (and of
                                 what every host of the fleet added) merges them, 0.81 % error;
                                 kept RECIPIENT_HOURS after its hour (the ladder reads two)
-  mailflow:fbseq:{ACCOUNT}      hash, source -> the last seq the account took from it (the guard)
+  mailflow:fbseq:{ACCOUNT}      hash, source -> the last seq the account took from it (the guard);
+                                a one-off source (a complaint) has its own: mailflow:fbseq:{ACCOUNT}:once:…
   mailflow:fbactive:HOUR        set of the accounts with feedback that hour: the index
                                 feedback_accounts reads, so nothing scans the keyspace
   mailflow:reputation           hash, account -> standing (reputation/model.py): read whole by
@@ -27,7 +28,7 @@ from typing import Any
 
 import redis
 
-from mailflow.store.base import FEEDBACK_HOURS, RECIPIENT_HOURS, StoreError
+from mailflow.store.base import FEEDBACK_HOURS, ONE_OFF_SOURCE, RECIPIENT_HOURS, StoreError
 from mailflow.store.keys import tag
 
 REPUTATION_KEY = "mailflow:reputation"
@@ -54,7 +55,10 @@ def recipients_key(account: str, hour: int) -> str:
     return f"mailflow:fbu:{{{tag(account)}}}:{hour}"
 
 
-def guard_key(account: str) -> str:
+def guard_key(account: str, source: str | None = None) -> str:
+    """The hash of the account's last seq per source; a one-off source's own (ONE_OFF_SOURCE)."""
+    if source is not None and source.startswith(ONE_OFF_SOURCE):
+        return f"mailflow:fbseq:{{{tag(account)}}}:{source[:100]}"
     return f"mailflow:fbseq:{{{tag(account)}}}"
 
 
@@ -157,7 +161,7 @@ def feedback_calls(source: str | None, seq: int, counts: Mapping[tuple[int, str,
             digests.setdefault(account, {})[hour] = mine
     calls: dict[str, Call] = {}
     for account in fields.keys() | digests.keys():
-        call = calls[account] = Call([guard_key(account)], [1 if source is not None else 0, source or "", int(seq),
+        call = calls[account] = Call([guard_key(account, source)], [1 if source is not None else 0, source or "", int(seq),
                                                             FEEDBACK_HOURS * 3600,
                                                             (FEEDBACK_HOURS - RECIPIENT_HOURS) * 3600], [])
         by_hour, seen = fields.get(account, {}), digests.get(account, {})

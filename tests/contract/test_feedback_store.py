@@ -14,7 +14,7 @@ import redis
 from redis.crc import key_slot
 
 from mailflow.store import Store, StoreError, open_store
-from mailflow.store.base import FEEDBACK_HOURS, RECIPIENT_HOURS
+from mailflow.store.base import FEEDBACK_HOURS, ONE_OFF_SOURCE, RECIPIENT_HOURS
 from mailflow.store.redis_cluster import connect_cluster
 from mailflow.store.redis_feedback import (REPUTATION_KEY, expire_at, feedback_index_key, feedback_key, guard_key,
                                            recipients_key)
@@ -304,4 +304,19 @@ def test_recipient_digests_are_kept_recipient_hours_only(store_url: str, store: 
         ttl = client.ttl(recipients_key("r.example", h))
         assert 0 < ttl <= (RECIPIENT_HOURS + 1) * 3600 and client.exists(recipients_key("r.example", old)) == 0
         assert client.ttl(feedback_key("r.example", h)) > FEEDBACK_HOURS * 3600
+        client.close()
+
+
+def test_a_one_off_sources_guard_is_its_own_and_expires(store_url: str, store: Store) -> None:
+    """A complaint's count is guarded by its report (source `once:…`, seq 1): taken once, and on
+    Redis in a key of its own that expires, not a field that the account's hash keeps for ever."""
+    h = now_hour()
+    for _ in range(2):  # a retry after a fault
+        store.add_feedback(ONE_OFF_SOURCE + "arf:r1", 1, {(h, "o.example", "complaint"): 1}, {})
+    store.add_feedback(ONE_OFF_SOURCE + "arf:r2", 1, {(h, "o.example", "complaint"): 1}, {})
+    assert store.feedback_counts("o.example", [h]) == {h: {"complaint": 2}}
+    if not store_url.startswith("sqlite"):
+        client = raw_client(store_url)
+        assert client.exists(guard_key("o.example")) == 0
+        assert 0 < client.ttl(guard_key("o.example", ONE_OFF_SOURCE + "arf:r1")) <= FEEDBACK_HOURS * 3600
         client.close()
