@@ -237,3 +237,25 @@ def test_an_accounts_own_mode_and_exemption_in_reputation(tmp_path: Path) -> Non
     assert not smtp(engine)[0].refuses
     assert not smtp(engine, login="v@vip.example", sender="v@vip.example")[0].refuses
     engine.close()
+
+
+def test_overlay_parses_only_changed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FakeStore()
+    store.states = {f"a{n}.example": standing(HOLD).value() for n in range(100)}
+    overlay = ReputationOverlay(store, 3600)  # type: ignore[arg-type]
+    parsed: list[str] = []
+    real = Standing.from_value
+    def counted(cls: type[Standing], value: str) -> Standing | None:
+        parsed.append(value)
+        return real(value)
+    monkeypatch.setattr(Standing, "from_value", classmethod(counted))
+    for _ in range(5):
+        overlay.refresh()
+    assert parsed == [] and len(overlay.standings()) == 100
+    store.states["a7.example"] = standing(BLOCK).value()
+    overlay.refresh()
+    assert len(parsed) == 1 and overlay.standing("a7.example") == standing(BLOCK)
+    del store.states["a8.example"]
+    overlay.refresh()
+    assert overlay.standing("a8.example") is None and len(parsed) == 1
+    overlay.stop()
