@@ -5,11 +5,13 @@ store, in enforce and both monitor modes."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from mailflow.config import parse_config
 from mailflow.engine import Engine
@@ -20,7 +22,9 @@ from mailflow.reputation.model import BLOCK, HOLD, THROTTLE, WARN, Standing
 from mailflow.reputation.overlay import ReputationOverlay
 from mailflow.settings import RatePolicy
 from mailflow.store.base import StoreError
+from mailflow.store.redis import RedisStore
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.redis_faults import redis_process
 
 SMTP = Client("mua.example", "198.51.100.20", 40000)
 PICKUP = Client("localhost", "127.0.0.1", 0)
@@ -259,3 +263,31 @@ def test_overlay_parses_only_changed_values(monkeypatch: pytest.MonkeyPatch) -> 
     overlay.refresh()
     assert overlay.standing("a8.example") is None and len(parsed) == 1
     overlay.stop()
+
+
+def test_a_refresh_that_fails_unexpectedly_does_not_end_the_refreshes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A value the store cannot decode (bytes that are not UTF-8 written into the hash by hand)
+    raised out of the refresh thread, which ended: the milter kept its standings until a restart.
+    Now it is logged once, the last standings stay, and the next good read is taken."""
+    with redis_process(tmp_path) as server:
+        store = RedisStore(server.url, 1000)
+        raw = redis.Redis(host="127.0.0.1", port=server.port)
+        try:
+            assert store.swap_reputation("shop.example", None, standing(HOLD).value())
+            overlay = ReputationOverlay(store, 0.05)
+            overlay.start()
+            raw.hset("mailflow:reputation", b"bad\xff", b"\xff")
+            time.sleep(0.3)  # several refreshes meet it
+            assert overlay.standing("shop.example") == standing(HOLD)
+            raw.hdel("mailflow:reputation", b"bad\xff")
+            assert store.swap_reputation("shop.example", standing(HOLD).value(), standing(BLOCK).value())
+            deadline = time.monotonic() + 5
+            while overlay.standing("shop.example") != standing(BLOCK) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert overlay.standing("shop.example") == standing(BLOCK)
+            assert sum("a refresh failed" in r.getMessage() for r in caplog.records) == 1
+            overlay.stop()
+        finally:
+            raw.close()
+            store.close()
