@@ -141,7 +141,11 @@ class RedisFeedback:
 
     def reputation_states(self) -> dict[str, str]:
         with self._errors():
-            return {str(k): str(v) for k, v in self.client.hgetall(REPUTATION_KEY).items()}
+            try:
+                return {str(k): str(v) for k, v in self.client.hgetall(REPUTATION_KEY).items()}
+            except UnicodeDecodeError as exc:  # written by hand: the store's fault, said so (as a corrupt count)
+                raise StoreError(f"redis: {REPUTATION_KEY} holds an account or standing that is not UTF-8 "
+                                 f"({exc.reason} at byte {exc.start}): remove it (HDEL)") from exc
 
     def swap_reputation(self, account: str, expected: str | None, new: str | None) -> bool:
         with self._errors():
