@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from mailflow.config import parse_config
 from mailflow.engine import Engine
@@ -265,22 +264,35 @@ def test_overlay_parses_only_changed_values(monkeypatch: pytest.MonkeyPatch) -> 
     overlay.stop()
 
 
+
+class _Breaks:
+    """The real store, whose reputation_states raises what no refresh expects while `broken`."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store, self.broken = store, False
+
+    def reputation_states(self) -> dict[str, str]:
+        if self.broken:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")  # as redis-py's decoder
+        return self.store.reputation_states()
+
+
 def test_a_refresh_that_fails_unexpectedly_does_not_end_the_refreshes(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A value the store cannot decode (bytes that are not UTF-8 written into the hash by hand)
-    raised out of the refresh thread, which ended: the milter kept its standings until a restart.
-    Now it is logged once, the last standings stay, and the next good read is taken."""
+    """A refresh that raised anything but a StoreError ended the refresh thread: the milter kept
+    its standings (grants, domains) until a restart. Now it is logged once, the last standings
+    stay, and the next good read is taken."""
     with redis_process(tmp_path) as server:
         store = RedisStore(server.url, 1000)
-        raw = redis.Redis(host="127.0.0.1", port=server.port)
         try:
             assert store.swap_reputation("shop.example", None, standing(HOLD).value())
-            overlay = ReputationOverlay(store, 0.05)
+            breaks = _Breaks(store)
+            overlay = ReputationOverlay(breaks, 0.05)  # type: ignore[arg-type]
             overlay.start()
-            raw.hset("mailflow:reputation", b"bad\xff", b"\xff")
+            breaks.broken = True
             time.sleep(0.3)  # several refreshes meet it
             assert overlay.standing("shop.example") == standing(HOLD)
-            raw.hdel("mailflow:reputation", b"bad\xff")
+            breaks.broken = False
             assert store.swap_reputation("shop.example", standing(HOLD).value(), standing(BLOCK).value())
             deadline = time.monotonic() + 5
             while overlay.standing("shop.example") != standing(BLOCK) and time.monotonic() < deadline:
@@ -289,5 +301,4 @@ def test_a_refresh_that_fails_unexpectedly_does_not_end_the_refreshes(
             assert sum("a refresh failed" in r.getMessage() for r in caplog.records) == 1
             overlay.stop()
         finally:
-            raw.close()
             store.close()
