@@ -20,7 +20,7 @@ from mailflow.decisions import (INBOUND, MSP_BACKSCATTER, NOT_FROM_MSP, POLICY_H
                                 UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE, suppressed_text)
 from mailflow.events import ACCOUNT_HELD, Event, publish
 from mailflow.fallback.setup import open_fallback
-from mailflow.feedback.mailid import stamped
+from mailflow.feedback.mailid import HEADER as ID_HEADER, stamped
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
 from mailflow.forgery.policy import (NOTHING_FOUND, ForgeryVerdict, Ownership, domain_owner, judge_findings,
                                     named_account_orgs)
@@ -338,7 +338,8 @@ class Engine:
             decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, add_headers=((POLICY_HEADER, " ".join(forgery.tags)),))
-        if (id_key := self.config.feedback.id_key) and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
+        # Monitor lets every message out: each gets its id, and loses the client's (a copied one would blame another).
+        if (id_key := self.config.feedback.id_key) and (decision.verdict in (Verdict.CONTINUE, Verdict.HOLD) or self.monitor):
             decision = stamped(decision, id_key, identity.account, message.headers, self.clock().timestamp())
         return self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
                             forgery=forgery.summary, removed=",".join(message.suppressed) or None)
@@ -423,7 +424,9 @@ class Engine:
         enforced = decision
         if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients
                              or decision.remove_headers):
-            enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
+            enforced = Decision(Verdict.CONTINUE, decision.reason,  # decide and log, change nothing but the id
+                                add_headers=tuple(h for h in decision.add_headers if h[0] == ID_HEADER),
+                                remove_headers=decision.remove_headers)
         self.aftermath.decided(stage, client, message, decision, enforced, conn_id or None, qid, rcpt, cost, forgery,
                                removed, self.fallback is not None and self.fallback.active)
         return enforced

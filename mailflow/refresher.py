@@ -1,4 +1,4 @@
-"""A background refresh of data the milter reads from memory (owned domains, grants).
+"""A background refresh of data the milter reads from memory (owned domains, grants, standings).
 
 The first `start()` (from a milter callback, so never in a process that only builds an Engine)
 starts one daemon thread that calls `refresh()` every `seconds` until `stop()` or until its owner
@@ -7,9 +7,12 @@ is gone: the thread holds only a weak reference between calls, so a dropped Engi
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from typing import Protocol
+
+log = logging.getLogger("mailflow")
 
 
 class Refreshable(Protocol):
@@ -31,16 +34,24 @@ class Refresher:
                 return
             self.started = True
         threading.Thread(target=_refresh_every, name=self._name, daemon=True,
-                         args=(self._owner, self._seconds, self._stop)).start()
+                         args=(self._owner, self._seconds, self._stop, self._name)).start()
 
     def stop(self) -> None:
         self._stop.set()
 
 
-def _refresh_every(owner: weakref.ref[Refreshable], seconds: float, stop: threading.Event) -> None:
+def _refresh_every(owner: weakref.ref[Refreshable], seconds: float, stop: threading.Event, name: str) -> None:
+    failing = ""  # the last failure logged: each new one once, not every few seconds
     while not stop.wait(seconds):
         current = owner()
         if current is None:
             return
-        current.refresh()
+        try:
+            current.refresh()
+            failing = ""
+        except Exception as exc:  # noqa: BLE001 - one bad refresh (a value the store cannot decode) must
+            # not end the thread: the milter would keep today's grants or standings until a restart
+            if repr(exc) != failing:
+                log.exception("%s: a refresh failed; the last data stays, tried again every %g s", name, seconds)
+            failing = repr(exc)
         del current  # no strong reference while waiting

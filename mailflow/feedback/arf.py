@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from typing import BinaryIO
 from dataclasses import dataclass, field
 from email.message import Message
@@ -29,7 +30,7 @@ from mailflow.feedback.model import COMPLAINT, TEXT_MAX, FeedbackBatch
 from mailflow.forgery.addresses import AddressError, envelope_domain, parse_single_mailbox
 from mailflow.forgery.policy import build_directory, domain_owner, named_account_orgs, static_ownership
 from mailflow.model import shown
-from mailflow.store.base import Store
+from mailflow.store.base import ONE_OFF_SOURCE, Store
 
 MAX_REPORT_BYTES = 10 * 1024 * 1024  # read of a report: the parts that matter are its first few KiB
 FIELD_VALUES = 20  # values kept per field name (Original-Rcpt-To may repeat; X-Mailflow-ID should not)
@@ -39,6 +40,20 @@ PARTS_LOOKED_AT = 10  # a report has three parts; a few more are tolerated, not 
 # opposite, "auth-failure" (RFC 6591) a receiver's authentication report: neither is counted.
 COMPLAINT_TYPES = ("abuse", "fraud", "virus", "other")
 SEEN_SECONDS = 30 * 86400  # a report repeated within this is counted once (feedback loops resend within days)
+# Lines as the MTA that let the original out split them, not as the stdlib's parser would: Postfix
+# and Sendmail end a line at LF only (a bare CR is a character of it) and take `Name :` (RFC 5322's
+# obsolete space before the colon) as a header, where the stdlib splits at a bare CR and ends the
+# header block at `Name :`. Left as they are, a customer's `X-Junk : y` or `Subject: a<CR>junk`
+# hides every header after it, the milter's X-Mailflow-ID among them, and the complaint goes by
+# its From: domain: to whoever owns it.
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_OBSOLETE_NAME = re.compile(rb"(?m)^([!-9;-~]{1,998}+)[ \t]++:")
+# And the other way: after a header line, `From …` (no colon after the name) and `:…` (no name)
+# end the MTA's header block, where the stdlib skips them and reads on. Lines after them that the
+# MTA kept as body (a copied X-Mailflow-ID, not removed) must not read as headers: a DEL before
+# them makes them no header to the stdlib either. (A part's first line, after its blank line, is
+# left alone: there `From ` is an mbox envelope line.)
+_NOT_A_HEADER = re.compile(rb"(?<=\n)(?<!\n\n)(?<!\n\r\n)(?=From |:)")
 
 
 class NotCounted(Exception):
@@ -89,10 +104,15 @@ def parse(raw: bytes) -> Report:
     first MAX_REPORT_BYTES are read: the machine part and the original's headers come first, a
     large attachment of the original last (a report cut short reads as one with a cut original)."""
     try:
-        message = BytesParser(policy=compat32).parsebytes(raw[:MAX_REPORT_BYTES])
+        message = BytesParser(policy=compat32).parsebytes(_as_mta_splits(raw[:MAX_REPORT_BYTES]))
         return _parsed(message)
     except RecursionError:
         raise NotCounted("report nested too deeply to read") from None
+
+
+def _as_mta_splits(data: bytes) -> bytes:
+    """`data` with its lines as the MTA read them (see _BARE_CR, _NOT_A_HEADER): linear."""
+    return _NOT_A_HEADER.sub(b"\x7f", _OBSOLETE_NAME.sub(rb"\1:", _BARE_CR.sub(b" ", data)))
 
 
 def _parsed(message: Message) -> Report:
@@ -128,7 +148,8 @@ def _headers_of(part: Message) -> Message:
     payload = part.get_payload()
     if not isinstance(payload, list):
         decoded = part.get_payload(decode=True)
-        return BytesHeaderParser(policy=compat32).parsebytes(decoded if isinstance(decoded, bytes) else b"")
+        return BytesHeaderParser(policy=compat32).parsebytes(_as_mta_splits(decoded) if isinstance(decoded, bytes)
+                                                             else b"")
     inner = payload[0] if payload else None
     if not isinstance(inner, Message):
         return Message()
@@ -140,7 +161,7 @@ def _headers_of(part: Message) -> Message:
         data = base64.b64decode(body.encode("ascii", "replace"))
     except (binascii.Error, ValueError):
         return Message()
-    return BytesHeaderParser(policy=compat32).parsebytes(data)
+    return BytesHeaderParser(policy=compat32).parsebytes(_as_mta_splits(data))
 
 
 def _address(name: str, value: str) -> str | None:
@@ -224,8 +245,8 @@ def seen_keys(report: Report, person: str | None, raw: bytes) -> list[str]:
 def first_time(store: Store, account: str, keys: list[str]) -> bool:
     """Is this report new? Each key is claimed (the fleet's first caller wins), then marked done
     once counted. A key claimed but never marked done is a run that met a store fault between the
-    two (exit 75, the MTA retries): the retry counts it. The price: two copies of one report
-    handled in the same instant may both count."""
+    two (exit 75, the MTA retries): the retry goes on with it, and the count's guard (process)
+    adds it only if the fault came before it (and only once for two copies handled at once)."""
     fresh = [store.claim(account, key, SEEN_SECONDS) for key in keys]
     return all(fresh) or all(store.claim(account, key + ":done", SEEN_SECONDS)
                              for key, new in zip(keys, fresh) if not new)
@@ -251,7 +272,9 @@ def process(config: Config, store: Store, attribution: Attribution, raw: bytes, 
     batch.evidence[account] = [shown(f"{report.feedback_type} complaint via {report.user_agent or 'an unnamed loop'} "
                                      f"about {person or 'an unnamed recipient'}, original {original_id or '-'}",
                                      TEXT_MAX)]
-    apply_batch(config, store, batch, None, 0, now)
+    # Guarded as a log batch is (source = the report's first key, seq 1): a fault after the count
+    # and before the keys are marked done (exit 75) is retried, and the retry must not count again.
+    apply_batch(config, store, batch, ONE_OFF_SOURCE + keys[0], 1, now)
     for key in keys:  # done: a retry of this report (after a fault below) is a repeat now
         store.claim(account, key + ":done", SEEN_SECONDS)
     if len(raw) > MAX_REPORT_BYTES:

@@ -103,6 +103,18 @@ def _read_message(path: str) -> bytes | str | None:
         return fh.read(MAX_REPORT_BYTES + 1)
 
 
+def _moved(source: str, target: str) -> str:
+    """Into cur/ flagged Seen; else why not, for the report's line. A report left where it is is
+    read again next run (a repeat then: counted once); the others still get read."""
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:  # two runs at once (cron): the other one has handled it too
+        return " (moved by another reader meanwhile)"
+    except OSError as exc:  # a name too long for its flags, a directory not writable
+        return f" (not moved ({exc.strerror}): read again next run)"
+    return ""
+
+
 def read_maildir(path: str, handle: Callable[[bytes], Outcome], say: Callable[[str], None]) -> None:
     """Every unread report, oldest name first; each moved to cur/ with `S` once handled. A
     StoreError passes with the report where it was (read again next run)."""
@@ -121,5 +133,4 @@ def read_maildir(path: str, handle: Callable[[bytes], Outcome], say: Callable[[s
         outcome = handle(raw)
         base = name.rpartition(":2,")[0] if ":2," in name else name
         target = os.path.join(cur, f"{base}:2,{''.join(sorted(set(_flags(name)) | {'S'}))}")
-        os.rename(source, target)
-        say(f"{shown(name, 120)}: {outcome.line}")
+        say(f"{shown(name, 120)}: {outcome.line}{_moved(source, target)}")

@@ -177,6 +177,11 @@ class Follower:
         return tally
 
     def _first_start(self) -> None:
+        # The accounts still hold the last seq they took from this source (their guards outlive a
+        # position deleted by hand, evicted or unreadable): a seq restarted at 1 would be "taken
+        # already" for days. Milliseconds of the wall clock are above any seq used before (one
+        # per batch, far fewer than 1,000 batches a second).
+        self.seq = max(self.seq, int(time.time() * 1000))
         self.file = LogFile.open(self.path)
         if not self.from_start:  # history already counted (a reinstall) or not ours to judge
             self.file.seek(line_start(self.file.fd, self.file.size()))

@@ -36,9 +36,12 @@ _HEAD = re.compile(
     r"(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?)"
     r" [^\s]{1,255} )?(?P<service>postfix[A-Za-z0-9_.-]{0,64}(?:/[A-Za-z0-9_.-]{1,64}){0,8}|sendmail|sm-mta|sm-msp-queue)"
     r"(?P<pid>\[\d{1,10}\]): (?:(?P<qid>[0-9A-Za-z]{5,20}): )?")
-# An address as Postfix and Sendmail log it: a quoted local part (any characters, `\"` escaped)
-# then the unquoted rest, or no quotes at all. Two bounded pieces, no nesting.
-_ADDR = r'(?:"(?:[^"\\\r\n]|\\.){0,330}")?[^"<>\s,]{0,330}'
+# An address as Postfix and Sendmail log it: quoted strings (any characters, `\"` escaped) and
+# unquoted characters in any order (Sendmail logs `<"john".smith@x>` and `<a"b"c@x>` as the client
+# wrote them: one such recipient must not leave a whole line of recipients unread). Bounded, and
+# possessive throughout: a quoted string ends at its first unescaped quote and an unquoted
+# character is never a quote, so there is one way to match and nothing to backtrack into.
+_ADDR = r'(?:"(?:[^"\\\r\n]|\\.){0,330}+"|[^"<>\s,]){0,330}+'
 _POSTFIX_TO = re.compile(
     rf"to=<(?P<rcpt>{_ADDR})>(?:, orig_to=<{_ADDR}>)?, relay=(?P<relay>[^,\s]{{0,300}}), "
     r"(?:conn_use=\d{1,9}, )?(?:delay=[\d.]{1,20}, )?(?:delays=[\d./]{1,60}, )?(?:dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}), )?"
@@ -49,7 +52,7 @@ _SMTPD = re.compile(
 _PICKUP = re.compile(rf"uid=\d{{1,10}} from=<(?P<sender>{_ADDR})>")
 _QMGR = re.compile(rf"from=<(?P<sender>{_ADDR})>, size=\d{{1,20}}, nrcpt=\d{{1,9}}")
 _BOUNCE = re.compile(r"sender (?:non-delivery|delay|delivery status) notification: (?P<qid>[0-9A-Za-z]{5,20})")
-_SM_ADDR = re.compile(rf"<(?P<q>{_ADDR})>|(?P<b>[^\"<>\s,]{{1,330}})")
+_SM_ADDR = re.compile(rf"<(?P<q>{_ADDR})>|(?P<b>(?=[^<>\s,]){_ADDR})")
 _SM_FROM = re.compile(r", size=\d{1,20}, class=-?\d{1,9}, nrcpts=\d{1,9}")
 _SM_AUTH = re.compile(r"AUTH=server, relay=[^,]{0,300}, authid=(?P<login>[^,\s]{1,320}), mech=")
 # 8.17 writes `reply=` (the receiver's words) between dsn= and stat= when there was a reply.
@@ -230,6 +233,8 @@ def _sendmail_to(line: str, found: Head, stamps: Stamps | None) -> Parsed:
         if not rest.startswith(",", position) or rest.startswith(", ", position):
             break
         position += 1
+    if rest.startswith(", [more]", position):  # a long list is logged in lines of about 40, each but the last so
+        position += 8
     fields = _SM_TO_FIELDS.match(rest, position)
     if fields is None or not recipients:
         return None

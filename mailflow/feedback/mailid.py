@@ -90,7 +90,8 @@ def read_id(key: bytes, value: str) -> str | None:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
     except (binascii.Error, ValueError):  # ValueError: not ASCII
         return None
-    if len(raw) < NONCE_BYTES + _SIV_BYTES + _TIME.size:
+    # One spelling per id: the last character's unused bits must be zero (the decoder ignores them).
+    if len(raw) < NONCE_BYTES + _SIV_BYTES + _TIME.size or base64.urlsafe_b64encode(raw).rstrip(b"=") != body.encode():
         return None
     try:
         plain = _cipher(key).decrypt(raw[NONCE_BYTES:], [raw[:NONCE_BYTES]])

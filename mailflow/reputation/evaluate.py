@@ -61,7 +61,18 @@ def evaluate(config: Config, store: LadderStore, accounts: Iterable[str], now: f
         if move is not None:
             moves.append(move)
             publish(config, move, now)
+            _announced(store, move, stored)
     return moves
+
+
+def _announced(store: LadderStore, move: Move, stored: dict[str, str]) -> None:
+    """The move's event is out: its standing's mark goes (StoreError passes: published again later)."""
+    after = move.after
+    if after is None or not after.announcing:
+        return
+    done = replace(after, announcing="")
+    if store.swap_reputation(move.account, after.value(), done.value()):
+        stored[move.account] = done.value()
 
 
 def review(config: Config, store: LadderStore, now: float) -> list[Move]:
@@ -83,6 +94,9 @@ def _evaluate_one(config: Config, store: LadderStore, account: str, stored: dict
     for attempt in range(TRIES):
         value = stored.get(account)
         before = read_standing(value, account)
+        if before is not None and before.announcing:  # stored, its event maybe lost with the swap's reply
+            was = before.announcing
+            return Move(account, None if was == NORMAL else Standing(was, 0.0, ""), before)
         reset = before if before is not None and before.state == NORMAL else None
         rates = read_rates(store, account, now, reset.since, reset.rates) if reset else read_rates(store, account, now)
         after = judge(rates, ladder, before, now)
@@ -91,6 +105,9 @@ def _evaluate_one(config: Config, store: LadderStore, account: str, stored: dict
         raised = after is not None and rank(after.state) > rank(before.state if before else NORMAL)
         if raised and after is not None and lines:
             after = replace(after, evidence=tuple(bounded(line, TEXT_MAX) for line in lines[:EVIDENCE_MAX]))
+        was = before.state if before else NORMAL
+        if after is not None and after.state != was:  # marked until its event is out (_announced)
+            after = replace(after, announcing=was)
         if store.swap_reputation(account, value, after.value() if after is not None else None):
             if after is not None:
                 stored[account] = after.value()

@@ -29,6 +29,9 @@ class Standing:
     contact: str = ""  # BLOCK: whom the refused customer should contact (from the config)
     rates: dict[str, float] = field(default_factory=dict)  # the figures at the move; a reset's: its hour's counts
     seen: float = 0.0  # when a rule was last seen above normal (to the hour): the clean period starts there
+    # A move stored whose event may not have gone out: the state it moved from ("": announced).
+    # Cleared once published; a ladder that finds it set publishes it (a lost reply to the swap).
+    announcing: str = ""
 
     def value(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -42,6 +45,6 @@ class Standing:
                        rule=str(data.get("rule", "")), evidence=tuple(str(e) for e in data.get("evidence", ())),
                        factor=float(data.get("factor", 1.0)), contact=str(data.get("contact", "")),
                        rates={str(k): float(v) for k, v in dict(data.get("rates", {})).items()},
-                       seen=float(data.get("seen", 0.0)))
+                       seen=float(data.get("seen", 0.0)), announcing=str(data.get("announcing", "")))
         except (ValueError, TypeError, KeyError, AttributeError):
             return None

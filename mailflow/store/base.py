@@ -17,6 +17,15 @@ if TYPE_CHECKING:  # annotations only: suppression/keys.py imports StoreError fr
 # Delivery feedback (counts, unique recipients, the per-source guard) is kept this long after
 # its hour on every backend: the reputation ladder reads the last 7 days, plus one of margin.
 FEEDBACK_HOURS = 8 * 24
+# ...except the recipient digests: the ladder reads unique recipients of the current and the
+# previous hour only, and a busy account's digests are most of the bytes (a Redis HyperLogLog
+# is 12 KiB an hour and account; SQLite keeps a row per recipient): 3 hours, one of margin.
+RECIPIENT_HOURS = 3
+# A source of one batch only (a complaint report, guarded against counting twice on a retry)
+# starts with this: Redis gives its guard a key of its own, expiring on its own, where a log's
+# guard is a field of the account's hash (which would keep one field per report for ever while
+# complaints keep coming, each write renewing the hash's expiry).
+ONE_OFF_SOURCE = "once:"
 
 
 class StoreError(Exception):

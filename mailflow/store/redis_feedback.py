@@ -3,8 +3,10 @@ Cluster store sends the scripts its own way, see RedisClusterStore._send_feedbac
 
   mailflow:fb:{ACCOUNT}:HOUR    hash, field -> n (feedback/model.py FIELDS)
   mailflow:fbu:{ACCOUNT}:HOUR   HyperLogLog of recipient digests: PFCOUNT of several hours (and of
-                                what every host of the fleet added) merges them, 0.81 % error
-  mailflow:fbseq:{ACCOUNT}      hash, source -> the last seq the account took from it (the guard)
+                                what every host of the fleet added) merges them, 0.81 % error;
+                                kept RECIPIENT_HOURS after its hour (the ladder reads two)
+  mailflow:fbseq:{ACCOUNT}      hash, source -> the last seq the account took from it (the guard);
+                                a one-off source (a complaint) has its own: mailflow:fbseq:{ACCOUNT}:once:…
   mailflow:fbactive:HOUR        set of the accounts with feedback that hour: the index
                                 feedback_accounts reads, so nothing scans the keyspace
   mailflow:reputation           hash, account -> standing (reputation/model.py): read whole by
@@ -26,7 +28,7 @@ from typing import Any
 
 import redis
 
-from mailflow.store.base import FEEDBACK_HOURS, StoreError
+from mailflow.store.base import FEEDBACK_HOURS, ONE_OFF_SOURCE, RECIPIENT_HOURS, StoreError
 from mailflow.store.keys import tag
 
 REPUTATION_KEY = "mailflow:reputation"
@@ -53,7 +55,10 @@ def recipients_key(account: str, hour: int) -> str:
     return f"mailflow:fbu:{{{tag(account)}}}:{hour}"
 
 
-def guard_key(account: str) -> str:
+def guard_key(account: str, source: str | None = None) -> str:
+    """The hash of the account's last seq per source; a one-off source's own (ONE_OFF_SOURCE)."""
+    if source is not None and source.startswith(ONE_OFF_SOURCE):
+        return f"mailflow:fbseq:{{{tag(account)}}}:{source[:100]}"
     return f"mailflow:fbseq:{{{tag(account)}}}"
 
 
@@ -136,7 +141,11 @@ class RedisFeedback:
 
     def reputation_states(self) -> dict[str, str]:
         with self._errors():
-            return {str(k): str(v) for k, v in self.client.hgetall(REPUTATION_KEY).items()}
+            try:
+                return {str(k): str(v) for k, v in self.client.hgetall(REPUTATION_KEY).items()}
+            except UnicodeDecodeError as exc:  # written by hand: the store's fault, said so (as a corrupt count)
+                raise StoreError(f"redis: {REPUTATION_KEY} holds an account or standing that is not UTF-8 "
+                                 f"({exc.reason} at byte {exc.start}): remove it (HDEL)") from exc
 
     def swap_reputation(self, account: str, expected: str | None, new: str | None) -> bool:
         with self._errors():
@@ -156,8 +165,9 @@ def feedback_calls(source: str | None, seq: int, counts: Mapping[tuple[int, str,
             digests.setdefault(account, {})[hour] = mine
     calls: dict[str, Call] = {}
     for account in fields.keys() | digests.keys():
-        call = calls[account] = Call([guard_key(account)], [1 if source is not None else 0, source or "", int(seq),
-                                                            FEEDBACK_HOURS * 3600], [])
+        call = calls[account] = Call([guard_key(account, source)], [1 if source is not None else 0, source or "", int(seq),
+                                                            FEEDBACK_HOURS * 3600,
+                                                            (FEEDBACK_HOURS - RECIPIENT_HOURS) * 3600], [])
         by_hour, seen = fields.get(account, {}), digests.get(account, {})
         for hour in sorted(by_hour.keys() | seen.keys()):
             pairs, added = by_hour.get(hour, []), seen.get(hour, ())

@@ -2,7 +2,7 @@
 
   feedback       (hour, account, field) -> n: the counts the ladder reads (feedback/model.py FIELDS)
   feedback_rcpt  (hour, account, digest): one row per distinct recipient, so unique_recipients is
-                 exact here (Redis estimates with a HyperLogLog)
+                 exact here (Redis estimates with a HyperLogLog); kept RECIPIENT_HOURS only
   feedback_seq   (account, source) -> the last seq the account took from that source: the guard
                  that makes a batch applied again (a follower restarted mid-batch) count once
   reputation     account -> its standing (reputation/model.py Standing), swapped compare-and-set
@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from mailflow.store.base import FEEDBACK_HOURS, StoreError
+from mailflow.store.base import FEEDBACK_HOURS, RECIPIENT_HOURS, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS feedback (
@@ -76,9 +76,9 @@ class SqliteFeedback:
                 conn.executemany("INSERT OR IGNORE INTO feedback_rcpt VALUES (?, ?, ?)",
                                  [(hour, account, digest) for (hour, account), digests in recipients.items()
                                   if account in accounts for digest in digests])
-                oldest = now_hour - FEEDBACK_HOURS
-                for table in ("feedback", "feedback_rcpt", "feedback_seq"):
-                    conn.execute(f"DELETE FROM {table} WHERE hour < ?", (oldest,))
+                for table, kept in (("feedback", FEEDBACK_HOURS), ("feedback_rcpt", RECIPIENT_HOURS),
+                                    ("feedback_seq", FEEDBACK_HOURS)):
+                    conn.execute(f"DELETE FROM {table} WHERE hour < ?", (now_hour - kept,))
 
     def feedback_counts(self, account: str, hours: Sequence[int]) -> dict[int, dict[str, int]]:
         found: dict[int, dict[str, int]] = {}

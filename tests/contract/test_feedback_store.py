@@ -14,7 +14,7 @@ import redis
 from redis.crc import key_slot
 
 from mailflow.store import Store, StoreError, open_store
-from mailflow.store.base import FEEDBACK_HOURS
+from mailflow.store.base import FEEDBACK_HOURS, ONE_OFF_SOURCE, RECIPIENT_HOURS
 from mailflow.store.redis_cluster import connect_cluster
 from mailflow.store.redis_feedback import (REPUTATION_KEY, expire_at, feedback_index_key, feedback_key, guard_key,
                                            recipients_key)
@@ -286,3 +286,53 @@ def test_feedback_through_sentinel_lands_on_the_master(tmp_path: Path) -> None:
                 assert master.hgetall(REPUTATION_KEY) == {"s.example": "v"}
         finally:
             store.close()
+
+
+def test_recipient_digests_are_kept_recipient_hours_only(store_url: str, store: Store) -> None:
+    """The ladder reads unique recipients of the last two hours: a busy account's digests (most of
+    the bytes: 12 KiB of HyperLogLog, or a SQLite row per recipient, an hour) go after
+    RECIPIENT_HOURS, its counts after FEEDBACK_HOURS."""
+    h = now_hour()
+    old = h - RECIPIENT_HOURS - 1
+    store.add_feedback(None, 0, {(old, "r.example", "delivered"): 2, (h, "r.example", "delivered"): 2},
+                       {(old, "r.example"): ["d1", "d2"], (h, "r.example"): ["d1", "d3"]})
+    assert store.unique_recipients("r.example", [old]) == 0
+    assert store.unique_recipients("r.example", [h - 1, h]) == 2
+    assert store.feedback_counts("r.example", [old, h]) == {old: {"delivered": 2}, h: {"delivered": 2}}
+    if not store_url.startswith("sqlite"):
+        client = raw_client(store_url)
+        ttl = client.ttl(recipients_key("r.example", h))
+        assert 0 < ttl <= (RECIPIENT_HOURS + 1) * 3600 and client.exists(recipients_key("r.example", old)) == 0
+        assert client.ttl(feedback_key("r.example", h)) > FEEDBACK_HOURS * 3600
+        client.close()
+
+
+def test_a_one_off_sources_guard_is_its_own_and_expires(store_url: str, store: Store) -> None:
+    """A complaint's count is guarded by its report (source `once:…`, seq 1): taken once, and on
+    Redis in a key of its own that expires, not a field that the account's hash keeps for ever."""
+    h = now_hour()
+    for _ in range(2):  # a retry after a fault
+        store.add_feedback(ONE_OFF_SOURCE + "arf:r1", 1, {(h, "o.example", "complaint"): 1}, {})
+    store.add_feedback(ONE_OFF_SOURCE + "arf:r2", 1, {(h, "o.example", "complaint"): 1}, {})
+    assert store.feedback_counts("o.example", [h]) == {h: {"complaint": 2}}
+    if not store_url.startswith("sqlite"):
+        client = raw_client(store_url)
+        assert client.exists(guard_key("o.example")) == 0
+        assert 0 < client.ttl(guard_key("o.example", ONE_OFF_SOURCE + "arf:r1")) <= FEEDBACK_HOURS * 3600
+        client.close()
+
+
+
+def test_a_standing_that_is_not_utf8_is_a_store_error(store_url: str, store: Store) -> None:
+    """Bytes that are not UTF-8 in the standings' hash (written by hand) raised a UnicodeDecodeError
+    out of every reader (the follower's ladder timer stopped the follower): a StoreError that
+    says what to remove, as a corrupt count is."""
+    if store_url.startswith("sqlite") or store_url.startswith("redis+cluster"):
+        pytest.skip("one Redis: the Cluster store reads the hash the same way")
+    binary = redis.Redis.from_url(store_url)
+    binary.hset(REPUTATION_KEY, b"bad\xff", b"\xff")
+    with pytest.raises(StoreError, match="not UTF-8"):
+        store.reputation_states()
+    binary.hdel(REPUTATION_KEY, b"bad\xff")
+    assert store.reputation_states() == {}
+    binary.close()

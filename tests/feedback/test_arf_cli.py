@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 
 from mailflow import cli as mailflow_cli
+from mailflow.feedback.arf import Outcome
+from mailflow.feedback.arf_cli import read_maildir
 from mailflow.store import open_store
 from mailflow.store.base import Store
 from tests.helpers.arf import Original, report, write_id_key
@@ -148,3 +150,26 @@ def test_a_store_that_is_down_exits_75_and_loses_nothing(capsys: pytest.CaptureF
         assert complaints(config_path) == 2
     finally:
         redis.kill()
+
+
+def test_a_report_that_cannot_be_moved_or_is_taken_meanwhile_stops_nothing(
+        capsys: pytest.CaptureFixture[str], config_path: Path, tmp_path: Path) -> None:
+    box = make_maildir(tmp_path / "fbl")
+    long_name = "1001." + "x" * 247  # 252 bytes: legal, but `:2,S` makes it longer than a name may be
+    (box / "new" / long_name).write_bytes(report(Original(), report_id="<a@l>"))
+    (box / "new" / "1002.b.host").write_bytes(report(Original(to="two@mail.example"), report_id="<b@l>"))
+    code, out, err = run_cli(capsys, "feedback", "arf", "-c", str(config_path), "--maildir", str(box))
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert len(lines) == 2 and "counted: complaint" in lines[0] and "not moved (File name too long)" in lines[0]
+    assert lines[1].startswith("1002.b.host: counted") and complaints(config_path) == 2
+    # Another run (cron overlapping) moved a report after this one read it: taken, said, no traceback.
+    (box / "new" / long_name).unlink()
+    (box / "new" / "1003.c.host").write_bytes(report(Original(to="three@mail.example"), report_id="<c@l>"))
+
+    def taken_meanwhile(raw: bytes) -> Outcome:
+        (box / "new" / "1003.c.host").rename(box / "cur" / "1003.c.host:2,S")
+        return Outcome(False, "not counted: seen before")
+    said: list[str] = []
+    read_maildir(str(box), taken_meanwhile, said.append)
+    assert said[-1] == "1003.c.host: not counted: seen before (moved by another reader meanwhile)", said

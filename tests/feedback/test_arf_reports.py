@@ -22,6 +22,7 @@ from mailflow.suppression.admin import matcher_for
 from mailflow.suppression.entries import scope_for
 from mailflow.suppression.keys import read_key_file
 from tests.helpers.arf import BOUNDARY, SHAPES, Original, report, write_id_key
+from tests.helpers.redis_faults import RedisProcess, redis_process
 
 NOW = float(int(time.time()))  # the stores keep recent hours only (FEEDBACK_HOURS, by the wall clock)
 HOUR = int(NOW) // 3600
@@ -97,6 +98,36 @@ def test_the_header_wins_over_the_from_domain(config: Config, store: Store) -> N
     assert complaints(store, "other-acct") == 1 and complaints(store) == 0
     assert suppressed(config, store, "reader@mail.example", "other-acct")
     assert not suppressed(config, store, "reader@mail.example")
+
+
+@pytest.mark.parametrize("shape", ["yahoo", "mailru", "headers_only"])
+@pytest.mark.parametrize("trick", [("X-Junk ", "y"), ("X-Junk\t", "y"), ("X-Note", "a\rjunk, no colon"),
+                                   ("X-Note", "a\r\rbody?")])
+def test_a_header_line_the_mta_kept_hides_no_later_header(config: Config, store: Store, shape: str,
+                                                          trick: tuple[str, str]) -> None:
+    # Another account's mail with From: in cust-7's domain (no [forgery] table, or a relaying
+    # account) and a line Postfix and Sendmail read as one header (`Name :`, a bare CR inside) but
+    # the stdlib's parser as the end of the header block: the milter's id after it must still
+    # attribute it, not the From: domain.
+    original = Original(sender="news@shop.example", mailflow_id=stamped(config, "other-acct"), extra=[trick])
+    outcome = run(config, store, report(original, SHAPES[shape]))
+    assert outcome.counted and "account=other-acct by=X-Mailflow-ID" in outcome.line, outcome.line
+    assert complaints(store, "other-acct") == 1 and complaints(store) == 0
+
+
+@pytest.mark.parametrize("shape", ["yahoo", "mailru", "headers_only"])
+@pytest.mark.parametrize("stop", ["From someone Fri Nov 27 03:00:00 2026", ":no name"])
+def test_a_line_that_ends_the_mtas_header_block_ends_the_readers_too(config: Config, store: Store, shape: str,
+                                                                      stop: str) -> None:
+    # The MTA ended the header block at `stop` and added its id before it; what follows is body
+    # to it, a copied id there was never removed. The stdlib's parser skips `stop` and would read
+    # that copy as a header: two accounts, not counted (a customer's way out of its complaints).
+    genuine, copied = stamped(config, "other-acct"), stamped(config)
+    original = Original(sender="news@shop.example",
+                        extra=[("X-Mailflow-ID", f"{genuine}\r\n{stop}\r\nX-Mailflow-ID: {copied}")])
+    outcome = run(config, store, report(original, SHAPES[shape]))
+    assert outcome.counted and "account=other-acct by=X-Mailflow-ID" in outcome.line, outcome.line
+    assert complaints(store, "other-acct") == 1 and complaints(store) == 0
 
 
 def test_the_old_key_still_attributes(tmp_path: Path, config: Config, store: Store, key_file: Path) -> None:
@@ -243,3 +274,43 @@ def test_ten_mib_of_hostile_input_is_read_in_bounded_time() -> None:
         except Exception as exc:
             assert type(exc).__name__ == "NotCounted", exc
         assert time.perf_counter() - started < 15, name
+
+
+class _KilledAfterTheCount:
+    """The real Redis store; the redis-server (persistent: fsync per write) is killed -9 right
+    after the complaint's count has landed, before the report is marked done."""
+
+    def __init__(self, store: Store, server: RedisProcess) -> None:
+        self.store, self.server = store, server
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def add_feedback(self, *args: Any) -> None:
+        self.store.add_feedback(*args)
+        self.server.kill()
+
+
+def test_redis_killed_after_the_count_retries_without_counting_twice(tmp_path: Path, key_file: Path) -> None:
+    with redis_process(tmp_path, persist=True) as server:
+        config = parse_config({"store": {"url": server.url, "timeout_ms": 500},
+                               "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
+                               "feedback": {"id_key_file": str(key_file)}}, str(tmp_path))
+        raw = report(Original(sender="news@shop.example"))
+        store = open_store(server.url, 500)
+        try:
+            store.add_domain(ACCOUNT, "shop.example")
+            with pytest.raises(StoreError):  # the command exits 75; the MTA hands the report over again
+                run(config, cast(Store, _KilledAfterTheCount(store, server)), raw)
+        finally:
+            store.close()
+        server.start()  # its data back from the append-only file: the count is there
+        store = open_store(server.url, 2000)
+        try:
+            assert complaints(store) == 1
+            assert run(config, store, raw).counted  # the retry finishes the report (its suppression)...
+            assert complaints(store) == 1  # ...without a second count
+            assert suppressed(config, store, "reader@mail.example")
+            assert not run(config, store, raw).counted and complaints(store) == 1
+        finally:
+            store.close()

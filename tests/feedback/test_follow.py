@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,8 @@ from mailflow.reputation.evaluate import Move
 from mailflow.reputation.model import Standing
 from mailflow.store import open_store
 from mailflow.store.base import Store
+from mailflow.store.redis import RedisStore
+from mailflow.store.sqlite import SqliteStore
 from tests.feedback.conftest import MailLog, config_for, totals
 
 
@@ -135,9 +138,10 @@ def test_restart_between_batches_reads_on_exactly(setup: tuple[MailLog, Store, P
     monkeypatch.setattr(follow_module, "BATCH_LINES", 150)  # 150 lines a batch: mid-message
     first = follower(tmp, store, log, from_start=True)
     first.start()
+    base = position(store, first).seq  # a first start's seq: above any used before (ms of the clock)
     first.poll()  # one batch read and applied, the rest not
     first.close()
-    assert position(store, first).seq == 1 and 0 < position(store, first).end < log.path.stat().st_size
+    assert position(store, first).seq == base + 1 and 0 < position(store, first).end < log.path.stat().st_size
     monkeypatch.undo()
     # The message whose smtpd line was in the first part is delivered in the second: the new
     # follower learns its queue id from the lines before its position (counting none of them).
@@ -164,13 +168,14 @@ def test_a_crash_after_apply_before_done_is_read_again_and_counted_once(setup: t
         first.run_once()
     first.close()
     assert position(store, first).state == "pending" and totals(store, log) == log.expected  # applied, not done
+    pending = position(store, first).seq
     seen: list[int] = []
     second = follower(tmp, store, log, after_batch=lambda batch, source, seq: seen.append(seq))
     second.run_once()
     second.close()
-    assert totals(store, log) == log.expected and seen == [1]  # the same seq again: its takers skipped it
+    assert totals(store, log) == log.expected and seen == [pending]  # the same seq again: its takers skipped it
     assert position(store, second) == Position("done", log.path.stat().st_ino, position(store, second).head,
-                                                log.path.stat().st_size, log.path.stat().st_size, 1)
+                                                log.path.stat().st_size, log.path.stat().st_size, pending)
 
 
 def test_a_crash_after_pending_before_apply_counts_the_batch_at_restart(setup: tuple[MailLog, Store, Path],
@@ -326,6 +331,7 @@ def test_a_pending_batch_whose_file_is_gone_is_marked_done_and_the_new_file_read
     with pytest.raises(Crash):
         first.run_once()
     first.close()
+    pending = position(store, first).seq
     monkeypatch.undo()
     os.unlink(log.path)  # the batch's file is gone before the restart: its 20 messages are lost
     log.expected.clear()
@@ -335,7 +341,7 @@ def test_a_pending_batch_whose_file_is_gone_is_marked_done_and_the_new_file_read
         second.run_once()
     second.close()
     assert totals(store, log) == log.expected and "pending position" in caplog.text
-    assert position(store, second).state == "done" and position(store, second).seq == 2
+    assert position(store, second).state == "done" and position(store, second).seq == pending + 1
 
 
 def test_copytruncated_while_stopped_the_copy_is_read_to_its_end_first(setup: tuple[MailLog, Store, Path]) -> None:
@@ -380,4 +386,35 @@ def test_observers_see_each_delivery_once_and_after_batch_each_seq(setup: tuple[
     second.close()
     assert sorted(r for r, _ in seen) == sorted(f"r{n}@rcpt.example" for n in range(1, 51))
     assert {account for _, account in seen} == {"shop.example", "lists.example"}
-    assert batches == [1, 2]  # 120 lines, then the other 80
+    assert batches == [batches[0], batches[0] + 1]  # 120 lines, then the other 80
+
+
+@pytest.mark.parametrize("lost", ["deleted", "unreadable"])
+def test_a_position_lost_while_the_accounts_guards_remain_counts_the_new_lines(
+        setup: tuple[MailLog, Store, Path], lost: str) -> None:
+    # Each account keeps the last seq it took from this source for FEEDBACK_HOURS. A position
+    # deleted by an admin (or evicted, or unreadable) used to restart the seq at 1: every batch
+    # after it was "taken already" by those guards, and nothing was counted for days.
+    log, store, tmp = setup
+    log.write(30)
+    first = follower(tmp, store, log, from_start=True)
+    first.start()
+    for _ in range(3):  # a few batches: the guards hold seq 3
+        log.write(5)
+        drain(first)
+    first.close()
+    assert totals(store, log) == log.expected and position(store, first).seq >= 3
+    if lost == "unreadable":
+        assert store.state_swap(first.key, store.state_get(first.key), "garbage{")
+    elif isinstance(store, SqliteStore):  # as an admin would: the row, the key
+        with sqlite3.connect(store.path) as db:
+            db.execute("DELETE FROM state WHERE key = ?", (first.key,))
+    else:
+        assert isinstance(store, RedisStore) and store.client.delete(f"mailflow:{first.key}") == 1
+    before = log.expected.copy()
+    again = follower(tmp, store, log)
+    again.start()  # from the end: what was read before is not read again
+    log.write(7)
+    drain(again)
+    again.close()
+    assert totals(store, log) == log.expected and log.expected != before

@@ -186,6 +186,11 @@ HOSTILE = [
     "relay=x [1.2.3.4], dsn=5.1.1, reply=" + ", stat=" * 150_000,
     "Nov 27 03:50:05 " + "h" * 1_000_000 + " postfix/smtp[1]: Q1234: to=<a@b>, relay=none, status=sent (x)",
     "2026-11-27T03:50:05." + "1" * 1_000_000 + "+00:00 h postfix/smtp[1]: Q1234: to=<a@b>, relay=none, status=sent (x)",
+    # quoted strings and unquoted characters mixed, closed and not: one way to read each
+    "Nov 27 03:50:05 h postfix/smtp[1]: Q1234: to=<" + '"a"b' * 300_000 + ">, relay=none, status=sent (x)",
+    "Nov 27 03:50:05 h postfix/smtp[1]: Q1234: to=<" + '"\\"' * 300_000 + "x, relay=none, status=sent (x)",
+    "Nov 27 03:50:05 h sm-mta[1]: Q1234: to=" + '<"a"b>,' * 100_000 + " delay=1",
+    "Nov 27 03:50:05 h sm-mta[1]: Q1234: to=" + 'a"b"' * 300_000 + ", delay=1",
 ]
 
 
@@ -220,3 +225,33 @@ def test_only_syslogs_tag_names_the_service() -> None:
     assert parse_line(quoted) is None
     assert parse_line("Nov 27 03:50:05 mx1 postfix/smtp[1]: 4Y3Xb02Q1Lz6N8: to=<r@dest.example>, relay=none, "
                       "dsn=5.1.1, status=bounced (x)") is not None
+
+
+def test_sendmail_recipients_quoted_in_part_are_read_with_their_line() -> None:
+    """Sendmail 8.17 logs the recipients as the client wrote them (this line is from a real run):
+    `"john".smith@…` and `a"b"c@…` made the whole line unread, and with a smart host every
+    recipient of a message is on one line: one such recipient hid every bounce of the message."""
+    line = ('Nov 27 04:56:04 mx1 sendmail[18749]: 6AR4u3Zh018744: to=<a"b"c@dest.example>,<"john".smith@dest.example>,'
+            '<bob@dest.example>, delay=00:00:01, xdelay=00:00:00, mailer=relay, pri=60042, relay=[127.0.0.1] '
+            '[127.0.0.1], dsn=5.1.1, stat=User unknown')
+    parsed = parse_line(line, stamps())
+    assert isinstance(parsed, tuple)
+    assert [o.recipient for o in parsed] == ['a"b"c@dest.example', '"john".smith@dest.example', "bob@dest.example"]
+    assert {o.status for o in parsed} == {"bounced"}
+    postfix = ('Nov 27 03:50:05 h postfix/smtp[1]: 4Y3Xb02Q1Lz6N8: to=<"john".smith@dest.example>, relay=none, '
+               'dsn=5.1.1, status=bounced (no such user)')
+    assert outcome(postfix).recipient == '"john".smith@dest.example'
+    # Still one way to read a quoted `>, status=sent`, and an unclosed quote is no address.
+    assert parse_line('Nov 27 03:50:05 h postfix/smtp[1]: 4Y3Xb02Q1Lz6N8: to=<"a>, relay=none, status=sent (x)') is None
+
+
+def test_sendmail_splits_a_long_recipient_list_into_lines_marked_more() -> None:
+    """Sendmail 8.17 logs a delivery to many recipients in lines of about 40, each but the last
+    ending `, [more]` (this shape is from a real run of 130 recipients through a smart host):
+    those lines were unread, so only the last 40 or fewer of a big mailing were counted."""
+    recipients = ",".join(f"<r{n:03d}@dest.example>" for n in range(99, 59, -1))
+    line = (f"Nov 27 04:58:03 mx1 sendmail[20197]: 6AR4w37Q020192: to={recipients}, [more], delay=00:00:05, "
+            "xdelay=00:00:00, mailer=relay, pri=3900134, relay=[127.0.0.1] [127.0.0.1], dsn=5.1.1, stat=User unknown")
+    parsed = parse_line(line, stamps())
+    assert isinstance(parsed, tuple) and len(parsed) == 40 and parsed[0].recipient == "r099@dest.example"
+    assert {o.status for o in parsed} == {"bounced"}

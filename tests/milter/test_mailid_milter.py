@@ -1,5 +1,5 @@
 """X-Mailflow-ID through the real milter protocol: added to accepted and held outbound mail, every
-copy the client wrote removed, nothing on inbound or in monitor mode; and a complaint about
+copy the client wrote removed (in monitor mode too), nothing on inbound; and a complaint about
 that mail (the ARF reader) makes the next RCPT to the complainer refused."""
 
 from __future__ import annotations
@@ -88,16 +88,23 @@ def test_held_mail_is_stamped_too(start_milter: Callable[..., MilterProcess], tm
     assert [name for name, _ in eom.headers_added] == ["X-Mailflow-ID"] and len(eom.headers_changed) == 1
 
 
-def test_nothing_on_inbound_mail_in_monitor_mode_or_without_a_key(start_milter: Callable[..., MilterProcess],
+def test_nothing_on_inbound_mail_or_without_a_key_and_the_id_in_monitor_mode(start_milter: Callable[..., MilterProcess],
                                                                   tmp_path: Path, key: Path) -> None:
     url = f"sqlite://{tmp_path}/state.db"
     enforcing = start_milter(config(url, key))
     with MilterClient(enforcing.socket) as c:  # inbound: accepted at MAIL, so no header can be added or removed
         c.connect("mx.remote.example", "198.51.100.30", 40000)
         assert c.mail("stranger@remote.example").action == "accept"
+    # Monitor lets every message out, one it would refuse too: each gets the id and loses the
+    # client's copies, or a copied id would put its complaints on another account.
     monitor = start_milter(config(url, key, milter={"mode": "monitor"}), name="monitor")
-    _, watched = send(monitor, "bob@shop.example", ["a@x.example"], [("X-Mailflow-ID", "1.x")])
-    assert watched is not None and not watched.headers_added and not watched.headers_changed
+    copied = make_id(read_key_file(str(key)), "victim.example", 0)
+    for extra in ([], [("From", "ceo@bank.example")]):
+        _, watched = send(monitor, "bob@shop.example", ["a@x.example"], [*extra, ("X-Mailflow-ID", copied)])
+        assert watched is not None and watched.action == "continue"
+        assert watched.headers_changed == [("X-Mailflow-ID", 1, "")]
+        [(name, value)] = watched.headers_added  # the id only: no X-Mailflow-Policy in monitor
+        assert name == "X-Mailflow-ID" and read_id(read_key_file(str(key)), value) == "shop.example"
     keyless = start_milter(config(url, None), name="keyless")
     _, plain = send(keyless, "bob@shop.example", ["a@x.example"], [("X-Mailflow-ID", "1.x")])
     assert plain is not None and not plain.headers_added and not plain.headers_changed

@@ -5,6 +5,7 @@ store, in enforce and both monitor modes."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,9 @@ from mailflow.reputation.model import BLOCK, HOLD, THROTTLE, WARN, Standing
 from mailflow.reputation.overlay import ReputationOverlay
 from mailflow.settings import RatePolicy
 from mailflow.store.base import StoreError
+from mailflow.store.redis import RedisStore
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.redis_faults import redis_process
 
 SMTP = Client("mua.example", "198.51.100.20", 40000)
 PICKUP = Client("localhost", "127.0.0.1", 0)
@@ -239,3 +242,65 @@ def test_an_accounts_own_mode_and_exemption_in_reputation(tmp_path: Path) -> Non
     assert not smtp(engine)[0].refuses
     assert not smtp(engine, login="v@vip.example", sender="v@vip.example")[0].refuses
     engine.close()
+
+
+def test_overlay_parses_only_changed_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FakeStore()
+    store.states = {f"a{n}.example": standing(HOLD).value() for n in range(100)}
+    overlay = ReputationOverlay(store, 3600)  # type: ignore[arg-type]
+    parsed: list[str] = []
+    real = Standing.from_value
+    def counted(cls: type[Standing], value: str) -> Standing | None:
+        parsed.append(value)
+        return real(value)
+    monkeypatch.setattr(Standing, "from_value", classmethod(counted))
+    for _ in range(5):
+        overlay.refresh()
+    assert parsed == [] and len(overlay.standings()) == 100
+    store.states["a7.example"] = standing(BLOCK).value()
+    overlay.refresh()
+    assert len(parsed) == 1 and overlay.standing("a7.example") == standing(BLOCK)
+    del store.states["a8.example"]
+    overlay.refresh()
+    assert overlay.standing("a8.example") is None and len(parsed) == 1
+    overlay.stop()
+
+
+
+class _Breaks:
+    """The real store, whose reputation_states raises what no refresh expects while `broken`."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store, self.broken = store, False
+
+    def reputation_states(self) -> dict[str, str]:
+        if self.broken:
+            raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")  # as redis-py's decoder
+        return self.store.reputation_states()
+
+
+def test_a_refresh_that_fails_unexpectedly_does_not_end_the_refreshes(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A refresh that raised anything but a StoreError ended the refresh thread: the milter kept
+    its standings (grants, domains) until a restart. Now it is logged once, the last standings
+    stay, and the next good read is taken."""
+    with redis_process(tmp_path) as server:
+        store = RedisStore(server.url, 1000)
+        try:
+            assert store.swap_reputation("shop.example", None, standing(HOLD).value())
+            breaks = _Breaks(store)
+            overlay = ReputationOverlay(breaks, 0.05)  # type: ignore[arg-type]
+            overlay.start()
+            breaks.broken = True
+            time.sleep(0.3)  # several refreshes meet it
+            assert overlay.standing("shop.example") == standing(HOLD)
+            breaks.broken = False
+            assert store.swap_reputation("shop.example", standing(HOLD).value(), standing(BLOCK).value())
+            deadline = time.monotonic() + 5
+            while overlay.standing("shop.example") != standing(BLOCK) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert overlay.standing("shop.example") == standing(BLOCK)
+            assert sum("a refresh failed" in r.getMessage() for r in caplog.records) == 1
+            overlay.stop()
+        finally:
+            store.close()

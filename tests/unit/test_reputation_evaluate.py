@@ -20,6 +20,7 @@ from mailflow.reputation.ladder import DAY
 from mailflow.reputation.memory import MemoryFeedback
 from mailflow.reputation.model import BLOCK, HOLD, NORMAL, THROTTLE, WARN, Standing
 from mailflow.reputation.rates import HOUR
+from mailflow.store.base import StoreError
 from mailflow.store.redis import RedisStore
 from mailflow.store.sqlite import SqliteStore
 
@@ -165,3 +166,37 @@ def test_an_unreadable_standing_of_a_clean_account_is_removed_once(tmp_path: Pat
     ladder_store.swap_reputation("a.example", None, "[]")
     assert review(config(tmp_path), ladder_store, NOW) == []
     assert ladder_store.reputation_states() == {}
+
+
+class _ReplyLost:
+    """The real store; its first swap_reputation is done, and its reply lost (Redis stopped or
+    killed after the script ran: the caller sees a StoreError)."""
+
+    def __init__(self, store: LadderStore) -> None:
+        self.store, self.lost = store, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def swap_reputation(self, account: str, expected: str | None, new: str | None) -> bool:
+        done = self.store.swap_reputation(account, expected, new)
+        if not self.lost:
+            self.lost = True
+            raise StoreError("redis: Timeout reading from socket")
+        return done
+
+
+def test_a_move_whose_swap_reply_was_lost_is_announced_by_the_next_run(
+        tmp_path: Path, ladder_store: LadderStore, published: list[events.Event]) -> None:
+    cfg = config(tmp_path)
+    feed(ladder_store, "buyer.example", NOW, 1, delivered=170, bounced=30)
+    flaky = _ReplyLost(ladder_store)
+    with pytest.raises(StoreError):  # the follower keeps its batch and applies it again
+        evaluate(cfg, flaky, ["buyer.example"], NOW)
+    assert published == [] and standing(ladder_store, "buyer.example") is not None  # stored, not told
+    [move] = evaluate(cfg, flaky, ["buyer.example"], NOW + 5)
+    [event] = published
+    assert event.kind == events.REPUTATION_RAISED and event.detail["state"] == HOLD and event.detail["before"] == NORMAL
+    held = standing(ladder_store, "buyer.example")
+    assert held is not None and held.state == HOLD and held.since == NOW and held.announcing == ""
+    assert evaluate(cfg, ladder_store, ["buyer.example"], NOW + 60) == [] and len(published) == 1  # once

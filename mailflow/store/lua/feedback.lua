@@ -7,6 +7,7 @@
 -- ARGV[1]       1 = guard by source and seq, 0 = no source (always add)
 -- ARGV[2], [3]  source, seq
 -- ARGV[4]       seconds the guard is kept after its last write
+-- ARGV[5]       seconds before an hour's expire-at that its digests go (they are read for 2 hours)
 -- then per hour k, in KEYS' order: expire-at (unix time), nf, nd, nf pairs field n, nd digests
 -- Returns 1 when added, 0 when the account took this seq (or a later one) from this source already.
 --
@@ -35,7 +36,7 @@ if guard then
 end
 
 -- Check every hour's keys and the counts to be added to.
-local at = 5
+local at = 6
 for k = 2, #KEYS, 2 do
   local nf, nd = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local counts, digests = kind(KEYS[k]), kind(KEYS[k + 1])
@@ -57,7 +58,8 @@ if guard then
   redis.call('HSET', KEYS[1], source, ARGV[3])
   redis.call('EXPIRE', KEYS[1], ARGV[4])
 end
-at = 5
+at = 6
+local digests_early = tonumber(ARGV[5])
 for k = 2, #KEYS, 2 do
   local expire_at, nf, nd = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   at = at + 3
@@ -72,7 +74,7 @@ for k = 2, #KEYS, 2 do
     redis.call('PFADD', KEYS[k + 1], unpack(ARGV, at + i, at + j - 1))
     i = j
   end
-  if nd > 0 then redis.call('EXPIREAT', KEYS[k + 1], expire_at) end
+  if nd > 0 then redis.call('EXPIREAT', KEYS[k + 1], tonumber(expire_at) - digests_early) end
   at = at + nd
 end
 return 1
