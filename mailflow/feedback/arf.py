@@ -192,6 +192,7 @@ class Attribution:
         self.directory = build_directory(static_domains, static_addresses, store.domains())
         self.account_orgs = named_account_orgs(config)
         self.keys = tuple(key for key in (config.feedback.id_key, config.feedback.id_old_key) if key)
+        self.by_domain = config.feedback.complaints_by_domain()
 
     def owner(self, domain: str) -> str | None:
         return domain_owner(self.directory, self.account_orgs, domain)
@@ -208,6 +209,9 @@ class Attribution:
                 raise NotCounted("the original's X-Mailflow-IDs name different accounts: not attributed")
             raise NotCounted("the original's X-Mailflow-ID was not made with this key (forged, or a retired key): "
                              "not attributed")
+        if not self.by_domain:
+            raise NotCounted("the original carries no X-Mailflow-ID, and with an id key set complaints are "
+                             "attributed by it only ([feedback] arf_by_domain)")
         if original is not None:
             froms = original.all("from")
             author = _address("From", froms[0]) if len(froms) == 1 else None
@@ -226,7 +230,9 @@ class Attribution:
 
 def seen_keys(report: Report, person: str | None, raw: bytes) -> list[str]:
     """What makes a report a repeat: its own Message-ID, or the same original message to the
-    same complainer; a report with neither, its bytes."""
+    same complainer, or the same complainer at all (for SEEN_SECONDS: after the first, that person
+    is suppressed, and a forged report naming them again adds nothing); a report with none of
+    these, its bytes."""
     def digest(*parts: str | bytes) -> str:
         sha = hashlib.sha256()
         for part in parts:
@@ -239,6 +245,8 @@ def seen_keys(report: Report, person: str | None, raw: bytes) -> list[str]:
         keys.append(digest("original", original_id, person or ""))
     if report.report_id:
         keys.append(digest("report", report.report_id))
+    if person:
+        keys.append(digest("complainer", person.lower()))
     return keys or [digest("bytes", raw)]
 
 

@@ -25,6 +25,13 @@ class FeedbackSettings:
     # Delivery agent's syslog name -> the outbound IP it sends from ("postfix-out2/smtp" =
     # "192.0.2.11"). Empty: every delivery is counted against the one [rbl] ip, if there is one.
     outbound_ips: Mapping[str, str] = field(default_factory=dict)
+    # A complaint without our X-Mailflow-ID goes to the owner of its From: domain. Anyone can mail
+    # a forged report to a feedback-loop address, so once mail carries the keyed id, only the id
+    # attributes: None (unset) means "by domain only while no id key is set".
+    arf_by_domain: bool | None = None
+
+    def complaints_by_domain(self) -> bool:
+        return not self.id_key if self.arf_by_domain is None else self.arf_by_domain
 
 
 def parse_feedback(t: Table) -> FeedbackSettings:
@@ -46,7 +53,8 @@ def parse_feedback(t: Table) -> FeedbackSettings:
             outbound[service] = str(ipaddress.ip_address(text.strip()))
         except ValueError:
             ips.report(service, f"{text[:100]!r} is not an IP address")
-    settings = FeedbackSettings(log=log, outbound_ips=outbound)
+    by_domain = t.flag("arf_by_domain", False) if "arf_by_domain" in t else None
+    settings = FeedbackSettings(log=log, outbound_ips=outbound, arf_by_domain=by_domain)
     settings = mailid.with_id_keys(t, settings)  # id_key_file, id_old_key_file (the complaint reader's)
     t.finish()
     return settings

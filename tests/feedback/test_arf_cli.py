@@ -28,7 +28,8 @@ ACCOUNT = "cust-7"
 def make_config(tmp_path: Path, url: str) -> Path:
     raw: dict[str, Any] = {"store": {"url": url, "timeout_ms": 500},
                            "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
-                           "feedback": {"id_key_file": str(write_id_key(tmp_path / "id.key"))}}
+                           "feedback": {"id_key_file": str(write_id_key(tmp_path / "id.key")),
+                                        "arf_by_domain": True}}
     return write_config(tmp_path / "mailflow.toml", raw)
 
 

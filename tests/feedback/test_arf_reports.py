@@ -3,6 +3,8 @@ real store (SQLite and Redis)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailflow.config import Config, parse_config
+from mailflow.settings.feedback import FeedbackSettings
 from mailflow.feedback.arf import MAX_REPORT_BYTES, Attribution, Outcome, parse, process
 from mailflow.feedback.mailid import make_id
 from mailflow.store import open_store
@@ -39,7 +42,7 @@ def config(tmp_path: Path, key_file: Path, store_url: str) -> Config:
     return parse_config({"store": {"url": store_url},
                          "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
                          "ratelimit": {"limits": ["100/hour"]},
-                         "feedback": {"id_key_file": str(key_file)}}, str(tmp_path))
+                         "feedback": {"id_key_file": str(key_file), "arf_by_domain": True}}, str(tmp_path))
 
 
 @pytest.fixture
@@ -150,9 +153,25 @@ def test_duplicates_count_once_but_another_complainer_counts(config: Config, sto
     # The same newsletter, another recipient complaining: a second complaint.
     assert run(config, store, report(Original(to="other@mail.example"), report_id="<r3@loop.example>")).counted
     # No ids at all: the same bytes count once.
-    bare = report(Original(message_id=""), report_id=None)
+    bare = report(Original(message_id="", to="third@mail.example"), report_id=None)
     assert run(config, store, bare).counted and not run(config, store, bare).counted
+    # The first complainer again, about another message: suppressed since the first, so a repeat
+    # (a forged report naming them again adds nothing).
+    repeat = run(config, store, report(Original(message_id="<later@x>"), report_id="<r4@loop.example>"))
+    assert not repeat.counted and "seen before" in repeat.line
     assert complaints(store) == 3
+
+
+def test_with_an_id_key_a_report_without_the_id_is_not_attributed_by_domain(config: Config, store: Store) -> None:
+    """Anyone can mail a forged report to the feedback address, naming a customer's From: domain:
+    once mail carries the keyed id, only the id attributes (unless arf_by_domain = true)."""
+    assert FeedbackSettings().complaints_by_domain()  # no key: by domain
+    keyed = dataclasses.replace(config, feedback=dataclasses.replace(config.feedback, arf_by_domain=None))
+    assert not keyed.feedback.complaints_by_domain()
+    outcome = run(keyed, store, report(Original(sender="news@shop.example")))
+    assert not outcome.counted and "arf_by_domain" in outcome.line
+    assert run(keyed, store, report(Original(mailflow_id=stamped(config), message_id="<ok@x>"))).counted
+    assert complaints(store) == 1
 
 
 class _FailsOnce:
@@ -295,7 +314,7 @@ def test_redis_killed_after_the_count_retries_without_counting_twice(tmp_path: P
     with redis_process(tmp_path, persist=True) as server:
         config = parse_config({"store": {"url": server.url, "timeout_ms": 500},
                                "suppression": {"hash_key_env": "MAILFLOW_SUPPRESSION_KEY"},
-                               "feedback": {"id_key_file": str(key_file)}}, str(tmp_path))
+                               "feedback": {"id_key_file": str(key_file), "arf_by_domain": True}}, str(tmp_path))
         raw = report(Original(sender="news@shop.example"))
         store = open_store(server.url, 500)
         try:
