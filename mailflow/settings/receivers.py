@@ -1,0 +1,28 @@
+"""The [feedback] keys of receivers' blocks (mailflow/feedback/receivers.py): how many refusals
+that name reputation or blocking, from one receiving domain to one outbound IP, make a burst, and
+how long that pair must then deliver without one before the block counts as lifted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailflow.settings.table import Table
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    # One refusal may be one recipient's own policy; ten from one receiving domain within ten
+    # minutes is that receiver refusing the IP (Microsoft's S3140, Gmail's 4.7.28, Yahoo's TSS04).
+    burst: int = 10
+    window_minutes: int = 10
+    # Lifted after an hour of deliveries to that domain with no such refusal: receivers' own
+    # blocks last hours (Yahoo asks for 4 h before a retry), so one lucky retry is not a delisting.
+    clean_minutes: int = 60
+
+
+def parse_receivers(t: Table) -> ReceiverSettings:
+    """receiver_burst, receiver_window_minutes, receiver_clean_minutes of the [feedback] table."""
+    d = ReceiverSettings()
+    return ReceiverSettings(burst=t.integer("receiver_burst", d.burst, minimum=1),
+                            window_minutes=t.integer("receiver_window_minutes", d.window_minutes, minimum=1),
+                            clean_minutes=t.integer("receiver_clean_minutes", d.clean_minutes, minimum=1))
