@@ -50,6 +50,9 @@ class Submission:
     login: str | None = None  # SMTP AUTH login
     unix_user: str | None = None  # a local submission's user
     sender: str | None = None  # the envelope sender, once logged
+    hostname: str | None = None  # the client's name as logged
+    port: int | None = None  # 0: Postfix's pickup, as the milter sees a local submission
+    daemon_name: str = ""  # Sendmail's daemon=: which listener took it (the MSP's, or the MTA's)
 
 
 @dataclass

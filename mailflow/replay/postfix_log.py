@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from mailflow.logstamp import parse_timestamp
 from mailflow.replay.sessions import ClientInfo, Session
 
 _LINE = re.compile(r"postfix(?:/[\w-]+)*/(?P<daemon>[\w-]+)\[\d+\]: (?P<qid>[0-9A-Za-z]{5,}): (?P<rest>.*)$")
@@ -22,8 +23,6 @@ _SASL = re.compile(r"sasl_username=(?P<login>[^,\s]+)")
 _QMGR = re.compile(r"^from=<(?P<sender>.*)>, size=\d+, nrcpt=(?P<n>\d+)")
 _TO = re.compile(r"^to=<(?P<rcpt>[^>]*)>")
 _UID = re.compile(r"^uid=(?P<uid>\d+)")
-_SYSLOG_STAMP = re.compile(r"^(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)")
-_ISO_STAMP = re.compile(r"^(?P<stamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)")
 
 
 @dataclass
@@ -35,18 +34,6 @@ class _Seen:
     sender: str | None = None
     nrcpt: int = 0
     recipients: list[str] = field(default_factory=list)
-
-
-def parse_timestamp(line: str, year: int) -> float | None:
-    iso = _ISO_STAMP.match(line)
-    if iso:
-        stamp = datetime.fromisoformat(iso.group("stamp").replace("Z", "+00:00"))
-        return (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).timestamp()
-    classic = _SYSLOG_STAMP.match(line)
-    if classic:
-        stamp = datetime.strptime(f"{year} {classic.group('stamp')}", "%Y %b %d %H:%M:%S")
-        return stamp.replace(tzinfo=timezone.utc).timestamp()
-    return None
 
 
 def sessions_from_log(lines: Iterable[str], year: int | None = None) -> list[Session]:
