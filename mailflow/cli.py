@@ -308,6 +308,7 @@ def replay(files: tuple[str, ...], milter_socket: str | None, smtp_target: str |
 def _register_admin_groups() -> None:
     from mailflow import grants_admin
     from mailflow import holdqueue
+    from mailflow.feedback import cli as feedback
     from mailflow.metrics import check
     from mailflow.suppression import admin, keygen
     from mailflow.views import cli as views
@@ -318,6 +319,7 @@ def _register_admin_groups() -> None:
     keygen.register(cli)
     views.register(cli, ratelimit, _load, _store, config_option)
     check.register(cli, config_option)
+    feedback.register(cli, _load, _store, config_option)
 
 
 _register_admin_groups()

@@ -4,11 +4,16 @@ log names them (receivers' blocks are counted per IP)."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mailflow.settings.receivers import ReceiverSettings, parse_receivers
 from mailflow.settings.table import Table
+
+# A syslog tag as Postfix and Sendmail write it: "postfix/smtp", "postfix-out2/smtp", "sendmail".
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,3}")
 
 
 @dataclass(frozen=True)
@@ -23,8 +28,22 @@ class FeedbackSettings:
 
 
 def parse_feedback(t: Table) -> FeedbackSettings:
-    """STUB: the follower's helper fills it (the id key's reader with the complaint helper's)."""
     d = FeedbackSettings()
-    settings = FeedbackSettings(log=t.text("log", d.log), receivers=parse_receivers(t))
+    log = t.text("log", d.log)
+    if not log.startswith("/") or "\0" in log:
+        t.report("log", f"{log[:200]!r}: expected an absolute path (the service has no working directory)")
+        log = d.log
+    ips = t.table("outbound_ips")
+    outbound: dict[str, str] = {}
+    for service in ips.keys():
+        text = ips.text(service, "")
+        if not _SERVICE.fullmatch(service):
+            ips.report(service, "not a syslog service name (like postfix/smtp or postfix-out2/smtp)")
+            continue
+        try:
+            outbound[service] = str(ipaddress.ip_address(text.strip()))
+        except ValueError:
+            ips.report(service, f"{text[:100]!r} is not an IP address")
+    settings = FeedbackSettings(log=log, outbound_ips=outbound, receivers=parse_receivers(t))
     t.finish()
     return settings

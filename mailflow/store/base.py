@@ -14,6 +14,11 @@ if TYPE_CHECKING:  # annotations only: suppression/keys.py imports StoreError fr
     from mailflow.suppression.entries import Entry
 
 
+# Delivery feedback (counts, unique recipients, the per-source guard) is kept this long after
+# its hour on every backend: the reputation ladder reads the last 7 days, plus one of margin.
+FEEDBACK_HOURS = 8 * 24
+
+
 class StoreError(Exception):
     """The store could not answer (down, timed out, corrupt). Callers apply `on_error`."""
 

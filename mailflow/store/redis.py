@@ -25,6 +25,7 @@ from mailflow.store import redis_claims
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
 from mailflow.store.keys import tag
 from mailflow.store.redis_counts import RedisCounts
+from mailflow.store.redis_feedback import RedisFeedback
 from mailflow.store.redis_grants import RedisGrantsAudit
 from mailflow.store.redis_errors import FAILURES, as_store_errors, store_error
 from mailflow.store.redis_held import RedisHeldMail
@@ -73,7 +74,8 @@ def _lua(name: str) -> str:
     return files("mailflow.store").joinpath(f"lua/{name}").read_text(encoding="utf-8")
 
 
-class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail):  # grants and audit, the views' counts, held mail: redis_*.py
+# Grants and audit, the views' counts, held mail, delivery feedback and standings: redis_*.py
+class RedisStore(RedisGrantsAudit, RedisCounts, RedisHeldMail, RedisFeedback):
     def __init__(self, url: str, timeout_ms: int = 250, refresh_ms: int = 1000,
                  wait_replicas: int = 0, wait_timeout_ms: int = 0) -> None:
         timeout = timeout_ms / 1000

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, cast
 from urllib.parse import urlencode
@@ -37,6 +37,7 @@ from mailflow.store.redis_cluster_client import ClusterUnreachable, LazyCluster
 from mailflow.store.redis_cluster_routes import ClusterRoutes
 from mailflow.store.redis_counts import BATCH
 from mailflow.store.redis_errors import FAILURES, store_error
+from mailflow.store.redis_feedback import Call, write_index
 from mailflow.store.redis_replica import EPOCH_KEY, GEN_KEY, LOG_KEY, LOG_LENGTH
 from mailflow.suppression.entries import Entry
 from mailflow.urls import REDIS_QUERY_KEYS
@@ -130,6 +131,17 @@ class RedisClusterStore(RedisStore):
                         for account, limits in accounts[start:start + BATCH]]
             levels += [self._debit_result(reply).levels for reply in self._roundtrip(commands)]
         return levels
+
+    def _send_feedback(self, index: Mapping[int, Sequence[str]], calls: Sequence[Call]) -> None:
+        # The index through redis-py's pipeline (first: see redis_feedback), then the scripts as
+        # levels_of sends its own: one exchange per master and batch, NOSCRIPT loaded there.
+        script = self._feedback_script()
+        self._routes.know(script.sha, script.script)
+        with self._errors():
+            pipe = self.client.pipeline(transaction=False)
+            write_index(pipe, index)
+            pipe.execute()
+        self._roundtrip([["EVALSHA", script.sha, len(call.keys), *call.keys, *call.args] for call in calls])
 
     # -- the suppression lists and the held flag: the CLUSTER layout -------------------------
 

@@ -8,7 +8,8 @@ for a command answered MOVED, ASK or TRYAGAIN, so sending it again is safe.
   ASK slot host:port     mid-migration, the key is on the importing node: ASKING + the command there, once
   TRYAGAIN               a multi-key command whose keys are split by a migration: again after a
                          pause (TRYAGAIN_SLEEP, doubling up to TRYAGAIN_MAX_SLEEP)
-  NOSCRIPT               a master that never ran debit.lua (a promoted replica): SCRIPT LOAD, again
+  NOSCRIPT               a master that never ran the script (a promoted replica, a new master):
+                         SCRIPT LOAD (debit.lua, or one made `known`, e.g. feedback.lua), again
 MOVED and ASK are followed in ROUNDS rounds at most, TRYAGAIN as long as the call has time (a
 migration that splits a debit's keys lasts as long as the MIGRATEs between them, longer than
 ROUNDS short pauses on a loaded host); all within the store's timeout (each reply's budget is
@@ -71,6 +72,7 @@ class ClusterRoutes:
         self._template = template  # the connection settings every node's pool copies
         self._timeout_ms = timeout_ms
         self._script = script  # debit.lua: loaded on a node that answers NOSCRIPT
+        self._scripts: dict[str, str] = {}  # other scripts by SHA1 (know), loaded likewise
         self._pools: dict[Address, HotPool] = {}
         self._lock = threading.Lock()
         self._table: list[Address | None] = [None] * SLOTS
@@ -78,6 +80,10 @@ class ClusterRoutes:
         self._refreshed = float("-inf")
         self.redirected = {"MOVED": 0, "ASK": 0, "TRYAGAIN": 0}  # replies followed (tests, diagnostics)
         self._loaded = False  # the table is read at the first call (the client may reach the Cluster later)
+
+    def know(self, sha: str, script: str) -> None:
+        """Load `script` too where an EVALSHA of `sha` answers NOSCRIPT."""
+        self._scripts[sha] = script
 
     def _read_table(self) -> None:
         table: list[Address | None] = [None] * SLOTS
@@ -204,7 +210,7 @@ class ClusterRoutes:
         mine: list[int] = []
         for item in items:
             if item.load:
-                wire.append(["SCRIPT", "LOAD", self._script])
+                wire.append(["SCRIPT", "LOAD", self._scripts.get(str(item.command[1]), self._script)])
             if item.ask is not None:
                 wire.append(["ASKING"])
             mine.append(len(wire))

@@ -33,6 +33,7 @@ from mailflow.store import sqlite_claims
 from mailflow.store import sqlite_window
 from mailflow.store.sqlite_counts import SCHEMA as COUNTS_SCHEMA, SqliteCounts
 from mailflow.store.base import DomainTaken, StoreError, SuppressionLookup
+from mailflow.store.sqlite_feedback import SCHEMA as FEEDBACK_SCHEMA, SqliteFeedback
 from mailflow.store.sqlite_grants import SCHEMA as GRANTS_SCHEMA, SqliteGrantsAudit
 from mailflow.store.sqlite_file import check_path, create_private, identity, io_error_cause
 from mailflow.store.sqlite_held import SCHEMA as HELD_SCHEMA, SqliteHeldMail
@@ -79,7 +80,7 @@ _SWEEP_EVERY = 1000
 CHECK_EVERY = 1.0  # seconds between looks at the database file's identity (one stat)
 
 
-class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail):
+class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail, SqliteFeedback):
     def __init__(self, path: str, timeout_ms: int = 250, clock: Callable[[], float] = time.time,
                  group: str = "") -> None:
         self.path = path
@@ -96,7 +97,7 @@ class SqliteStore(SqliteGrantsAudit, SqliteCounts, SqliteHeldMail):
         self._next_check = time.monotonic() + CHECK_EVERY
         with self._connection() as conn:
             conn.executescript(_SCHEMA + GRANTS_SCHEMA + sqlite_claims.SCHEMA + sqlite_window.SCHEMA + COUNTS_SCHEMA
-                               + HELD_SCHEMA)
+                               + HELD_SCHEMA + FEEDBACK_SCHEMA)
 
     def _check_file(self) -> None:
         """StoreError unless the file at the path is still the one open (see the module's docstring)."""
