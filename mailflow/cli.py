@@ -310,6 +310,7 @@ def _register_admin_groups() -> None:
     from mailflow import holdqueue
     from mailflow.feedback import cli as feedback
     from mailflow.metrics import check
+    from mailflow.reputation import cli as reputation
     from mailflow.suppression import admin, keygen
     from mailflow.views import cli as views
 
@@ -320,6 +321,7 @@ def _register_admin_groups() -> None:
     views.register(cli, ratelimit, _load, _store, config_option)
     check.register(cli, config_option)
     feedback.register(cli, _load, _store, config_option)
+    reputation.register(cli, _load, _store, config_option)
 
 
 _register_admin_groups()

@@ -22,7 +22,10 @@ ACCOUNT_HELD = "account_held"  # trap hits, lookalike or an admin
 ACCOUNT_RELEASED = "account_released"
 GRANT_GIVEN = "grant_given"  # also extended
 GRANT_ENDED = "grant_ended"  # expired or revoked
-KINDS = (LIMIT_REFUSED, LIMIT_NEAR, ACCOUNT_HELD, ACCOUNT_RELEASED, GRANT_GIVEN, GRANT_ENDED)
+REPUTATION_RAISED = "reputation_raised"  # the ladder moved an account up (reputation/evaluate.py)
+REPUTATION_LOWERED = "reputation_lowered"  # a clean period, or an admin's reset
+KINDS = (LIMIT_REFUSED, LIMIT_NEAR, ACCOUNT_HELD, ACCOUNT_RELEASED, GRANT_GIVEN, GRANT_ENDED, REPUTATION_RAISED,
+         REPUTATION_LOWERED)
 
 
 @dataclass(frozen=True)

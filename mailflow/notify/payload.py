@@ -16,6 +16,7 @@ import uuid
 from datetime import datetime, timezone
 
 from mailflow.events import (ACCOUNT_HELD, ACCOUNT_RELEASED, GRANT_ENDED, GRANT_GIVEN, LIMIT_NEAR, LIMIT_REFUSED,
+                             REPUTATION_LOWERED, REPUTATION_RAISED,
                              Event)
 
 SIGNATURE_HEADER = "X-Mailflow-Signature"
@@ -69,6 +70,7 @@ def verify(secret: bytes, raw_body: bytes, header: str) -> bool:
 def summary(event: Event) -> str:
     """One line for people: e-mail subjects and the template's $summary."""
     d = event.detail
+    monitor = " (monitor: not enforced)" if d.get("mode") == "monitor" else ""
     texts = {
         LIMIT_REFUSED: f"reached its limit {d.get('limit', '')}; more mail is deferred",
         LIMIT_NEAR: f"used {d.get('percent', '')}% of its limit {d.get('limit', '')}",
@@ -77,6 +79,8 @@ def summary(event: Event) -> str:
         GRANT_GIVEN: (f"{'grant extended' if d.get('how') == 'extended' else 'was granted'} "
                       f"{d.get('limit', d.get('limits', ''))} until {shown('until', d.get('until', ''))}"),
         GRANT_ENDED: f"grant of {d.get('limit', d.get('limits', ''))} ended ({d.get('how', '')})",
+        REPUTATION_RAISED: f"moved up to {d.get('state', '')}{monitor}: {d.get('why', '')}",
+        REPUTATION_LOWERED: f"moved down to {d.get('state', '')}{monitor}: {d.get('why', '')}",
     }
     return f"account {event.account} {texts.get(event.kind, event.kind)}".rstrip()
 

@@ -16,7 +16,9 @@ def rank(state: str) -> int:
 
 @dataclass(frozen=True)
 class Standing:
-    """Where an account stands. Only accounts above NORMAL are stored."""
+    """Where an account stands. Accounts without one are NORMAL; a stored NORMAL standing is an
+    admin's reset (`mailflow reputation reset`): the ladder counts the account's figures from its
+    `since` on, so the hours before the reset cannot move it again (reputation/ladder.py)."""
 
     state: str  # one of STATES
     since: float  # unix time of the last move
@@ -26,6 +28,7 @@ class Standing:
     factor: float = 1.0  # THROTTLE: the account's limits are multiplied by this
     contact: str = ""  # BLOCK: whom the refused customer should contact (from the config)
     rates: dict[str, float] = field(default_factory=dict)  # the figures at the move (views, events)
+    seen: float = 0.0  # when a rule was last seen above normal (to the hour): the clean period starts there
 
     def value(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -38,6 +41,7 @@ class Standing:
             return cls(state=str(data["state"]), since=float(data["since"]), why=str(data["why"]),
                        rule=str(data.get("rule", "")), evidence=tuple(str(e) for e in data.get("evidence", ())),
                        factor=float(data.get("factor", 1.0)), contact=str(data.get("contact", "")),
-                       rates={str(k): float(v) for k, v in dict(data.get("rates", {})).items()})
+                       rates={str(k): float(v) for k, v in dict(data.get("rates", {})).items()},
+                       seen=float(data.get("seen", 0.0)))
         except (ValueError, TypeError, KeyError, AttributeError):
             return None
