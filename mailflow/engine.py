@@ -30,6 +30,7 @@ from mailflow.model import PASS, Client, Decision, Identity, Message, Reply, Ver
 from mailflow.ratelimit.grants import GrantOverlay
 from mailflow.ratelimit.notices import LimitNotices
 from mailflow.ratelimit.policy import capacity_refusal, cost_of, for_local_submission, shortfall_refusal
+from mailflow.reputation.enforce import ReputationGate
 from mailflow.store.base import Store, StoreError, SuppressionLookup
 from mailflow.store.health import StoreHealth
 from mailflow.suppression.bulk import bulk_finding
@@ -49,11 +50,13 @@ class Engine:
         self.store = store
         self.monitor = config.milter.mode == "monitor"
         self.ownership = Ownership(config, store)
-        # The config's limits with the store's active grants laid over, refreshed in the background.
+        # The config's limits with the store's active grants laid over, then the ladder's standings
+        # (throttle, hold, block: reputation/enforce.py), each kept in memory, refreshed in the background.
         self.grants = GrantOverlay(config.ratelimit, store, config.store.refresh_ms / 1000)
+        self.reputation = ReputationGate(config.reputation, store, self.grants, config.store.refresh_ms / 1000)
         self.notices = LimitNotices(config.notify.near_limit, self.monitor)  # limit_refused, limit_near
         self.store_health = StoreHealth(config.milter.on_error)  # the outage's log lines, throttled
-        self.fallback = open_fallback(config, store, lambda account: self.grants.policy_for(account).limits,
+        self.fallback = open_fallback(config, store, lambda account: self.reputation.policy_for(account).limits,
                                       self.store_health)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.aftermath = Aftermath(store, self.clock, self.monitor)  # logs, metrics, counts, hold records
@@ -75,6 +78,7 @@ class Engine:
         """Before the store closes: the background domain refresh stops, the sent counts are written."""
         self.ownership.stop()
         self.grants.stop()
+        self.reputation.stop()
         if self.fallback is not None:
             self.fallback.stop()
         self.aftermath.close()
@@ -124,6 +128,7 @@ class Engine:
         message.on_msp_listener = identity.source == "local" and accounts.on_msp_listener(self.config.accounts, client)
         if client.is_postfix_pickup or message.on_msp_listener:
             return message, PASS  # judged at end of message, like everything local
+        refusal = refusal or self.reputation.blocked(identity.account, "mail", conn_id, queue_id)
         if refusal is not None:
             return message, self._finish("mail", client, message, refusal, conn_id=conn_id, forgery=summary or None)
         return message, PASS
@@ -200,7 +205,7 @@ class Engine:
         """The account's rate policy (grants laid over), looked up once per message; the MSP's
         mail changes account at end of message, so the account keys it."""
         if message.rate is None or message.rate[0] != account:
-            message.rate = (account, self.grants.policy_for(account))
+            message.rate = (account, self.reputation.policy_for(account))
         return message.rate[1]
 
     def _local_recipient(self, message: Message, recipient: str, conn_id: str) -> Decision:
@@ -314,7 +319,10 @@ class Engine:
         policy = self._policy(message, identity.account)
         cost = cost_of(policy, len(message.recipients))
         decision: Decision
-        if message.suppressed and not message.recipients:
+        local = (client.is_postfix_pickup or message.on_msp_listener) and not own_bounce  # SMTP: blocked at MAIL
+        if local and (blocked := self.reputation.blocked(identity.account, "eom", conn_id, queue_id)):
+            decision = blocked
+        elif message.suppressed and not message.recipients:
             decision = Decision(Verdict.REJECT, "suppressed", Reply("550", "5.7.1", suppressed_text(message.suppressed)))
         elif not all(map(nameable, message.suppressed)):
             decision = UNREMOVABLE  # the MTA could not be told which recipient to remove
@@ -326,6 +334,8 @@ class Engine:
             decision = for_local_submission(decision, self.config.ratelimit.local_over_limit)
         if decision.verdict is Verdict.CONTINUE and forgery.decision is not None:
             decision = forgery.decision  # a hold, once the message has been charged
+        if decision.verdict is Verdict.CONTINUE and not message.held:  # an admin's hold says why first
+            message.held = self.reputation.held(identity.account, conn_id, queue_id)
         if decision.verdict is Verdict.CONTINUE and message.held:
             decision = Decision(Verdict.HOLD, "account_held",
                                 Reply("250", "2.7.0", hold_reply_text(identity.account, message.held)))

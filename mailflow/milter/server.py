@@ -290,6 +290,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
             _watch_key(config, store, on_key_mismatch, KEY_REFRESH_SECONDS)
     engine = MailflowMilter.engine = Engine(config, store)
     engine.grants.start()  # a grant given before this worker's first message applies to that message
+    engine.reputation.start()  # and a standing (mailflow/reputation/overlay.py)
     served = start_metrics(metrics_host, config, store, engine.store_health)
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect (SETSYMLIST: see adapter).
