@@ -36,6 +36,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         SIGTERM applies the batch read so far and exits 0."""
         from mailflow.feedback.follow import Follower, FollowError
         from mailflow.feedback.logfile import LogFile
+        from mailflow.feedback.receivers import ReceiverWatch
         from mailflow.log import setup_logging
 
         config = load(config_file)
@@ -47,7 +48,9 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         setup_logging(config.log)
         stop = threading.Event()
         with store_of(config) as store:
-            follower = Follower(config, store, path, from_start=from_start, stop=stop)
+            watch = ReceiverWatch(config, store)  # receivers refusing the provider's IPs: alerts
+            follower = Follower(config, store, path, from_start=from_start, stop=stop,
+                                observers=[watch.observe], after_batch=watch.after_batch)
             try:
                 if once:
                     follower.run_once()

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from mailflow.config import Config
-from mailflow.feedback.model import TEXT_MAX, Outcome
+from mailflow.feedback.model import TEXT_MAX, FeedbackBatch, Outcome
 from mailflow.log import log_decision
 from mailflow.model import shown
 from mailflow.rbl.alerts import Alerter
@@ -178,6 +178,10 @@ class ReceiverWatch:
         accounts = self._accounts.setdefault(pair, Counter())
         if account and (account in accounts or len(accounts) < MAX_ACCOUNTS):
             accounts[account] += 1
+
+    def after_batch(self, batch: FeedbackBatch, source: str, seq: int) -> None:
+        """The follower's after-batch callback (feedback/follow.py AfterBatch)."""
+        self.flush()
 
     def flush(self, now: float | None = None) -> list[dict[str, Any]]:
         """Record this batch's news in the store; alert on the transitions this follower made.
