@@ -114,7 +114,7 @@ class Follower:
         self.batch_lines = 0
         self.batch_began = 0.0
         self.held: _Held | None = None
-        self.lines = self.batches = self.skipped = 0  # since start (skipped: of files closed)
+        self.batches = self.overlong = 0  # since start (overlong lines: of the files closed)
         self.warm_stats: dict[str, int] = {}  # the tally's stats of lines read only to warm it
 
     # -- start: the position in the store, the pending batch ---------------------------------
@@ -174,7 +174,7 @@ class Follower:
 
     def _close(self) -> None:
         if self.file is not None:
-            self.skipped += self.file.skipped
+            self.overlong += self.file.skipped
             self.file.close()
             self.file = None
 
@@ -197,26 +197,28 @@ class Follower:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def poll(self) -> int:
-        """Read what there is (at most a batch), apply a batch that is due; lines read. A kept
-        batch (store down) is retried first and nothing is read until it is done."""
+    def poll(self) -> bool:
+        """Read what there is (at most a batch), apply a batch that is due; True if it read lines
+        or moved to another file (more may be there now). A kept batch (store down) is retried
+        first and nothing is read until it is done."""
         assert self.file is not None
         if self.held is not None:
             self._commit()
+        if not self.final and self.file.shrunk():  # before reading: what is past the offset is not ours
+            return self._truncated()
         room = BATCH_LINES - self.batch_lines
         lines = self.file.read_lines(room, final=self.final)
         self._feed(lines)
         if self.batch_lines >= BATCH_LINES or (self._gathered() and self.ticks() - self.batch_began >= FLUSH_SECONDS):
             self.flush()
         if len(lines) < room:  # at the end of the file: has it been rotated?
-            self._rotation()
-        return len(lines)
+            return self._rotation() or bool(lines)
+        return True
 
     def _feed(self, lines: Iterable[str]) -> None:
         for line in lines:
             self.tally.add_line(line)  # observers: see Tally.observers
             self.batch_lines += 1
-            self.lines += 1
 
     def _gathered(self) -> bool:
         return self.file is not None and self.file.offset > self.batch_start
@@ -225,37 +227,41 @@ class Follower:
         assert self.file is not None
         self.batch_start, self.batch_lines, self.batch_began = self.file.offset, 0, self.ticks()
 
-    def _rotation(self) -> None:
+    def _truncated(self) -> bool:
+        """Rotated by copytruncate: the file lost what was read. Its copy, found by its first
+        bytes, is read to its end first, then the path from 0."""
+        assert self.file is not None
+        mark = self.file.mark()
+        self.flush()
+        if self.held is not None:
+            return False
+        found = find(self.path, mark)
+        if found is None or found[1]:
+            log.info("feedback: %s was truncated (copytruncate), no copy of it found: lines written "
+                     "after offset %d before the truncation are not counted", self.path, mark.offset)
+            self._open_path(0)
+        else:
+            self._close()
+            self.file, self.final = found[0], True
+            self._begin_batch()
+        return True
+
+    def _rotation(self) -> bool:
         """Rotated by rename: the path is another file, with lines in it (the writer moved on; the
-        old one is read to its end first). By copytruncate: the file lost what was read; the
-        copy, found by its first bytes, is read to its end first. Either way, then the path from 0."""
+        old one is read to its end first, then the new one from 0). True when it moved on."""
         assert self.file is not None
         if self.final:  # the rotated-away file is read to its end
             self.flush()
             if self.held is None:
                 self._open_path(0)
-            return
-        if self.file.shrunk():
-            mark = self.file.mark()
-            self.flush()
-            if self.held is not None:
-                return
-            found = find(self.path, mark)
-            if found is None or found[1]:
-                log.info("feedback: %s was truncated (copytruncate), no copy of it found: lines written "
-                         "after offset %d before the truncation are not counted", self.path, mark.offset)
-                self._open_path(0)
-            else:
-                self._close()
-                self.file, self.final = found[0], True
-                self._begin_batch()
-            return
+            return self.held is None
         try:
             now = os.stat(self.path)
         except FileNotFoundError:
-            return  # renamed and not created yet: the old one may still grow
+            return False  # renamed and not created yet: the old one may still grow
         if now.st_ino != self.file.inode and now.st_size > 0:
             self.final = True  # read what the writer added before moving on; then the new file
+        return self.final
 
     # -- applying: write-ahead ---------------------------------------------------------------
 
@@ -301,7 +307,7 @@ class Follower:
     def run_once(self) -> None:
         """Read to the end (rotated-away files first), apply, run the ladder, return."""
         self.start()
-        while self.poll() or self.final:
+        while self.poll():
             pass
         self.flush()
         self.evaluate()
@@ -356,11 +362,11 @@ class Follower:
 
     def summary(self) -> None:
         """One line: totals since start (the parser's own among them)."""
-        skipped = self.skipped + (self.file.skipped if self.file is not None else 0)
+        overlong = self.overlong + (self.file.skipped if self.file is not None else 0)
+        stats = {k: n - self.warm_stats.get(k, 0) for k, n in _stats(self.tally.stats).items()}
         log_decision(logging.INFO, event="feedback_summary", file=self.path, seq=self.seq,
-                     offset=self.file.offset if self.file is not None else None, lines=self.lines,
-                     batches=self.batches, skipped=skipped,
-                     **{k: n - self.warm_stats.get(k, 0) for k, n in _stats(self.tally.stats).items()})
+                     offset=self.file.offset if self.file is not None else None, **stats,
+                     batches=self.batches, overlong=overlong)
 
 
 def _stats(stats: object) -> dict[str, int]:

@@ -1,0 +1,244 @@
+"""The follower on real files and a real store (SQLite and Redis): rotation by rename and by
+copytruncate mid-run, a restart mid-file and between a batch's write-ahead steps, a rotated-away
+file gone at restart, the line reader's limits. Nothing lost, nothing counted twice."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mailflow.feedback import follow as follow_module
+from mailflow.feedback.follow import Follower, Position
+from mailflow.feedback.model import FeedbackBatch
+from mailflow.store import open_store
+from mailflow.store.base import Store
+from tests.feedback.conftest import MailLog, config_for, totals
+
+
+@pytest.fixture
+def setup(tmp_path: Path, store_url: str) -> Iterator[tuple[MailLog, Store, Path]]:
+    log = MailLog(tmp_path / "mail.log")
+    store = open_store(store_url, 2000)
+    yield log, store, tmp_path
+    store.close()
+
+
+def follower(tmp_path: Path, store: Store, log: MailLog, **kwargs: object) -> Follower:
+    config = config_for(tmp_path, "sqlite:///unused", log.path)
+    return Follower(config, store, str(log.path), host="test-host", **kwargs)  # type: ignore[arg-type]
+
+
+def drain(f: Follower) -> None:
+    """Poll until nothing more is read (bounded), then apply."""
+    for _ in range(1000):
+        if not f.poll():
+            break
+    f.flush()
+
+
+def position(store: Store, f: Follower) -> Position:
+    value = store.state_get(f.key)
+    assert value is not None
+    return Position.from_value(value)
+
+
+def test_from_start_counts_every_line_once_and_a_second_run_adds_nothing(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    log.write(300)
+    f = follower(tmp, store, log, from_start=True)
+    f.run_once()
+    f.close()
+    assert totals(store, log) == log.expected and sum(log.expected.values()) == 360
+    again = follower(tmp, store, log, from_start=True)  # a position exists: from_start changes nothing
+    again.run_once()
+    again.close()
+    assert totals(store, log) == log.expected
+    assert position(store, again).state == "done" and position(store, again).end == log.path.stat().st_size
+
+
+def test_a_first_start_begins_at_the_end_of_the_file(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    log.write(50)
+    history = log.expected.copy()
+    f = follower(tmp, store, log)
+    f.start()
+    assert position(store, f).end == log.path.stat().st_size and totals(store, log) == {}
+    log.write(20)
+    drain(f)
+    f.close()
+    assert totals(store, log) == log.expected - history
+
+
+def test_rotation_by_rename_mid_run(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    f = follower(tmp, store, log, from_start=True)
+    f.start()
+    log.write(100)
+    f.poll()
+    log.write(40)  # not read yet when the file is renamed
+    os.rename(log.path, tmp / "mail.log.1")
+    log.path.touch()  # logrotate's `create`: empty until the writer reopens
+    f.poll()
+    log.write(10, path=tmp / "mail.log.1")  # the writer has not reopened yet: still the old file
+    f.poll()
+    log.write(70)  # now the new one
+    drain(f)
+    f.close()
+    assert totals(store, log) == log.expected and sum(log.expected.values()) == 264
+    assert position(store, f).inode == log.path.stat().st_ino
+
+
+def test_rotation_by_copytruncate_mid_run(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    f = follower(tmp, store, log, from_start=True)
+    f.start()
+    log.write(100)
+    f.poll()
+    log.write(30)  # not read yet: only the copy will have it
+    shutil.copyfile(log.path, tmp / "mail.log.1")
+    with log.path.open("r+") as fh:
+        fh.truncate(0)
+    log.write(5)
+    drain(f)
+    f.close()
+    assert totals(store, log) == log.expected and sum(log.expected.values()) == 162
+
+
+def test_copytruncate_written_past_the_old_offset_before_a_poll(setup: tuple[MailLog, Store, Path]) -> None:
+    """The file is as long as before again: its first bytes tell it is not the file read."""
+    log, store, tmp = setup
+    f = follower(tmp, store, log, from_start=True)
+    f.start()
+    log.write(20)
+    drain(f)
+    shutil.copyfile(log.path, tmp / "mail.log.1")
+    with log.path.open("r+") as fh:
+        fh.truncate(0)
+    log.write(60)
+    drain(f)
+    f.close()
+    assert totals(store, log) == log.expected and sum(log.expected.values()) == 96
+
+
+def test_restart_between_batches_reads_on_exactly(setup: tuple[MailLog, Store, Path],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    log, store, tmp = setup
+    log.write(100)
+    monkeypatch.setattr(follow_module, "BATCH_LINES", 150)  # 150 lines a batch: mid-message
+    first = follower(tmp, store, log, from_start=True)
+    first.start()
+    first.poll()  # one batch read and applied, the rest not
+    first.close()
+    assert position(store, first).seq == 1 and 0 < position(store, first).end < log.path.stat().st_size
+    monkeypatch.undo()
+    # The message whose smtpd line was in the first part is delivered in the second: the new
+    # follower learns its queue id from the lines before its position (counting none of them).
+    log.write(100)
+    second = follower(tmp, store, log)
+    second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected and sum(log.expected.values()) == 240
+
+
+class Crash(Exception):
+    pass
+
+
+def test_a_crash_after_apply_before_done_is_read_again_and_counted_once(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    log.write(80)
+
+    def crash(batch: FeedbackBatch, source: str, seq: int) -> None:
+        raise Crash()
+
+    first = follower(tmp, store, log, from_start=True, after_batch=crash)
+    with pytest.raises(Crash):
+        first.run_once()
+    first.close()
+    assert position(store, first).state == "pending" and totals(store, log) == log.expected  # applied, not done
+    seen: list[int] = []
+    second = follower(tmp, store, log, after_batch=lambda batch, source, seq: seen.append(seq))
+    second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected and seen == [1]  # the same seq again: its takers skipped it
+    assert position(store, second) == Position("done", log.path.stat().st_ino, position(store, second).head,
+                                                log.path.stat().st_size, log.path.stat().st_size, 1)
+
+
+def test_a_crash_after_pending_before_apply_counts_the_batch_at_restart(setup: tuple[MailLog, Store, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    log, store, tmp = setup
+    log.write(80)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise Crash()
+
+    monkeypatch.setattr(follow_module, "apply_batch", down)
+    first = follower(tmp, store, log, from_start=True)
+    with pytest.raises(Crash):
+        first.run_once()
+    first.close()
+    monkeypatch.undo()
+    assert position(store, first).state == "pending" and totals(store, log) == {}
+    second = follower(tmp, store, log)
+    second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected
+
+
+def test_rotated_while_stopped_the_old_file_is_read_to_its_end_first(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    log.write(30)
+    first = follower(tmp, store, log, from_start=True)
+    first.run_once()
+    first.close()
+    log.write(20)  # after the position, then rotated away while no follower runs
+    os.rename(log.path, tmp / "mail.log.1")
+    log.write(10)
+    second = follower(tmp, store, log)
+    second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected
+
+
+def test_a_rotated_away_file_gone_at_restart_starts_the_current_file_at_0(
+        setup: tuple[MailLog, Store, Path], caplog: pytest.LogCaptureFixture) -> None:
+    log, store, tmp = setup
+    log.write(30)
+    first = follower(tmp, store, log, from_start=True)
+    first.run_once()
+    first.close()
+    counted = log.expected.copy()
+    log.write(20)
+    os.unlink(log.path)  # rotated and compressed away: those 20 are lost, and said so
+    log.expected = counted
+    log.write(10)
+    second = follower(tmp, store, log)
+    with caplog.at_level("WARNING", logger="mailflow"):
+        second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected
+    assert any("no longer there" in r.getMessage() for r in caplog.records)
+
+
+def test_lines_split_from_bytes(setup: tuple[MailLog, Store, Path]) -> None:
+    """An overlong line is skipped to its newline, a partial last line waits for its newline,
+    bytes that are not UTF-8 are replaced: none of it stops the lines around it."""
+    log, store, tmp = setup
+    f = follower(tmp, store, log, from_start=True)
+    f.start()
+    lines = log.lines(3)
+    with log.path.open("ab") as fh:
+        fh.write(b"x" * (200 * 1024) + b"\n" + b"\xff\xfe junk \xc3\n" + lines[0].encode() + b"\n")
+        fh.write(lines[1].encode()[:40])  # a line being written
+    drain(f)
+    assert f.file is not None and f.file.skipped == 1 and f.file.offset < log.path.stat().st_size
+    with log.path.open("ab") as fh:
+        fh.write(lines[1].encode()[40:] + b"\n" + "".join(line + "\n" for line in lines[2:]).encode())
+    drain(f)
+    f.close()
+    assert totals(store, log) == log.expected
