@@ -158,6 +158,7 @@ class ReceiverWatch:
 
     def observe(self, outcome: Outcome, account: str | None) -> None:
         pair = (outbound_ip(self.config, outcome.service), receiving_domain(outcome.recipient))
+        self._latest = max(self._latest, outcome.at)
         if outcome.status == "sent":
             if f"{pair[0]}|{pair[1]}" in self._blocked:
                 self._delivered[pair] = max(self._delivered.get(pair, 0), int(outcome.at))
@@ -166,7 +167,6 @@ class ReceiverWatch:
         if label is None:
             return
         self.refusals[pair[0]] += 1
-        self._latest = max(self._latest, outcome.at)
         if pair not in self._recent and len(self._recent) >= MAX_PAIRS:
             if self._latest > self._pruned_at:  # at most one sweep per second of log time
                 self._prune()
@@ -187,6 +187,7 @@ class ReceiverWatch:
         """Record this batch's news in the store; alert on the transitions this follower made.
         A StoreError is logged and the batch's news kept for the next flush."""
         now = self.clock() if now is None else now
+        self._prune()  # a burst is recent (in log time): never an old one again after its lifting
         bursts = {f"{ip}|{domain}": int(times[-1]) for (ip, domain), times in self._recent.items()
                   if len(times) >= self.settings.burst and times[-1] - times[0] <= self.window}
         refused = {f"{ip}|{domain}": last for (ip, domain), last in self._refused.items()}
@@ -200,7 +201,6 @@ class ReceiverWatch:
         self._delivered.clear()
         self._blocked = set(step.listed)
         self.blocked_by_ip = Counter(key.partition("|")[0] for key in step.listed)
-        self._prune()
         alerts = [self._alert(event, key, values, now) for event, key, values in step.events]
         for alert in alerts:
             self.alerter.send(alert)

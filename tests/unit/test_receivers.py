@@ -214,3 +214,27 @@ def test_metrics_have_no_domain_and_no_account_label(store: Store) -> None:
     assert 'mailflow_receiver_blocks_total{ip="198.51.100.7"} 3.0' in text
     assert 'mailflow_receiver_blocked_domains{ip="198.51.100.7"} 1.0' in text
     assert "hotmail" not in text and "shop.example" not in text
+
+
+def test_a_lifted_block_is_not_raised_again_by_its_old_burst(store: Store) -> None:
+    cfg = config()
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + n), "shop.example")
+    assert [a["event"] for a in watch.flush(T0 + 100)] == ["receiver_blocked"]
+    watch.observe(outcome("250 ok", "2.0.0", "sent", at=T0 + 3700), "shop.example")  # only deliveries since
+    assert [a["event"] for a in watch.flush(T0 + 3700)] == ["receiver_unblocked"]
+    watch.observe(outcome("250 ok", "2.0.0", "sent", at=T0 + 3710), "shop.example")
+    assert watch.flush(T0 + 3710) == []
+
+
+def test_the_followers_after_batch_callback_flushes(store: Store) -> None:
+    from mailflow.feedback.model import FeedbackBatch
+
+    cfg = config()
+    recorder = Recorder(cfg)
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=recorder)
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + n), None)
+    watch.after_batch(FeedbackBatch(), "feedback:host:/var/log/mail.log", 1)
+    assert [a["event"] for a in recorder.sent] == ["receiver_blocked"]
