@@ -47,14 +47,15 @@ _QMGR = re.compile(rf"from=<(?P<sender>{_ADDR})>, size=\d{{1,20}}, nrcpt=\d{{1,9
 _BOUNCE = re.compile(r"sender (?:non-delivery|delay|delivery status) notification: (?P<qid>[0-9A-Za-z]{5,20})")
 _SM_ADDR = re.compile(rf"<(?P<q>{_ADDR})>|(?P<b>[^\"<>\s,]{{1,330}})")
 _SM_FROM = re.compile(r", size=\d{1,20}, class=-?\d{1,9}, nrcpts=\d{1,9}")
-_SM_AUTH = re.compile(r"AUTH=server, relay=(?P<relay>[^,]{0,300}), authid=(?P<login>[^,\s]{1,320}), mech=")
+_SM_AUTH = re.compile(r"AUTH=server, relay=[^,]{0,300}, authid=(?P<login>[^,\s]{1,320}), mech=")
+# 8.17 writes `reply=` (the receiver's words) between dsn= and stat= when there was a reply.
 _SM_TO_FIELDS = re.compile(
     r"(?:, ctladdr=[^,]{0,400})?, delay=[\d+:]{1,20}, xdelay=[\d+:]{1,20}, mailer=[\w.-]{1,40}"
     r"(?:, tls_verify=\w{1,20})?, pri=\d{1,20}(?:, relay=(?P<relay>[^,]{0,300}))?"
-    r"(?:, dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}))?, stat=(?P<stat>.*)")
-_SM_DSN = re.compile(r"(?P<qid>[0-9A-Za-z]{5,20}): DSN: ")
+    r"(?:, dsn=(?P<dsn>\d\.\d{1,3}\.\d{1,3}))?, (?P<tail>reply=|stat=)")
+# Sendmail's own reports: `QID: QID2: DSN: …`, `QID: QID2: return to sender: …`, `… postmaster notify: …`.
+_SM_OWN = re.compile(r"(?P<qid>[0-9A-Za-z]{5,20}): (?:DSN|return to sender|postmaster notify): ")
 _SM_RELAY = re.compile(r"(?P<name>[^\s\[]{0,255}) ?\[(?:IPv6:)?(?P<ip>[0-9A-Fa-f:.]{1,64})\]")
-_SM_DAEMON = re.compile(r", daemon=(?P<daemon>[^,\s]{1,64})")
 
 
 @dataclass(frozen=True)
@@ -64,21 +65,41 @@ class Removed:
     queue_id: str
 
 
-Parsed = tuple[Outcome, ...] | Submission | Removed | None
+@dataclass(frozen=True)
+class Authenticated:
+    """Sendmail's `AUTH=server, …, authid=LOGIN, …`, logged before the session's first queue id:
+    the login of the SMTP session served by `process` (`sendmail[PID]`)."""
+
+    process: str
+    login: str
+
+
+@dataclass(frozen=True)
+class AuthenticatedSubmission:
+    """Sendmail's `from=…, proto=ESMTPA, …` (an authenticated session): its login is the one
+    `process` logged in its Authenticated line."""
+
+    submission: Submission
+    process: str
+
+
+Parsed = tuple[Outcome, ...] | Submission | AuthenticatedSubmission | Authenticated | Removed | None
 
 
 @dataclass(frozen=True)
 class Head:
-    """Where a line's syslog prefix ends: the service as syslog wrote it, the queue id, the rest."""
+    """Where a line's syslog prefix ends: the service as syslog wrote it, `service[pid]`, the
+    queue id ("" when the line has none) and the rest."""
 
     service: str
+    process: str
     queue_id: str
     rest: str
 
 
 def head(line: str) -> Head | None:
-    """`… SERVICE[PID]: QID: REST` of a Postfix or Sendmail process, else None. Cheap: a bounded
-    find, no regex over the whole line."""
+    """`… SERVICE[PID]: [QID: ]REST` of a Postfix or Sendmail process, else None. Cheap: a
+    bounded find, no regex over the whole line."""
     end = line.find("]: ", 0, _HEAD_MAX)
     if end < 0:
         return None
@@ -90,16 +111,21 @@ def head(line: str) -> Head | None:
         return None
     colon = line.find(": ", end + 3, end + 25)
     if colon < 0 or not _QID.fullmatch(line, end + 3, colon) or line.startswith("NOQUEUE", end + 3):
-        return None
-    return Head(service, line[end + 3:colon], line[colon + 2:])
+        return Head(service, line[start:end + 1], "", line[end + 3:])
+    return Head(service, line[start:end + 1], line[end + 3:colon], line[colon + 2:])
 
 
 def parse_line(line: str, stamps: Stamps | None = None) -> Parsed:
     """What one log line says; None for anything else (other programs, garbage, unread shapes).
     `stamps` reads the line's time (one per log: it remembers the year); only deliveries need it."""
+    if line.endswith("\n"):
+        line = line.rstrip("\r\n")
     found = head(line)
     if found is None:
         return None
+    if not found.queue_id:
+        auth = _SM_AUTH.match(found.rest) if found.service in SENDMAIL_SERVICES else None
+        return Authenticated(found.process, auth.group("login")) if auth else None
     if found.service.startswith("postfix"):
         return _postfix(line, found, stamps)
     return _sendmail(line, found, stamps)
@@ -151,25 +177,24 @@ def _postfix(line: str, found: Head, stamps: Stamps | None) -> Parsed:
 
 
 def _sendmail(line: str, found: Head, stamps: Stamps | None) -> Parsed:
-    rest, qid = found.rest, found.queue_id
+    rest = found.rest
     if rest.startswith("to="):
         return _sendmail_to(line, found, stamps)
     if rest.startswith("from="):
-        return _sendmail_from(qid, rest)
-    if rest.startswith("AUTH=server"):
-        auth = _SM_AUTH.match(rest)
-        return Submission(qid, login=auth.group("login")) if auth else None
-    if dsn := _SM_DSN.match(rest):
-        return Submission(dsn.group("qid"), sender="")  # the DSN Sendmail itself sends
+        return _sendmail_from(found)
+    if own := _SM_OWN.match(rest):
+        return Submission(own.group("qid"), sender="")  # a report Sendmail itself sends
     return None
 
 
-def _sendmail_from(qid: str, rest: str) -> Submission | None:
+def _sendmail_from(found: Head) -> Submission | AuthenticatedSubmission | None:
+    rest, qid = found.rest, found.queue_id
     sender = _SM_ADDR.match(rest, 5)
     if sender is None or not _SM_FROM.match(rest, sender.end()):
         return None
     address = sender.group("q") if sender.group("q") is not None else sender.group("b")
-    # Sendmail writes relay= last; what comes before it (msgid=) is the client's: read from the right.
+    # Sendmail writes proto=, daemon= and relay= last; what comes before them (msgid=) is the
+    # client's: read from the right.
     before, mark, relay = rest.rpartition(", relay=")
     if not mark or len(relay) > 300:
         return Submission(qid, sender=address)
@@ -178,9 +203,14 @@ def _sendmail_from(qid: str, rest: str) -> Submission | None:
     client = _SM_RELAY.match(relay)
     if client is None:
         return Submission(qid, sender=address)
-    daemon = _SM_DAEMON.search(before, max(0, len(before) - 100))  # the field just before relay=
-    return Submission(qid, sender=address, client_address=client.group("ip"), hostname=client.group("name"),
-                      daemon_name=daemon.group("daemon") if daemon else "")
+    before, mark, daemon = before.rpartition(", daemon=")
+    daemon = daemon if mark and len(daemon) <= 64 else ""
+    _, mark, proto = before.rpartition(", proto=")
+    submission = Submission(qid, sender=address, client_address=client.group("ip"), hostname=client.group("name"),
+                            daemon_name=daemon)
+    if mark and proto.endswith("A") and len(proto) <= 16:  # ESMTPA, ESMTPSA: the session logged in
+        return AuthenticatedSubmission(submission, found.process)
+    return submission
 
 
 def _sendmail_to(line: str, found: Head, stamps: Stamps | None) -> Parsed:
@@ -201,14 +231,24 @@ def _sendmail_to(line: str, found: Head, stamps: Stamps | None) -> Parsed:
     fields = _SM_TO_FIELDS.match(rest, position)
     if fields is None or not recipients:
         return None
-    stat, dsn = fields.group("stat")[:TEXT_MAX], fields.group("dsn") or ""
-    if stat.startswith("Sent") or dsn.startswith("2."):
+    # `reply=TEXT, stat=TEXT`: the receiver's text may hold `, stat=` itself, so the status comes
+    # from dsn= (Sendmail's own field) when there is one, the words from reply= when there are.
+    tail = rest[fields.start("tail"):]
+    if tail.startswith("reply="):
+        reply, _, stat = tail[6:].rpartition(", stat=")
+    else:
+        reply, stat = "", tail[5:]
+    dsn = fields.group("dsn") or ""
+    if dsn[:1] in ("2", "4", "5"):
+        status = {"2": "sent", "4": "deferred", "5": "bounced"}[dsn[0]]
+    elif stat.startswith("Sent"):
         status = "sent"
-    elif stat.startswith("Deferred") or dsn.startswith("4."):
+    elif stat.startswith("Deferred"):
         status = "deferred"
     else:
         status = "bounced"
     at = _at(line, stamps)
-    relay = fields.group("relay") or ""
+    text = (reply or stat)[:TEXT_MAX]
     return tuple(Outcome(at=at, queue_id=found.queue_id, recipient=recipient, status=status, dsn=dsn,
-                         reply=stat, service=found.service, relay=relay) for recipient in recipients)
+                         reply=text, service=found.service, relay=fields.group("relay") or "")
+                 for recipient in recipients)

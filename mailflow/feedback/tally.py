@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from mailflow.accounts import NULL_SENDER_ACCOUNT, Refusal, identify, on_msp_listener, refine_local_identity
 from mailflow.config import Config
-from mailflow.feedback.logline import Removed, parse_line
+from mailflow.feedback.logline import Authenticated, AuthenticatedSubmission, Removed, parse_line
 from mailflow.feedback.model import (BOUNCE_ADDRESS, BOUNCE_MAILBOX, BOUNCE_OTHER, BOUNCE_POLICY, DEFERRED,
                                      DELIVERED, EVIDENCE_MAX, TEXT_MAX, UNKNOWN_RECIPIENT, FeedbackBatch, Outcome,
                                      Submission)
@@ -35,6 +35,8 @@ from mailflow.logstamp import Stamps
 from mailflow.model import Client, shown
 
 MAX_QUEUE_IDS = 200_000  # origins remembered; ~300 bytes each: ~60 MB at worst
+MAX_SESSIONS = 10_000  # Sendmail's authenticated sessions (process -> login) remembered
+MAX_WAITING = 10_000  # deliveries waiting for the MSP's line that names their user (a race: see _WAIT)
 _UNKNOWN_DSNS = frozenset(("5.1.1", "5.1.0", "5.1.10"))
 _UNKNOWN_TEXT = re.compile(r"no such user|unknown recipient|recipient unknown|user unknown|unknown user"
                            r"|does not exist", re.IGNORECASE)
@@ -42,6 +44,9 @@ _UNKNOWN_TEXT = re.compile(r"no such user|unknown recipient|recipient unknown|us
 _HANDOFF = re.compile(r"Sent \((?P<qid>[0-9A-Za-z]{5,20}) Message accepted for delivery\)")
 _LOOPBACK_RELAY = re.compile(r"(?:^|[\s\[])(?:127\.\d{1,3}\.\d{1,3}\.\d{1,3}|IPv6:::1|::1|localhost)\]?")
 _SKIP = "\0skip"  # an origin whose deliveries are nobody's feedback (see the module's doc)
+# Sendmail's MTA may deliver a message from the MSP before the MSP logs the `Sent (QID …)` line
+# that names the user: its deliveries wait (bounded) for that line.
+_WAIT = "\0wait"
 
 
 def classify(outcome: Outcome) -> tuple[str, ...]:
@@ -81,7 +86,8 @@ class TallyStats:
 
 
 class _Origin:
-    __slots__ = ("client_address", "hostname", "port", "login", "unix_user", "sender", "daemon_name", "account")
+    __slots__ = ("client_address", "hostname", "port", "login", "unix_user", "sender", "daemon_name", "account",
+                 "waiting")
 
     def __init__(self) -> None:
         self.client_address: str | None = None
@@ -92,6 +98,7 @@ class _Origin:
         self.sender: str | None = None
         self.daemon_name = ""
         self.account: str | None = None  # resolved (an account, or _SKIP); None: not yet / not known
+        self.waiting: list[Outcome] | None = None  # see _WAIT
 
     def merge(self, s: Submission) -> None:
         """A later line adds to what earlier ones said (smtpd, then qmgr; AUTH=, then from=)."""
@@ -117,7 +124,9 @@ class Tally:
         self.stamps = Stamps(now, year)
         self.max_queue_ids = max(1, max_queue_ids)
         self._origins: OrderedDict[str, _Origin] = OrderedDict()
+        self._logins: OrderedDict[str, str] = OrderedDict()  # Sendmail: `sendmail[PID]` -> its AUTH login
         self._batch = FeedbackBatch()
+        self._waiting = 0
         self.stats = TallyStats()
 
     def add_line(self, line: str) -> None:
@@ -131,7 +140,17 @@ class Tally:
         elif isinstance(parsed, Submission):
             self._remember(parsed.queue_id).merge(parsed)
         elif isinstance(parsed, Removed):
-            self._origins.pop(parsed.queue_id, None)
+            self._forget(self._origins.pop(parsed.queue_id, None))
+        elif isinstance(parsed, AuthenticatedSubmission):
+            submission = parsed.submission
+            origin = self._remember(submission.queue_id)
+            origin.merge(submission)
+            origin.login = self._logins.get(parsed.process)
+        else:
+            self._logins.pop(parsed.process, None)
+            self._logins[parsed.process] = parsed.login
+            if len(self._logins) > MAX_SESSIONS:
+                self._logins.popitem(last=False)
 
     def take(self) -> FeedbackBatch:
         batch, self._batch = self._batch, FeedbackBatch()
@@ -145,10 +164,15 @@ class Tally:
         origin = self._origins.get(queue_id)
         if origin is None:
             if len(self._origins) >= self.max_queue_ids:
-                self._origins.popitem(last=False)
+                self._forget(self._origins.popitem(last=False)[1])
                 self.stats.evicted += 1
             origin = self._origins[queue_id] = _Origin()
         return origin
+
+    def _forget(self, origin: _Origin | None) -> None:
+        if origin is not None and origin.waiting:
+            self.stats.unattributed += len(origin.waiting)
+            self._waiting -= len(origin.waiting)
 
     def _count(self, outcome: Outcome) -> None:
         stats = self.stats
@@ -161,11 +185,29 @@ class Tally:
             handoff = _HANDOFF.match(outcome.reply)
             if handoff is not None and _LOOPBACK_RELAY.search(outcome.relay):
                 # The MSP's hop to the local MTA: the user it names is the origin of the MTA's copy.
-                self._remember(handoff.group("qid")).merge(Submission(handoff.group("qid"), unix_user=origin.unix_user))
+                self._handed_over(handoff.group("qid"), origin.unix_user)
                 stats.skipped += 1
                 return
+        self._attribute(origin, outcome)
+
+    def _handed_over(self, queue_id: str, unix_user: str) -> None:
+        target = self._remember(queue_id)
+        target.merge(Submission(queue_id, unix_user=unix_user))
+        waiting, target.waiting = target.waiting, None
+        if waiting:
+            self._waiting -= len(waiting)
+            for outcome in waiting:
+                self._attribute(target, outcome)
+
+    def _attribute(self, origin: _Origin, outcome: Outcome) -> None:
+        stats = self.stats
         account = origin.account or self._resolve(origin)
-        if account is None:
+        if account == _WAIT and self._waiting < MAX_WAITING:
+            origin.waiting = origin.waiting or []
+            origin.waiting.append(outcome)
+            self._waiting += 1
+            return
+        if account is None or account == _WAIT:
             stats.unattributed += 1
             return
         origin.account = account
@@ -194,7 +236,7 @@ class Tally:
             if not sender:
                 return _SKIP  # the MSP's own delivery report
             if origin.unix_user is None:
-                return None  # the MSP's line naming the user is not (yet) seen
+                return _WAIT  # the MSP's line naming the user is not (yet) seen
             return refine_local_identity(settings, origin.unix_user).account
         if identity.account == NULL_SENDER_ACCOUNT and not sender:
             return _SKIP  # a locally generated bounce
