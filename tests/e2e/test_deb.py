@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import os
 import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +30,7 @@ CONFIG = Path("/etc/mailflow/mailflow.toml")
 KEY = Path("/etc/mailflow/suppression.key")
 STATE = Path("/var/lib/mailflow")
 SOCKET = Path("/run/mailflow/milter.sock")
-UNITS = ("mailflow.service", "mailflow-rbl.service")
+UNITS = ("mailflow.service", "mailflow-rbl.service", "mailflow-feedback.service")
 
 
 def _owner(path: Path) -> tuple[str, str, int]:
@@ -49,6 +52,32 @@ def test_install_run_upgrade_remove_purge(tmp_path: Path) -> None:
             _install_run_upgrade_remove_purge(package, tmp_path)
         finally:
             deb.put_back(before)
+
+
+def _feedback_unit_reads_the_log_through_group_adm() -> None:
+    """The feedback unit's ExecStart (with --once) as `mailflow`: Debian's mail.log (root:adm
+    0640) is read with the unit's SupplementaryGroups=adm, and refused without it."""
+    assert "SupplementaryGroups=adm" in (deb.UNIT_DIR / "mailflow-feedback.service").read_text()
+    where = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        where.chmod(0o755)
+        maillog = where / "mail.log"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+        maillog.write_text(
+            f"{stamp} mx postfix/smtpd[1]: 4DEB1A: client=mua[198.51.100.1], sasl_method=PLAIN, sasl_username=alice@shop.example\n"
+            f"{stamp} mx postfix/qmgr[2]: 4DEB1A: from=<alice@shop.example>, size=300, nrcpt=1 (queue active)\n"
+            f"{stamp} mx postfix/smtp[3]: 4DEB1A: to=<bob@elsewhere.example>, relay=mx.elsewhere.example[192.0.2.7]:25, "
+            "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 2.0.0 Ok)\n")
+        os.chown(maillog, 0, grp.getgrnam("adm").gr_gid)
+        maillog.chmod(0o640)
+        command = [*deb.exec_start("mailflow-feedback.service"), "--once", "--from-start", "--log", str(maillog)]
+        denied = subprocess.run(["runuser", "-u", "mailflow", "--", *command], capture_output=True, text=True, timeout=60)
+        assert denied.returncode == 2 and "Permission denied" in denied.stderr, denied.stderr
+        read = subprocess.run(["runuser", "-u", "mailflow", "-G", "adm", "--", *command], capture_output=True,
+                              text=True, timeout=60)
+        assert read.returncode == 0 and "attributed=1" in read.stderr, read.stderr
+    finally:
+        shutil.rmtree(where)
 
 
 def _install_run_upgrade_remove_purge(package: Path, tmp_path: Path) -> None:
@@ -114,6 +143,8 @@ def _install_run_upgrade_remove_purge(package: Path, tmp_path: Path) -> None:
         mta = None
         deb.stop(milter)
         milter = None
+
+        _feedback_unit_reads_the_log_through_group_adm()
 
         # Upgrade (the same version again runs the same maintainer scripts): config, key, state kept.
         with CONFIG.open("a") as fh:

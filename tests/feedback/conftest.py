@@ -28,7 +28,7 @@ def write_config(tmp_path: Path, store_url: str, log: Path, **extra: Any) -> Pat
 
 
 def config_for(tmp_path: Path, store_url: str, log: Path) -> Config:
-    return load_config(write_config(tmp_path, store_url, log))
+    return load_config(str(write_config(tmp_path, store_url, log)))
 
 
 class MailLog:

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
 
 from mailflow.feedback import follow as follow_module
-from mailflow.feedback.follow import Follower, Position
+from mailflow.feedback.follow import Follower, FollowError, Position
 from mailflow.feedback.model import FeedbackBatch
+from mailflow.reputation.evaluate import Move
+from mailflow.reputation.model import Standing
 from mailflow.store import open_store
 from mailflow.store.base import Store
 from tests.feedback.conftest import MailLog, config_for, totals
@@ -242,3 +246,67 @@ def test_lines_split_from_bytes(setup: tuple[MailLog, Store, Path]) -> None:
     drain(f)
     f.close()
     assert totals(store, log) == log.expected
+
+
+@pytest.mark.timing
+def test_the_ladder_runs_every_minute_for_every_standing_and_at_the_end_of_once(
+        setup: tuple[MailLog, Store, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Moves down need no mail: every EVALUATE_SECONDS (injected ticks), each stored standing is
+    evaluated, whether or not its account sent anything."""
+    log, store, tmp = setup
+    assert store.swap_reputation("quiet.example", None, Standing("warn", 1.0, "test").value())
+    calls: list[tuple[list[str], float]] = []
+
+    def evaluate(config: object, store: object, accounts: Iterable[str], now: float, evidence: object = None) -> list[Move]:
+        calls.append((sorted(accounts), now))
+        return []
+
+    monkeypatch.setattr(follow_module, "evaluate", evaluate)
+    ticks = [1000.0]
+    f = follower(tmp, store, log, clock=lambda: 1_800_000_000.0, ticks=lambda: ticks[0])
+    runner = threading.Thread(target=f.run)
+    runner.start()
+    try:
+        time.sleep(0.6)  # several polls, no minute yet
+        assert calls == []
+        ticks[0] += follow_module.EVALUATE_SECONDS
+        for _ in range(100):
+            if calls:
+                break
+            time.sleep(0.05)
+        assert calls == [(["quiet.example"], 1_800_000_000.0)]
+    finally:
+        f.stop.set()
+        runner.join(10)
+    f.close()
+    once = follower(tmp, store, log, clock=lambda: 1_800_000_100.0)
+    once.run_once()
+    once.close()
+    assert calls[-1] == (["quiet.example"], 1_800_000_100.0)
+
+
+def test_a_second_follower_of_the_same_file_is_told_and_stops(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    one, two = follower(tmp, store, log, from_start=True), follower(tmp, store, log, from_start=True)
+    one.start()
+    two.start()
+    log.write(10)
+    drain(one)
+    log.write(10)
+    two.poll()
+    with pytest.raises(FollowError, match="another follower moved the position"):
+        two.flush()
+    one.close()
+    two.close()
+
+
+def test_a_position_this_version_cannot_read_is_replaced_from_the_end(
+        setup: tuple[MailLog, Store, Path], caplog: pytest.LogCaptureFixture) -> None:
+    log, store, tmp = setup
+    log.write(10)
+    f = follower(tmp, store, log)
+    assert store.state_swap(f.key, None, "garbage{")
+    with caplog.at_level("WARNING", logger="mailflow"):
+        f.start()
+    assert "not a follower position" in caplog.text and position(store, f).end == log.path.stat().st_size
+    f.close()
