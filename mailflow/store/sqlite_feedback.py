@@ -62,7 +62,9 @@ class SqliteFeedback:
     def add_feedback(self, source: str | None, seq: int, counts: Mapping[tuple[int, str, str], int],
                      recipients: Mapping[tuple[int, str], Collection[str]]) -> None:
         now_hour = int(self.clock()) // 3600
-        accounts = {account for _, account, _ in counts} | {account for _, account in recipients}
+        # As on Redis: an account with nothing to add takes no seq either.
+        accounts = {account for (_, account, _), n in counts.items() if n} | {
+            account for (_, account), digests in recipients.items() if digests}
         with self._connection() as conn:
             with self._transaction(conn):
                 if source is not None:

@@ -20,6 +20,7 @@ from mailflow.store.redis_feedback import (REPUTATION_KEY, expire_at, feedback_i
                                            recipients_key)
 from mailflow.store.sqlite import SqliteStore
 from tests.helpers.redis_faults import redis_process
+from tests.helpers.sentinel import sentinel_set
 from tests.helpers.servers import free_port
 
 SOURCE = "mx1:/var/log/mail.log"
@@ -268,3 +269,20 @@ def test_redis_down_is_a_store_error(tmp_path: Path) -> None:
                 with pytest.raises(StoreError, match="redis"):
                     call()
             s.close()
+
+
+def test_feedback_through_sentinel_lands_on_the_master(tmp_path: Path) -> None:
+    h = now_hour()
+    with sentinel_set(tmp_path) as fleet:
+        store = open_store(fleet.url(), timeout_ms=1000)
+        try:
+            store.add_feedback(SOURCE, 1, {(h, "s.example", "bounce_5.1"): 2}, {(h, "s.example"): ["d1", "d2"]})
+            store.add_feedback(SOURCE, 1, {(h, "s.example", "bounce_5.1"): 2}, {})
+            assert store.swap_reputation("s.example", None, "v")
+            assert store.feedback_counts("s.example", [h]) == {h: {"bounce_5.1": 2}}
+            assert store.unique_recipients("s.example", [h]) == 2 and store.feedback_accounts([h]) == ["s.example"]
+            with fleet.master.client() as master:
+                assert master.hgetall(feedback_key("s.example", h)) == {"bounce_5.1": "2"}
+                assert master.hgetall(REPUTATION_KEY) == {"s.example": "v"}
+        finally:
+            store.close()

@@ -22,7 +22,8 @@ local function kind(key)
   return redis.call('TYPE', key)['ok']
 end
 
-if kind(KEYS[1]) ~= 'none' and kind(KEYS[1]) ~= 'hash' then return fail('not a hash', KEYS[1]) end
+local guard_kind = kind(KEYS[1])
+if guard_kind ~= 'none' and guard_kind ~= 'hash' then return fail('not a hash', KEYS[1]) end
 local guard, source, seq = ARGV[1] == '1', ARGV[2], tonumber(ARGV[3])
 if guard then
   local last = redis.call('HGET', KEYS[1], source)
@@ -39,10 +40,8 @@ for k = 2, #KEYS, 2 do
   local nf, nd = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   local counts, digests = kind(KEYS[k]), kind(KEYS[k + 1])
   if counts ~= 'none' and counts ~= 'hash' then return fail('not a hash', KEYS[k]) end
-  if digests ~= 'none' then
-    if digests ~= 'string' or type(redis.pcall('PFCOUNT', KEYS[k + 1])) ~= 'number' then
-      return fail('not a HyperLogLog', KEYS[k + 1])
-    end
+  if digests ~= 'none' and (digests ~= 'string' or redis.call('GETRANGE', KEYS[k + 1], 0, 3) ~= 'HYLL') then
+    return fail('not a HyperLogLog', KEYS[k + 1])
   end
   for i = 0, nf - 1 do
     local n = redis.call('HGET', KEYS[k], ARGV[at + 3 + 2 * i])

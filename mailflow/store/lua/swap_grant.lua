@@ -1,7 +1,8 @@
 -- Compare-and-set of one account's grant, so a revoke, an extend or the lazy removal of an
--- expired grant never undoes a change another admin (or milter) made meanwhile.
+-- expired grant never undoes a change another admin (or milter) made meanwhile. The reputation
+-- ladder's standings use it too (redis_feedback.py: KEYS[1] = mailflow:reputation).
 --
--- KEYS[1]  the grants hash (account -> grant)
+-- KEYS[1]  the grants hash (account -> grant), or the standings hash
 -- ARGV[1]  account
 -- ARGV[2]  the value the caller read ('' = no grant)
 -- ARGV[3]  the new value ('' = remove the grant)
