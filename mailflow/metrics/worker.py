@@ -24,6 +24,7 @@ from mailflow.metrics.health import Health
 from mailflow.metrics.host import MetricsHost
 from mailflow.metrics.prom import PromRecorder
 from mailflow.metrics.publish import Publisher
+from mailflow.metrics.reputation import accounts_family
 from mailflow.settings import Config
 from mailflow.store.base import Store, StoreError
 from mailflow.store.health import StoreHealth
@@ -63,6 +64,10 @@ class MilterCollector(Collector):
             else:
                 yield GaugeMetricFamily("mailflow_held_accounts", "Accounts held now (the store's count, fleet-wide)",
                                         value=held)
+            try:
+                yield accounts_family(self.store.reputation_states())
+            except StoreError:
+                pass
         age = self.health.replica_age() if self.health.replica_age is not None else None
         if age is not None and age != float("inf"):
             yield GaugeMetricFamily("mailflow_store_replica_age_seconds",

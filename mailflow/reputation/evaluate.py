@@ -85,7 +85,7 @@ def _evaluate_one(config: Config, store: LadderStore, account: str, stored: dict
         before = read_standing(value, account)
         start = before.since if before is not None and before.state == NORMAL else None  # a reset
         after = judge(read_rates(store, account, now, start), ladder, before, now)
-        if after is before:
+        if after is before and not (value and before is None):  # an unreadable value is replaced
             return None
         raised = after is not None and rank(after.state) > rank(before.state if before else NORMAL)
         if raised and after is not None and lines:

@@ -126,8 +126,8 @@ def _rules(t: Table, inherit: tuple[Rule, ...]) -> tuple[Rule, ...]:
 
 def _ladder(t: Table, inherit: Ladder, per_account: bool) -> Ladder:
     contact = " ".join(t.text("contact", inherit.contact).split())
-    if len(contact) > MAX_CONTACT:
-        t.report("contact", f"at most {MAX_CONTACT} characters: it is part of an SMTP reply")
+    if len(contact) > MAX_CONTACT or not all(" " <= c <= "~" for c in contact):
+        t.report("contact", f"at most {MAX_CONTACT} printable ASCII characters: it is part of an SMTP reply")
         contact = inherit.contact
     return replace(
         inherit,

@@ -7,13 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from mailflow.config import ConfigError, parse_config
 from mailflow.feedback.model import (BOUNCE_ADDRESS, BOUNCE_MAILBOX, BOUNCE_OTHER, BOUNCE_POLICY, COMPLAINT, DEFERRED,
                                      DELIVERED, UNKNOWN_RECIPIENT)
 from mailflow.reputation.ladder import DAY, RESET_KEPT, judge, reached
 from mailflow.reputation.memory import MemoryFeedback
-from mailflow.reputation.model import BLOCK, HOLD, NORMAL, THROTTLE, WARN, Standing
+from mailflow.reputation.model import BLOCK, HOLD, NORMAL, THROTTLE, WARN, Standing, rank
 from mailflow.reputation.rates import HOUR, Rates, read_rates
 from mailflow.settings.reputation import DEFAULT_RULES, Ladder, ReputationSettings, parse_reputation
 from mailflow.settings.table import Table
@@ -76,7 +79,9 @@ def test_per_account_overrides_replace_thresholds_one_by_one() -> None:
     ({"rules": {"hard_bounces": {"soon": 1}}}, "reputation.rules.hard_bounces.soon: unknown key"),
     ({"exempt": ["a"]}, "reputation.exempt: unknown key"),
     ({"accounts": {"a": {"exempt": "yes"}}}, "reputation.accounts.a.exempt: expected true or false"),
-    ({"contact": "x" * 300}, "reputation.contact: at most 200 characters"),
+    ({"contact": "x" * 300}, "reputation.contact: at most 200 printable ASCII characters"),
+    ({"contact": "abuse@p.example\u0007"}, "reputation.contact: at most 200 printable ASCII"),
+    ({"contact": "abus\u00e9@p.example"}, "reputation.contact: at most 200 printable ASCII"),
 ])
 def test_bad_keys_are_one_line_each(raw: dict[str, Any], needle: str) -> None:
     found = errors(raw)
@@ -208,3 +213,49 @@ def test_a_reset_marker_is_normal_moves_up_on_new_figures_and_goes_after_a_week(
 def test_disabled_thresholds_and_default_rules_are_independent() -> None:
     assert DEFAULT_RULES[0].reached(50.0, 10_000) == HOLD  # no block threshold by default
     assert DEFAULT_RULES[0].reached(50.0, 10) == NORMAL
+
+
+def test_the_shipped_commented_block_parses_when_uncommented() -> None:
+    import re
+    import tomllib
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "conf/mailflow.toml").read_text()
+    block = text[text.index("# [reputation]\n"):text.index("[rbl]\n")]
+    lines = [line[2:].split("#")[0].rstrip() for line in block.splitlines() if line.startswith("# ")]
+    raw = tomllib.loads("\n".join(line for line in lines if re.match(r"^\[|^\w+ = ", line)))
+    shipped = settings(raw["reputation"])
+    assert shipped.mode == "monitor" and shipped.default.rules == DEFAULT_RULES  # the comments show the defaults
+    assert shipped.exempt("monitoring.example") and shipped.mode_for("lists.example") == "monitor"
+
+
+def test_a_contact_is_one_line() -> None:
+    assert settings({"contact": " abuse@p.example\r\n250 ok "}).default.contact == "abuse@p.example 250 ok"
+
+
+figures = st.builds(Rates, attempted_24h=st.integers(0, 5000), hard_bounces_24h=st.integers(0, 800),
+                    delivered_7d=st.integers(0, 20_000), complaints_7d=st.integers(0, 100),
+                    unknown_last_hour=st.integers(0, 200), unique_last_hour=st.integers(0, 1000))
+
+
+@hyp_settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(figures, st.integers(1, 10 * DAY)), min_size=1, max_size=40))
+def test_any_history_moves_up_at_once_and_down_only_one_step_after_a_clean_period(
+        history: list[tuple[Rates, int]]) -> None:
+    clock, standing, last_dirty = NOW, None, None
+    for rates, step in history:
+        clock += step
+        target, _ = reached(rates, LADDER)
+        after = judge(rates, LADDER, standing, clock)
+        before_rank, after_rank = rank(standing.state if standing else NORMAL), rank(after.state if after else NORMAL)
+        assert after_rank >= rank(target)  # never below what a rule reaches now
+        if after_rank < before_rank:
+            assert standing is not None
+            assert target == NORMAL and after_rank == before_rank - 1  # clean now, one step
+            assert last_dirty is None or clock - last_dirty >= LADDER.clean_days * DAY - HOUR
+            assert clock - standing.since >= LADDER.clean_days * DAY
+        if after_rank > before_rank:
+            assert after is not None and after.since == clock and after_rank == rank(target)
+        if target != NORMAL:
+            last_dirty = clock
+        standing = after
