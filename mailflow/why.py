@@ -33,8 +33,8 @@ WHY: dict[str, str] = {
                     "the reputation ladder); `mailflow account release ACCOUNT` releases an admin's or the traps' "
                     "hold, `mailflow reputation reset ACCOUNT --reason` the ladder's; `postsuper -H` the held mail",
     "reputation_block": "the reputation ladder blocked the account for what its mail's bounces or complaints did "
-                        "([reputation]; README, \"What each state does to mail\"): `mailflow reputation ACCOUNT` "
-                        "shows why, `mailflow reputation reset ACCOUNT --reason` lifts it",
+                        "([reputation]; README, \"Reputation: what each state does to mail\"): "
+                        "`mailflow reputation ACCOUNT` shows why, `mailflow reputation reset ACCOUNT --reason` lifts it",
     "invalid_utf8": "the envelope sender is not valid UTF-8, so no account can be named from it",
     "unreadable_login": "the SASL login is not valid UTF-8, so no account can be named from it",
     "not_from_msp": "mail on a listener named in accounts.msp_daemons did not come from the local submission "

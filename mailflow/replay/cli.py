@@ -15,6 +15,7 @@ from mailflow.milter.client import MilterClientError
 from mailflow.replay.postfix_log import sessions_from_log
 from mailflow.replay.runner import Outcome, ReplayError, mismatches, parse_hostport, replay_milter, replay_smtp
 from mailflow.replay.sessions import Session, SessionFileError, load_sessions
+from mailflow.replay.shadow import shadow_report, shadow_run
 from mailflow.replay.whatif import ACTIONS, NOT_JUDGED, what_if
 from mailflow.store import Store, StoreError, open_store, sqlite_path
 
@@ -32,6 +33,15 @@ def run_replay(files: Sequence[str], logs: Sequence[str], milter: str | None, sm
         return EXIT_BAD_INPUT
     if config is not None:
         _run_what_if(config, sessions, details)
+        for path in logs:  # the same log again, for the ladder (replay/shadow.py)
+            try:
+                with open(path, encoding="utf-8", errors="replace") as fh:
+                    shadow = shadow_run(config, (line.rstrip("\r\n") for line in fh), year)
+            except OSError as exc:  # read just above; gone since
+                click.echo(f"mailflow: {path}: {exc.strerror}", err=True)
+                return EXIT_BAD_INPUT
+            for line in shadow_report(config, shadow):
+                click.echo(line)
         return EXIT_OK
 
     passed = failed = skipped = 0

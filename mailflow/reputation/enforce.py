@@ -1,5 +1,5 @@
 """What an account's standing does to its mail, as pure functions over plain data, and the small
-gate the engine asks (README, "What each state does to mail").
+gate the engine asks (README, "Reputation: what each state does to mail").
 
 - warn: nothing (the ladder's event is the warning);
 - throttle: the account's limits (grants laid over) times `Standing.factor`, never below 1;

@@ -202,6 +202,12 @@ def test_exempt_accounts_are_held_blocked_and_throttled_too(tmp_path: Path) -> N
     engine.close()
 
 
+def rendered(record: logging.LogRecord) -> str:
+    """A decision line's fields as key=value, whether the log is set to text or JSON."""
+    fields = getattr(record, "mailflow_fields", None)
+    return " ".join(f"{k}={v}" for k, v in fields.items()) if isinstance(fields, dict) else record.getMessage()
+
+
 @pytest.mark.parametrize("modes", [("monitor", "enforce"), ("enforce", "monitor")], ids=["reputation", "milter"])
 def test_monitor_enforces_nothing_and_logs_what_it_would_have_done(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, modes: tuple[str, str]) -> None:
@@ -214,7 +220,7 @@ def test_monitor_enforces_nothing_and_logs_what_it_would_have_done(
     assert eom is not None and eom.verdict is Verdict.CONTINUE
     _, rcpts, _ = smtp(engine, ["a@x.example", "b@x.example"], login="s@slow.example", sender="s@slow.example")
     assert not any(d.refuses for d in rcpts)
-    lines = [r.getMessage() for r in caplog.records if "mode=monitor" in r.getMessage()]
+    lines = [line for line in map(rendered, caplog.records) if "mode=monitor" in line]
     assert any("account=shop.example" in m and "reason=reputation_block" in m and "action=reject" in m for m in lines)
     assert any("account=held.example" in m and "action=hold" in m and "reputation: hard bounces" in m for m in lines)
     if modes[0] == "monitor":  # the reputation's monitor: the throttle said once per message
