@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections import Counter, deque
@@ -157,6 +158,8 @@ class ReceiverWatch:
         self._pruned_at = 0.0
 
     def observe(self, outcome: Outcome, account: str | None) -> None:
+        if not math.isfinite(outcome.at):
+            return  # no time, no window (the parser gives one; a hand-made Outcome may not)
         pair = (outbound_ip(self.config, outcome.service), receiving_domain(outcome.recipient))
         self._latest = max(self._latest, outcome.at)
         if outcome.status == "sent":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from mailflow.config import Config, ConfigError, parse_config
 from mailflow.feedback.model import Outcome
@@ -238,3 +239,35 @@ def test_the_followers_after_batch_callback_flushes(store: Store) -> None:
         watch.observe(outcome(SPAMHAUS, at=T0 + n), None)
     watch.after_batch(FeedbackBatch(), "feedback:host:/var/log/mail.log", 1)
     assert [a["event"] for a in recorder.sent] == ["receiver_blocked"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(reply=st.text(max_size=400), dsn=st.sampled_from(["5.7.1", "4.7.0", "5.0.0", "5.1.1", "", "x"]),
+       status=st.sampled_from(["sent", "deferred", "bounced", "expired", "?"]), to=st.text(max_size=60),
+       at=st.floats(allow_nan=True, allow_infinity=True))
+def test_any_outcome_is_read_without_an_exception(reply: str, dsn: str, status: str, to: str, at: float) -> None:
+    label = receiver_block(Outcome(at, "q", to, status, dsn, reply, "postfix/smtp", ""))
+    assert label is None or status in ("deferred", "bounced")
+    cfg = config()
+    watch = ReceiverWatch(cfg, _MemoryState(), clock=lambda: T0, alerter=Recorder(cfg))  # type: ignore[arg-type]
+    watch.observe(Outcome(at, "q", to, status, dsn, reply, "postfix/smtp", ""), to or None)
+    watch.flush()
+
+
+class _MemoryState:
+    """The two state calls ReceiverWatch makes, and top_senders, in memory (a pure property test)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def state_get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def state_swap(self, key: str, expected: str | None, new: str) -> bool:
+        if self.values.get(key) != expected:
+            return False
+        self.values[key] = new
+        return True
+
+    def top_senders(self, hours: list[int], limit: int) -> list[tuple[str, int]]:
+        return []
