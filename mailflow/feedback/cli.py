@@ -37,6 +37,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         from mailflow.feedback.follow import Follower, FollowError
         from mailflow.feedback.logfile import LogFile
         from mailflow.feedback.receivers import ReceiverWatch
+        from mailflow.metrics.receivers import served_receiver_metrics
         from mailflow.log import setup_logging
 
         config = load(config_file)
@@ -52,11 +53,12 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             follower = Follower(config, store, path, from_start=from_start, stop=stop,
                                 observers=[watch.observe], after_batch=watch.after_batch)
             try:
-                if once:
-                    follower.run_once()
-                else:
-                    with _stopped_by_signals(stop):
-                        follower.run()
+                with served_receiver_metrics(config.metrics.feedback_listen, watch):
+                    if once:
+                        follower.run_once()
+                    else:
+                        with _stopped_by_signals(stop):
+                            follower.run()
             except StoreError as exc:  # --once only: `follow` keeps its batch and retries
                 raise click.ClickException(f"store: {exc} (nothing applied twice: the next run reads "
                                            "this batch again)") from None

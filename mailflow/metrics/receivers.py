@@ -6,11 +6,15 @@ accounts never are: the alert names them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from mailflow.feedback.receivers import ReceiverWatch
+from mailflow.metrics.host import bind
+from mailflow.metrics.worker import Served
 
 
 class ReceiverCollector(Collector):
@@ -29,3 +33,18 @@ class ReceiverCollector(Collector):
         for ip, n in sorted(self.watch.blocked_by_ip.items()):
             blocked.add_metric([ip], n)
         yield blocked
+
+
+@contextmanager
+def served_receiver_metrics(address: tuple[str, int] | None, watch: ReceiverWatch) -> Iterator[None]:
+    """`mailflow feedback follow`'s own /metrics ([metrics] feedback_listen) while it runs."""
+    if address is None:
+        yield
+        return
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ReceiverCollector(watch))
+    served = Served(bind(address), registry, None)
+    try:
+        yield
+    finally:
+        served.close()

@@ -1,8 +1,9 @@
-"""`[metrics]`: where the milter and the DNSBL watcher serve /metrics (and the milter /health)."""
+"""`[metrics]`: where the milter, the DNSBL watcher and the log follower serve /metrics (and the milter /health)."""
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from mailflow.settings import MetricsSettings
 from mailflow.settings.table import Table
@@ -48,5 +49,15 @@ def parse_metrics(t: Table) -> MetricsSettings:
                                allow_remote=allow_remote)
     if settings.listen and settings.listen == settings.rbl_listen:
         t.report("rbl_listen", "is metrics.listen too; the milter and the DNSBL watcher each need a port of their own")
+    settings = _feedback_listen(t, settings, allow_remote)
     t.finish()
     return settings
+
+
+def _feedback_listen(t: Table, settings: MetricsSettings, allow_remote: bool) -> MetricsSettings:
+    """`feedback_listen`: the log follower's own /metrics (metrics/receivers.py), a port of its own."""
+    address = _listen(t, "feedback_listen", allow_remote)
+    if address and address in (settings.listen, settings.rbl_listen):
+        t.report("feedback_listen", "is metrics.listen or rbl_listen too; the follower needs a port of its own")
+        address = None
+    return replace(settings, feedback_listen=address)

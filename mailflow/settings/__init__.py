@@ -169,6 +169,7 @@ class LogSettings:
 class MetricsSettings:
     listen: tuple[str, int] | None = None  # the milter's /metrics and /health; None: off
     rbl_listen: tuple[str, int] | None = None  # `mailflow rbl watch`'s own /metrics
+    feedback_listen: tuple[str, int] | None = None  # `mailflow feedback follow`'s own /metrics
     allow_remote: bool = False  # a listen address that is not loopback
 
 

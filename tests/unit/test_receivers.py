@@ -271,3 +271,23 @@ class _MemoryState:
 
     def top_senders(self, hours: list[int], limit: int) -> list[tuple[str, int]]:
         return []
+
+
+def test_the_follower_serves_them_on_feedback_listen(store: Store) -> None:
+    import urllib.request
+
+    from mailflow.metrics.receivers import served_receiver_metrics
+    from tests.helpers.servers import free_port
+
+    port = free_port()
+    cfg = config()
+    assert parse_config({"metrics": {"feedback_listen": f"127.0.0.1:{port}"}}).metrics.feedback_listen == (
+        "127.0.0.1", port)
+    with pytest.raises(ConfigError, match="feedback_listen"):
+        parse_config({"metrics": {"rbl_listen": "127.0.0.1:9359", "feedback_listen": "127.0.0.1:9359"}})
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
+    watch.observe(outcome(SPAMHAUS, at=T0), "shop.example")
+    with served_receiver_metrics(("127.0.0.1", port), watch):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    assert 'mailflow_receiver_blocks_total{ip="198.51.100.7"} 1.0' in text
