@@ -171,7 +171,7 @@ class ReceiverWatch:
             return
         self.refusals[pair[0]] += 1
         if pair not in self._recent and len(self._recent) >= MAX_PAIRS:
-            if self._latest > self._pruned_at:  # at most one sweep per second of log time
+            if self._latest > self._pruned_at:  # one sweep per newer log time, not one per line
                 self._prune()
             if len(self._recent) >= MAX_PAIRS:
                 return  # a flood of client-chosen domains within the window: counted, not followed

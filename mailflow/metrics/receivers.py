@@ -24,13 +24,13 @@ class ReceiverCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         refusals = CounterMetricFamily("mailflow_receiver_blocks",
                                        "Refusals naming reputation or blocking, per outbound IP", labels=["ip"])
-        for ip, n in sorted(self.watch.refusals.items()):
+        for ip, n in sorted(dict(self.watch.refusals).items()):  # a copy: the follower's thread adds
             refusals.add_metric([ip], n)
         yield refusals
         blocked = GaugeMetricFamily("mailflow_receiver_blocked_domains",
                                     "Receiving domains refusing an outbound IP (a burst, not yet lifted)",
                                     labels=["ip"])
-        for ip, n in sorted(self.watch.blocked_by_ip.items()):
+        for ip, n in sorted(dict(self.watch.blocked_by_ip).items()):
             blocked.add_metric([ip], n)
         yield blocked
 
