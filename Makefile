@@ -43,6 +43,7 @@ bench:
 	$(VENV)/bin/python -m bench.suppression
 	$(VENV)/bin/python -m bench.rbl
 	$(VENV)/bin/python -m bench.adversarial
+	$(VENV)/bin/python -m bench.feedback
 
 # dist/mailflow_VERSION_ARCH.deb (README, "Install"); rebuilt only when its sources changed.
 deb:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 _SYSLOG_STAMP = re.compile(r"^(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d)")
 _ISO_STAMP = re.compile(r"^(?P<stamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)")
+_FRACTION = re.compile(r"\.\d{1,9}")
 _HALF_YEAR = 183 * 86400
 _FUTURE_SLACK = 2 * 86400  # hosts' clocks and time zones: a stamp this far ahead is last year's
 
@@ -54,19 +55,30 @@ class Stamps:
 
     def at(self, line: str) -> float:
         first = line[:1]
-        if first.isdigit():  # RFC 3339: the whole stamp up to the first space is the key
-            key = line[:line.find(" ", 0, 40)] if " " in line[:40] else line[:40]
+        fraction = 0.0
+        if first.isdigit():
+            # RFC 3339 (`2026-11-22T10:00:01.123456+00:00`): every line has its own microseconds,
+            # so the key is the stamp without them, and they are added to what the key gives.
+            key = line[:19]
+            digits = _FRACTION.match(line, 19)
+            if digits is not None:
+                fraction = float("0" + digits.group())
+                key += line[digits.end():digits.end() + 6]
+            else:
+                key = line[:25]
         elif first.isupper():
             key = line[:15]
         else:
             key = ""
         if key and key == self._key:
-            return self._value
-        value = self._parse(line) if key else None
+            self.last = self._value + fraction
+            return self.last
+        value = self._parse(key) if key else None
         if value is None:
             return self.last if self.last is not None else self._now()
-        self._key, self._value, self.last = key, value, value
-        return value
+        self._key, self._value = key, value
+        self.last = value + fraction
+        return self.last
 
     def _parse(self, line: str) -> float | None:
         if not line[:1].isupper():

@@ -26,12 +26,16 @@ from mailflow.feedback.model import TEXT_MAX, Outcome, Submission
 from mailflow.logstamp import Stamps
 
 RECIPIENT_MAX = 320
-_HEAD_MAX = 400  # syslog's prefix (stamp, host, service[pid]) is found within this many characters
 DELIVERY_AGENTS = frozenset(("smtp", "lmtp", "local", "virtual", "pipe", "error", "discard", "relay"))
 SENDMAIL_SERVICES = frozenset(("sendmail", "sm-mta", "sm-msp-queue"))
 
-_SERVICE = re.compile(r"[A-Za-z0-9_.-]{1,64}(?:/[A-Za-z0-9_.-]{1,64}){0,8}\[\d{1,10}\]")
-_QID = re.compile(r"[0-9A-Za-z]{5,20}")
+# `[STAMP HOST ]SERVICE[PID]: [QID: ]`, anchored at the line's start: the service is syslog's tag,
+# never words further on (another program's message quoting a Postfix line). One regex, no
+# Python-level scanning: the cheapest way past the many lines that are not ours.
+_HEAD = re.compile(
+    r"(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?)"
+    r" [^\s]{1,255} )?(?P<service>postfix[A-Za-z0-9_.-]{0,64}(?:/[A-Za-z0-9_.-]{1,64}){0,8}|sendmail|sm-mta|sm-msp-queue)"
+    r"(?P<pid>\[\d{1,10}\]): (?:(?P<qid>[0-9A-Za-z]{5,20}): )?")
 # An address as Postfix and Sendmail log it: a quoted local part (any characters, `\"` escaped)
 # then the unquoted rest, or no quotes at all. Two bounded pieces, no nesting.
 _ADDR = r'(?:"(?:[^"\\\r\n]|\\.){0,330}")?[^"<>\s,]{0,330}'
@@ -98,21 +102,14 @@ class Head:
 
 
 def head(line: str) -> Head | None:
-    """`… SERVICE[PID]: [QID: ]REST` of a Postfix or Sendmail process, else None. Cheap: a
-    bounded find, no regex over the whole line."""
-    end = line.find("]: ", 0, _HEAD_MAX)
-    if end < 0:
+    """`… SERVICE[PID]: [QID: ]REST` of a Postfix or Sendmail process, else None."""
+    found = _HEAD.match(line)
+    if found is None:
         return None
-    start = line.rfind(" ", 0, end) + 1
-    if not _SERVICE.fullmatch(line, start, end + 1):
-        return None
-    service = line[start:line.rfind("[", start, end)]
-    if not (service.startswith("postfix") or service in SENDMAIL_SERVICES):
-        return None
-    colon = line.find(": ", end + 3, end + 25)
-    if colon < 0 or not _QID.fullmatch(line, end + 3, colon) or line.startswith("NOQUEUE", end + 3):
-        return Head(service, line[start:end + 1], "", line[end + 3:])
-    return Head(service, line[start:end + 1], line[end + 3:colon], line[colon + 2:])
+    service, qid = found.group("service"), found.group("qid") or ""
+    if qid == "NOQUEUE":
+        return Head(service, service + found.group("pid"), "", line[found.end() - 9:])
+    return Head(service, service + found.group("pid"), qid, line[found.end():])
 
 
 def parse_line(line: str, stamps: Stamps | None = None) -> Parsed:
@@ -120,15 +117,18 @@ def parse_line(line: str, stamps: Stamps | None = None) -> Parsed:
     `stamps` reads the line's time (one per log: it remembers the year); only deliveries need it."""
     if line.endswith("\n"):
         line = line.rstrip("\r\n")
-    found = head(line)
+    found = _HEAD.match(line)
     if found is None:
         return None
-    if not found.queue_id:
-        auth = _SM_AUTH.match(found.rest) if found.service in SENDMAIL_SERVICES else None
-        return Authenticated(found.process, auth.group("login")) if auth else None
-    if found.service.startswith("postfix"):
-        return _postfix(line, found, stamps)
-    return _sendmail(line, found, stamps)
+    service, qid = found.group("service", "qid")
+    if service[0] == "p":  # Postfix: the hot path, read in place (no copy of the line's rest)
+        if qid is None or qid == "NOQUEUE":
+            return None
+        return _postfix(line, service, qid, found.end(), stamps)
+    if qid is None:
+        auth = _SM_AUTH.match(line, found.end())
+        return Authenticated(service + found.group("pid"), auth.group("login")) if auth else None
+    return _sendmail(line, Head(service, service + found.group("pid"), qid, line[found.end():]), stamps)
 
 
 def _at(line: str, stamps: Stamps | None) -> float:
@@ -139,39 +139,41 @@ def _recipient(raw: str) -> str | None:
     return raw.lower() if 0 < len(raw) <= RECIPIENT_MAX else None
 
 
-def _postfix(line: str, found: Head, stamps: Stamps | None) -> Parsed:
-    agent = found.service[found.service.rfind("/") + 1:]
-    rest, qid = found.rest, found.queue_id
+def _postfix(line: str, service: str, qid: str, pos: int, stamps: Stamps | None) -> Parsed:
+    agent = service[service.rfind("/") + 1:]
     if agent in DELIVERY_AGENTS:
-        if not rest.startswith("to=<"):
+        if not line.startswith("to=<", pos):
             return None
-        to = _POSTFIX_TO.match(rest)
-        if to is None or (recipient := _recipient(to.group("rcpt"))) is None:
+        to = _POSTFIX_TO.match(line, pos)
+        if to is None:
             return None
-        status = to.group("status")
+        rcpt, status, dsn, reply, relay = to.group("rcpt", "status", "dsn", "reply", "relay")
+        if (recipient := _recipient(rcpt)) is None:
+            return None
         return (Outcome(at=_at(line, stamps), queue_id=qid, recipient=recipient,
-                        status="deferred" if status == "SOFTBOUNCE" else status, dsn=to.group("dsn") or "",
-                        reply=(to.group("reply") or "")[:TEXT_MAX], service=found.service,
-                        relay=to.group("relay")),)
+                        status="deferred" if status == "SOFTBOUNCE" else status, dsn=dsn or "",
+                        reply=reply[:TEXT_MAX] if reply else "", service=service, relay=relay),)
     if agent == "qmgr":
-        if rest.startswith("removed"):
+        if line.startswith("removed", pos):
             return Removed(qid)
-        queued = _QMGR.match(rest)
+        queued = _QMGR.match(line, pos)
         return Submission(qid, sender=queued.group("sender")) if queued else None
+    if agent == "cleanup":
+        return None
     if agent == "smtpd":
-        client = _SMTPD.match(rest)
+        client = _SMTPD.match(line, pos)
         if client is None:
             return None
         port = client.group("port")
         return Submission(qid, client_address=client.group("ip"), login=client.group("login"),
                           hostname=client.group("name"), port=int(port) if port else None)
     if agent == "pickup":
-        picked = _PICKUP.match(rest)
+        picked = _PICKUP.match(line, pos)
         if picked is None:
             return None
         # What the milter sees of it: the loopback address with port 0 (Client.is_postfix_pickup).
         return Submission(qid, client_address="127.0.0.1", port=0, sender=picked.group("sender"))
-    if agent == "bounce" and (notice := _BOUNCE.match(rest)):
+    if agent == "bounce" and (notice := _BOUNCE.match(line, pos)):
         return Submission(notice.group("qid"), sender="")  # Postfix's own report: a null sender
     return None
 

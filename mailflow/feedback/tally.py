@@ -42,6 +42,8 @@ _UNKNOWN_TEXT = re.compile(r"no such user|unknown recipient|recipient unknown|us
                            r"|does not exist", re.IGNORECASE)
 # Sendmail's MSP handing a message to the MTA: `stat=Sent (QID2 Message accepted for delivery)`.
 _HANDOFF = re.compile(r"Sent \((?P<qid>[0-9A-Za-z]{5,20}) Message accepted for delivery\)")
+# A hop to another MTA (or Postfix instance, or content filter) on this host: `… queued as QID2`.
+_QUEUED_AS = re.compile(r"queued as (?P<qid>[0-9A-Za-z]{5,20})\)?$")
 _LOOPBACK_RELAY = re.compile(r"(?:^|[\s\[])(?:127\.\d{1,3}\.\d{1,3}\.\d{1,3}|IPv6:::1|::1|localhost)\]?")
 _SKIP = "\0skip"  # an origin whose deliveries are nobody's feedback (see the module's doc)
 # Sendmail's MTA may deliver a message from the MSP before the MSP logs the `Sent (QID …)` line
@@ -63,6 +65,10 @@ def classify(outcome: Outcome) -> tuple[str, ...]:
         if dsn in _UNKNOWN_DSNS or _UNKNOWN_TEXT.search(outcome.reply):
             return (BOUNCE_ADDRESS, UNKNOWN_RECIPIENT)
         return (BOUNCE_ADDRESS,)
+    if dsn == "5.0.0" and _UNKNOWN_TEXT.search(outcome.reply):
+        # A receiver that gave no enhanced code (`550 User unknown`): Postfix logs 5.0.0. The
+        # words are all there is, and they say the address is bad.
+        return (BOUNCE_ADDRESS, UNKNOWN_RECIPIENT)
     if dsn.startswith("5.2."):
         return (BOUNCE_MAILBOX,)
     if dsn.startswith("5.7."):
@@ -87,7 +93,7 @@ class TallyStats:
 
 class _Origin:
     __slots__ = ("client_address", "hostname", "port", "login", "unix_user", "sender", "daemon_name", "account",
-                 "waiting")
+                 "waiting", "pinned")
 
     def __init__(self) -> None:
         self.client_address: str | None = None
@@ -99,9 +105,12 @@ class _Origin:
         self.daemon_name = ""
         self.account: str | None = None  # resolved (an account, or _SKIP); None: not yet / not known
         self.waiting: list[Outcome] | None = None  # see _WAIT
+        self.pinned = False  # the account came with a hand-over on this host: what later lines say is the hop's
 
     def merge(self, s: Submission) -> None:
         """A later line adds to what earlier ones said (smtpd, then qmgr; AUTH=, then from=)."""
+        if self.pinned:
+            return
         for name in ("client_address", "hostname", "port", "login", "unix_user", "sender"):
             value = getattr(s, name)
             if value is not None:
@@ -186,6 +195,18 @@ class Tally:
             if handoff is not None and _LOOPBACK_RELAY.search(outcome.relay):
                 # The MSP's hop to the local MTA: the user it names is the origin of the MTA's copy.
                 self._handed_over(handoff.group("qid"), origin.unix_user)
+                stats.skipped += 1
+                return
+        if outcome.status == "sent" and _LOOPBACK_RELAY.search(outcome.relay):
+            hop = _QUEUED_AS.search(outcome.reply) or _HANDOFF.match(outcome.reply)
+            account = origin.account or self._resolve(origin)
+            if hop is not None and account is not None and account != _WAIT:
+                # Handed to another MTA on this host (a second Postfix instance, a content filter's
+                # re-injection): the copy it queued is this message, whose client there is only
+                # 127.0.0.1. Its deliveries are counted, against this origin's account; the hop is not.
+                target = self._remember(hop.group("qid"))
+                self._forget(target)
+                target.waiting, target.account, target.pinned = None, account, True
                 stats.skipped += 1
                 return
         self._attribute(origin, outcome)

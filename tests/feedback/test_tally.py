@@ -139,7 +139,9 @@ def test_a_null_sender_from_a_customer_counts_but_local_bounces_do_not() -> None
     ("bounced", "5.2.2", "552 5.2.2 mailbox full", (BOUNCE_MAILBOX,)),
     ("bounced", "5.7.1", "554 5.7.1 blocked", (BOUNCE_POLICY,)),
     ("bounced", "5.4.4", "host not found", (BOUNCE_OTHER,)),
-    ("bounced", "5.0.0", "User unknown", (BOUNCE_OTHER,)),
+    ("bounced", "5.0.0", "host x said: 550 User unknown", (BOUNCE_ADDRESS, UNKNOWN_RECIPIENT)),  # no enhanced code
+    ("bounced", "5.0.0", "host x said: 550 go away", (BOUNCE_OTHER,)),
+    ("bounced", "5.5.0", "User unknown", (BOUNCE_OTHER,)),
     ("bounced", "", "User unknown", (BOUNCE_OTHER,)),
     ("expired", "4.4.1", "timeout", (BOUNCE_OTHER,)),
 ])
@@ -200,3 +202,22 @@ def test_sendmail_sessions_are_bounded() -> None:
     for pid in range(module.MAX_SESSIONS + 5):
         t.add_line(f"sendmail[{pid}]: AUTH=server, relay=localhost [127.0.0.1], authid=u{pid}@x, mech=PLAIN, bits=0")
     assert len(t._logins) == module.MAX_SESSIONS
+
+
+def test_a_hand_over_to_another_instance_counts_once_against_the_first_origin() -> None:
+    """Multi-instance Postfix (or a content filter's re-injection): the input instance hands the
+    message to postfix-out on 127.0.0.1, which logs its own queue id with a loopback client."""
+    lines = [*smtpd("JJJJJ1", login="bob@shop.example"),
+             "Nov 27 04:05:00 mta postfix/smtpd[7]: JJJJJ2: client=localhost[127.0.0.1]:50000",  # postfix-out's queue
+             "Nov 27 04:05:00 mta postfix-out/qmgr[8]: JJJJJ2: from=<a@shop.example>, size=100, nrcpt=1 (queue active)",
+             "Nov 27 04:05:00 mta postfix/smtp[1]: JJJJJ1: to=<r@dest.example>, relay=127.0.0.1[127.0.0.1]:2525, delay=0.1, "
+             "delays=0/0/0/0.1, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as JJJJJ2)",
+             "Nov 27 04:05:00 mta postfix/qmgr[3]: JJJJJ1: removed",
+             "Nov 27 04:05:01 mta postfix-out/smtp[9]: JJJJJ2: to=<r@dest.example>, relay=mx.dest.example[203.0.113.5]:25, "
+             "delay=1, delays=0/0/0/1, dsn=5.1.1, status=bounced (550 5.1.1 user unknown)"]
+    t = fed(tally({"map": {"bob@shop.example": "bob-hosting"}}), lines)
+    assert per_account(t) == {"bob-hosting": {BOUNCE_ADDRESS: 1, UNKNOWN_RECIPIENT: 1}}
+    assert (t.stats.attributed, t.stats.skipped) == (1, 1)
+    # A relay elsewhere that says "queued as" is a delivery like any other.
+    remote = [x.replace("relay=127.0.0.1[127.0.0.1]:2525", "relay=mx.dest.example[203.0.113.5]:25") for x in lines[:5]]
+    assert per_account(fed(tally(), remote)) == {"shop.example": {DELIVERED: 1}}

@@ -90,3 +90,24 @@ def test_every_delivery_line_counts_exactly_once(batch: list[tuple[str, list[tup
             counted[account] = counted.get(account, 0) + count
     assert counted == expected
     assert tally.stats.attributed == sum(expected.values())
+
+
+@FAST
+@given(st.text(max_size=60), st.text(max_size=60), st.text(max_size=60))
+def test_hostile_origins_go_through_the_identity_rules_without_raising(login: str, sender: str, address: str) -> None:
+    """Whatever a log writes as login, sender or client address reaches accounts.identify()."""
+    def clean(text: str) -> str:
+        return "".join(c for c in text if not c.isspace() and c not in ',<>"') or "x"
+    tally = Tally(CONFIG, now=lambda: 1_795_000_000.0)
+    for qid, sasl in (("AAAAA1", f", sasl_method=PLAIN, sasl_username={clean(login)}"), ("AAAAA2", "")):
+        tally.add_line(f"Nov 27 04:04:59 mta postfix/smtpd[2]: {qid}: client=n[{clean(address)}]:1{sasl}")
+        tally.add_line(f"Nov 27 04:04:59 mta postfix/qmgr[3]: {qid}: from=<{clean(sender)}>, size=1, nrcpt=1 (queue active)")
+        tally.add_line(f"Nov 27 04:05:00 mta postfix/smtp[4]: {qid}: to=<r@dest.example>, relay=none, dsn=5.1.1, "
+                       "status=bounced (x)")
+    tally.add_line(f"sendmail[9]: AUTH=server, relay=x [1.2.3.4], authid={clean(login)}, mech=PLAIN, bits=0")
+    tally.add_line(f"sendmail[9]: AAAAA3: from=<{clean(sender)}>, size=1, class=0, nrcpts=1, msgid=<{login}>, "
+                   f"proto=ESMTPA, daemon=MTA-v4, relay=h [{clean(address)}]")
+    tally.add_line("sendmail[9]: AAAAA3: to=<r@dest.example>, delay=00:00:00, xdelay=00:00:00, mailer=esmtp, pri=1, "
+                   "relay=mx [203.0.113.5], dsn=5.1.1, stat=User unknown")
+    batch = tally.take()
+    assert sum(n for (_, _, name), n in batch.counts.items() if name != UNKNOWN_RECIPIENT) == tally.stats.attributed
