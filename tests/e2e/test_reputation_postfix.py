@@ -1,6 +1,6 @@
 """Reputation standings through a real Postfix: a blocked account's message is refused at MAIL
 FROM with the reply (why, whom to contact) in Postfix's own log; a held account's message goes to
-Postfix's hold queue."""
+Postfix's hold queue; a blocked account's local submission bounces to its sender with the reply."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def on_hold(etc: Path) -> set[str]:
 def test_blocked_refused_with_its_reply_and_held_in_the_hold_queue(tmp_path: Path) -> None:
     url = f"sqlite://{tmp_path}/state.db"
     store = open_store(url)
-    for account, state in (("blocked.example", BLOCK), ("held.example", HOLD)):
+    for account, state in (("blocked.example", BLOCK), ("held.example", HOLD), ("blog.example", BLOCK)):
         assert store.swap_reputation(account, None, Standing(state, time.time(), WHY, "unknown_recipients",
                                                              contact=CONTACT).value())
     store.close()
@@ -65,3 +65,14 @@ def test_blocked_refused_with_its_reply_and_held_in_the_hold_queue(tmp_path: Pat
         [held] = [d for d in milter.decisions() if d.get("action") == "hold"]
         assert held["reply"] == f"250 2.7.0 account held.example is held: reputation: {WHY}"
         assert mta.delivered() == []
+
+        # Local submission (pickup): judged at end of message; Postfix bounces it to the sender.
+        assert mta.sendmail("wp@blog.example", ["reader@dest.example"],
+                            "From: wp@blog.example\nSubject: post\n\nhello\n").returncode == 0
+        wait_for(lambda: any(m["sender"] == "<>" for m in mta.delivered()), timeout=20)
+        [bounce] = [m for m in mta.delivered() if m["sender"] == "<>"]
+        assert bounce["recipients"] == ["<wp@blog.example>"]
+        text = " ".join(str(bounce["text"]).split())
+        assert f"account blog.example is blocked for its mail's delivery reputation ({WHY}); contact {CONTACT}" in text
+        [refused] = [d for d in milter.decisions() if d.get("account") == "blog.example"]
+        assert (refused["stage"], refused["reason"]) == ("eom", "reputation_block")
