@@ -309,6 +309,7 @@ def _register_admin_groups() -> None:
     from mailflow import grants_admin
     from mailflow import holdqueue
     from mailflow.feedback import cli as feedback
+    from mailflow.feedback.arf_cli import register_arf
     from mailflow.metrics import check
     from mailflow.reputation import cli as reputation
     from mailflow.suppression import admin, keygen
@@ -320,7 +321,7 @@ def _register_admin_groups() -> None:
     keygen.register(cli)
     views.register(cli, ratelimit, _load, _store, config_option)
     check.register(cli, config_option)
-    feedback.register(cli, _load, _store, config_option)
+    register_arf(feedback.register(cli, _load, _store, config_option), _load, _store)
     reputation.register(cli, _load, _store, config_option)
 
 

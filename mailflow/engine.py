@@ -20,9 +20,10 @@ from mailflow.decisions import (INBOUND, MSP_BACKSCATTER, NOT_FROM_MSP, POLICY_H
                                 UNNAMEABLE_ACCOUNT, UNREADABLE_LOGIN, UNREADABLE_MACRO, UNREMOVABLE, suppressed_text)
 from mailflow.events import ACCOUNT_HELD, Event, publish
 from mailflow.fallback.setup import open_fallback
+from mailflow.feedback.mailid import stamped
 from mailflow.forgery.addresses import AddressError, Mailbox, parse_single_mailbox
-from mailflow.forgery.ownership import organisational_domain
-from mailflow.forgery.policy import NOTHING_FOUND, ForgeryVerdict, Ownership, judge_findings
+from mailflow.forgery.policy import (NOTHING_FOUND, ForgeryVerdict, Ownership, domain_owner, judge_findings,
+                                    named_account_orgs)
 from mailflow.forgery.rules import Checker, MessageFacts
 from mailflow.held import hold_reply_text
 from mailflow.log import log, log_decision
@@ -67,12 +68,7 @@ class Engine:
         # A sender's MAIL FROM repeats message after message: who it is and whether its envelope
         # is its own are worked out once per (ownership data, Client.policy_key, login, sender).
         self._judge_sender = functools.lru_cache(maxsize=8192)(self._judge_sender_uncached)
-        # Accounts the identity and ip maps name: a domain among them is hosted here, owned by it.
-        named = (*config.accounts.identity_map.values(), *(account for _, account in config.accounts.ip_map))
-        self._account_orgs: dict[str, str] = {}
-        for account in named:
-            if org := organisational_domain(account):
-                self._account_orgs.setdefault(org, account)
+        self._account_orgs = named_account_orgs(config)  # accounts the identity and ip maps name own their domain
 
     def close(self) -> None:
         """Before the store closes: the background domain refresh stops, the sent counts are written."""
@@ -152,8 +148,7 @@ class Engine:
     def _owner(self, checker: Checker, domain: str) -> str | None:
         """The account that owns a domain hosted here (config, login map, store, or an account named
         after it), or None."""
-        org = organisational_domain(domain)
-        return checker.directory.owner(domain) or (self._account_orgs.get(org) if org is not None else None)
+        return domain_owner(checker.directory, self._account_orgs, domain)
 
     def rcpt(self, client: Client, message: Message, recipient: str, conn_id: str = "") -> Decision:
         identity = message.identity
@@ -343,6 +338,8 @@ class Engine:
             decision = dataclasses.replace(decision, remove_recipients=tuple(message.suppressed))
         if forgery.tags and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
             decision = dataclasses.replace(decision, add_headers=((POLICY_HEADER, " ".join(forgery.tags)),))
+        if (id_key := self.config.feedback.id_key) and decision.verdict in (Verdict.CONTINUE, Verdict.HOLD):
+            decision = stamped(decision, id_key, identity.account, message.headers, self.clock().timestamp())
         return self._finish("eom", client, message, decision, conn_id=conn_id, qid=queue_id, cost=cost,
                             forgery=forgery.summary, removed=",".join(message.suppressed) or None)
 
@@ -424,7 +421,8 @@ class Engine:
                 qid: str = "", rcpt: str | None = None, cost: int | None = None, forgery: str | None = None,
                 removed: str | None = None) -> Decision:
         enforced = decision
-        if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients):
+        if self.monitor and (decision.refuses or decision.add_headers or decision.remove_recipients
+                             or decision.remove_headers):
             enforced = Decision(Verdict.CONTINUE, decision.reason)  # decide and log, change nothing
         self.aftermath.decided(stage, client, message, decision, enforced, conn_id or None, qid, rcpt, cost, forgery,
                                removed, self.fallback is not None and self.fallback.active)

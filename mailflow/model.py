@@ -74,6 +74,7 @@ class Decision:
     reply: Reply | None = None
     add_headers: tuple[tuple[str, str], ...] = ()  # e.g. X-Mailflow-Policy on tagged mail
     remove_recipients: tuple[str, ...] = ()  # suppressed recipients of local mail (delrcpt)
+    remove_headers: tuple[tuple[str, int], ...] = ()  # (name, how many the client wrote): every one removed
     # Set once here, not a property: asked several times per RCPT, of mostly the same few objects.
     refuses: bool = field(init=False, repr=False, compare=False)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from mailflow.accounts import resolve_account
 from mailflow.config import Config
 from mailflow.forgery.lookalike import LookalikeIndex
-from mailflow.forgery.ownership import DomainDirectory, read_sender_login_map
+from mailflow.forgery.ownership import DomainDirectory, organisational_domain, read_sender_login_map
 from mailflow.forgery.rules import Checker, Finding
 from mailflow.model import Decision, Reply, Verdict
 from mailflow.refresher import Refresher
@@ -90,16 +90,38 @@ class Ownership:
                 self._checker = self._build()
 
     def _build(self) -> Checker:
-        domains: dict[str, set[str]] = defaultdict(set)
-        for account, owned in self._static_domains.items():
-            domains[account] |= owned
-        for domain, account in self._store_domains.items():
-            domains[account].add(domain)
-        directory = DomainDirectory(domains, self._static_addresses)
+        directory = build_directory(self._static_domains, self._static_addresses, self._store_domains)
         protected: list[tuple[str, str | None]] = [(brand, None) for brand in self.config.forgery.protected_brands]
         protected += list(directory.hosted_organisational_domains())
         relaying = frozenset(name for name, settings in self.config.forgery.accounts.items() if settings.relays_others)
         return Checker(directory, LookalikeIndex(protected), self.config.forgery.max_date_skew_hours, relaying)
+
+
+def build_directory(static_domains: Mapping[str, set[str]], static_addresses: Mapping[str, set[str]],
+                    store_domains: Mapping[str, str]) -> DomainDirectory:
+    """Every domain's owner: the config's and map file's (static_ownership), then the store's."""
+    domains: dict[str, set[str]] = defaultdict(set)
+    for account, owned in static_domains.items():
+        domains[account] |= owned
+    for domain, account in store_domains.items():
+        domains[account].add(domain)
+    return DomainDirectory(domains, static_addresses)
+
+
+def named_account_orgs(config: Config) -> dict[str, str]:
+    """Accounts the identity and ip maps name: a domain among them is hosted here, owned by it."""
+    orgs: dict[str, str] = {}
+    for account in (*config.accounts.identity_map.values(), *(account for _, account in config.accounts.ip_map)):
+        if org := organisational_domain(account):
+            orgs.setdefault(org, account)
+    return orgs
+
+
+def domain_owner(directory: DomainDirectory, account_orgs: Mapping[str, str], domain: str) -> str | None:
+    """The account that owns a domain hosted here (config, login map, store, or an account named
+    after it), or None: the milter's rule (engine.py), and the complaint reader's (feedback/arf.py)."""
+    org = organisational_domain(domain)
+    return directory.owner(domain) or (account_orgs.get(org) if org is not None else None)
 
 
 def static_ownership(config: Config) -> tuple[dict[str, set[str]], dict[str, set[str]]]:

@@ -146,6 +146,9 @@ class MailflowMilter(Milter.Base):
             self._set_reply(decision.reply)
         if decision.verdict is Verdict.HOLD:
             self.quarantine(decision.reply.text if decision.reply else decision.reason)
+        for name, count in decision.remove_headers:
+            for index in range(count, 0, -1):  # 1-based per name; from the last, so none renumbers
+                self.chgheader(name, index, None)
         for name, value in decision.add_headers:
             self.addheader(name, value)
         for recipient in decision.remove_recipients:

@@ -44,6 +44,7 @@ class Response:
     quarantine: str | None = None
     headers_added: list[tuple[str, str]] = field(default_factory=list)
     recipients_removed: list[str] = field(default_factory=list)
+    headers_changed: list[tuple[str, int, str]] = field(default_factory=list)  # (name, index, value); "": removed
 
     @property
     def smtp(self) -> str:
@@ -165,6 +166,8 @@ class MilterClient:
             cmd, data = self._recv()
             if cmd == C.SMFIR_ADDHEADER or cmd == C.SMFIR_INSHEADER:
                 response.headers_added.append((str(data["name"]), str(data["value"])))
+            elif cmd == C.SMFIR_CHGHEADER:
+                response.headers_changed.append((str(data["name"]), int(str(data["index"])), str(data["value"])))
             elif cmd == C.SMFIR_DELRCPT:
                 response.recipients_removed.append(str(data["rcpt"]))
             elif cmd == C.SMFIR_QUARANTINE:

@@ -294,7 +294,7 @@ def serve_worker(config: Config, listener: Listener, link: WorkerLink, drain_sec
     served = start_metrics(metrics_host, config, store, engine.store_health)
     Milter.factory = MailflowMilter
     # Ask only for the actions we use, so the MTA knows what to expect (SETSYMLIST: see adapter).
-    Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.DELRCPT | Milter.SETSYMLIST)
+    Milter.set_flags(Milter.QUARANTINE | Milter.ADDHDRS | Milter.CHGHDRS | Milter.DELRCPT | Milter.SETSYMLIST)
     # Last-resort net under our own per-callback guard.
     Milter.set_exception_policy(Milter.TEMPFAIL)
     threading.Thread(target=on_stop_request, name="mailflow-stop", daemon=True).start()

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mailflow.feedback import mailid
 from mailflow.settings.receivers import ReceiverSettings, parse_receivers
 from mailflow.settings.table import Table
 
@@ -21,6 +22,7 @@ class FeedbackSettings:
     log: str = "/var/log/mail.log"  # the MTA's log, as syslog writes it
     # The key of the X-Mailflow-ID header (read from id_key_file); empty: no header is added.
     id_key: bytes = field(default=b"", repr=False)
+    id_old_key: bytes = field(default=b"", repr=False)  # id_old_key_file: still read, never written
     # Delivery agent's syslog name -> the outbound IP it sends from ("postfix-out2/smtp" =
     # "192.0.2.11"). Empty: every delivery is counted against the one [rbl] ip, if there is one.
     outbound_ips: Mapping[str, str] = field(default_factory=dict)
@@ -45,5 +47,6 @@ def parse_feedback(t: Table) -> FeedbackSettings:
         except ValueError:
             ips.report(service, f"{text[:100]!r} is not an IP address")
     settings = FeedbackSettings(log=log, outbound_ips=outbound, receivers=parse_receivers(t))
+    settings = mailid.with_id_keys(t, settings)  # id_key_file, id_old_key_file (the complaint reader's)
     t.finish()
     return settings
