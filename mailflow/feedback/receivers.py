@@ -60,6 +60,7 @@ _STATUSES = ("bounced", "deferred")
 _DSN = re.compile(r"[45]\.(?:7\.\d{1,3}|0\.0)")
 
 MAX_PAIRS = 10_000  # (IP, domain) pairs followed in memory: receiving domains are client-chosen
+RETRIES_KEPT = 4  # refusals kept per pair, in bursts: room for retries of the same recipients
 MAX_ACCOUNTS = 50  # refused accounts remembered per pair
 MAX_LISTED = 1_000  # pairs kept blocked in the store's one state string
 FORGET_SECONDS = 7 * 86400  # a block with neither refusal nor delivery for a week is forgotten
@@ -146,7 +147,9 @@ class ReceiverWatch:
         self.clock = clock
         self.alerter = alerter or Alerter(config.rbl)
         self.window = self.settings.window_minutes * 60
-        self._recent: dict[Pair, deque[float]] = {}  # last `burst` refusal times per pair
+        # Per pair, its latest refusals (time, recipient): a deferral retried is the same recipient
+        # again, so a burst counts distinct recipients among the last RETRIES_KEPT * burst.
+        self._recent: dict[Pair, deque[tuple[float, str]]] = {}
         self._accounts: dict[Pair, Counter[str]] = {}
         self._sample: dict[Pair, tuple[str, str]] = {}  # pair -> (label, reply) of its last refusal
         self._refused: dict[Pair, int] = {}  # this batch: last refusal time
@@ -175,7 +178,8 @@ class ReceiverWatch:
                 self._prune()
             if len(self._recent) >= MAX_PAIRS:
                 return  # a flood of client-chosen domains within the window: counted, not followed
-        self._recent.setdefault(pair, deque(maxlen=self.settings.burst)).append(outcome.at)
+        self._recent.setdefault(pair, deque(maxlen=RETRIES_KEPT * self.settings.burst)).append(
+            (outcome.at, outcome.recipient))
         self._refused[pair] = max(self._refused.get(pair, 0), int(outcome.at))
         self._sample[pair] = (label, outcome.reply)
         accounts = self._accounts.setdefault(pair, Counter())
@@ -191,8 +195,8 @@ class ReceiverWatch:
         A StoreError is logged and the batch's news kept for the next flush."""
         now = self.clock() if now is None else now
         self._prune()  # a burst is recent (in log time): never an old one again after its lifting
-        bursts = {f"{ip}|{domain}": int(times[-1]) for (ip, domain), times in self._recent.items()
-                  if len(times) >= self.settings.burst and times[-1] - times[0] <= self.window}
+        bursts = {f"{ip}|{domain}": int(refusals[-1][0]) for (ip, domain), refusals in self._recent.items()
+                  if self._burst(refusals) >= self.settings.burst}
         refused = {f"{ip}|{domain}": last for (ip, domain), last in self._refused.items()}
         delivered = {f"{ip}|{domain}": last for (ip, domain), last in self._delivered.items()}
         try:
@@ -220,10 +224,15 @@ class ReceiverWatch:
                 return step
         raise StoreError("receivers: the shared state kept changing under this follower")
 
+    def _burst(self, refusals: deque[tuple[float, str]]) -> int:
+        """Distinct recipients refused within the window before the pair's latest refusal."""
+        latest = refusals[-1][0]
+        return len({recipient for at, recipient in refusals if latest - at <= self.window})
+
     def _prune(self) -> None:
         """Forget pairs with no refusal within the window (in log time): memory follows recent news."""
         self._pruned_at = self._latest
-        for pair in [p for p, times in self._recent.items() if self._latest - times[-1] > self.window]:
+        for pair in [p for p, refusals in self._recent.items() if self._latest - refusals[-1][0] > self.window]:
             del self._recent[pair]
             self._accounts.pop(pair, None)
             self._sample.pop(pair, None)
@@ -236,10 +245,11 @@ class ReceiverWatch:
                                  "since": _iso(since)}
         if event == "receiver_blocked":
             label, reply = self._sample.get(pair, ("", ""))
-            times = self._recent.get(pair) or deque([float(last_refusal)])
+            refusals = self._recent.get(pair) or deque([(float(last_refusal), "")])
+            first = min(at for at, _ in refusals if refusals[-1][0] - at <= self.window)
             alert.update(kind=label, reason=shown(reply, TEXT_MAX),
-                         detail=f"{len(times)} refusals naming {label} within "
-                                f"{int(times[-1] - times[0]) // 60 + 1} min",
+                         detail=f"{self._burst(refusals)} recipients refused naming {label} within "
+                                f"{int(refusals[-1][0] - first) // 60 + 1} min",
                          suspects=self._suspects(now),
                          refused=[{"account": shown(a), "refused": n} for a, n in
                                   self._accounts.get(pair, Counter()).most_common(self.config.rbl.suspects)])

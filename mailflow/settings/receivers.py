@@ -1,5 +1,5 @@
-"""The [feedback] keys of receivers' blocks (mailflow/feedback/receivers.py): how many refusals
-that name reputation or blocking, from one receiving domain to one outbound IP, make a burst, and
+"""The [feedback] keys of receivers' blocks (mailflow/feedback/receivers.py): how many recipients
+refused by one receiving domain for one outbound IP, naming reputation or blocking, make a burst, and
 how long that pair must then deliver without one before the block counts as lifted."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from mailflow.settings.table import Table
 
 @dataclass(frozen=True)
 class ReceiverSettings:
-    # One refusal may be one recipient's own policy; ten from one receiving domain within ten
-    # minutes is that receiver refusing the IP (Microsoft's S3140, Gmail's 4.7.28, Yahoo's TSS04).
+    # One refusal may be one recipient's own policy; ten recipients refused by one receiving domain
+    # within ten minutes is that receiver refusing the IP (Microsoft's S3140, Gmail's 4.7.28, Yahoo's TSS04).
     burst: int = 10
     window_minutes: int = 10
     # Lifted after an hour of deliveries to that domain with no such refusal: receivers' own

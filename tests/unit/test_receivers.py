@@ -147,7 +147,7 @@ def test_a_burst_alerts_once_with_suspects_then_lifts_after_clean_deliveries(sto
     watch.observe(outcome(SPAMHAUS, at=T0 + 10, to="v@hotmail.example"), "shop.example")
     watch.observe(outcome(BLOCKING[5][2], "5.1.1"), "shop.example")  # a 5.1.1 never counts
     assert watch.flush() == []
-    watch.observe(outcome(SPAMHAUS, at=T0 + 20), "other.example")
+    watch.observe(outcome(SPAMHAUS, at=T0 + 20, to="x@hotmail.example"), "other.example")
     watch.observe(outcome(SPAMHAUS, at=T0 + 20, to="w@gmail.example"), "other.example")  # another domain
     [alert] = watch.flush()
     assert alert["event"] == "receiver_blocked" and alert["ip"] == "198.51.100.7"
@@ -163,7 +163,7 @@ def test_a_burst_alerts_once_with_suspects_then_lifts_after_clean_deliveries(sto
     twin = Recorder(cfg)
     other = ReceiverWatch(cfg, store, clock=lambda: T0 + 200, alerter=twin)
     for n in range(3):
-        other.observe(outcome(SPAMHAUS, at=T0 + 30 + n), None)
+        other.observe(outcome(SPAMHAUS, at=T0 + 30 + n, to=f"t{n}@hotmail.example"), None)
     assert other.flush() == [] and twin.sent == []
 
     # Deliveries soon after do not lift it; an hour of them after the last refusal does.
@@ -180,7 +180,7 @@ def test_a_burst_alerts_once_with_suspects_then_lifts_after_clean_deliveries(sto
 def test_refusals_spread_beyond_the_window_are_no_burst(store: Store) -> None:
     watch = ReceiverWatch(config(), store, clock=lambda: T0 + 10000.0, alerter=Recorder(config()))
     for n in range(6):
-        watch.observe(outcome(SPAMHAUS, at=T0 + n * 400), "shop.example")  # one every 6.7 min
+        watch.observe(outcome(SPAMHAUS, at=T0 + n * 400, to=f"s{n}@hotmail.example"), "shop.example")  # every 6.7 min
         assert watch.flush() == []
 
 
@@ -198,7 +198,7 @@ def test_unreadable_state_reads_as_empty(store: Store) -> None:
     store.state_swap(STATE_KEY, None, "not json")
     watch = ReceiverWatch(config(), store, clock=lambda: T0 + 100, alerter=Recorder(config()))
     for n in range(3):
-        watch.observe(outcome(SPAMHAUS, at=T0 + n), None)
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@hotmail.example"), None)
     assert [a["event"] for a in watch.flush()] == ["receiver_blocked"]
 
 
@@ -207,7 +207,7 @@ def test_metrics_have_no_domain_and_no_account_label(store: Store) -> None:
 
     watch = ReceiverWatch(config(), store, clock=lambda: T0 + 100, alerter=Recorder(config()))
     for n in range(3):
-        watch.observe(outcome(SPAMHAUS, at=T0 + n), "shop.example")
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@hotmail.example"), "shop.example")
     watch.flush()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ReceiverCollector(watch))
@@ -221,7 +221,7 @@ def test_a_lifted_block_is_not_raised_again_by_its_old_burst(store: Store) -> No
     cfg = config()
     watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
     for n in range(3):
-        watch.observe(outcome(SPAMHAUS, at=T0 + n), "shop.example")
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@hotmail.example"), "shop.example")
     assert [a["event"] for a in watch.flush(T0 + 100)] == ["receiver_blocked"]
     watch.observe(outcome("250 ok", "2.0.0", "sent", at=T0 + 3700), "shop.example")  # only deliveries since
     assert [a["event"] for a in watch.flush(T0 + 3700)] == ["receiver_unblocked"]
@@ -236,7 +236,7 @@ def test_the_followers_after_batch_callback_flushes(store: Store) -> None:
     recorder = Recorder(cfg)
     watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=recorder)
     for n in range(3):
-        watch.observe(outcome(SPAMHAUS, at=T0 + n), None)
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@hotmail.example"), None)
     watch.after_batch(FeedbackBatch(), "feedback:host:/var/log/mail.log", 1)
     assert [a["event"] for a in recorder.sent] == ["receiver_blocked"]
 
@@ -291,3 +291,16 @@ def test_the_follower_serves_them_on_feedback_listen(store: Store) -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
             text = answer.read().decode()
     assert 'mailflow_receiver_blocks_total{ip="198.51.100.7"} 1.0' in text
+
+
+def test_a_deferral_retried_is_one_recipient_not_a_burst(store: Store) -> None:
+    cfg = config()
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
+    for n in range(9):  # one recipient, deferred nine times (Postfix retries it)
+        watch.observe(outcome(BLOCKING[2][2], "4.7.28", "deferred", to="same@gmail.example", at=T0 + n * 30), None)
+    assert watch.flush() == []
+    watch.observe(outcome(BLOCKING[2][2], "4.7.28", "deferred", to="two@gmail.example", at=T0 + 300), None)
+    assert watch.flush() == []
+    watch.observe(outcome(BLOCKING[2][2], "4.7.28", "deferred", to="three@gmail.example", at=T0 + 310), None)
+    [alert] = watch.flush()
+    assert alert["receiver"] == "gmail.example" and alert["detail"].startswith("3 recipients refused")
