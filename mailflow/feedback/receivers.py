@@ -59,10 +59,11 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((label, re.compile(rx,
 _STATUSES = ("bounced", "deferred")
 _DSN = re.compile(r"[45]\.(?:7\.\d{1,3}|0\.0)")
 
-MAX_PAIRS = 10_000  # (IP, domain) pairs followed in memory: receiving domains are client-chosen
-RETRIES_KEPT = 4  # refusals kept per pair, in bursts: room for retries of the same recipients
+MAX_PAIRS = 2_000  # (IP, domain) pairs followed within the window: receiving domains are client-chosen
+RETRIES_KEPT = 2  # refusals kept per pair, in bursts: room for retries of the same recipients
 MAX_ACCOUNTS = 50  # refused accounts remembered per pair
 MAX_LISTED = 1_000  # pairs kept blocked in the store's one state string
+MAX_ALERTS = 10  # alerts sent per batch (each may be a webhook POST and a mail)
 FORGET_SECONDS = 7 * 86400  # a block with neither refusal nor delivery for a week is forgotten
 STATE_KEY = "receivers:blocks"
 UNKNOWN_IP = "unknown"
@@ -149,7 +150,7 @@ class ReceiverWatch:
         self.window = self.settings.window_minutes * 60
         # Per pair, its latest refusals (time, recipient): a deferral retried is the same recipient
         # again, so a burst counts distinct recipients among the last RETRIES_KEPT * burst.
-        self._recent: dict[Pair, deque[tuple[float, str]]] = {}
+        self._recent: dict[Pair, deque[tuple[float, int]]] = {}  # (time, hash of the recipient)
         self._accounts: dict[Pair, Counter[str]] = {}
         self._sample: dict[Pair, tuple[str, str]] = {}  # pair -> (label, reply) of its last refusal
         self._refused: dict[Pair, int] = {}  # this batch: last refusal time
@@ -179,7 +180,7 @@ class ReceiverWatch:
             if len(self._recent) >= MAX_PAIRS:
                 return  # a flood of client-chosen domains within the window: counted, not followed
         self._recent.setdefault(pair, deque(maxlen=RETRIES_KEPT * self.settings.burst)).append(
-            (outcome.at, outcome.recipient))
+            (outcome.at, hash(outcome.recipient)))
         self._refused[pair] = max(self._refused.get(pair, 0), int(outcome.at))
         self._sample[pair] = (label, outcome.reply)
         accounts = self._accounts.setdefault(pair, Counter())
@@ -208,9 +209,13 @@ class ReceiverWatch:
         self._delivered.clear()
         self._blocked = set(step.listed)
         self.blocked_by_ip = Counter(key.partition("|")[0] for key in step.listed)
-        alerts = [self._alert(event, key, values, now) for event, key, values in step.events]
+        alerts = [self._alert(event, key, values, now) for event, key, values in step.events[:MAX_ALERTS]]
         for alert in alerts:
             self.alerter.send(alert)
+        if len(step.events) > MAX_ALERTS:  # domains are client-chosen: never a storm of POSTs and mails
+            log_decision(logging.WARNING, event="receiver_alerts_cut", sent=MAX_ALERTS,
+                         not_sent=len(step.events) - MAX_ALERTS,
+                         detail="more receivers blocked or lifted in one batch than are alerted; all are recorded")
         return alerts
 
     def _swap(self, bursts: dict[str, int], refused: dict[str, int], delivered: dict[str, int], now: int) -> Step:
@@ -224,7 +229,7 @@ class ReceiverWatch:
                 return step
         raise StoreError("receivers: the shared state kept changing under this follower")
 
-    def _burst(self, refusals: deque[tuple[float, str]]) -> int:
+    def _burst(self, refusals: deque[tuple[float, int]]) -> int:
         """Distinct recipients refused within the window before the pair's latest refusal."""
         latest = refusals[-1][0]
         return len({recipient for at, recipient in refusals if latest - at <= self.window})
@@ -245,7 +250,7 @@ class ReceiverWatch:
                                  "since": _iso(since)}
         if event == "receiver_blocked":
             label, reply = self._sample.get(pair, ("", ""))
-            refusals = self._recent.get(pair) or deque([(float(last_refusal), "")])
+            refusals = self._recent.get(pair) or deque([(float(last_refusal), 0)])
             first = min(at for at, _ in refusals if refusals[-1][0] - at <= self.window)
             alert.update(kind=label, reason=shown(reply, TEXT_MAX),
                          detail=f"{self._burst(refusals)} recipients refused naming {label} within "

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 from mailflow.settings.table import Table
 
+MAX_BURST = 100
+
 
 @dataclass(frozen=True)
 class ReceiverSettings:
@@ -23,6 +25,10 @@ class ReceiverSettings:
 def parse_receivers(t: Table) -> ReceiverSettings:
     """receiver_burst, receiver_window_minutes, receiver_clean_minutes of the [feedback] table."""
     d = ReceiverSettings()
-    return ReceiverSettings(burst=t.integer("receiver_burst", d.burst, minimum=1),
+    burst = t.integer("receiver_burst", d.burst, minimum=1)
+    if burst > MAX_BURST:  # the follower keeps 2 x burst refusals per (IP, domain): bounded memory
+        t.report("receiver_burst", f"at most {MAX_BURST}, got {burst}")
+        burst = d.burst
+    return ReceiverSettings(burst=burst,
                             window_minutes=t.integer("receiver_window_minutes", d.window_minutes, minimum=1),
                             clean_minutes=t.integer("receiver_clean_minutes", d.clean_minutes, minimum=1))

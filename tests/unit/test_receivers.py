@@ -100,8 +100,9 @@ def test_the_outbound_ip_by_agent_else_the_one_rbl_ip_else_unknown() -> None:
 
 def test_receiver_keys_are_checked() -> None:
     assert config().feedback.receivers.burst == 3
-    with pytest.raises(ConfigError, match="receiver_burst"):
-        config(receiver_burst=0)
+    for bad in (0, 101):
+        with pytest.raises(ConfigError, match="receiver_burst"):
+            config(receiver_burst=bad)
 
 
 def test_transitions_are_pure() -> None:
@@ -304,3 +305,15 @@ def test_a_deferral_retried_is_one_recipient_not_a_burst(store: Store) -> None:
     watch.observe(outcome(BLOCKING[2][2], "4.7.28", "deferred", to="three@gmail.example", at=T0 + 310), None)
     [alert] = watch.flush()
     assert alert["receiver"] == "gmail.example" and alert["detail"].startswith("3 recipients refused")
+
+
+def test_a_storm_of_client_chosen_domains_sends_few_alerts(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    recorder = Recorder(cfg)
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=recorder)
+    for d in range(30):
+        for n in range(3):
+            watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@d{d}.example"), "spammer.example")
+    assert len(watch.flush()) == 10 and len(recorder.sent) == 10
+    assert "event=receiver_alerts_cut" in caplog.text and "not_sent=20" in caplog.text
+    assert watch.blocked_by_ip == {"198.51.100.7": 30}  # all recorded
