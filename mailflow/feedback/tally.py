@@ -45,6 +45,9 @@ _HANDOFF = re.compile(r"Sent \((?P<qid>[0-9A-Za-z]{5,20}) Message accepted for d
 # A hop to another MTA (or Postfix instance, or content filter) on this host: `… queued as QID2`.
 _QUEUED_AS = re.compile(r"queued as (?P<qid>[0-9A-Za-z]{5,20})\)?$")
 _LOOPBACK_RELAY = re.compile(r"(?:^|[\s\[])(?:127\.\d{1,3}\.\d{1,3}\.\d{1,3}|IPv6:::1|::1|localhost)\]?")
+# What else learns from the log (receivers' blocks per outbound IP, feedback/follow.py): each
+# delivery attempt read, and the account charged (None: unattributed, or nobody's).
+Observer = Callable[[Outcome, "str | None"], None]
 _SKIP = "\0skip"  # an origin whose deliveries are nobody's feedback (see the module's doc)
 # Sendmail's MTA may deliver a message from the MSP before the MSP logs the `Sent (QID …)` line
 # that names the user: its deliveries wait (bounded) for that line.
@@ -89,6 +92,8 @@ class TallyStats:
     unattributed: int = 0  # origin never seen (or forgotten)
     skipped: int = 0  # nobody's feedback: the MTA's own mail, inbound mail, the MSP's hand-over
     evicted: int = 0  # origins dropped by the cap, not by `removed`
+    waiting: int = 0  # now waiting for the MSP's line that names their user (see _WAIT)
+    # outcomes == attributed + unattributed + skipped + waiting
 
 
 class _Origin:
@@ -111,10 +116,14 @@ class _Origin:
         """A later line adds to what earlier ones said (smtpd, then qmgr; AUTH=, then from=)."""
         if self.pinned:
             return
-        for name in ("client_address", "hostname", "port", "login", "unix_user", "sender"):
-            value = getattr(s, name)
-            if value is not None:
-                setattr(self, name, value)
+        if s.client_address is not None:  # spelled out: once per origin line, on the hot path
+            self.client_address, self.hostname, self.port = s.client_address, s.hostname, s.port
+        if s.login is not None:
+            self.login = s.login
+        if s.unix_user is not None:
+            self.unix_user = s.unix_user
+        if s.sender is not None:
+            self.sender = s.sender
         self.daemon_name = s.daemon_name or self.daemon_name
         self.account = None
 
@@ -127,7 +136,10 @@ class Tally:
                  max_queue_ids: int = MAX_QUEUE_IDS) -> None:
         """`owner(domain)`: the account owning a hosted domain, as the milter's ownership checker
         answers it (a trusted_ip client's unmapped sender); without it such mail counts against
-        the sender's domain. `now`/`year`: the clock for classic stamps' year (tests)."""
+        the sender's domain. `now`/`year`: the clock for classic stamps' year (tests).
+        `observers` (settable at any time) see every delivery attempt read, whoever's it is, once
+        it is decided (a delivery waiting for the MSP's line is seen when it comes), so the log is
+        parsed once for everything learnt from it."""
         self.settings = config.accounts
         self._owner: Callable[[str], str | None] = owner or (lambda domain: None)
         self.stamps = Stamps(now, year)
@@ -135,8 +147,8 @@ class Tally:
         self._origins: OrderedDict[str, _Origin] = OrderedDict()
         self._logins: OrderedDict[str, str] = OrderedDict()  # Sendmail: `sendmail[PID]` -> its AUTH login
         self._batch = FeedbackBatch()
-        self._waiting = 0
         self.stats = TallyStats()
+        self.observers: list[Observer] = []
 
     def add_line(self, line: str) -> None:
         self.stats.lines += 1
@@ -154,7 +166,7 @@ class Tally:
             submission = parsed.submission
             origin = self._remember(submission.queue_id)
             origin.merge(submission)
-            origin.login = self._logins.get(parsed.process)
+            origin.login = self._logins.get(parsed.process, "")  # "": its AUTH= line was not seen
         else:
             self._logins.pop(parsed.process, None)
             self._logins[parsed.process] = parsed.login
@@ -181,7 +193,14 @@ class Tally:
     def _forget(self, origin: _Origin | None) -> None:
         if origin is not None and origin.waiting:
             self.stats.unattributed += len(origin.waiting)
-            self._waiting -= len(origin.waiting)
+            self.stats.waiting -= len(origin.waiting)
+            for outcome in origin.waiting:
+                self._observe(outcome, None)
+            origin.waiting = None
+
+    def _observe(self, outcome: Outcome, account: str | None) -> None:
+        for observer in self.observers:
+            observer(outcome, account)
 
     def _count(self, outcome: Outcome) -> None:
         stats = self.stats
@@ -189,13 +208,15 @@ class Tally:
         origin = self._origins.get(outcome.queue_id)
         if origin is None:
             stats.unattributed += 1
+            self._observe(outcome, None)
             return
         if origin.unix_user is not None and origin.client_address is None:
             handoff = _HANDOFF.match(outcome.reply)
             if handoff is not None and _LOOPBACK_RELAY.search(outcome.relay):
                 # The MSP's hop to the local MTA: the user it names is the origin of the MTA's copy.
-                self._handed_over(handoff.group("qid"), origin.unix_user)
                 stats.skipped += 1
+                self._observe(outcome, None)
+                self._handed_over(handoff.group("qid"), origin.unix_user)
                 return
         if outcome.status == "sent" and _LOOPBACK_RELAY.search(outcome.relay):
             hop = _QUEUED_AS.search(outcome.reply) or _HANDOFF.match(outcome.reply)
@@ -205,43 +226,53 @@ class Tally:
                 # re-injection): the copy it queued is this message, whose client there is only
                 # 127.0.0.1. Its deliveries are counted, against this origin's account; the hop is not.
                 target = self._remember(hop.group("qid"))
-                self._forget(target)
-                target.waiting, target.account, target.pinned = None, account, True
+                target.account, target.pinned = account, True
                 stats.skipped += 1
+                self._observe(outcome, None)
+                self._release(target)
                 return
         self._attribute(origin, outcome)
 
     def _handed_over(self, queue_id: str, unix_user: str) -> None:
         target = self._remember(queue_id)
         target.merge(Submission(queue_id, unix_user=unix_user))
-        waiting, target.waiting = target.waiting, None
+        self._release(target)
+
+    def _release(self, origin: _Origin) -> None:
+        """Its origin is known now: count what waited for it."""
+        waiting, origin.waiting = origin.waiting, None
         if waiting:
-            self._waiting -= len(waiting)
+            self.stats.waiting -= len(waiting)
             for outcome in waiting:
-                self._attribute(target, outcome)
+                self._attribute(origin, outcome)
 
     def _attribute(self, origin: _Origin, outcome: Outcome) -> None:
         stats = self.stats
         account = origin.account or self._resolve(origin)
-        if account == _WAIT and self._waiting < MAX_WAITING:
+        if account == _WAIT and stats.waiting < MAX_WAITING:
             origin.waiting = origin.waiting or []
             origin.waiting.append(outcome)
-            self._waiting += 1
+            stats.waiting += 1
             return
         if account is None or account == _WAIT:
             stats.unattributed += 1
+            self._observe(outcome, None)
             return
         origin.account = account
         if account == _SKIP:
             stats.skipped += 1
+            self._observe(outcome, None)
             return
         stats.attributed += 1
         self._add(account, outcome)
+        self._observe(outcome, account)
 
     def _resolve(self, origin: _Origin) -> str | None:
         """The account the milter charged for this origin, _SKIP, or None (not enough seen)."""
         settings = self.settings
         sender = origin.sender or ""
+        if origin.login == "":
+            return None  # an authenticated session whose login the log did not show: not a guess
         if origin.client_address is None and origin.login is None:
             if origin.unix_user is not None:  # Sendmail run by a local user, no SMTP client
                 return refine_local_identity(settings, origin.unix_user).account

@@ -120,6 +120,8 @@ def test_classic_stamps_roll_over_into_january() -> None:
     assert clock.at("sendmail[1]: x") == january
     assert Stamps(now=lambda: 5.0).at("sendmail[1]: x") == 5.0
     assert Stamps(now=lambda: 5.0).at("Feb 30 10:00:00 x") == 5.0  # shaped like a stamp, not a date
+    assert parse_timestamp("Feb 30 10:00:00 x", 2026) is None  # replay's reader used to raise here
+    assert parse_timestamp("2026-13-01T00:00:00Z x", 2026) is None
 
 
 def test_sendmail_lines_from_a_real_run() -> None:

@@ -84,9 +84,17 @@ def test_sendmail_msp_delivery_logged_before_the_msp_names_the_user() -> None:
     mta = [x for x in SENDMAIL if "6AR45O8P012106: to=" in x]
     rest = [x for x in SENDMAIL if x not in msp and x not in mta and "012093" not in x]
     reordered = [x for x in rest if "012106: from=" in x or "012105: from=" in x] + mta + msp
-    t = fed(tally({"msp_daemons": ["MSP-mailflow"]}), reordered)
+    t = tally({"msp_daemons": ["MSP-mailflow"]})
+    fed(t, reordered[:-1])
+    assert t.stats.waiting == 1 and t.take().counts == {}
+    fed(t, reordered[-1:])
     assert per_account(t) == {"www-data": {DELIVERED: 1}}
-    assert (t.stats.attributed, t.stats.unattributed) == (1, 0)
+    assert (t.stats.attributed, t.stats.unattributed, t.stats.waiting) == (1, 0, 0)
+
+
+def test_sendmail_authenticated_session_whose_auth_line_was_not_seen_is_not_guessed() -> None:
+    t = fed(tally(), [x for x in SENDMAIL if "012495" in x and "AUTH=" not in x])
+    assert t.take().counts == {} and t.stats.unattributed == 1
 
 
 def test_sendmail_unauthenticated_session_does_not_take_a_login() -> None:
@@ -221,3 +229,26 @@ def test_a_hand_over_to_another_instance_counts_once_against_the_first_origin() 
     # A relay elsewhere that says "queued as" is a delivery like any other.
     remote = [x.replace("relay=127.0.0.1[127.0.0.1]:2525", "relay=mx.dest.example[203.0.113.5]:25") for x in lines[:5]]
     assert per_account(fed(tally(), remote)) == {"shop.example": {DELIVERED: 1}}
+
+
+def test_observers_see_every_outcome_once_with_the_account_charged() -> None:
+    seen: list[tuple[str, str | None]] = []
+    t = tally({"map": {"bob@shop.example": "bob-hosting"}})
+    t.observers.append(lambda outcome, account: seen.append((outcome.recipient, account)))
+    fed(t, POSTFIX)
+    assert len(seen) == t.stats.outcomes == 10
+    assert ("x@block.example", "bob-hosting") in seen and ("bob@shop.example", None) in seen  # a bounce notice: nobody's
+    assert sum(1 for _, account in seen if account is None) == t.stats.skipped + t.stats.unattributed
+
+
+def test_observers_see_a_waiting_delivery_when_it_is_decided() -> None:
+    msp = [x for x in SENDMAIL if "6AR45OqR012105: to=" in x]
+    mta = [x for x in SENDMAIL if "6AR45O8P012106: to=" in x]
+    origins = [x for x in SENDMAIL if "012106: from=" in x or "012105: from=" in x]
+    seen: list[tuple[str, str | None]] = []
+    t = tally({"msp_daemons": ["MSP-mailflow"]})
+    t.observers.append(lambda outcome, account: seen.append((outcome.relay, account)))
+    fed(t, origins + mta)
+    assert seen == []
+    fed(t, msp)  # the MSP's hop (nobody's), then the MTA's delivery it names the user of
+    assert [account for _, account in seen] == [None, "www-data"]

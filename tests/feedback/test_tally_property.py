@@ -89,7 +89,9 @@ def test_every_delivery_line_counts_exactly_once(batch: list[tuple[str, list[tup
         if name != UNKNOWN_RECIPIENT:
             counted[account] = counted.get(account, 0) + count
     assert counted == expected
-    assert tally.stats.attributed == sum(expected.values())
+    stats = tally.stats
+    assert stats.attributed == sum(expected.values())
+    assert stats.outcomes == stats.attributed + stats.unattributed + stats.skipped + stats.waiting
 
 
 @FAST
