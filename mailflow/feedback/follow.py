@@ -17,14 +17,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 
 from mailflow.config import Config
 from mailflow.feedback.apply import apply_batch
 from mailflow.feedback.logfile import LogFile, Mark, find, line_start
-from mailflow.feedback.model import FeedbackBatch, Outcome
-from mailflow.feedback.tally import Tally
+from mailflow.feedback.model import FeedbackBatch
+from mailflow.feedback.tally import Observer, Tally
 from mailflow.log import log, log_decision
 from mailflow.model import shown
 from mailflow.reputation.evaluate import evaluate
@@ -38,8 +38,12 @@ SUMMARY_SECONDS = 60
 WARM_BYTES = 4 << 20  # read again (counting nothing) at start: which account each queue id is
 BACKOFF = (1.0, 30.0)  # store down: retry the kept batch after 1 s, doubling up to 30 s
 
-Observer = Callable[[Outcome, "str | None"], None]  # each parsed outcome and the account charged (None: unknown)
-AfterBatch = Callable[[FeedbackBatch, str, int], None]  # after a batch is applied: (batch, source, seq)
+# Hooks for what else learns from the log (receivers' blocks per outbound IP). An observer
+# (tally.Observer) sees each delivery attempt and the account charged, never the lines read only
+# to warm the tally up; the after-batch step runs once the batch's counts are applied, before it
+# is marked done. A batch read again after a restart is observed again and comes with the same
+# (source, seq): whatever the after-batch step stores must be keyed by them, as add_feedback is.
+AfterBatch = Callable[[FeedbackBatch, str, int], None]  # (batch, source, seq)
 
 
 class FollowError(Exception):
@@ -104,8 +108,7 @@ class Follower:
         self.observers, self.after_batch, self.from_start = tuple(observers), after_batch, from_start
         self.clock, self.ticks = clock, ticks
         self.stop = stop or threading.Event()
-        self.tally = Tally(config)
-        self.tally.observers = list(self.observers)
+        self.tally = self._new_tally()
         self.file: LogFile | None = None
         self.final = False  # the file is rotated away: read it to its end, then the path from 0
         self.stored: str | None = None  # the position value last written (what a swap expects)
@@ -120,7 +123,10 @@ class Follower:
     # -- start: the position in the store, the pending batch ---------------------------------
 
     def start(self) -> None:
-        """Find where to read from (StoreError passes; OSError: the path cannot be read)."""
+        """Find where to read from; a pending batch is read again and kept for the first poll to
+        apply. StoreError passes (start again: it begins afresh); OSError: the path cannot be read."""
+        self._close()
+        self.tally, self.held, self.warm_stats = self._new_tally(), None, {}
         self.stored = self.store.state_get(self.key)
         position: Position | None = None
         if self.stored is not None:
@@ -134,12 +140,12 @@ class Follower:
         self.seq = position.seq
         found = find(self.path, position.mark())
         if found is None:
-            self._lost(f"{position.state} position (inode {position.inode}, offset {position.end}, batch "
-                       f"{position.seq}) is in a file no longer there")
-            if position.state == "pending":
-                self.held = _Held(FeedbackBatch(), position)  # nothing to read again: just done
-                self._commit()
+            if position.end:  # at offset 0 of a file rotated away unread, nothing was there to lose
+                self._lost(f"{position.state} position (inode {position.inode}, offset {position.end}, batch "
+                           f"{position.seq}) is in a file no longer there")
             self._open_path(0)
+            if position.state == "pending":  # nothing to read again: the first poll marks it done
+                self.held = _Held(FeedbackBatch(), position)
             return
         self.file, live = found
         self.final = not live
@@ -151,10 +157,14 @@ class Follower:
             self.held = _Held(self.tally.take(), position)
             log.info("feedback: batch %d (%s bytes %d-%d) read again after a stop", position.seq, self.path,
                      position.start, position.end)
-            self._commit()
         else:
             self._warm()
         self._begin_batch()
+
+    def _new_tally(self) -> Tally:
+        tally = Tally(self.config)
+        tally.observers = list(self.observers)
+        return tally
 
     def _first_start(self) -> None:
         self.file = LogFile.open(self.path)
@@ -187,12 +197,13 @@ class Follower:
         position is charged to the account its submission line (before it) named."""
         assert self.file is not None
         self.tally.observers = []
-        before = _stats(self.tally.stats)
+        before = asdict(self.tally.stats)
         for line in self.file.lines_before(WARM_BYTES):
             self.tally.add_line(line)
         self.tally.take()
-        for key, n in _stats(self.tally.stats).items():  # the summary counts what was read to count
-            self.warm_stats[key] = self.warm_stats.get(key, 0) + n - before.get(key, 0)
+        for key, n in asdict(self.tally.stats).items():  # the summary counts what was read to count
+            if key != "waiting":  # a level, not a total
+                self.warm_stats[key] = self.warm_stats.get(key, 0) + n - before.get(key, 0)
         self.tally.observers = list(self.observers)
 
     # -- reading ---------------------------------------------------------------------------
@@ -217,7 +228,7 @@ class Follower:
 
     def _feed(self, lines: Iterable[str]) -> None:
         for line in lines:
-            self.tally.add_line(line)  # observers: see Tally.observers
+            self.tally.add_line(line)  # which calls the observers
             self.batch_lines += 1
 
     def _gathered(self) -> bool:
@@ -363,15 +374,7 @@ class Follower:
     def summary(self) -> None:
         """One line: totals since start (the parser's own among them)."""
         overlong = self.overlong + (self.file.skipped if self.file is not None else 0)
-        stats = {k: n - self.warm_stats.get(k, 0) for k, n in _stats(self.tally.stats).items()}
+        stats = {k: n - self.warm_stats.get(k, 0) for k, n in asdict(self.tally.stats).items()}
         log_decision(logging.INFO, event="feedback_summary", file=self.path, seq=self.seq,
                      offset=self.file.offset if self.file is not None else None, **stats,
                      batches=self.batches, overlong=overlong)
-
-
-def _stats(stats: object) -> dict[str, int]:
-    if isinstance(stats, Mapping):
-        return {str(k): int(v) for k, v in stats.items()}
-    if is_dataclass(stats) and not isinstance(stats, type):
-        return {k: int(v) for k, v in asdict(stats).items() if isinstance(v, int)}
-    return {}

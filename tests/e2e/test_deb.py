@@ -64,17 +64,21 @@ def _feedback_unit_reads_the_log_through_group_adm() -> None:
         maillog = where / "mail.log"
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         maillog.write_text(
-            f"{stamp} mx postfix/smtpd[1]: 4DEB1A: client=mua[198.51.100.1], sasl_method=PLAIN, sasl_username=alice@shop.example\n"
+            f"{stamp} mx postfix/smtpd[1]: 4DEB1A: client=mua[198.51.100.1], sasl_method=PLAIN, "
+            "sasl_username=alice@shop.example\n"
             f"{stamp} mx postfix/qmgr[2]: 4DEB1A: from=<alice@shop.example>, size=300, nrcpt=1 (queue active)\n"
-            f"{stamp} mx postfix/smtp[3]: 4DEB1A: to=<bob@elsewhere.example>, relay=mx.elsewhere.example[192.0.2.7]:25, "
-            "delay=1, delays=0/0/0/1, dsn=2.0.0, status=sent (250 2.0.0 Ok)\n")
+            f"{stamp} mx postfix/smtp[3]: 4DEB1A: to=<bob@elsewhere.example>, "
+            "relay=mx.elsewhere.example[192.0.2.7]:25, delay=1, delays=0/0/0/1, dsn=2.0.0, "
+            "status=sent (250 2.0.0 Ok)\n")
         os.chown(maillog, 0, grp.getgrnam("adm").gr_gid)
         maillog.chmod(0o640)
         command = [*deb.exec_start("mailflow-feedback.service"), "--once", "--from-start", "--log", str(maillog)]
-        denied = subprocess.run(["runuser", "-u", "mailflow", "--", *command], capture_output=True, text=True, timeout=60)
+        denied = subprocess.run(["runuser", "-u", "mailflow", "--", *command], capture_output=True, text=True,
+                                timeout=60)
         assert denied.returncode == 2 and "Permission denied" in denied.stderr, denied.stderr
-        read = subprocess.run(["runuser", "-u", "mailflow", "-G", "adm", "--", *command], capture_output=True,
-                              text=True, timeout=60)
+        # As the unit runs it: User=mailflow, Group=mailflow, SupplementaryGroups=adm.
+        read = subprocess.run(["runuser", "-u", "mailflow", "-g", "mailflow", "-G", "adm", "--", *command],
+                              capture_output=True, text=True, timeout=60)
         assert read.returncode == 0 and "attributed=1" in read.stderr, read.stderr
     finally:
         shutil.rmtree(where)

@@ -15,7 +15,7 @@ import pytest
 
 from mailflow.feedback import follow as follow_module
 from mailflow.feedback.follow import Follower, FollowError, Position
-from mailflow.feedback.model import FeedbackBatch
+from mailflow.feedback.model import FeedbackBatch, Outcome
 from mailflow.reputation.evaluate import Move
 from mailflow.reputation.model import Standing
 from mailflow.store import open_store
@@ -257,7 +257,8 @@ def test_the_ladder_runs_every_minute_for_every_standing_and_at_the_end_of_once(
     assert store.swap_reputation("quiet.example", None, Standing("warn", 1.0, "test").value())
     calls: list[tuple[list[str], float]] = []
 
-    def evaluate(config: object, store: object, accounts: Iterable[str], now: float, evidence: object = None) -> list[Move]:
+    def evaluate(config: object, store: object, accounts: Iterable[str], now: float,
+                 evidence: object = None) -> list[Move]:
         calls.append((sorted(accounts), now))
         return []
 
@@ -310,3 +311,73 @@ def test_a_position_this_version_cannot_read_is_replaced_from_the_end(
         f.start()
     assert "not a follower position" in caplog.text and position(store, f).end == log.path.stat().st_size
     f.close()
+
+
+def test_a_pending_batch_whose_file_is_gone_is_marked_done_and_the_new_file_read(
+        setup: tuple[MailLog, Store, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    log, store, tmp = setup
+    log.write(20)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise Crash()
+
+    monkeypatch.setattr(follow_module, "apply_batch", down)
+    first = follower(tmp, store, log, from_start=True)
+    with pytest.raises(Crash):
+        first.run_once()
+    first.close()
+    monkeypatch.undo()
+    os.unlink(log.path)  # the batch's file is gone before the restart: its 20 messages are lost
+    log.expected.clear()
+    log.write(7)
+    second = follower(tmp, store, log)
+    with caplog.at_level("WARNING", logger="mailflow"):
+        second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected and "pending position" in caplog.text
+    assert position(store, second).state == "done" and position(store, second).seq == 2
+
+
+def test_copytruncated_while_stopped_the_copy_is_read_to_its_end_first(setup: tuple[MailLog, Store, Path]) -> None:
+    log, store, tmp = setup
+    log.write(30)
+    first = follower(tmp, store, log, from_start=True)
+    first.run_once()
+    first.close()
+    log.write(20)  # after the position; then copied and truncated while no follower runs
+    shutil.copyfile(log.path, tmp / "mail.log.1")
+    with log.path.open("r+") as fh:
+        fh.truncate(0)
+    log.write(80)  # longer than before: only the first bytes tell it is another file
+    second = follower(tmp, store, log)
+    second.run_once()
+    second.close()
+    assert totals(store, log) == log.expected and sum(log.expected.values()) == 156
+
+
+def test_observers_see_each_delivery_once_and_after_batch_each_seq(setup: tuple[MailLog, Store, Path],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receivers' hook: every delivery attempt with its account, none of the lines read only
+    to warm up after a restart; the after-batch step with the batch's seq."""
+    log, store, tmp = setup
+    seen: list[tuple[str, str | None]] = []
+    batches: list[int] = []
+
+    def observe(outcome: Outcome, account: str | None) -> None:
+        seen.append((outcome.recipient, account))
+
+    def after(batch: FeedbackBatch, source: str, seq: int) -> None:
+        batches.append(seq)
+
+    log.write(50)
+    monkeypatch.setattr(follow_module, "BATCH_LINES", 120)
+    first = follower(tmp, store, log, from_start=True, observers=[observe], after_batch=after)
+    first.start()
+    first.poll()  # 120 lines: 30 messages
+    first.close()
+    second = follower(tmp, store, log, observers=[observe], after_batch=after)
+    second.run_once()  # warms up on the 120 lines before its position, observing none
+    second.close()
+    assert sorted(r for r, _ in seen) == sorted(f"r{n}@rcpt.example" for n in range(1, 51))
+    assert {account for _, account in seen} == {"shop.example", "lists.example"}
+    assert batches == [1, 2]  # 120 lines, then the other 80
