@@ -221,6 +221,16 @@ def seen_keys(report: Report, person: str | None, raw: bytes) -> list[str]:
     return keys or [digest("bytes", raw)]
 
 
+def first_time(store: Store, account: str, keys: list[str]) -> bool:
+    """Is this report new? Each key is claimed (the fleet's first caller wins), then marked done
+    once counted. A key claimed but never marked done is a run that met a store fault between the
+    two (exit 75, the MTA retries): the retry counts it. The price: two copies of one report
+    handled in the same instant may both count."""
+    fresh = [store.claim(account, key, SEEN_SECONDS) for key in keys]
+    return all(fresh) or all(store.claim(account, key + ":done", SEEN_SECONDS)
+                             for key, new in zip(keys, fresh) if not new)
+
+
 def process(config: Config, store: Store, attribution: Attribution, raw: bytes, now: float) -> Outcome:
     """One report, start to end. StoreError passes (nothing counted: the caller retries later)."""
     try:
@@ -231,9 +241,9 @@ def process(config: Config, store: Store, attribution: Attribution, raw: bytes, 
     person = complainer(report)
     about = f"account={shown(account, 100)} by={how} type={report.feedback_type} " \
             f"agent={shown(report.user_agent or '-', 60)} report={shown(report.report_id or '-', 100)}"
-    for key in seen_keys(report, person, raw):
-        if not store.claim(account, key, SEEN_SECONDS):
-            return Outcome(False, f"not counted: seen before ({about})")
+    keys = seen_keys(report, person, raw)
+    if not first_time(store, account, keys):
+        return Outcome(False, f"not counted: seen before ({about})")
     batch = FeedbackBatch(counts={(int(now) // 3600, account, COMPLAINT): 1})
     if person is not None and config.suppression.enabled:  # without lists, counted only (README)
         batch.suppress[account] = {person: "complaint"}
@@ -242,6 +252,8 @@ def process(config: Config, store: Store, attribution: Attribution, raw: bytes, 
                                      f"about {person or 'an unnamed recipient'}, original {original_id or '-'}",
                                      TEXT_MAX)]
     apply_batch(config, store, batch, None, 0, now)
+    for key in keys:  # done: a retry of this report (after a fault below) is a repeat now
+        store.claim(account, key + ":done", SEEN_SECONDS)
     if len(raw) > MAX_REPORT_BYTES:
         about += f" (read its first {MAX_REPORT_BYTES} bytes)"
     who = ("complainer not named: nobody suppressed" if person is None else f"complainer={shown(person, 100)} "

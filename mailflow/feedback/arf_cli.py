@@ -14,6 +14,7 @@ counted; 2 a bad argument or config, as every mailflow command.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -87,6 +88,21 @@ def _flags(name: str) -> str:
     return flags if info else ""
 
 
+def _read_message(path: str) -> bytes | str | None:
+    """A Maildir message's first bytes; None when it is gone (another reader took it); why not
+    for anything else, a symlink included (not followed: the mailbox's writer is not this user)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"not read ({exc.strerror}): left where it is"
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file: left where it is"
+        return fh.read(MAX_REPORT_BYTES + 1)
+
+
 def read_maildir(path: str, handle: Callable[[bytes], Outcome], say: Callable[[str], None]) -> None:
     """Every unread report, oldest name first; each moved to cur/ with `S` once handled. A
     StoreError passes with the report where it was (read again next run)."""
@@ -97,12 +113,10 @@ def read_maildir(path: str, handle: Callable[[bytes], Outcome], say: Callable[[s
         if name.startswith("."):
             continue
         source = os.path.join(directory, name)
-        try:
-            with open(source, "rb") as fh:
-                raw = fh.read(MAX_REPORT_BYTES + 1)
-        except FileNotFoundError:  # taken by another reader meanwhile
-            continue
-        except IsADirectoryError:
+        raw = _read_message(source)
+        if raw is None or isinstance(raw, str):
+            if raw is not None:
+                say(f"{shown(name, 120)}: {raw}")
             continue
         outcome = handle(raw)
         base = name.rpartition(":2,")[0] if ":2," in name else name

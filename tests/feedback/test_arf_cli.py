@@ -101,16 +101,18 @@ def test_a_maildir_is_read_once_and_every_message_flagged_seen(capsys: pytest.Ca
     (box / "new" / "1002.b.host").write_bytes(b"not a report at all")
     (box / "cur" / "1003.c.host:2,").write_bytes(report(Original(to="two@mail.example"), report_id="<c@l>"))
     (box / "cur" / "1004.d.host:2,RS").write_bytes(report(Original(to="three@mail.example"), report_id="<d@l>"))
+    (box / "new" / "1000.link.host").symlink_to(box / "cur" / "1004.d.host:2,RS")  # not followed, left alone
     code, out, _ = run_cli(capsys, "feedback", "arf", "-c", str(config_path), "--maildir", str(box))
     assert code == 0, out
     lines = out.splitlines()
-    assert len(lines) == 3 and lines[0].startswith("1001.a.host: counted") and "not counted" in lines[1]
+    assert lines[0] == "1000.link.host: not read (Too many levels of symbolic links): left where it is", lines
+    assert lines[1].startswith("1001.a.host: counted") and "not counted" in lines[2] and len(lines) == 4
     assert sorted(p.name for p in (box / "cur").iterdir()) == [
         "1001.a.host:2,S", "1002.b.host:2,S", "1003.c.host:2,S", "1004.d.host:2,RS"]
-    assert not list((box / "new").iterdir())
+    assert [p.name for p in (box / "new").iterdir()] == ["1000.link.host"]
     assert complaints(config_path) == 2  # the message already seen (RS) is not read again
     code, out, _ = run_cli(capsys, "feedback", "arf", "-c", str(config_path), "--maildir", str(box))
-    assert code == 0 and out == "" and complaints(config_path) == 2
+    assert code == 0 and out.startswith("1000.link.host: not read") and complaints(config_path) == 2
 
 
 def test_a_store_that_is_down_exits_75_and_loses_nothing(capsys: pytest.CaptureFixture[str],

@@ -7,16 +7,17 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailflow.config import Config, parse_config
 from mailflow.feedback.arf import MAX_REPORT_BYTES, Attribution, Outcome, parse, process
 from mailflow.feedback.mailid import make_id
 from mailflow.store import open_store
-from mailflow.store.base import Store
+from mailflow.store.base import Store, StoreError
 from mailflow.suppression.admin import matcher_for
 from mailflow.suppression.entries import scope_for
 from mailflow.suppression.keys import read_key_file
@@ -123,6 +124,32 @@ def test_duplicates_count_once_but_another_complainer_counts(config: Config, sto
     assert complaints(store) == 3
 
 
+class _FailsOnce:
+    """The real store, whose first add_feedback meets a fault: after the claims, before the count."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.failed = store, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def add_feedback(self, *args: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreError("connection lost")
+        self.store.add_feedback(*args)
+
+
+def test_a_fault_between_the_claim_and_the_count_is_retried_not_lost(config: Config, store: Store) -> None:
+    flaky = cast(Store, _FailsOnce(store))
+    with pytest.raises(StoreError):  # the command exits 75; the MTA hands the report over again
+        run(config, flaky, report(Original()))
+    assert complaints(store) == 0
+    assert run(config, flaky, report(Original())).counted
+    assert not run(config, flaky, report(Original())).counted
+    assert complaints(store) == 1
+
+
 def test_several_recipients_count_and_suppress_nobody(config: Config, store: Store) -> None:
     raw = report(Original(to="a@mail.example, b@mail.example"), SHAPES["aol"])  # no Original-Rcpt-To
     outcome = run(config, store, raw.replace(b"To: redacted", b"To: a@mail.example, b@mail.example"))
@@ -189,6 +216,16 @@ def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
             parse(candidate)
         except Exception as exc:
             assert type(exc).__name__ == "NotCounted", exc
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(min_value=0, max_value=len(GOOD)), st.binary(max_size=300), st.integers(min_value=0, max_value=400))
+def test_a_report_with_bytes_spliced_in_anywhere_is_handled_in_one_line(config: Config, store: Store, at: int,
+                                                                      noise: bytes, cut: int) -> None:
+    """Whatever a mangled report does, the whole path (parse, attribution, complainer, claim,
+    count) gives one line or counts; it never raises."""
+    outcome = run(config, store, GOOD[:at] + noise + GOOD[at + cut:])
+    assert "\n" not in outcome.line and outcome.line.isprintable() and len(outcome.line) < 600
 
 
 @pytest.mark.timing

@@ -33,6 +33,12 @@ def test_the_longest_name_fits_the_bound_and_one_byte_more_is_refused() -> None:
     assert read_id(KEY, "1." + "A" * MAX_ID_CHARS) is None  # refused before decoding
 
 
+def test_a_folded_value_still_reads() -> None:
+    value = make_id(KEY, "a" * 200, NOW)
+    folded = "\r\n ".join(value[i:i + 70] for i in range(0, len(value), 70))
+    assert read_id(KEY, folded) == "a" * 200 and read_id(KEY, " " * 2000 + value) is None
+
+
 def test_every_changed_character_reads_as_none() -> None:
     value = make_id(KEY, "bob", NOW)
     for i in range(2, len(value)):
