@@ -234,8 +234,6 @@ def test_a_list_buyer_is_held_from_the_mta_log_and_a_clean_account_is_not(
         milter.stop()
 
 
-@pytest.mark.xfail(reason="i17-parse: Tally does not call the follower's observers yet (Follower sets "
-                          "tally.observers; the committed Tally never calls them)", strict=False)
 def test_receivers_refusing_the_ip_raise_the_alert_from_the_follower(
         tmp_path: Path, receivers: tuple[WebhookReceiver, WebhookReceiver]) -> None:
     notify, alerts = receivers
