@@ -202,7 +202,8 @@ def test_a_list_buyer_is_held_from_the_mta_log_and_a_clean_account_is_not(
         wait_for(lambda: len(mta.hold()) == 1)
         decisions = [d for d in milter.decisions() if d.get("action") == "hold"]
         assert decisions and decisions[-1].get("account") == BUYER, decisions
-        assert "reputation" in decisions[-1]["reply"] or "bounce" in decisions[-1]["reply"], decisions[-1]
+        assert decisions[-1]["reply"].startswith(f"250 2.7.0 account {BUYER} is held: reputation: "), decisions[-1]
+        assert "hard_bounces hold" in decisions[-1]["reply"], decisions[-1]  # why, in words
 
         # -- a complaint about the clean account's mail, as a feedback loop sends it: counted and
         # its complainer suppressed; one complaint in ten deliveries moves nobody (min_sample)
