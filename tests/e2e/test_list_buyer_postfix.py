@@ -1,19 +1,21 @@
 """Issue 17's "Done when", through the real private Postfix with the milter (SQLite store): from
 nothing but Postfix's own log, read by `mailflow feedback follow --once` (a subprocess), a
-list-buyer account is held and a clean one untouched; a complaint (`mailflow feedback arf`)
-about the clean account's mail counts and suppresses its complainer.
+list-buyer account is held, a dictionary attacker blocked and a clean account untouched; a
+complaint (`mailflow feedback arf`) about the clean account's mail counts and suppresses.
 
 The list-buyer mails a mix: good addresses (the accepting sink), addresses of gone.example (an
 smtp-sink refusing every RCPT with 550 5.1.1) and of blocked.example (refusing with a Spamhaus
 5.7.1). Along the way Postfix rotates its log (postfix logrotate) and a follower is killed in the
-middle of the file; the counts stay exact. Then: the list-buyer's standing, its suppression list,
-the signed reputation_raised webhook, its next message held by the milter, the receiver alert for
-blocked.example, and the step-down after clean periods (the ladder run in-process with `now`
-8, 16, 24 days on: an injected clock, no sleep).
+middle of the file; the counts stay exact. Then: the standings, the list-buyer's suppression list,
+the signed reputation_raised webhooks, the next messages held (list-buyer) and refused with the
+block reply (attacker), and the step-down after clean periods (the ladder run in-process with
+`now` 8, 16, 24 days on: an injected clock, no sleep). The second test: blocked.example's burst
+raises the receiver alert from the follower, once.
 
-The test config lowers one figure, and says so: hard_bounces min_sample = 20 (default 200: a
-test cannot send 200 messages in seconds), so the rule judges 23 attempts; its thresholds are the
-defaults (warn 5 %, throttle 7.5 %, hold 10 %). receiver_burst = 5 (default 10)."""
+The test config lowers figures, and says so: hard_bounces min_sample = 20 (default 200: a test
+cannot send 200 messages in seconds), so the rule judges 23 attempts with its default thresholds
+(warn 5 %, throttle 7.5 %, hold 10 %); unknown_recipients block = 5 (default 100);
+receiver_burst = 5 (default 10)."""
 
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ pytestmark = [
     pytest.mark.skipif(not postfix.available(), reason="needs root and Debian's postfix (make test installs it)"),
 ]
 
-CLEAN, BUYER = "clean.example", "lists.example"
-USERS = {f"carol@{CLEAN}": "secret", f"bob@{BUYER}": "secret"}
+CLEAN, BUYER, SPRAYER = "clean.example", "lists.example", "spray.example"
+USERS = {f"carol@{CLEAN}": "secret", f"bob@{BUYER}": "secret", f"eve@{SPRAYER}": "secret"}
 GONE = "550 5.1.1 <x@gone.example>: Recipient address rejected: User unknown in virtual mailbox table"
 SPAMHAUS = "554 5.7.1 Service unavailable; Client host [198.51.100.7] blocked using zen.spamhaus.org"
 REFUSING = {"gone.example": GONE, "blocked.example": SPAMHAUS}
@@ -68,7 +70,7 @@ def config(store_url: str, tmp_path: Path, notify: WebhookReceiver, alerts: Webh
         "feedback": {"receiver_burst": 5, "receiver_window_minutes": 10,
                      "id_key_file": str(write_id_key(tmp_path / "id.key"))},
         "reputation": {"mode": "enforce", "contact": "abuse@provider.example",
-                       "rules": {"hard_bounces": {"min_sample": 20}}},
+                       "rules": {"hard_bounces": {"min_sample": 20}, "unknown_recipients": {"block": 5}}},
     }
 
 
@@ -171,7 +173,8 @@ def test_a_list_buyer_is_held_from_the_mta_log_and_a_clean_account_is_not(
 
         # -- B2: more log after the kill; the follower restarts mid-file ----------------------
         send(mta, f"bob@{BUYER}", [f"e{n}@ok.example" for n in range(3)] + [f"r{n}@blocked.example" for n in range(5)])
-        settled(mta, 33)
+        send(mta, f"eve@{SPRAYER}", [f"guess{n}@gone.example" for n in range(5)])  # a dictionary attack
+        settled(mta, 38)
         follow(milter, mta)
         follow(milter, mta)  # once more: nothing new, nothing counted twice
         assert counts(store, CLEAN) == {"delivered": 10}
@@ -181,6 +184,8 @@ def test_a_list_buyer_is_held_from_the_mta_log_and_a_clean_account_is_not(
         held = standing(store, BUYER)
         assert held is not None and held.state == "hold" and held.rule == "hard_bounces", held
         assert standing(store, CLEAN) is None
+        blocked = standing(store, SPRAYER)  # 5 unknown recipients in the hour (test threshold; default 100)
+        assert blocked is not None and blocked.state == "block" and blocked.rule == "unknown_recipients", blocked
         # Evidence: the bounce lines of the batch that moved it (here the last one: the 5.7.1s).
         assert held.evidence and all("status=bounced" in line for line in held.evidence), held.evidence
 
@@ -191,9 +196,11 @@ def test_a_list_buyer_is_held_from_the_mta_log_and_a_clean_account_is_not(
         assert "blocked.example" not in listed  # a 5.7.1 names the sender's IP, not the address
 
         # -- the event, signed, on the notify webhook -------------------------------------------
-        wait_for(lambda: any(e["event"] == "reputation_raised" for e in notify.events(SECRET)), timeout=10)
-        [event] = [e for e in notify.events(SECRET) if e["event"] == "reputation_raised"]
-        assert event["account"] == BUYER and event["detail"]["state"] == "hold", event
+        def raised() -> dict[str, str]:
+            return {e["account"]: e["detail"]["state"] for e in notify.events(SECRET) if e["event"] == "reputation_raised"}
+        wait_for(lambda: len(raised()) == 2, timeout=10)
+        assert raised() == {BUYER: "hold", SPRAYER: "block"}
+        assert len([e for e in notify.events(SECRET) if e["event"] == "reputation_raised"]) == 2  # once each
 
         # -- the next message of the list-buyer is held, the clean one's is delivered -----------
         time.sleep(0.5)  # the milter's overlay re-reads the standings every refresh_ms (100 ms)
@@ -204,6 +211,12 @@ def test_a_list_buyer_is_held_from_the_mta_log_and_a_clean_account_is_not(
         assert decisions and decisions[-1].get("account") == BUYER, decisions
         assert decisions[-1]["reply"].startswith(f"250 2.7.0 account {BUYER} is held: reputation: "), decisions[-1]
         assert "hard_bounces hold" in decisions[-1]["reply"], decisions[-1]  # why, in words
+        with mta.smtp() as smtp:  # the sprayer's next message: refused at MAIL FROM, saying why and whom to ask
+            smtp.login(f"eve@{SPRAYER}", "secret")
+            code, reply = smtp.mail(f"eve@{SPRAYER}")
+        assert code == 550 and reply.decode().startswith(f"5.7.1 account {SPRAYER} is blocked for its mail's "
+                                                         "delivery reputation ("), reply
+        assert reply.decode().endswith("; contact abuse@provider.example"), reply
 
         # -- a complaint about the clean account's mail, as a feedback loop sends it: counted and
         # its complainer suppressed; one complaint in ten deliveries moves nobody (min_sample)
