@@ -86,6 +86,14 @@ def test_bad_arguments_and_config_exit_2(capsys: pytest.CaptureFixture[str], mon
     bad = write_config(tmp_path / "bad.toml", {"feedback": {"id_key_file": str(tmp_path / "nope.key")}})
     code, _, err = pipe(capsys, monkeypatch, b"", "-c", str(bad))
     assert code == 2 and "id_key_file" in err and err.count("\n") == 1
+    for name, text, mode, says in (("open.key", "0123456789abcdef0123", 0o644, "is mode 0644"),
+                                   ("short.key", "short", 0o600, "at least 16 bytes")):
+        key = tmp_path / name
+        key.write_text(text)
+        key.chmod(mode)
+        bad = write_config(tmp_path / "bad.toml", {"feedback": {"id_key_file": str(key)}})
+        code, _, err = pipe(capsys, monkeypatch, b"", "-c", str(bad))
+        assert code == 2 and says in err and err.count("\n") == 1, err
 
 
 def make_maildir(root: Path) -> Path:
