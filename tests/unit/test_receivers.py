@@ -78,6 +78,7 @@ def test_other_refusals_are_not(dsn: str, status: str, reply: str) -> None:
     assert receiver_block(outcome(reply, dsn, status)) is None
 
 
+@pytest.mark.timing
 def test_hostile_replies_are_read_in_linear_time() -> None:
     for text in ("listed " * 5000, "blocked " + "a" * 100_000, "[TSS" * 20_000, "block" * 30_000):
         started = time.monotonic()
