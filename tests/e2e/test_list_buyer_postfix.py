@@ -1,4 +1,4 @@
-"""Issue 17's "Done when", through the real private Postfix with the milter (SQLite store): from
+"""Issue 17's "Done when", through the real private Postfix with the milter (SQLite and Redis): from
 nothing but Postfix's own log, read by `mailflow feedback follow --once` (a subprocess), a
 list-buyer account is held, a dictionary attacker blocked and a clean account untouched; a
 complaint (`mailflow feedback arf`) about the clean account's mail counts and suppresses.
@@ -40,7 +40,7 @@ from mailflow.reputation.evaluate import review
 from mailflow.reputation.model import Standing
 from mailflow.store import Store, open_store
 from tests.helpers import postfix
-from tests.helpers.postfix import PrivatePostfix, wait_for
+from tests.helpers.postfix import PrivatePostfix, empty_store_url, wait_for
 from tests.helpers.servers import REPO, MilterProcess
 from tests.helpers.arf import Original, report, write_id_key
 from tests.helpers.webhook_receiver import SECRET, WebhookReceiver, write_secret
@@ -138,13 +138,16 @@ def standing(store: Store, account: str) -> Standing | None:
     return Standing.from_value(value) if value else None
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_a_list_buyer_is_held_from_the_mta_log_and_a_clean_account_is_not(
-        tmp_path: Path, receivers: tuple[WebhookReceiver, WebhookReceiver]) -> None:
+        backend: str, tmp_path: Path, receivers: tuple[WebhookReceiver, WebhookReceiver],
+        request: pytest.FixtureRequest) -> None:
     notify, alerts = receivers
+    url = empty_store_url(backend, tmp_path, request)
     mta = PrivatePostfix(None, sasl_users=USERS, refusing=REFUSING)
-    milter = MilterProcess(tmp_path, config(f"sqlite://{tmp_path}/state.db", tmp_path, notify, alerts)).start()
+    milter = MilterProcess(tmp_path, config(url, tmp_path, notify, alerts)).start()
     mta.milter_port = milter.port
-    store = open_store(f"sqlite://{tmp_path}/state.db", timeout_ms=2000)
+    store = open_store(url, timeout_ms=2000)
     try:
         mta.start()
         # -- A: a first stretch of log, read from its start ------------------------------------
