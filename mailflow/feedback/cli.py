@@ -36,8 +36,10 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         SIGTERM applies the batch read so far and exits 0."""
         from mailflow.feedback.follow import Follower, FollowError
         from mailflow.feedback.logfile import LogFile
+        from mailflow.feedback.receivers import ReceiverWatch
         from mailflow.log import setup_logging
         from mailflow.metrics.feedback import served_feedback_metrics
+        from mailflow.metrics.receivers import ReceiverCollector
 
         config = load(config_file)
         path = os.path.abspath(log_file or config.feedback.log)
@@ -48,12 +50,15 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         setup_logging(config.log)
         stop = threading.Event()
         with store_of(config) as store:
-            follower = Follower(config, store, path, from_start=from_start, stop=stop)
+            watch = ReceiverWatch(config, store)  # receivers refusing the provider's IPs: alerts
+            follower = Follower(config, store, path, from_start=from_start, stop=stop,
+                                observers=[watch.observe], after_batch=watch.after_batch)
             try:
                 if once:
                     follower.run_once()
                 else:
-                    with served_feedback_metrics(config.metrics.feedback_listen, follower), _stopped_by_signals(stop):
+                    with served_feedback_metrics(config.metrics.feedback_listen, follower,
+                                                 [ReceiverCollector(watch)]), _stopped_by_signals(stop):
                         follower.run()
             except StoreError as exc:  # --once only: `follow` keeps its batch and retries
                 raise click.ClickException(f"store: {exc} (nothing applied twice: the next run reads "

@@ -21,6 +21,9 @@ log = logging.getLogger("mailflow")
 
 def subject_of(alert: dict[str, Any]) -> str:
     event = alert["event"]
+    if event in ("receiver_blocked", "receiver_unblocked"):  # mailflow/feedback/receivers.py
+        verb = "refused by" if event == "receiver_blocked" else "accepted again by"
+        return f"[mailflow] {alert['ip']} {verb} receiver {alert['receiver']}"
     if event in ("listed", "delisted"):
         return f"[mailflow] {alert['ip']} {event} {'on' if event == 'listed' else 'from'} {alert['zone']}"
     return f"[mailflow] DNSBL zone {alert['zone']} is {'blind' if event == 'blind' else 'trusted again'}"
@@ -28,13 +31,16 @@ def subject_of(alert: dict[str, Any]) -> str:
 
 def body_of(alert: dict[str, Any]) -> str:
     lines = [subject_of(alert)[len("[mailflow] "):], ""]
-    for key in ("codes", "meanings", "reason", "delist_url", "detail", "since"):
+    for key in ("codes", "meanings", "kind", "reason", "delist_url", "detail", "since"):
         if alert.get(key):
             value = alert[key]
             lines.append(f"{key}: {', '.join(value) if isinstance(value, list) else value}")
     if alert.get("suspects"):
         lines += ["", "Accounts that sent the most mail in the hour before:"]
         lines += [f"  {s['account']:<40} {s['sent']}" for s in alert["suspects"]]
+    if alert.get("refused"):
+        lines += ["", "Accounts whose mail the receiver refused:"]
+        lines += [f"  {s['account']:<40} {s['refused']}" for s in alert["refused"]]
     return "\n".join(lines) + "\n"
 
 
@@ -47,8 +53,9 @@ class Alerter:
     def send(self, alert: dict[str, Any]) -> None:
         log_decision(logging.WARNING, **{"event": f"rbl_{alert['event']}", **{
             k: (",".join(v) if isinstance(v, list) and all(isinstance(i, str) for i in v) else v)
-            for k, v in alert.items() if k not in ("event", "suspects")}},
-            suspects=",".join(f"{s['account']}:{s['sent']}" for s in alert.get("suspects", [])) or None)
+            for k, v in alert.items() if k not in ("event", "suspects", "refused")}},
+            suspects=",".join(f"{s['account']}:{s['sent']}" for s in alert.get("suspects", [])) or None,
+            refused=",".join(f"{s['account']}:{s['refused']}" for s in alert.get("refused", [])) or None)
         if self.settings.webhook:
             self._webhook(alert)
         if self.settings.email_to and (self.settings.smtp_relay or self.settings.sendmail):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from mailflow.feedback import mailid
+from mailflow.settings.receivers import ReceiverSettings, parse_receivers
 from mailflow.settings.table import Table
 
 # A syslog tag as Postfix and Sendmail write it: "postfix/smtp", "postfix-out2/smtp", "sendmail".
@@ -32,6 +33,7 @@ class FeedbackSettings:
 
     def complaints_by_domain(self) -> bool:
         return not self.id_key if self.arf_by_domain is None else self.arf_by_domain
+    receivers: ReceiverSettings = ReceiverSettings()  # receiver_* keys: settings/receivers.py
 
 
 def parse_feedback(t: Table) -> FeedbackSettings:
@@ -54,7 +56,8 @@ def parse_feedback(t: Table) -> FeedbackSettings:
         except ValueError:
             ips.report(service, f"{text[:100]!r} is not an IP address")
     by_domain = t.flag("arf_by_domain", False) if "arf_by_domain" in t else None
-    settings = FeedbackSettings(log=log, outbound_ips=outbound, arf_by_domain=by_domain)
+    settings = FeedbackSettings(log=log, outbound_ips=outbound, arf_by_domain=by_domain,
+                                receivers=parse_receivers(t))
     settings = mailid.with_id_keys(t, settings)  # id_key_file, id_old_key_file (the complaint reader's)
     t.finish()
     return settings

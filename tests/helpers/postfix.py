@@ -15,7 +15,7 @@ import smtplib
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from tests.helpers.servers import MilterProcess, free_port, wait_for_port
+from tests.helpers.smtp_sink import refusing_sink
 
 _MASTER_CF = """\
 {smtp_listen} inet n - n - - smtpd
@@ -56,7 +57,7 @@ def available() -> bool:
 
 class PrivatePostfix:
     def __init__(self, milter_port: int | str | None, sasl_users: dict[str, str] | None = None,
-                 sink_dump: bool = True) -> None:
+                 sink_dump: bool = True, refusing: Mapping[str, str] | None = None) -> None:
         # pytest's tmp dirs are 0700; Postfix's own users must be able to search every parent.
         self.dir = Path(tempfile.mkdtemp(prefix="mailflow-postfix-"))
         self.dir.chmod(0o755)
@@ -66,6 +67,9 @@ class PrivatePostfix:
         self.sasl_users = sasl_users or {}
         self.sink_dump = sink_dump  # benchmarks count instead of writing a file per message
         self.sink: subprocess.Popen[bytes] | None = None
+        # Recipient domain -> the reply an smtp-sink of its own refuses every RCPT with (transport_maps).
+        self.refusing = {domain: (reply, free_port()) for domain, reply in (refusing or {}).items()}
+        self.refusers: list[subprocess.Popen[bytes]] = []
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -74,6 +78,9 @@ class PrivatePostfix:
             d.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.data, "postfix", "postfix")
         shutil.chown(self.sink_dir, "postfix", "postfix")
+        # texthash: read as it is, no postmap; the rest goes to relayhost (the accepting sink).
+        (self.etc / "transport").write_text("".join(f"{domain} smtp:[127.0.0.1]:{port}\n"
+                                                    for domain, (_, port) in self.refusing.items()))
         (self.etc / "main.cf").write_text(self._main_cf())
         (self.etc / "master.cf").write_text(_MASTER_CF.format(smtp_listen=f"127.0.0.1:{self.port}"))
         self._sasl()
@@ -81,20 +88,24 @@ class PrivatePostfix:
         with open(self.dir / "sink.out", "wb") as out:  # -c writes its running count here
             self.sink = subprocess.Popen(["smtp-sink", "-u", "postfix", *dump, f"127.0.0.1:{self.sink_port}", "256"],
                                          stdout=out, stderr=subprocess.DEVNULL)
+        self.refusers = [refusing_sink(port, reply) for reply, port in self.refusing.values()]
         self._postfix("check")
         self._postfix("start")
         try:
             wait_for_port(self.port, timeout=20)
             wait_for_port(self.sink_port, timeout=5)
+            for _, port in self.refusing.values():
+                wait_for_port(port, timeout=5)
         except Exception:
             raise RuntimeError(f"private postfix did not start:\n{self.maillog()}") from None
         return self
 
     def stop(self) -> None:
         subprocess.run(["postfix", "-c", str(self.etc), "stop"], capture_output=True, timeout=30)
-        if self.sink and self.sink.poll() is None:
-            self.sink.kill()
-            self.sink.wait(timeout=5)
+        for sink in [self.sink, *self.refusers]:
+            if sink and sink.poll() is None:
+                sink.kill()
+                sink.wait(timeout=5)
         # master may take a moment to go; then nothing of this instance is left.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and (self.data / "master.lock").exists() and self._master_running():
@@ -129,6 +140,7 @@ mynetworks = 127.0.0.0/8, 192.0.2.0/28
 # Tests play a client on another network (192.0.2.0/28) with XCLIENT (they talk only to 127.0.0.1).
 smtpd_authorized_xclient_hosts = 127.0.0.1
 relayhost = [127.0.0.1]:{self.sink_port}
+transport_maps = texthash:{self.etc}/transport
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject_unauth_destination
@@ -145,6 +157,8 @@ milter_connect_macros = j {{daemon_name}} v {{client_addr}}
 milter_mail_macros = i {{auth_type}} {{auth_authen}} {{auth_author}} {{mail_addr}}
 maillog_file = {self.dir}/maillog
 maillog_file_prefixes = {self.dir}
+maillog_file_compressor = true
+maillog_file_rotate_suffix = %Y%m%d-%H%M%S
 biff = no
 # Do not add missing From:/Date: for SMTP clients on this host: the milter must see what they sent.
 local_header_rewrite_clients =
@@ -214,9 +228,23 @@ maximal_backoff_time = 2s
         counts = re.findall(r"mesg=(\d+)", text)
         return int(counts[-1]) if counts else 0
 
+    @property
+    def maillog_path(self) -> Path:
+        """Postfix's own log (maillog_file): what `mailflow feedback follow --log` reads."""
+        return self.dir / "maillog"
+
     def maillog(self) -> str:
-        path = self.dir / "maillog"
+        path = self.maillog_path
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def logrotate(self) -> None:
+        """Rotate the log the way Postfix does it (`postfix logrotate`: rename to maillog.SUFFIX,
+        reopen; the compressor is `true`, so the follower can read what was left behind)."""
+        self._postfix("logrotate")
+
+    def flush_queue(self) -> None:
+        """Retry the deferred mail now (postqueue -f)."""
+        subprocess.run(["postqueue", "-c", str(self.etc), "-f"], capture_output=True, timeout=30)
 
 
 

@@ -141,3 +141,14 @@ class AuthSink:
                 return
             else:
                 say("502 5.5.2 Error: command not recognized")
+
+
+def refusing_sink(port: int, reply: str, backlog: int = 64) -> subprocess.Popen[bytes]:
+    """Postfix's smtp-sink on 127.0.0.1:`port` refusing every RCPT with `reply` ("550 5.1.1 …":
+    -f RCPT with -B; "451 4.7.28 …": -r RCPT with -b), as a receiver that refuses an address, or
+    refuses the sending IP, answers. Runs as postfix (needs root to start); stop it by its pid."""
+    if not (reply[:3].isdigit() and reply[0] in "45"):
+        raise ValueError(f"a refusal starts with a 4xx or 5xx code: {reply!r}")
+    refuse = ["-f", "RCPT", "-B", reply] if reply[0] == "5" else ["-r", "RCPT", "-b", reply]
+    return subprocess.Popen(["smtp-sink", "-u", "postfix", *refuse, f"127.0.0.1:{port}", str(backlog)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
