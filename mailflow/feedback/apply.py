@@ -14,9 +14,11 @@ from mailflow.suppression.entries import EntryError, scope_for
 
 
 def apply_batch(config: Config, store: Store, batch: FeedbackBatch, source: str | None, seq: int,
-                now: float | None = None) -> list[Move]:
+                now: float | None = None, judge: bool = True) -> list[Move]:
     """Counts (once per `source` and `seq`, see Store.add_feedback), the addresses to suppress in
-    their account's list (when the config has [suppression]), then the ladder for every account the batch touched. StoreError passes."""
+    their account's list (when the config has [suppression]), then (with `judge`) the ladder for
+    every account the batch touched. StoreError passes. The follower judges on its own timer
+    instead: a few store reads per account, per batch, would not keep up with a busy log."""
     now = time.time() if now is None else now
     if batch.counts or batch.recipients:
         store.add_feedback(source, seq, batch.counts, batch.recipients)
@@ -31,4 +33,4 @@ def apply_batch(config: Config, store: Store, batch: FeedbackBatch, source: str 
                     continue  # not an address a list can hold (the log's words): nothing to suppress
             if entries:
                 store.add_suppressions(scope_for(account), entries)
-    return evaluate(config, store, batch.accounts(), now, batch.evidence)
+    return evaluate(config, store, batch.accounts(), now, batch.evidence) if judge else []

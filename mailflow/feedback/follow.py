@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from mailflow.config import Config
 from mailflow.feedback.apply import apply_batch
 from mailflow.feedback.logfile import LogFile, Mark, find, line_start
-from mailflow.feedback.model import FeedbackBatch
+from mailflow.feedback.model import EVIDENCE_MAX, FeedbackBatch
 from mailflow.feedback.tally import Observer, Tally
 from mailflow.log import log, log_decision
 from mailflow.model import shown
@@ -32,8 +32,10 @@ from mailflow.store.base import Store, StoreError
 
 POLL_SECONDS = 0.25  # how often a caught-up follower looks for new lines
 FLUSH_SECONDS = 1.0  # a batch is applied at least this often while lines come...
-BATCH_LINES = 5000  # ...and at this many lines (one batch: a handful of store round trips)
+BATCH_LINES = 20_000  # ...and at this many lines (one batch: one script per account it names; a busy log
+#                      fills a batch in under a second, and fewer, bigger batches name each account once)
 EVALUATE_SECONDS = 60  # the ladder for every account with a standing: moves down need no mail
+JUDGE_SECONDS = 10  # the ladder for the accounts batches touched since (not per batch: it reads the store)
 SUMMARY_SECONDS = 60
 WARM_BYTES = 4 << 20  # read again (counting nothing) at start: which account each queue id is
 BACKOFF = (1.0, 30.0)  # store down: retry the kept batch after 1 s, doubling up to 30 s
@@ -125,6 +127,8 @@ class Follower:
         self.applied: dict[str, int] = {}  # count field -> outcomes applied to the store
         self.store_errors = 0
         self.started_at, self.last_batch = clock(), 0.0
+        self.dirty: set[str] = set()  # accounts applied batches touched, not judged yet
+        self.evidence: dict[str, list[str]] = {}  # their newest evidence lines
 
     # -- start: the position in the store, the pending batch ---------------------------------
 
@@ -309,7 +313,10 @@ class Follower:
         pending = held.pending
         if not held.applied:
             self._swap(pending.value())
-            apply_batch(self.config, self.store, held.batch, self.key, pending.seq, self.clock())
+            apply_batch(self.config, self.store, held.batch, self.key, pending.seq, self.clock(), judge=False)
+            self.dirty.update(held.batch.accounts())
+            for account, lines in held.batch.evidence.items():  # the newest few, as a batch keeps them
+                self.evidence[account] = (self.evidence.get(account, []) + lines)[-EVIDENCE_MAX:]
             if self.after_batch is not None:
                 self.after_batch(held.batch, self.key, pending.seq)
             held.applied = True
@@ -346,7 +353,8 @@ class Follower:
         """Follow until `stop` is set; then apply what was read and return. A store fault keeps
         the batch and retries it (1 s doubling to 30 s): no line is lost."""
         delay = BACKOFF[0]
-        due = {"evaluate": self.ticks() + EVALUATE_SECONDS, "summary": self.ticks() + SUMMARY_SECONDS}
+        due = {"evaluate": self.ticks() + EVALUATE_SECONDS, "judge": self.ticks() + JUDGE_SECONDS,
+               "summary": self.ticks() + SUMMARY_SECONDS}
         started = False
         while not self.stop.is_set():
             try:
@@ -365,14 +373,14 @@ class Follower:
                 self.stop.wait(delay)
                 delay = min(delay * 2, BACKOFF[1])
                 continue
-            if self.ticks() >= due["evaluate"]:
-                due["evaluate"] = self.ticks() + EVALUATE_SECONDS
-                try:
-                    self.evaluate()
-                except StoreError as exc:  # the next round will do it
-                    self.store_errors += 1
-                    log.warning("feedback: store: %s; the ladder runs again in %d s", shown(str(exc), 300),
-                                EVALUATE_SECONDS)
+            for what, every in (("evaluate", EVALUATE_SECONDS), ("judge", JUDGE_SECONDS)):
+                if self.ticks() >= due[what]:
+                    due[what] = self.ticks() + every
+                    try:
+                        self.evaluate(sweep=what == "evaluate")
+                    except StoreError as exc:  # the next round will do it
+                        self.store_errors += 1
+                        log.warning("feedback: store: %s; the ladder runs again in %d s", shown(str(exc), 300), every)
             if self.ticks() >= due["summary"]:
                 due["summary"] = self.ticks() + SUMMARY_SECONDS
                 self.summary()
@@ -388,10 +396,13 @@ class Follower:
                             "again", shown(str(exc), 300))
         self.summary()
 
-    def evaluate(self) -> None:
-        """The ladder for every account with a standing: moves down come with time alone
-        (StoreError passes)."""
-        evaluate(self.config, self.store, self.store.reputation_states().keys(), self.clock())
+    def evaluate(self, sweep: bool = True) -> None:
+        """The ladder for the accounts batches touched since it last ran and, with `sweep`, every
+        account with a standing (moves down come with time alone). StoreError passes: they wait."""
+        accounts = self.dirty | (set(self.store.reputation_states()) if sweep else set())
+        if accounts:
+            evaluate(self.config, self.store, sorted(accounts), self.clock(), self.evidence)
+        self.dirty, self.evidence = set(), {}
 
     def close(self) -> None:
         self._close()

@@ -82,12 +82,13 @@ class RedisFeedback:
     def _swap_grant_script(self) -> Any:  # redis_grants: the same compare-and-set of a hash field
         raise NotImplementedError
 
-    def _feedback_script(self) -> Any:
-        script = getattr(self, "_feedback", None)
-        if script is None:
-            text = files("mailflow.store").joinpath("lua/feedback.lua").read_text(encoding="utf-8")
-            script = self._feedback = self.client.register_script(text)
-        return script
+    def _feedback_script(self, name: str = "feedback") -> Any:
+        """lua/NAME.lua, registered once (redis-py loads it again on NOSCRIPT)."""
+        scripts: dict[str, Any] = self.__dict__.setdefault("_feedback_scripts", {})
+        if name not in scripts:
+            text = files("mailflow.store").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+            scripts[name] = self.client.register_script(text)
+        return scripts[name]
 
     def add_feedback(self, source: str | None, seq: int, counts: Mapping[tuple[int, str, str], int],
                      recipients: Mapping[tuple[int, str], Collection[str]]) -> None:
@@ -115,14 +116,14 @@ class RedisFeedback:
 
     def feedback_counts(self, account: str, hours: Sequence[int]) -> dict[int, dict[str, int]]:
         found: dict[int, dict[str, int]] = {}
-        with self._errors():
-            pipe = self.client.pipeline(transaction=False)
-            for hour in hours:
-                pipe.hgetall(feedback_key(account, hour))
-            replies = pipe.execute()
-        for hour, fields in zip(hours, replies):
-            if fields:
-                found[hour] = {str(field): _count(n, feedback_key(account, hour)) for field, n in fields.items()}
+        if not hours:
+            return found
+        with self._errors():  # one script call: lua/feedback_read.lua
+            reply = self._feedback_script("feedback_read")(keys=[feedback_key(account, hour) for hour in hours])
+        for i, fields in zip(reply[::2], reply[1::2]):
+            hour = hours[int(i) - 1]
+            found[hour] = {str(fields[j]): _count(fields[j + 1], feedback_key(account, hour))
+                           for j in range(0, len(fields) - 1, 2)}
         return found
 
     def unique_recipients(self, account: str, hours: Sequence[int]) -> int:

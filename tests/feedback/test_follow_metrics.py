@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from mailflow.feedback import follow as follow_module
 from mailflow.feedback.model import FIELDS
 from tests.feedback.conftest import MailLog, write_config
 from tests.helpers.redis_faults import RedisProcess, redis_process
@@ -82,7 +83,10 @@ def test_follower_serves_its_counts_lag_and_moves(tmp_path: Path, redis: RedisPr
         assert 'mailflow_feedback_outcomes_total{field="complaint"}' not in got  # ARF's, not the log's
         assert got["mailflow_feedback_unattributed_total"] == 1
         assert got["mailflow_feedback_store_errors_total"] == 0
-        assert got['mailflow_reputation_moves_total{direction="up",state="block"}'] == 2
+        # The ladder judges the accounts batches touched every JUDGE_SECONDS, not per batch.
+        moves = 'mailflow_reputation_moves_total{direction="up",state="block"}'
+        wait_for(lambda: scrape(port).get(moves) == 2, follow_module.JUDGE_SECONDS + 10)
+        got = scrape(port)
         assert sum(v for k, v in got.items() if k.startswith("mailflow_reputation_moves_total")) == 2
         assert abs(got["mailflow_feedback_last_batch_timestamp_seconds"] - time.time()) < 30
         assert got["mailflow_feedback_lag_bytes"] == 0
