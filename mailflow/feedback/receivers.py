@@ -160,6 +160,10 @@ class ReceiverWatch:
         self.blocked_by_ip: Counter[str] = Counter()  # per outbound IP, as of the last flush
         self._latest = 0.0  # the newest log time seen: the window's "now"
         self._pruned_at = 0.0
+        # A swap whose reply was lost (StoreError after the write may have landed): the state it
+        # wrote and its events. If the store holds that state at the next flush, the write was
+        # ours and its alerts are sent then; otherwise the kept news recompute them.
+        self._unsure: tuple[str, list[tuple[str, str, list[int]]]] | None = None
 
     def observe(self, outcome: Outcome, account: str | None) -> None:
         if not math.isfinite(outcome.at):
@@ -201,10 +205,12 @@ class ReceiverWatch:
         refused = {f"{ip}|{domain}": last for (ip, domain), last in self._refused.items()}
         delivered = {f"{ip}|{domain}": last for (ip, domain), last in self._delivered.items()}
         try:
+            events = self._landed()
             step = self._swap(bursts, refused, delivered, int(now))
         except StoreError as exc:
             log.error("receivers: the store failed, blocks not recorded this batch: %s", exc)
             return []
+        step = Step(step.listed, events + step.events)
         self._refused.clear()
         self._delivered.clear()
         self._blocked = set(step.listed)
@@ -225,9 +231,26 @@ class ReceiverWatch:
             previous = self.store.state_get(STATE_KEY)
             step = receivers_step(_load(previous), bursts, refused, delivered, now, clean)
             new = json.dumps(step.listed, sort_keys=True, separators=(",", ":"))
-            if new == (previous or "{}") or self.store.state_swap(STATE_KEY, previous, new):
+            if new == (previous or "{}"):
+                return step
+            try:
+                swapped = self.store.state_swap(STATE_KEY, previous, new)
+            except StoreError:
+                if step.events:
+                    self._unsure = (new, step.events)
+                raise
+            if swapped:
                 return step
         raise StoreError("receivers: the shared state kept changing under this follower")
+
+    def _landed(self) -> list[tuple[str, str, list[int]]]:
+        """The events of a swap whose reply was lost, if the store holds what it wrote."""
+        if self._unsure is None:
+            return []
+        new, events = self._unsure
+        landed = self.store.state_get(STATE_KEY) == new  # StoreError passes: still unsure
+        self._unsure = None
+        return events if landed else []
 
     def _burst(self, refusals: deque[tuple[float, int]]) -> int:
         """Distinct recipients refused within the window before the pair's latest refusal."""

@@ -18,7 +18,7 @@ from mailflow.feedback.receivers import (MAX_PAIRS, STATE_KEY, ReceiverWatch, ou
                                          receivers_step)
 from mailflow.metrics.receivers import ReceiverCollector
 from mailflow.rbl.alerts import Alerter, body_of, subject_of
-from mailflow.store import Store, open_store
+from mailflow.store import Store, StoreError, open_store
 
 T0 = float(int(time.time()) // 3600 * 3600)  # store.add_sent keeps only recent hours
 SAID = "host {mx}[192.0.2.80] said: {reply} (in reply to RCPT TO command)"
@@ -318,3 +318,34 @@ def test_a_storm_of_client_chosen_domains_sends_few_alerts(store: Store, caplog:
     assert len(watch.flush()) == 10 and len(recorder.sent) == 10
     assert "event=receiver_alerts_cut" in caplog.text and "not_sent=20" in caplog.text
     assert watch.blocked_by_ip == {"198.51.100.7": 30}  # all recorded
+
+
+class _LostReply:
+    """A real store whose next state_swap writes, then fails as a connection dropped before the
+    reply would (the write landed; the caller cannot know)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.lose = store, True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def state_swap(self, key: str, expected: str | None, new: str) -> bool:
+        done = self.store.state_swap(key, expected, new)
+        if self.lose:
+            self.lose = False
+            raise StoreError("Connection reset by peer")
+        return done
+
+
+def test_a_swap_whose_reply_is_lost_still_alerts_once(store: Store) -> None:
+    cfg = config()
+    recorder = Recorder(cfg)
+    lossy = _LostReply(store)
+    watch = ReceiverWatch(cfg, lossy, clock=lambda: T0 + 100, alerter=recorder)  # type: ignore[arg-type]
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@hotmail.example"), "shop.example")
+    assert watch.flush() == [] and '"198.51.100.7|hotmail.example"' in (store.state_get(STATE_KEY) or "")
+    [alert] = watch.flush()  # the next batch: the state is the one it wrote, so the alert was its own
+    assert alert["event"] == "receiver_blocked" and alert["receiver"] == "hotmail.example"
+    assert watch.flush() == [] and len(recorder.sent) == 1 and watch.blocked_by_ip == {"198.51.100.7": 1}
