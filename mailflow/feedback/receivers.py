@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -102,6 +102,7 @@ class Step:
     listed: dict[str, list[int]]  # "IP|domain" -> [since, last refusal, last delivery]
     # (receiver_blocked | receiver_unblocked, "IP|domain", its [since, last refusal, last delivery])
     events: list[tuple[str, str, list[int]]]
+    full: list[str] = field(default_factory=list)  # bursts not listed: MAX_LISTED pairs already are
 
 
 def receivers_step(listed: Mapping[str, list[int]], bursts: Mapping[str, int], refused: Mapping[str, int],
@@ -113,6 +114,7 @@ def receivers_step(listed: Mapping[str, list[int]], bursts: Mapping[str, int], r
     unanswered DNSBL query), or forgotten after a week with no news at all."""
     out = {key: list(value) for key, value in listed.items()}
     events: list[tuple[str, str, list[int]]] = []
+    full: list[str] = []
     for key, last in refused.items():
         if key in out:
             out[key][1] = max(out[key][1], last)
@@ -123,12 +125,14 @@ def receivers_step(listed: Mapping[str, list[int]], bursts: Mapping[str, int], r
         if key not in out and len(out) < MAX_LISTED:
             out[key] = [now, last, 0]
             events.append(("receiver_blocked", key, out[key]))
+        elif key not in out:
+            full.append(key)
     for key in sorted(out):
         _, last_refusal, last_delivery = out[key]
         lifted = last_delivery - last_refusal >= clean_seconds and now - last_refusal >= clean_seconds
         if lifted or now - max(last_refusal, last_delivery) >= FORGET_SECONDS:
             events.append(("receiver_unblocked", key, out.pop(key)))
-    return Step(out, events)
+    return Step(out, events, full)
 
 
 def _iso(ts: float) -> str:
@@ -210,7 +214,7 @@ class ReceiverWatch:
         except StoreError as exc:
             log.error("receivers: the store failed, blocks not recorded this batch: %s", exc)
             return []
-        step = Step(step.listed, events + step.events)
+        step = Step(step.listed, events + step.events, step.full)
         self._refused.clear()
         self._delivered.clear()
         self._blocked = set(step.listed)
@@ -222,6 +226,11 @@ class ReceiverWatch:
             log_decision(logging.WARNING, event="receiver_alerts_cut", sent=MAX_ALERTS,
                          not_sent=len(step.events) - MAX_ALERTS,
                          detail="more receivers blocked or lifted in one batch than are alerted; all are recorded")
+        if step.full:  # receiving domains are client-chosen: a flood of them must not hide a real block unsaid
+            log_decision(logging.WARNING, event="receiver_blocks_full", not_listed=len(step.full),
+                         first=shown(step.full[0], 300), listed=len(step.listed),
+                         detail="receivers refusing an outbound IP, not recorded nor alerted: the state holds "
+                                f"{MAX_LISTED} blocked pairs already")
         return alerts
 
     def _swap(self, bursts: dict[str, int], refused: dict[str, int], delivered: dict[str, int], now: int) -> Step:

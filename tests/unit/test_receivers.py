@@ -4,6 +4,7 @@ and the burst -> alert -> lifted transitions shared through the store (a fleet a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from mailflow.config import Config, ConfigError, parse_config
 from mailflow.feedback.model import Outcome
-from mailflow.feedback.receivers import (MAX_PAIRS, STATE_KEY, ReceiverWatch, outbound_ip, receiver_block,
+from mailflow.feedback.receivers import (MAX_LISTED, MAX_PAIRS, STATE_KEY, ReceiverWatch, outbound_ip, receiver_block,
                                          receivers_step)
 from mailflow.metrics.receivers import ReceiverCollector
 from mailflow.rbl.alerts import Alerter, body_of, subject_of
@@ -349,3 +350,14 @@ def test_a_swap_whose_reply_is_lost_still_alerts_once(store: Store) -> None:
     [alert] = watch.flush()  # the next batch: the state is the one it wrote, so the alert was its own
     assert alert["event"] == "receiver_blocked" and alert["receiver"] == "hotmail.example"
     assert watch.flush() == [] and len(recorder.sent) == 1 and watch.blocked_by_ip == {"198.51.100.7": 1}
+
+
+def test_a_block_beyond_the_states_room_is_logged_not_silent(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    full = {f"198.51.100.7|d{n}.example": [int(T0), int(T0), 0] for n in range(MAX_LISTED)}
+    store.state_swap(STATE_KEY, None, json.dumps(full))  # a customer's own domains, refusing on purpose
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@gmail.example"), "shop.example")
+    assert watch.flush() == []
+    assert "event=receiver_blocks_full" in caplog.text and "198.51.100.7|gmail.example" in caplog.text
