@@ -167,6 +167,7 @@ class ReceiverWatch:
         # A swap whose reply was lost (StoreError after the write may have landed): the state it
         # wrote and its events. If the store holds that state at the next flush, the write was
         # ours and its alerts are sent then; otherwise the kept news recompute them.
+        self._unfollowed = 0  # refusals this batch of pairs beyond MAX_PAIRS: not followed
         self._unsure: tuple[str, list[tuple[str, str, list[int]]]] | None = None
 
     def observe(self, outcome: Outcome, account: str | None) -> None:
@@ -186,6 +187,7 @@ class ReceiverWatch:
             if self._latest > self._pruned_at:  # one sweep per newer log time, not one per line
                 self._prune()
             if len(self._recent) >= MAX_PAIRS:
+                self._unfollowed += 1  # said at the flush: a real receiver's burst may be among them
                 return  # a flood of client-chosen domains within the window: counted, not followed
         self._recent.setdefault(pair, deque(maxlen=RETRIES_KEPT * self.settings.burst)).append(
             (outcome.at, hash(outcome.recipient)))
@@ -226,6 +228,11 @@ class ReceiverWatch:
             log_decision(logging.WARNING, event="receiver_alerts_cut", sent=MAX_ALERTS,
                          not_sent=len(step.events) - MAX_ALERTS,
                          detail="more receivers blocked or lifted in one batch than are alerted; all are recorded")
+        if self._unfollowed:
+            log_decision(logging.WARNING, event="receiver_pairs_full", not_followed=self._unfollowed,
+                         detail=f"refusals naming a block from more than {MAX_PAIRS} receiving domains within the "
+                                "window: those of new domains are counted, not followed (no burst, no alert)")
+            self._unfollowed = 0
         if step.full:  # receiving domains are client-chosen: a flood of them must not hide a real block unsaid
             log_decision(logging.WARNING, event="receiver_blocks_full", not_listed=len(step.full),
                          first=shown(step.full[0], 300), listed=len(step.listed),

@@ -361,3 +361,17 @@ def test_a_block_beyond_the_states_room_is_logged_not_silent(store: Store, caplo
         watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@gmail.example"), "shop.example")
     assert watch.flush() == []
     assert "event=receiver_blocks_full" in caplog.text and "198.51.100.7|gmail.example" in caplog.text
+
+
+def test_refusals_beyond_the_followed_pairs_are_logged_not_silent(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
+    for n in range(MAX_PAIRS):  # a customer's own domains, each refusing once
+        watch.observe(outcome(SPAMHAUS, at=T0, to=f"u@d{n}.example"), "spammer.example")
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + 1 + n, to=f"u{n}@gmail.example"), "shop.example")
+    watch.flush()
+    assert "event=receiver_pairs_full" in caplog.text and "not_followed=3" in caplog.text
+    caplog.clear()
+    watch.flush()
+    assert "receiver_pairs_full" not in caplog.text  # said per batch that met it
