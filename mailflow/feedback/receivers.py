@@ -64,6 +64,7 @@ RETRIES_KEPT = 2  # refusals kept per pair, in bursts: room for retries of the s
 MAX_ACCOUNTS = 50  # refused accounts remembered per pair
 MAX_LISTED = 1_000  # pairs kept blocked in the store's one state string
 MAX_ALERTS = 10  # alerts sent per batch (each may be a webhook POST and a mail)
+MAX_ALERTS_HOUR = 60  # and per hour: batches come every second, and a customer's domains can block and lift on cue
 FORGET_SECONDS = 7 * 86400  # a block with neither refusal nor delivery for a week is forgotten
 STATE_KEY = "receivers:blocks"
 UNKNOWN_IP = "unknown"
@@ -167,6 +168,7 @@ class ReceiverWatch:
         # A swap whose reply was lost (StoreError after the write may have landed): the state it
         # wrote and its events. If the store holds that state at the next flush, the write was
         # ours and its alerts are sent then; otherwise the kept news recompute them.
+        self._sent_at: deque[float] = deque()  # when the alerts of the last hour were sent
         self._unfollowed = 0  # refusals this batch of pairs beyond MAX_PAIRS: not followed
         self._unsure: tuple[str, list[tuple[str, str, list[int]]]] | None = None
 
@@ -221,13 +223,18 @@ class ReceiverWatch:
         self._delivered.clear()
         self._blocked = set(step.listed)
         self.blocked_by_ip = Counter(key.partition("|")[0] for key in step.listed)
-        alerts = [self._alert(event, key, values, now) for event, key, values in step.events[:MAX_ALERTS]]
+        while self._sent_at and now - self._sent_at[0] >= 3600:
+            self._sent_at.popleft()
+        room = max(0, min(MAX_ALERTS, MAX_ALERTS_HOUR - len(self._sent_at)))
+        alerts = [self._alert(event, key, values, now) for event, key, values in step.events[:room]]
         for alert in alerts:
             self.alerter.send(alert)
-        if len(step.events) > MAX_ALERTS:  # domains are client-chosen: never a storm of POSTs and mails
-            log_decision(logging.WARNING, event="receiver_alerts_cut", sent=MAX_ALERTS,
-                         not_sent=len(step.events) - MAX_ALERTS,
-                         detail="more receivers blocked or lifted in one batch than are alerted; all are recorded")
+            self._sent_at.append(now)
+        if len(step.events) > room:  # domains are client-chosen: never a storm of POSTs and mails
+            log_decision(logging.WARNING, event="receiver_alerts_cut", sent=room,
+                         not_sent=len(step.events) - room,
+                         detail=f"more receivers blocked or lifted than are alerted ({MAX_ALERTS} a batch, "
+                                f"{MAX_ALERTS_HOUR} an hour); all are recorded")
         if self._unfollowed:
             log_decision(logging.WARNING, event="receiver_pairs_full", not_followed=self._unfollowed,
                          detail=f"refusals naming a block from more than {MAX_PAIRS} receiving domains within the "

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 
 from mailflow.config import Config, ConfigError, parse_config
 from mailflow.feedback.model import Outcome
-from mailflow.feedback.receivers import (MAX_LISTED, MAX_PAIRS, STATE_KEY, ReceiverWatch, outbound_ip, receiver_block,
+from mailflow.feedback.receivers import (MAX_ALERTS_HOUR, MAX_LISTED, MAX_PAIRS, STATE_KEY, ReceiverWatch, outbound_ip, receiver_block,
                                          receivers_step)
 from mailflow.metrics.receivers import ReceiverCollector
 from mailflow.rbl.alerts import Alerter, body_of, subject_of
@@ -375,3 +375,23 @@ def test_refusals_beyond_the_followed_pairs_are_logged_not_silent(store: Store, 
     caplog.clear()
     watch.flush()
     assert "receiver_pairs_full" not in caplog.text  # said per batch that met it
+
+
+def test_alerts_are_bounded_per_hour_too(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    recorder = Recorder(cfg)
+    now = [T0 + 100]
+    watch = ReceiverWatch(cfg, store, clock=lambda: now[0], alerter=recorder)
+    for batch in range(8):  # a customer's domains blocking on cue, batch after batch
+        for d in range(10):
+            for n in range(3):
+                watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@b{batch}d{d}.example"), "spammer.example")
+        watch.flush()
+        now[0] += 1
+    assert len(recorder.sent) == MAX_ALERTS_HOUR and "event=receiver_alerts_cut" in caplog.text
+    assert watch.blocked_by_ip == {"198.51.100.7": 80}  # all recorded
+    now[0] += 3600
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + 3700 + n, to=f"u{n}@gmail.example"), "shop.example")
+    [alert] = watch.flush()  # an hour on: room again
+    assert alert["receiver"] == "gmail.example"
