@@ -233,6 +233,7 @@ class ReceiverWatch:
         if len(step.events) > room:  # domains are client-chosen: never a storm of POSTs and mails
             log_decision(logging.WARNING, event="receiver_alerts_cut", sent=room,
                          not_sent=len(step.events) - room,
+                         first=shown(f"{step.events[room][0]} {step.events[room][1]}", 300),
                          detail=f"more receivers blocked or lifted than are alerted ({MAX_ALERTS} a batch, "
                                 f"{MAX_ALERTS_HOUR} an hour); all are recorded")
         if self._unfollowed:

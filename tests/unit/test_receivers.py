@@ -15,8 +15,8 @@ from hypothesis import given, settings, strategies as st
 
 from mailflow.config import Config, ConfigError, parse_config
 from mailflow.feedback.model import Outcome
-from mailflow.feedback.receivers import (MAX_ALERTS_HOUR, MAX_LISTED, MAX_PAIRS, STATE_KEY, ReceiverWatch, outbound_ip, receiver_block,
-                                         receivers_step)
+from mailflow.feedback.receivers import (MAX_ALERTS_HOUR, MAX_LISTED, MAX_PAIRS, STATE_KEY, ReceiverWatch,
+                                         outbound_ip, receiver_block, receivers_step)
 from mailflow.metrics.receivers import ReceiverCollector
 from mailflow.rbl.alerts import Alerter, body_of, subject_of
 from mailflow.store import Store, StoreError, open_store
@@ -363,7 +363,8 @@ def test_a_block_beyond_the_states_room_is_logged_not_silent(store: Store, caplo
     assert "event=receiver_blocks_full" in caplog.text and "198.51.100.7|gmail.example" in caplog.text
 
 
-def test_refusals_beyond_the_followed_pairs_are_logged_not_silent(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+def test_refusals_beyond_the_followed_pairs_are_logged_not_silent(store: Store,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     cfg = config()
     watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
     for n in range(MAX_PAIRS):  # a customer's own domains, each refusing once
@@ -389,6 +390,7 @@ def test_alerts_are_bounded_per_hour_too(store: Store, caplog: pytest.LogCapture
         watch.flush()
         now[0] += 1
     assert len(recorder.sent) == MAX_ALERTS_HOUR and "event=receiver_alerts_cut" in caplog.text
+    assert "receiver_blocked 198.51.100.7|b6d0.example" in caplog.text  # the first not alerted is named
     assert watch.blocked_by_ip == {"198.51.100.7": 80}  # all recorded
     now[0] += 3600
     for n in range(3):
