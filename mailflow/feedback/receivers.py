@@ -16,7 +16,7 @@ import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -64,6 +64,7 @@ RETRIES_KEPT = 2  # refusals kept per pair, in bursts: room for retries of the s
 MAX_ACCOUNTS = 50  # refused accounts remembered per pair
 MAX_LISTED = 1_000  # pairs kept blocked in the store's one state string
 MAX_ALERTS = 10  # alerts sent per batch (each may be a webhook POST and a mail)
+MAX_ALERTS_HOUR = 60  # and per hour: batches come every second, and a customer's domains can block and lift on cue
 FORGET_SECONDS = 7 * 86400  # a block with neither refusal nor delivery for a week is forgotten
 STATE_KEY = "receivers:blocks"
 UNKNOWN_IP = "unknown"
@@ -102,6 +103,7 @@ class Step:
     listed: dict[str, list[int]]  # "IP|domain" -> [since, last refusal, last delivery]
     # (receiver_blocked | receiver_unblocked, "IP|domain", its [since, last refusal, last delivery])
     events: list[tuple[str, str, list[int]]]
+    full: list[str] = field(default_factory=list)  # bursts not listed: MAX_LISTED pairs already are
 
 
 def receivers_step(listed: Mapping[str, list[int]], bursts: Mapping[str, int], refused: Mapping[str, int],
@@ -113,6 +115,7 @@ def receivers_step(listed: Mapping[str, list[int]], bursts: Mapping[str, int], r
     unanswered DNSBL query), or forgotten after a week with no news at all."""
     out = {key: list(value) for key, value in listed.items()}
     events: list[tuple[str, str, list[int]]] = []
+    full: list[str] = []
     for key, last in refused.items():
         if key in out:
             out[key][1] = max(out[key][1], last)
@@ -123,12 +126,14 @@ def receivers_step(listed: Mapping[str, list[int]], bursts: Mapping[str, int], r
         if key not in out and len(out) < MAX_LISTED:
             out[key] = [now, last, 0]
             events.append(("receiver_blocked", key, out[key]))
+        elif key not in out:
+            full.append(key)
     for key in sorted(out):
         _, last_refusal, last_delivery = out[key]
         lifted = last_delivery - last_refusal >= clean_seconds and now - last_refusal >= clean_seconds
         if lifted or now - max(last_refusal, last_delivery) >= FORGET_SECONDS:
             events.append(("receiver_unblocked", key, out.pop(key)))
-    return Step(out, events)
+    return Step(out, events, full)
 
 
 def _iso(ts: float) -> str:
@@ -160,6 +165,12 @@ class ReceiverWatch:
         self.blocked_by_ip: Counter[str] = Counter()  # per outbound IP, as of the last flush
         self._latest = 0.0  # the newest log time seen: the window's "now"
         self._pruned_at = 0.0
+        # A swap whose reply was lost (StoreError after the write may have landed): the state it
+        # wrote and its events. If the store holds that state at the next flush, the write was
+        # ours and its alerts are sent then; otherwise the kept news recompute them.
+        self._sent_at: deque[float] = deque()  # when the alerts of the last hour were sent
+        self._unfollowed = 0  # refusals this batch of pairs beyond MAX_PAIRS: not followed
+        self._unsure: tuple[str, list[tuple[str, str, list[int]]]] | None = None
 
     def observe(self, outcome: Outcome, account: str | None) -> None:
         if not math.isfinite(outcome.at):
@@ -178,6 +189,7 @@ class ReceiverWatch:
             if self._latest > self._pruned_at:  # one sweep per newer log time, not one per line
                 self._prune()
             if len(self._recent) >= MAX_PAIRS:
+                self._unfollowed += 1  # said at the flush: a real receiver's burst may be among them
                 return  # a flood of client-chosen domains within the window: counted, not followed
         self._recent.setdefault(pair, deque(maxlen=RETRIES_KEPT * self.settings.burst)).append(
             (outcome.at, hash(outcome.recipient)))
@@ -201,21 +213,39 @@ class ReceiverWatch:
         refused = {f"{ip}|{domain}": last for (ip, domain), last in self._refused.items()}
         delivered = {f"{ip}|{domain}": last for (ip, domain), last in self._delivered.items()}
         try:
+            events = self._landed()
             step = self._swap(bursts, refused, delivered, int(now))
         except StoreError as exc:
             log.error("receivers: the store failed, blocks not recorded this batch: %s", exc)
             return []
+        step = Step(step.listed, events + step.events, step.full)
         self._refused.clear()
         self._delivered.clear()
         self._blocked = set(step.listed)
         self.blocked_by_ip = Counter(key.partition("|")[0] for key in step.listed)
-        alerts = [self._alert(event, key, values, now) for event, key, values in step.events[:MAX_ALERTS]]
+        while self._sent_at and now - self._sent_at[0] >= 3600:
+            self._sent_at.popleft()
+        room = max(0, min(MAX_ALERTS, MAX_ALERTS_HOUR - len(self._sent_at)))
+        alerts = [self._alert(event, key, values, now) for event, key, values in step.events[:room]]
         for alert in alerts:
             self.alerter.send(alert)
-        if len(step.events) > MAX_ALERTS:  # domains are client-chosen: never a storm of POSTs and mails
-            log_decision(logging.WARNING, event="receiver_alerts_cut", sent=MAX_ALERTS,
-                         not_sent=len(step.events) - MAX_ALERTS,
-                         detail="more receivers blocked or lifted in one batch than are alerted; all are recorded")
+            self._sent_at.append(now)
+        if len(step.events) > room:  # domains are client-chosen: never a storm of POSTs and mails
+            log_decision(logging.WARNING, event="receiver_alerts_cut", sent=room,
+                         not_sent=len(step.events) - room,
+                         first=shown(f"{step.events[room][0]} {step.events[room][1]}", 300),
+                         detail=f"more receivers blocked or lifted than are alerted ({MAX_ALERTS} a batch, "
+                                f"{MAX_ALERTS_HOUR} an hour); all are recorded")
+        if self._unfollowed:
+            log_decision(logging.WARNING, event="receiver_pairs_full", not_followed=self._unfollowed,
+                         detail=f"refusals naming a block from more than {MAX_PAIRS} receiving domains within the "
+                                "window: those of new domains are counted, not followed (no burst, no alert)")
+            self._unfollowed = 0
+        if step.full:  # receiving domains are client-chosen: a flood of them must not hide a real block unsaid
+            log_decision(logging.WARNING, event="receiver_blocks_full", not_listed=len(step.full),
+                         first=shown(step.full[0], 300), listed=len(step.listed),
+                         detail="receivers refusing an outbound IP, not recorded nor alerted: the state holds "
+                                f"{MAX_LISTED} blocked pairs already")
         return alerts
 
     def _swap(self, bursts: dict[str, int], refused: dict[str, int], delivered: dict[str, int], now: int) -> Step:
@@ -225,9 +255,26 @@ class ReceiverWatch:
             previous = self.store.state_get(STATE_KEY)
             step = receivers_step(_load(previous), bursts, refused, delivered, now, clean)
             new = json.dumps(step.listed, sort_keys=True, separators=(",", ":"))
-            if new == (previous or "{}") or self.store.state_swap(STATE_KEY, previous, new):
+            if new == (previous or "{}"):
+                return step
+            try:
+                swapped = self.store.state_swap(STATE_KEY, previous, new)
+            except StoreError:
+                if step.events:
+                    self._unsure = (new, step.events)
+                raise
+            if swapped:
                 return step
         raise StoreError("receivers: the shared state kept changing under this follower")
+
+    def _landed(self) -> list[tuple[str, str, list[int]]]:
+        """The events of a swap whose reply was lost, if the store holds what it wrote."""
+        if self._unsure is None:
+            return []
+        new, events = self._unsure
+        landed = self.store.state_get(STATE_KEY) == new  # StoreError passes: still unsure
+        self._unsure = None
+        return events if landed else []
 
     def _burst(self, refusals: deque[tuple[float, int]]) -> int:
         """Distinct recipients refused within the window before the pair's latest refusal."""

@@ -4,6 +4,7 @@ and the burst -> alert -> lifted transitions shared through the store (a fleet a
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +15,11 @@ from hypothesis import given, settings, strategies as st
 
 from mailflow.config import Config, ConfigError, parse_config
 from mailflow.feedback.model import Outcome
-from mailflow.feedback.receivers import (MAX_PAIRS, STATE_KEY, ReceiverWatch, outbound_ip, receiver_block,
-                                         receivers_step)
+from mailflow.feedback.receivers import (MAX_ALERTS_HOUR, MAX_LISTED, MAX_PAIRS, STATE_KEY, ReceiverWatch,
+                                         outbound_ip, receiver_block, receivers_step)
 from mailflow.metrics.receivers import ReceiverCollector
 from mailflow.rbl.alerts import Alerter, body_of, subject_of
-from mailflow.store import Store, open_store
+from mailflow.store import Store, StoreError, open_store
 
 T0 = float(int(time.time()) // 3600 * 3600)  # store.add_sent keeps only recent hours
 SAID = "host {mx}[192.0.2.80] said: {reply} (in reply to RCPT TO command)"
@@ -318,3 +319,81 @@ def test_a_storm_of_client_chosen_domains_sends_few_alerts(store: Store, caplog:
     assert len(watch.flush()) == 10 and len(recorder.sent) == 10
     assert "event=receiver_alerts_cut" in caplog.text and "not_sent=20" in caplog.text
     assert watch.blocked_by_ip == {"198.51.100.7": 30}  # all recorded
+
+
+class _LostReply:
+    """A real store whose next state_swap writes, then fails as a connection dropped before the
+    reply would (the write landed; the caller cannot know)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.lose = store, True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def state_swap(self, key: str, expected: str | None, new: str) -> bool:
+        done = self.store.state_swap(key, expected, new)
+        if self.lose:
+            self.lose = False
+            raise StoreError("Connection reset by peer")
+        return done
+
+
+def test_a_swap_whose_reply_is_lost_still_alerts_once(store: Store) -> None:
+    cfg = config()
+    recorder = Recorder(cfg)
+    lossy = _LostReply(store)
+    watch = ReceiverWatch(cfg, lossy, clock=lambda: T0 + 100, alerter=recorder)  # type: ignore[arg-type]
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@hotmail.example"), "shop.example")
+    assert watch.flush() == [] and '"198.51.100.7|hotmail.example"' in (store.state_get(STATE_KEY) or "")
+    [alert] = watch.flush()  # the next batch: the state is the one it wrote, so the alert was its own
+    assert alert["event"] == "receiver_blocked" and alert["receiver"] == "hotmail.example"
+    assert watch.flush() == [] and len(recorder.sent) == 1 and watch.blocked_by_ip == {"198.51.100.7": 1}
+
+
+def test_a_block_beyond_the_states_room_is_logged_not_silent(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    full = {f"198.51.100.7|d{n}.example": [int(T0), int(T0), 0] for n in range(MAX_LISTED)}
+    store.state_swap(STATE_KEY, None, json.dumps(full))  # a customer's own domains, refusing on purpose
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@gmail.example"), "shop.example")
+    assert watch.flush() == []
+    assert "event=receiver_blocks_full" in caplog.text and "198.51.100.7|gmail.example" in caplog.text
+
+
+def test_refusals_beyond_the_followed_pairs_are_logged_not_silent(store: Store,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    watch = ReceiverWatch(cfg, store, clock=lambda: T0 + 100, alerter=Recorder(cfg))
+    for n in range(MAX_PAIRS):  # a customer's own domains, each refusing once
+        watch.observe(outcome(SPAMHAUS, at=T0, to=f"u@d{n}.example"), "spammer.example")
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + 1 + n, to=f"u{n}@gmail.example"), "shop.example")
+    watch.flush()
+    assert "event=receiver_pairs_full" in caplog.text and "not_followed=3" in caplog.text
+    caplog.clear()
+    watch.flush()
+    assert "receiver_pairs_full" not in caplog.text  # said per batch that met it
+
+
+def test_alerts_are_bounded_per_hour_too(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config()
+    recorder = Recorder(cfg)
+    now = [T0 + 100]
+    watch = ReceiverWatch(cfg, store, clock=lambda: now[0], alerter=recorder)
+    for batch in range(8):  # a customer's domains blocking on cue, batch after batch
+        for d in range(10):
+            for n in range(3):
+                watch.observe(outcome(SPAMHAUS, at=T0 + n, to=f"u{n}@b{batch}d{d}.example"), "spammer.example")
+        watch.flush()
+        now[0] += 1
+    assert len(recorder.sent) == MAX_ALERTS_HOUR and "event=receiver_alerts_cut" in caplog.text
+    assert "receiver_blocked 198.51.100.7|b6d0.example" in caplog.text  # the first not alerted is named
+    assert watch.blocked_by_ip == {"198.51.100.7": 80}  # all recorded
+    now[0] += 3600
+    for n in range(3):
+        watch.observe(outcome(SPAMHAUS, at=T0 + 3700 + n, to=f"u{n}@gmail.example"), "shop.example")
+    [alert] = watch.flush()  # an hour on: room again
+    assert alert["receiver"] == "gmail.example"
