@@ -3,6 +3,7 @@ both end here."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from mailflow.config import Config
@@ -11,6 +12,18 @@ from mailflow.reputation.evaluate import Move, evaluate
 from mailflow.store.base import Store
 from mailflow.suppression.admin import matcher_for
 from mailflow.suppression.entries import EntryError, scope_for
+
+
+# The feedback commands' store timeout, at least: not the milter's hot-path bound ([store]
+# timeout_ms, 250 ms), which a batch of thousands of accounts, or a SQLite file a busy milter
+# writes to, may pass; a healthy `follow --once` would then exit 1.
+STORE_TIMEOUT_MS = 5000
+
+
+def off_the_hot_path(config: Config) -> Config:
+    """The config the feedback commands open the store with: a timeout of STORE_TIMEOUT_MS at least."""
+    store = dataclasses.replace(config.store, timeout_ms=max(config.store.timeout_ms, STORE_TIMEOUT_MS))
+    return dataclasses.replace(config, store=store)
 
 
 def apply_batch(config: Config, store: Store, batch: FeedbackBatch, source: str | None, seq: int,

@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager
 import click
 
 from mailflow.config import Config
+from mailflow.feedback.apply import off_the_hot_path
 from mailflow.feedback.arf import MAX_REPORT_BYTES, Attribution, Outcome, process, read_bounded
 from mailflow.log import log, setup_logging
 from mailflow.model import shown
@@ -51,7 +52,7 @@ def register_arf(group: click.Group, load: Callable[[str | None], Config],
         config = load(config_file)
         say = _teller(config)
         try:
-            with store(config) as opened:
+            with store(off_the_hot_path(config)) as opened:
                 attribution = Attribution(config, opened)
                 if maildir is None:
                     raw = read_bounded(sys.stdin.buffer)

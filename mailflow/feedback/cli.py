@@ -34,6 +34,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
         """Follow the MTA's log (rotation by rename or copytruncate) into per-account delivery
         counts. The position is kept in the store: a restart neither skips nor counts twice.
         SIGTERM applies the batch read so far and exits 0."""
+        from mailflow.feedback.apply import off_the_hot_path
         from mailflow.feedback.follow import Follower, FollowError
         from mailflow.feedback.logfile import LogFile
         from mailflow.feedback.receivers import ReceiverWatch
@@ -49,7 +50,7 @@ def register(cli: click.Group, load: Callable[[str | None], Config],
             raise click.UsageError(f"{'--log' if log_file else 'feedback.log'}: {path}: {exc.strerror}") from None
         setup_logging(config.log)
         stop = threading.Event()
-        with store_of(config) as store:
+        with store_of(off_the_hot_path(config)) as store:
             watch = ReceiverWatch(config, store)  # receivers refusing the provider's IPs: alerts
             follower = Follower(config, store, path, from_start=from_start, stop=stop,
                                 observers=[watch.observe], after_batch=watch.after_batch)
