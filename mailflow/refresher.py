@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
+
+from mailflow.store.base import Store, StoreError
 
 log = logging.getLogger("mailflow")
 
@@ -55,3 +57,50 @@ def _refresh_every(owner: weakref.ref[Refreshable], seconds: float, stop: thread
                 log.exception("%s: a refresh failed; the last data stays, tried again every %g s", name, seconds)
             failing = repr(exc)
         del current  # no strong reference while waiting
+
+
+class StoreOverlay:
+    """Data the hot path reads from memory, re-read from the store every refresh_ms (grants,
+    reputation standings). A store fault keeps the last read, said once per outage. Subclasses
+    read (`_read`, StoreError passes) and lay the result over (`_apply`, under the lock), and call
+    `refresh()` at the end of their __init__: the first read, never inside a milter callback."""
+
+    what = "data"  # as the log names it ("grants", "reputation standings")
+
+    def __init__(self, store: Store, refresh_seconds: float, thread_name: str) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._failing = False
+        self._refresher = Refresher(self, refresh_seconds, thread_name)
+
+    def _started(self) -> None:
+        """On the hot path, before each lookup: the first milter callback starts the refreshes."""
+        if not self._refresher.started:
+            self._refresher.start()
+
+    def start(self) -> None:
+        """Refresh from now on, before the first message (the milter worker calls it at start)."""
+        self._refresher.start()
+
+    def stop(self) -> None:
+        self._refresher.stop()
+
+    def refresh(self) -> None:
+        with self._lock:
+            try:
+                stored = self._read()
+            except StoreError as exc:  # said once per outage: this runs every refresh_ms
+                if not self._failing:
+                    log.warning("cannot refresh %s from the store, keeping the last ones: %s", self.what, exc)
+                self._failing = True
+                return
+            if self._failing:
+                log.warning("%s read from the store again", self.what)
+                self._failing = False
+            self._apply(stored)
+
+    def _read(self) -> Any:
+        raise NotImplementedError
+
+    def _apply(self, stored: Any) -> None:
+        raise NotImplementedError

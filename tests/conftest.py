@@ -10,6 +10,8 @@ import pytest
 import redis
 from hypothesis import HealthCheck, settings
 
+from mailflow import events
+
 # Property tests check behaviour, not speed: no per-example deadline on a busy 2-core CI machine.
 settings.register_profile("mailflow", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("mailflow")
@@ -24,14 +26,27 @@ os.environ.setdefault("MAILFLOW_SUPPRESSION_KEY", "mailflow-test-suppression-key
 @pytest.fixture(autouse=True)
 def _mailflow_logging_restored() -> Iterator[None]:
     """A test that runs a CLI command in-process (setup_logging) must not leave the next test its
-    handler and level: with INFO left on, a later test's captured log can hold a hostile client's
+    handler, level and line format: with INFO left on, a later test's captured log can hold a hostile client's
     bytes, which pytest-xdist cannot send to its controller (the worker dies)."""
+    from mailflow import log as mailflow_log
+
     logger = logging.getLogger("mailflow")
     level, handlers, propagate = logger.level, logger.handlers[:], logger.propagate
+    json_lines = mailflow_log._formatter.json  # [log] format = "json" renders decision lines differently
     yield
     logger.setLevel(level)
     logger.handlers[:] = handlers
     logger.propagate = propagate
+    mailflow_log._formatter.json = json_lines
+
+
+@pytest.fixture
+def published() -> Iterator[list[events.Event]]:
+    """The policy events published while the test runs."""
+    seen: list[events.Event] = []
+    stop = events.subscribe(seen.append)
+    yield seen
+    stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from mailflow import events
 from mailflow.ratelimit.limits import KINDS, PERIOD_SECONDS, Limit, LimitSyntaxError, parse_limit
-from mailflow.refresher import Refresher
+from mailflow.refresher import StoreOverlay
 from mailflow.settings import RateLimitSettings, RatePolicy
 from mailflow.store.base import Store, StoreError
 
@@ -146,69 +145,53 @@ def active_grant(store: Store, account: str) -> tuple[str | None, Grant | None]:
     return value, grant
 
 
-class GrantOverlay:
+class GrantOverlay(StoreOverlay):
     """The accounts' effective rate policies: the config's, with active grants laid over."""
+
+    what = "grants"
 
     def __init__(self, settings: RateLimitSettings, store: Store, refresh_seconds: float,
                  clock: Callable[[], float] = time.time) -> None:
+        super().__init__(store, refresh_seconds, "mailflow-grants")
         self.settings = settings
-        self.store = store
         self.clock = clock
-        self._lock = threading.Lock()
         self._known: dict[str, Grant] = {}  # active at the last refresh
-        self._failing = False
         self._removing_fails = False
         # account -> (until, effective policy): built at refresh, so a lookup builds nothing.
         self._policies: dict[str, tuple[float, RatePolicy]] = {}
-        self._refresher = Refresher(self, refresh_seconds, "mailflow-grants")
         self.refresh()  # the first read, at start: never inside a milter callback
 
     def policy_for(self, account: str) -> RatePolicy:
         """The hot path: a dict lookup, and the clock only for an account with a grant."""
-        if not self._refresher.started:
-            self._refresher.start()
+        self._started()
         granted = self._policies.get(account)
         if granted is not None and granted[0] > self.clock():  # an expired grant is ignored at once
             return granted[1]
         return self.settings.policy_for(account)
 
-    def start(self) -> None:
-        """Refresh from now on, before the first message (the milter worker calls it at start)."""
-        self._refresher.start()
+    def _read(self) -> dict[str, tuple[str, Grant]]:
+        return read_grants(self.store)
 
-    def stop(self) -> None:
-        self._refresher.stop()
-
-    def refresh(self) -> None:
-        with self._lock:
-            try:
-                stored = read_grants(self.store)
-            except StoreError as exc:  # said once per outage: this runs every refresh_ms
-                if not self._failing:
-                    log.warning("cannot refresh grants from the store, keeping the last ones: %s", exc)
-                self._failing = True
-                return
-            if self._failing:
-                log.warning("grants read from the store again")
-                self._failing = False
-            now = self.clock()
-            for account, old in self._known.items():
-                if old.until <= now:  # it ran out while this milter knew it (a revoke is the CLI's event)
-                    log.info("grant of %s (%s) expired", account, old.limits_text())
-                    events.publish(events.Event(events.GRANT_ENDED, account, {**old.detail(), "how": "expired"}))
-                elif account not in stored:  # the CLI's revoke said so; a Redis restarted empty did not
-                    log.info("grant of %s (%s) is no longer in the store (revoked, or the store lost its data): "
-                             "its configured limits apply", account, old.limits_text())
-            failed = False  # a READONLY replica reads, and refuses each removal: said once, not every refresh
-            for account, (value, grant) in stored.items():
-                if grant.until <= now and not remove_expired(self.store, account, value, say=not self._removing_fails):
-                    failed = self._removing_fails = True
-            if self._removing_fails and not failed:
-                log.warning("expired grants removed again")
-                self._removing_fails = False
-            self._known = {account: grant for account, (_, grant) in stored.items() if grant.until > now}
-            self._policies = {account: (grant.until, overlay(self.settings.policy_for(account), grant))
-                              for account, grant in self._known.items()}
+    def _apply(self, stored: dict[str, tuple[str, Grant]]) -> None:
+        """Under the lock (StoreOverlay.refresh): expired grants ended and removed, the rest laid over."""
+        now = self.clock()
+        for account, old in self._known.items():
+            if old.until <= now:  # it ran out while this milter knew it (a revoke is the CLI's event)
+                log.info("grant of %s (%s) expired", account, old.limits_text())
+                events.publish(events.Event(events.GRANT_ENDED, account, {**old.detail(), "how": "expired"}))
+            elif account not in stored:  # the CLI's revoke said so; a Redis restarted empty did not
+                log.info("grant of %s (%s) is no longer in the store (revoked, or the store lost its data): "
+                         "its configured limits apply", account, old.limits_text())
+        failed = False  # a READONLY replica reads, and refuses each removal: said once, not every refresh
+        for account, (value, grant) in stored.items():
+            if grant.until <= now and not remove_expired(self.store, account, value, say=not self._removing_fails):
+                failed = self._removing_fails = True
+        if self._removing_fails and not failed:
+            log.warning("expired grants removed again")
+            self._removing_fails = False
+        self._known = {account: grant for account, (_, grant) in stored.items() if grant.until > now}
+        self._policies = {account: (grant.until, overlay(self.settings.policy_for(account), grant))
+                          for account, grant in self._known.items()}
 
 
 def remove_expired(store: Store, account: str, value: str, say: bool = True) -> bool:

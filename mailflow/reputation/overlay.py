@@ -10,78 +10,61 @@ is treated as normal). While the store cannot be read the last standings stay, s
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Mapping
 
 from mailflow.model import shown
-from mailflow.refresher import Refresher
+from mailflow.refresher import StoreOverlay
 from mailflow.reputation.model import NORMAL, STATES, Standing
-from mailflow.store.base import Store, StoreError
+from mailflow.store.base import Store
 
 log = logging.getLogger("mailflow")
 
 MAX_UNREADABLE = 10_000  # remembered bad values (so each is said once); beyond it, said again
 
 
-class ReputationOverlay:
+class ReputationOverlay(StoreOverlay):
+    what = "reputation standings"
+
     def __init__(self, store: Store, refresh_seconds: float) -> None:
-        self.store = store
-        self._lock = threading.Lock()
+        super().__init__(store, refresh_seconds, "mailflow-reputation")
         self._standings: dict[str, Standing] = {}  # above normal, as last read
         # Each stored value as last parsed: a refresh every refresh_ms re-reads every standing,
         # and parsing them all again (about 17 µs each, with their evidence) would cost a worker
         # a sixth of a core with 10,000 accounts above normal. Only changed values are parsed.
         self._parsed: dict[str, tuple[str, Standing | None]] = {}
         self._unreadable: set[tuple[str, str]] = set()  # (account, value) already logged
-        self._failing = False
-        self._refresher = Refresher(self, refresh_seconds, "mailflow-reputation")
         self.refresh()  # the first read, at start: never inside a milter callback
 
     def standing(self, account: str) -> Standing | None:
         """The hot path: a dict lookup (None: normal)."""
-        if not self._refresher.started:
-            self._refresher.start()
+        self._started()
         return self._standings.get(account)
 
     def standings(self) -> Mapping[str, Standing]:
         return dict(self._standings)
 
-    def start(self) -> None:
-        """Refresh from now on, before the first message (the milter worker calls it at start)."""
-        self._refresher.start()
+    def _read(self) -> dict[str, str]:
+        return self.store.reputation_states()
 
-    def stop(self) -> None:
-        self._refresher.stop()
+    def _apply(self, stored: dict[str, str]) -> None:
+        """Under the lock (StoreOverlay.refresh): changed values parsed, changes of standing logged."""
+        parsed = {account: (value, known[1] if (known := self._parsed.get(account)) is not None
+                            and known[0] == value else self._parse(account, value))
+                  for account, value in stored.items()}
+        self._parsed = parsed
+        standings = {account: standing for account, (_, standing) in parsed.items()
+                     if standing is not None and standing.state != NORMAL}
+        for account in self._standings.keys() - standings.keys():
+            log.info("reputation of %s: normal again (a step down or an admin's reset)", shown(account))
+        for account, standing in standings.items():
+            old = self._standings.get(account)
+            if old is None or (old.state, old.since) != (standing.state, standing.since):
+                log.info("reputation of %s: %s since %s (%s)", shown(account), standing.state,
+                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(standing.since)), shown(standing.why, 200))
+        self._standings = standings
 
-    def refresh(self) -> None:
-        with self._lock:
-            try:
-                stored = self.store.reputation_states()
-            except StoreError as exc:  # said once per outage: this runs every refresh_ms
-                if not self._failing:
-                    log.warning("cannot refresh reputation standings from the store, keeping the last ones: %s", exc)
-                self._failing = True
-                return
-            if self._failing:
-                log.warning("reputation standings read from the store again")
-                self._failing = False
-            parsed = {account: (value, known[1] if (known := self._parsed.get(account)) is not None
-                                and known[0] == value else self._read(account, value))
-                      for account, value in stored.items()}
-            self._parsed = parsed
-            standings = {account: standing for account, (_, standing) in parsed.items()
-                         if standing is not None and standing.state != NORMAL}
-            for account in self._standings.keys() - standings.keys():
-                log.info("reputation of %s: normal again (a step down or an admin's reset)", shown(account))
-            for account, standing in standings.items():
-                old = self._standings.get(account)
-                if old is None or (old.state, old.since) != (standing.state, standing.since):
-                    log.info("reputation of %s: %s since %s (%s)", shown(account), standing.state,
-                             time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(standing.since)), shown(standing.why, 200))
-            self._standings = standings
-
-    def _read(self, account: str, value: str) -> Standing | None:
+    def _parse(self, account: str, value: str) -> Standing | None:
         standing = Standing.from_value(value) if isinstance(value, str) else None
         if standing is not None and standing.state in STATES:
             return standing

@@ -76,13 +76,6 @@ def test_a_grant_reads_back_as_stored_and_bounds_its_text() -> None:
             Grant.from_value(junk)
 
 
-@pytest.fixture
-def published() -> Iterator[list[events.Event]]:
-    seen: list[events.Event] = []
-    stop = events.subscribe(seen.append)
-    yield seen
-    stop()
-
 
 def test_the_overlay_ignores_an_expired_grant_at_once_then_removes_it_and_says_so_once(
         store: SqliteStore, published: list[events.Event]) -> None:

@@ -34,13 +34,6 @@ def store(tmp_path: Path) -> Iterator[SqliteStore]:
     s.close()
 
 
-@pytest.fixture
-def published() -> Iterator[list[events.Event]]:
-    seen: list[events.Event] = []
-    stop = events.subscribe(seen.append)
-    yield seen
-    stop()
-
 
 def put(store: SqliteStore, account: str, standing: Standing) -> None:
     assert store.swap_reputation(account, None, standing.value())

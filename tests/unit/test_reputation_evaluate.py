@@ -32,13 +32,6 @@ def config(tmp_path: Path, **reputation: Any) -> Config:
                          "reputation": {"contact": "abuse@provider.example", **reputation}}, str(tmp_path))
 
 
-@pytest.fixture
-def published() -> Iterator[list[events.Event]]:
-    seen: list[events.Event] = []
-    stop = events.subscribe(seen.append)
-    yield seen
-    stop()
-
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
 def ladder_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LadderStore]:
