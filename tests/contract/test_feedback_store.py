@@ -4,7 +4,6 @@ a three-master Redis Cluster (Store.add_feedback ... swap_reputation)."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from mailflow.store.redis_cluster import connect_cluster
 from mailflow.store.redis_feedback import (REPUTATION_KEY, expire_at, feedback_index_key, feedback_key, guard_key,
                                            recipients_key)
 from mailflow.store.sqlite import SqliteStore
+from tests.helpers.races import exactly_one_wins
 from tests.helpers.redis_faults import redis_process
 from tests.helpers.sentinel import sentinel_set
 from tests.helpers.servers import free_port
@@ -139,14 +139,7 @@ def test_swap_reputation_sets_changes_and_removes_only_from_what_was_read(store:
 
 def test_concurrent_reputation_swaps_let_exactly_one_win(store: Store) -> None:
     store.swap_reputation("shop.example", None, "start")
-    wins: list[bool] = []
-    threads = [threading.Thread(target=lambda i=i: wins.append(store.swap_reputation("shop.example", "start", f"v{i}")))
-               for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert sorted(wins) == [False] * 7 + [True]
+    exactly_one_wins(lambda new: store.swap_reputation("shop.example", "start", new))
 
 
 # -- SQLite: pruning by its clock, a corrupt row ---------------------------------------------

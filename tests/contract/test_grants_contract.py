@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from mailflow import audit
 from mailflow.store import Store
+from tests.helpers.races import exactly_one_wins
 
 
 def test_swap_grant_sets_changes_and_removes_only_from_what_was_read(store: Store) -> None:
@@ -26,14 +25,7 @@ def test_swap_grant_sets_changes_and_removes_only_from_what_was_read(store: Stor
 
 def test_concurrent_swaps_from_one_value_let_exactly_one_win(store: Store) -> None:
     store.swap_grant("shop.example", None, "start")
-    wins: list[bool] = []
-    threads = [threading.Thread(target=lambda i=i: wins.append(store.swap_grant("shop.example", "start", f"v{i}")))
-               for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=10)
-    assert sorted(wins) == [False] * 7 + [True]
+    exactly_one_wins(lambda new: store.swap_grant("shop.example", "start", new))
 
 
 def test_audit_keeps_the_newest_entries_newest_first(store: Store) -> None:

@@ -156,6 +156,21 @@ class Crash(Exception):
     pass
 
 
+def crashed_before_apply(tmp: Path, store: Store, log: MailLog, monkeypatch: pytest.MonkeyPatch) -> Follower:
+    """A follower whose first batch is written ahead (pending) and never applied: it crashed."""
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise Crash()
+
+    monkeypatch.setattr(follow_module, "apply_batch", down)
+    first = follower(tmp, store, log, from_start=True)
+    with pytest.raises(Crash):
+        first.run_once()
+    first.close()
+    monkeypatch.undo()
+    return first
+
+
 def test_a_crash_after_apply_before_done_is_read_again_and_counted_once(setup: tuple[MailLog, Store, Path]) -> None:
     log, store, tmp = setup
     log.write(80)
@@ -182,16 +197,7 @@ def test_a_crash_after_pending_before_apply_counts_the_batch_at_restart(setup: t
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     log, store, tmp = setup
     log.write(80)
-
-    def down(*args: object, **kwargs: object) -> None:
-        raise Crash()
-
-    monkeypatch.setattr(follow_module, "apply_batch", down)
-    first = follower(tmp, store, log, from_start=True)
-    with pytest.raises(Crash):
-        first.run_once()
-    first.close()
-    monkeypatch.undo()
+    first = crashed_before_apply(tmp, store, log, monkeypatch)
     assert position(store, first).state == "pending" and totals(store, log) == {}
     second = follower(tmp, store, log)
     second.run_once()
@@ -322,17 +328,8 @@ def test_a_pending_batch_whose_file_is_gone_is_marked_done_and_the_new_file_read
         setup: tuple[MailLog, Store, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     log, store, tmp = setup
     log.write(20)
-
-    def down(*args: object, **kwargs: object) -> None:
-        raise Crash()
-
-    monkeypatch.setattr(follow_module, "apply_batch", down)
-    first = follower(tmp, store, log, from_start=True)
-    with pytest.raises(Crash):
-        first.run_once()
-    first.close()
+    first = crashed_before_apply(tmp, store, log, monkeypatch)
     pending = position(store, first).seq
-    monkeypatch.undo()
     os.unlink(log.path)  # the batch's file is gone before the restart: its 20 messages are lost
     log.expected.clear()
     log.write(7)
