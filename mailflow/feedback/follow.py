@@ -390,10 +390,11 @@ class Follower:
         if started:
             try:
                 self.flush()
+                self.evaluate(sweep=False)  # the accounts touched since the last round: judged before we go
             except StoreError as exc:  # the position still says where this batch began
                 self.store_errors += 1
-                log.warning("feedback: store: %s; stopping with a batch not applied: the next start reads it "
-                            "again", shown(str(exc), 300))
+                log.warning("feedback: store: %s; stopping with a batch not applied (the next start reads it "
+                            "again) or not judged (its accounts are, when next touched)", shown(str(exc), 300))
         self.summary()
 
     def evaluate(self, sweep: bool = True) -> None:
